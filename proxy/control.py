@@ -1,0 +1,215 @@
+"""The control plane: what the CLI and the TUI call to read and change configuration.
+
+Each change validates against the current state inside one write transaction, through the same
+pure checks in :mod:`proxy.rules`, so the CLI and the TUI refuse exactly the same inputs and a
+refused input leaves the database untouched.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+from .errors import ConflictError, NotFoundError, SecretError, ValidationError
+from .models import AuthPolicy, CacheRule, CredentialHealth, CredentialSet, Upstream, utc_now
+from .rules import RuleSet, check_credentials, check_name, check_new_rule
+from .secrets import SecretId, SecretResolver
+from .store import StateStore
+from .upstreams import BUILTIN_UPSTREAMS, UpstreamCatalogue, normalize_base_url, normalize_login_server
+
+
+class ControlPlane:
+    """Configuration of one state directory: cache rules, credential sets, upstreams, secrets."""
+
+    def __init__(self, store: StateStore, secrets: SecretResolver | None = None) -> None:
+        self.store = store
+        self.secrets = secrets or SecretResolver()
+
+    @classmethod
+    def open(cls, home: str | os.PathLike[str] | None = None, secrets: SecretResolver | None = None) -> ControlPlane:
+        return cls(StateStore.open(home), secrets)
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def catalogue(self) -> UpstreamCatalogue:
+        return UpstreamCatalogue(self.store.custom_upstreams(), self.store.upstream_overrides())
+
+    def rule_set(self) -> RuleSet:
+        return RuleSet(self.store.cache_rules())
+
+    def list_rules(self) -> list[CacheRule]:
+        return self.store.cache_rules()
+
+    def get_rule(self, name: str) -> CacheRule:
+        rule = self.store.cache_rule(name)
+        if rule is None:
+            raise NotFoundError(f"cache rule {name!r} does not exist (see `regcache cache list`)", field="name")
+        return rule
+
+    def list_credential_sets(self) -> list[CredentialSet]:
+        return self.store.credential_sets()
+
+    def get_credential_set(self, name: str) -> CredentialSet:
+        cs = self.store.credential_set(name)
+        if cs is None:
+            raise NotFoundError(f"credential set {name!r} does not exist (see `regcache credential-set list`)",
+                                field="name")
+        return cs
+
+    def list_upstreams(self) -> list[Upstream]:
+        return list(self.catalogue())
+
+    # -- cache rules ---------------------------------------------------------------------------
+
+    def create_rule(self, name: str, source: str, target: str, credential_set: str | None = None) -> CacheRule:
+        """Validate and store a new cache rule; raises ValidationError (with ``field``) when refused."""
+        candidate = CacheRule(name, source, target, credential_set or None, utc_now())
+        with self.store.transaction():
+            existing = RuleSet(self.store.cache_rules())
+            sets = {cs.name: cs for cs in self.store.credential_sets()}
+            rule = check_new_rule(candidate, existing, sets, self.catalogue())
+            self.store.insert_cache_rule(rule)
+        return rule
+
+    def update_rule(self, name: str, credential_set: str | None = None, remove_credential_set: bool = False) -> CacheRule:
+        """Attach another credential set, or remove it: exactly one of the two."""
+        if (credential_set is None) == (not remove_credential_set):
+            raise ValidationError("give exactly one of --cred-set/-c NAME and --remove-cred-set",
+                                  field="credential_set")
+        with self.store.transaction():
+            rule = self.get_rule(name)
+            sets = {cs.name: cs for cs in self.store.credential_sets()}
+            new = None if remove_credential_set else credential_set
+            check_credentials(rule.source_login_server, new, sets, self.catalogue())
+            self.store.set_rule_credential_set(name, new)
+        return replace(rule, credential_set=new)
+
+    def delete_rule(self, name: str) -> CacheRule:
+        """Delete a rule; what it cached stays until eviction."""
+        with self.store.transaction():
+            rule = self.get_rule(name)
+            self.store.delete_cache_rule(name)
+        return rule
+
+    # -- credential sets -----------------------------------------------------------------------
+
+    def check_health(self, cs: CredentialSet) -> CredentialHealth:
+        """Whether both secrets of ``cs`` can be read now (the upstream login is checked on pulls)."""
+        try:
+            for secret_id in (cs.username_secret_id, cs.password_secret_id):
+                self.secrets.get(secret_id)
+        except SecretError as exc:
+            return CredentialHealth.unhealthy(exc.code, exc.message)
+        return CredentialHealth.healthy()
+
+    def create_credential_set(self, name: str, login_server: str, username_id: str, password_id: str) -> CredentialSet:
+        check_name(name, "credential set")
+        server = normalize_login_server(login_server)
+        username = str(SecretId.parse(username_id, field="username_secret_id"))
+        password = str(SecretId.parse(password_id, field="password_secret_id"))
+        cs = CredentialSet(name, server, username, password, created_at=utc_now())
+        cs = replace(cs, health=self.check_health(cs))
+        with self.store.transaction():
+            if self.store.credential_set(name) is not None:
+                raise ConflictError(f"a credential set named {name!r} already exists", field="name")
+            try:
+                upstream = self.catalogue().get(server)
+            except NotFoundError as exc:
+                raise ValidationError(exc.message, field="login_server") from None
+            if upstream.auth_policy is AuthPolicy.ANONYMOUS:
+                raise ValidationError(
+                    f"{server} supports {upstream.auth_policy.description}; a credential set for it "
+                    f"could never be used", field="login_server")
+            self.store.upsert_credential_set(cs)
+        return cs
+
+    def update_credential_set(self, name: str, username_id: str | None = None,
+                              password_id: str | None = None) -> CredentialSet:
+        if username_id is None and password_id is None:
+            raise ValidationError("give -u USERNAME_ID and/or -p PASSWORD_ID to change", field="username_secret_id")
+        username = str(SecretId.parse(username_id, field="username_secret_id")) if username_id else None
+        password = str(SecretId.parse(password_id, field="password_secret_id")) if password_id else None
+        with self.store.transaction():
+            cs = self.get_credential_set(name)
+            cs = replace(cs, username_secret_id=username or cs.username_secret_id,
+                         password_secret_id=password or cs.password_secret_id)
+            cs = replace(cs, health=self.check_health(cs))
+            self.store.upsert_credential_set(cs)
+        return cs
+
+    def refresh_credential_set(self, name: str) -> CredentialSet:
+        """Re-check that the secrets can be read, and store the health."""
+        cs = self.get_credential_set(name)
+        return self.record_health(name, self.check_health(cs))
+
+    def record_health(self, name: str, health: CredentialHealth) -> CredentialSet:
+        """Store a health result (the proxy records ``UpstreamAuthFailed`` here)."""
+        with self.store.transaction():
+            cs = replace(self.get_credential_set(name), health=health)
+            self.store.upsert_credential_set(cs)
+        return cs
+
+    def delete_credential_set(self, name: str) -> CredentialSet:
+        with self.store.transaction():
+            cs = self.get_credential_set(name)
+            users = self.store.rules_using_credential_set(name)
+            if users:
+                raise ConflictError(
+                    f"credential set {name!r} is used by cache rule(s) {', '.join(users)}; "
+                    f"remove it from them first (`regcache cache update -n RULE --remove-cred-set`)",
+                    field="name")
+            self.store.delete_credential_set(name)
+        return cs
+
+    # -- upstreams -----------------------------------------------------------------------------
+
+    def add_upstream(self, login_server: str, url: str, auth: str | None = None) -> Upstream:
+        """Add a custom upstream, or override the base URL of a built-in one."""
+        server = normalize_login_server(login_server)
+        base_url = normalize_base_url(url)
+        with self.store.transaction():
+            if server in BUILTIN_UPSTREAMS:
+                builtin = BUILTIN_UPSTREAMS[server]
+                if auth is not None and AuthPolicy(auth) is not builtin.auth_policy:
+                    raise ValidationError(
+                        f"{server} is built in with the policy {builtin.auth_policy.value!r}; only its URL "
+                        f"can be overridden", field="auth")
+                self.store.upsert_upstream(server, base_url, None, "override")
+            else:
+                policy = AuthPolicy(auth) if auth else AuthPolicy.BOTH
+                for rule in self.store.cache_rules():
+                    if rule.source_login_server == server:
+                        check_credentials(server, rule.credential_set,
+                                          {cs.name: cs for cs in self.store.credential_sets()},
+                                          UpstreamCatalogue([Upstream(server, base_url, policy)]))
+                self.store.upsert_upstream(server, base_url, policy, "custom")
+            return self.catalogue().get(server)
+
+    def remove_upstream(self, login_server: str) -> Upstream:
+        """Remove a custom upstream (refused while rules use it), or a built-in's URL override."""
+        server = login_server.strip().lower()
+        with self.store.transaction():
+            upstream = self.catalogue().get(server)
+            if upstream.builtin and not upstream.overridden:
+                raise ValidationError(f"{server} is built in and has no URL override to remove",
+                                      field="login_server")
+            if not upstream.builtin:
+                users = self.store.rules_with_source_on(server)
+                if users:
+                    raise ConflictError(f"upstream {server} is the source of cache rule(s) {', '.join(users)}; "
+                                        f"delete them first", field="login_server")
+                sets = [cs.name for cs in self.store.credential_sets() if cs.login_server == server]
+                if sets:
+                    raise ConflictError(f"upstream {server} has credential set(s) {', '.join(sets)}; "
+                                        f"delete them first", field="login_server")
+            self.store.delete_upstream(server)
+        return upstream
+
+    # -- secrets -------------------------------------------------------------------------------
+
+    def set_secret(self, secret_id: str, value: str) -> None:
+        """Store a secret value in the keyring (never in the state database)."""
+        self.secrets.set(secret_id, value)

@@ -1,0 +1,68 @@
+"""Schema migrations: appended functions, applied once each, in order, never edited afterwards.
+
+To change the schema, append a new ``@migration`` function at the end of this file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlite_utils import Database
+
+Migration = Callable[[Database], None]
+
+#: Every migration in the order it is applied; the function name is its identity.
+MIGRATIONS: list[Migration] = []
+
+
+def migration(fn: Migration) -> Migration:
+    """Register ``fn`` as the next migration."""
+    MIGRATIONS.append(fn)
+    return fn
+
+
+@migration
+def m001_configuration(db: Database) -> None:
+    """What an operator configures: upstreams, credential sets, cache rules, settings."""
+    db["upstreams"].create(
+        {
+            "login_server": str,
+            "base_url": str,
+            # NULL for an override of a built-in entry (the built-in policy stays)
+            "auth_policy": str,
+            "kind": str,  # "custom" or "override"
+            "created_at": str,
+        },
+        pk="login_server",
+        not_null={"base_url", "kind", "created_at"},
+    )
+    db["credential_sets"].create(
+        {
+            "name": str,
+            "login_server": str,
+            "username_secret_id": str,
+            "password_secret_id": str,
+            "health_status": str,
+            "health_error_code": str,
+            "health_message": str,
+            "health_checked_at": str,
+            "created_at": str,
+        },
+        pk="name",
+        not_null={"login_server", "username_secret_id", "password_secret_id", "health_status", "created_at"},
+    )
+    db["cache_rules"].create(
+        {
+            "name": str,
+            "source_repository": str,
+            "target_repository": str,
+            "credential_set": str,
+            "created_at": str,
+        },
+        pk="name",
+        not_null={"source_repository", "target_repository", "created_at"},
+        foreign_keys=[("credential_set", "credential_sets", "name")],
+    )
+    # Static targets are unique and wildcard targets never overlap, so no two rules share a target.
+    db["cache_rules"].create_index(["target_repository"], unique=True)
+    db["settings"].create({"key": str, "value": str}, pk="key")

@@ -1,0 +1,136 @@
+"""The domain records an operator configures and the proxy reads: frozen dataclasses."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+
+def utc_now() -> datetime:
+    """Now, in UTC, to the second (what we store and show)."""
+    return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+class AuthPolicy(str, enum.Enum):
+    """Which pulls an upstream registry allows (the ACR "Support" column)."""
+
+    ANONYMOUS = "anonymous"  # unauthenticated pulls only: a credential set is refused
+    CREDENTIALS = "credentials"  # authenticated pulls only: a credential set is required
+    BOTH = "both"
+
+    @property
+    def description(self) -> str:
+        return {
+            AuthPolicy.ANONYMOUS: "unauthenticated pulls only",
+            AuthPolicy.CREDENTIALS: "authenticated pulls only",
+            AuthPolicy.BOTH: "authenticated and unauthenticated pulls",
+        }[self]
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """An upstream registry: built-in (the ACR catalogue) or added by the operator."""
+
+    login_server: str
+    base_url: str
+    auth_policy: AuthPolicy
+    builtin: bool = False
+    title: str = ""
+    #: the built-in base URL when an override replaced it, else ``None``
+    default_url: str | None = None
+
+    @property
+    def overridden(self) -> bool:
+        return self.default_url is not None
+
+
+class HealthStatus(str, enum.Enum):
+    HEALTHY = "Healthy"
+    UNHEALTHY = "Unhealthy"
+    UNKNOWN = "Unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialHealth:
+    """The last health check of a credential set; never carries a secret value."""
+
+    status: HealthStatus = HealthStatus.UNKNOWN
+    error_code: str | None = None
+    message: str | None = None
+    checked_at: datetime | None = None
+
+    @classmethod
+    def healthy(cls) -> CredentialHealth:
+        return cls(HealthStatus.HEALTHY, None, None, utc_now())
+
+    @classmethod
+    def unhealthy(cls, code: str, message: str) -> CredentialHealth:
+        return cls(HealthStatus.UNHEALTHY, code, message, utc_now())
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialSet:
+    """An upstream login: the secret ids (URIs) of its username and password, never the values."""
+
+    name: str
+    login_server: str
+    username_secret_id: str
+    password_secret_id: str
+    health: CredentialHealth = field(default_factory=CredentialHealth)
+    created_at: datetime = field(default_factory=utc_now)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRepository:
+    """A repository on an upstream registry, e.g. ``docker.io`` + ``library/ubuntu``."""
+
+    login_server: str
+    path: str
+
+    def __str__(self) -> str:
+        return f"{self.login_server}/{self.path}"
+
+
+@dataclass(frozen=True, slots=True)
+class CacheRule:
+    """Maps a target repository (what clients pull) to a source repository upstream.
+
+    Wildcard rules end both sides in ``/*`` (or are ``*`` on the target side):
+    the part of the client's name under the target prefix replaces the source ``*``.
+    """
+
+    name: str
+    source_repository: str
+    target_repository: str
+    credential_set: str | None = None
+    created_at: datetime = field(default_factory=utc_now)
+
+    @property
+    def is_wildcard(self) -> bool:
+        return self.target_repository.endswith("*")
+
+    @property
+    def target_prefix(self) -> str:
+        """``team`` for ``team/*``, ``""`` for ``*``; the whole target for a static rule."""
+        return self.target_repository.removesuffix("*").removesuffix("/")
+
+    @property
+    def source_login_server(self) -> str:
+        return self.source_repository.partition("/")[0]
+
+    @property
+    def source_path(self) -> str:
+        """The upstream path (``library/ubuntu``); for a wildcard, the prefix before ``/*``."""
+        path = self.source_repository.partition("/")[2]
+        return path.removesuffix("*").removesuffix("/")
+
+
+@dataclass(frozen=True, slots=True)
+class RuleMatch:
+    """The rule that serves a client repository name, and where upstream it comes from."""
+
+    rule: CacheRule
+    upstream: UpstreamRepository
+    #: the repository name as clients see it (the target side), under which it is cached
+    repository: str

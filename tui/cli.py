@@ -1,0 +1,297 @@
+"""The ``regcache`` command: ``az acr cache`` / ``az acr credential-set`` for a local cache.
+
+Only what a command needs is imported: listing rules loads neither Textual nor uvicorn.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from functools import wraps
+from typing import Any
+
+import click
+
+from proxy.control import ControlPlane
+from proxy.errors import RegcacheError
+from proxy.models import AuthPolicy
+
+from .output import (
+    CREDENTIAL_SET_COLUMNS,
+    FORMATS,
+    RULE_COLUMNS,
+    UPSTREAM_COLUMNS,
+    Column,
+    credential_set_resource,
+    render,
+    rule_resource,
+    upstream_resource,
+)
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+output_option = click.option("-o", "--output", "fmt", type=click.Choice(FORMATS), default="table",
+                             show_default=True, help="Output format.")
+name_option = click.option("-n", "--name", required=True, help="Name (5-50 letters, digits, hyphens).")
+
+
+class Failure(click.ClickException):
+    """A refused command: one line on stderr, exit status 1."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def _control(ctx: click.Context) -> ControlPlane:
+    obj = ctx.find_root().obj
+    if obj.get("control") is None:
+        obj["control"] = ControlPlane.open(obj.get("home"))
+        ctx.call_on_close(obj["control"].close)
+    return obj["control"]
+
+
+def engine_command(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Give the command the control plane and turn engine errors into one-line failures."""
+
+    @click.pass_context
+    @wraps(fn)
+    def wrapper(ctx: click.Context, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(_control(ctx), *args, **kwargs)
+        except RegcacheError as exc:
+            raise Failure(str(exc)) from None
+
+    return wrapper
+
+
+def _emit(data: Any, columns: Sequence[Column], fmt: str) -> None:
+    text = render(data, columns, fmt)
+    if text:
+        click.echo(text)
+
+
+def _confirm(prompt: str, yes: bool) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise Failure(f"{prompt} needs confirmation: pass -y/--yes to do it without a prompt")
+    if not click.confirm(f"{prompt}?", default=False):
+        raise Failure("cancelled; nothing was changed")
+
+
+@click.group(context_settings=CONTEXT_SETTINGS, invoke_without_command=True)
+@click.option("--home", type=click.Path(file_okay=False), envvar="REGCACHE_HOME",
+              help="State directory (default: $REGCACHE_HOME, else ~/.local/share/regcache).")
+@click.version_option(package_name="regcache")
+@click.pass_context
+def main(ctx: click.Context, home: str | None) -> None:
+    """regcache: a terminal-first pull-through cache for container registries.
+
+    With no command, opens the TUI with the embedded proxy.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["home"] = home
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(tui_command)
+
+
+@main.command("tui")
+@click.option("--listen", default="127.0.0.1:5000", show_default=True, help="Proxy address, HOST:PORT.")
+@click.pass_context
+def tui_command(ctx: click.Context, listen: str = "127.0.0.1:5000") -> None:
+    """Open the TUI with the embedded proxy."""
+    try:
+        from .app import run_app
+    except ImportError:
+        raise Failure("the TUI is not part of this build yet; use the `regcache cache|credential-set|"
+                      "upstream|secret` commands (see `regcache --help`)") from None
+    run_app(home=ctx.find_root().obj.get("home"), listen=listen)
+
+
+# -- cache rules -------------------------------------------------------------------------------
+
+@main.group(context_settings=CONTEXT_SETTINGS)
+def cache() -> None:
+    """Manage cache rules (az acr cache)."""
+
+
+@cache.command("create")
+@name_option
+@click.option("-s", "--source-repo", "source", required=True,
+              help="Source repository, LOGIN_SERVER/PATH, e.g. docker.io/library/ubuntu or ghcr.io/acme/*.")
+@click.option("-t", "--target-repo", "target", required=True,
+              help="Target repository clients pull, e.g. ubuntu, team/* or *.")
+@click.option("-c", "--cred-set", "cred_set", help="Credential set for the source registry.")
+@output_option
+@engine_command
+def cache_create(control: ControlPlane, name: str, source: str, target: str, cred_set: str | None, fmt: str) -> None:
+    """Create a cache rule."""
+    _emit(rule_resource(control.create_rule(name, source, target, cred_set)), RULE_COLUMNS, fmt)
+
+
+@cache.command("update")
+@name_option
+@click.option("-c", "--cred-set", "cred_set", help="Attach this credential set.")
+@click.option("--remove-cred-set", is_flag=True, help="Remove the credential set.")
+@output_option
+@engine_command
+def cache_update(control: ControlPlane, name: str, cred_set: str | None, remove_cred_set: bool, fmt: str) -> None:
+    """Change the credential set of a cache rule (-c NAME or --remove-cred-set)."""
+    _emit(rule_resource(control.update_rule(name, cred_set, remove_cred_set)), RULE_COLUMNS, fmt)
+
+
+@cache.command("show")
+@name_option
+@output_option
+@engine_command
+def cache_show(control: ControlPlane, name: str, fmt: str) -> None:
+    """Show a cache rule."""
+    _emit(rule_resource(control.get_rule(name)), RULE_COLUMNS, fmt)
+
+
+@cache.command("list")
+@output_option
+@engine_command
+def cache_list(control: ControlPlane, fmt: str) -> None:
+    """List cache rules."""
+    _emit([rule_resource(r) for r in control.list_rules()], RULE_COLUMNS, fmt)
+
+
+@cache.command("delete")
+@name_option
+@click.option("-y", "--yes", is_flag=True, help="Do not prompt for confirmation.")
+@engine_command
+def cache_delete(control: ControlPlane, name: str, yes: bool) -> None:
+    """Delete a cache rule (what it cached stays until evicted)."""
+    control.get_rule(name)
+    _confirm(f"delete cache rule {name!r}", yes)
+    control.delete_rule(name)
+    click.echo(f"deleted cache rule {name}", err=True)
+
+
+# -- credential sets ---------------------------------------------------------------------------
+
+@main.group("credential-set", context_settings=CONTEXT_SETTINGS)
+def credential_set() -> None:
+    """Manage credential sets for upstream logins (az acr credential-set)."""
+
+
+@credential_set.command("create")
+@name_option
+@click.option("-l", "--login-server", required=True, help="Login server of the source registry, e.g. docker.io.")
+@click.option("-u", "--username-id", required=True, help="Secret id of the username: keyring://SERVICE/NAME or env://VAR.")
+@click.option("-p", "--password-id", required=True, help="Secret id of the password or token.")
+@output_option
+@engine_command
+def credential_set_create(control: ControlPlane, name: str, login_server: str, username_id: str,
+                          password_id: str, fmt: str) -> None:
+    """Create a credential set (secret ids only; store values with `regcache secret set`)."""
+    cs = control.create_credential_set(name, login_server, username_id, password_id)
+    _emit(credential_set_resource(cs), CREDENTIAL_SET_COLUMNS, fmt)
+
+
+@credential_set.command("update")
+@name_option
+@click.option("-u", "--username-id", help="New secret id of the username.")
+@click.option("-p", "--password-id", help="New secret id of the password or token.")
+@output_option
+@engine_command
+def credential_set_update(control: ControlPlane, name: str, username_id: str | None, password_id: str | None,
+                          fmt: str) -> None:
+    """Change the secret ids of a credential set."""
+    cs = control.update_credential_set(name, username_id, password_id)
+    _emit(credential_set_resource(cs), CREDENTIAL_SET_COLUMNS, fmt)
+
+
+@credential_set.command("show")
+@name_option
+@output_option
+@engine_command
+def credential_set_show(control: ControlPlane, name: str, fmt: str) -> None:
+    """Show a credential set and its health (re-checks that its secrets can be read)."""
+    _emit(credential_set_resource(control.refresh_credential_set(name)), CREDENTIAL_SET_COLUMNS, fmt)
+
+
+@credential_set.command("list")
+@output_option
+@engine_command
+def credential_set_list(control: ControlPlane, fmt: str) -> None:
+    """List credential sets."""
+    _emit([credential_set_resource(cs) for cs in control.list_credential_sets()], CREDENTIAL_SET_COLUMNS, fmt)
+
+
+@credential_set.command("delete")
+@name_option
+@click.option("-y", "--yes", is_flag=True, help="Do not prompt for confirmation.")
+@engine_command
+def credential_set_delete(control: ControlPlane, name: str, yes: bool) -> None:
+    """Delete a credential set (refused while a cache rule uses it; the secrets stay in the keyring)."""
+    control.get_credential_set(name)
+    _confirm(f"delete credential set {name!r}", yes)
+    control.delete_credential_set(name)
+    click.echo(f"deleted credential set {name}", err=True)
+
+
+# -- secrets -----------------------------------------------------------------------------------
+
+@main.group(context_settings=CONTEXT_SETTINGS)
+def secret() -> None:
+    """Store secret values in the OS keyring."""
+
+
+def _read_secret_value() -> str:
+    if sys.stdin.isatty():
+        return click.prompt("Secret value", hide_input=True, confirmation_prompt=True, err=True)
+    value = sys.stdin.read()
+    # Only the line break that `echo` or a here-string adds is dropped.
+    return value[:-2] if value.endswith("\r\n") else value[:-1] if value.endswith("\n") else value
+
+
+@secret.command("set")
+@click.argument("secret_id")
+@engine_command
+def secret_set(control: ControlPlane, secret_id: str) -> None:
+    """Store a value for SECRET_ID (keyring://SERVICE/NAME), prompted without echo or read from stdin."""
+    control.set_secret(secret_id, _read_secret_value())
+    click.echo(f"stored {secret_id}", err=True)
+
+
+# -- upstreams ---------------------------------------------------------------------------------
+
+@main.group(context_settings=CONTEXT_SETTINGS)
+def upstream() -> None:
+    """Manage upstream registries: custom ones and URL overrides of built-ins."""
+
+
+@upstream.command("add")
+@click.option("--login-server", required=True, help="HOST[:PORT] that cache-rule sources start with.")
+@click.option("--url", required=True, help="API base URL (https:// unless http:// is written out).")
+@click.option("--auth", type=click.Choice([p.value for p in AuthPolicy]), default=None,
+              help="Pulls the upstream allows (custom upstreams; default both).")
+@output_option
+@engine_command
+def upstream_add(control: ControlPlane, login_server: str, url: str, auth: str | None, fmt: str) -> None:
+    """Add a custom upstream, or override a built-in upstream's URL (mirrors, tests)."""
+    _emit(upstream_resource(control.add_upstream(login_server, url, auth)), UPSTREAM_COLUMNS, fmt)
+
+
+@upstream.command("list")
+@output_option
+@engine_command
+def upstream_list(control: ControlPlane, fmt: str) -> None:
+    """List built-in and custom upstreams."""
+    _emit([upstream_resource(u) for u in control.list_upstreams()], UPSTREAM_COLUMNS, fmt)
+
+
+@upstream.command("remove")
+@click.option("--login-server", required=True, help="The upstream to remove (a built-in: its URL override).")
+@engine_command
+def upstream_remove(control: ControlPlane, login_server: str) -> None:
+    """Remove a custom upstream, or restore a built-in upstream's default URL."""
+    removed = control.remove_upstream(login_server)
+    what = "URL override of" if removed.builtin else "upstream"
+    click.echo(f"removed {what} {removed.login_server}", err=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

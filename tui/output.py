@@ -1,0 +1,114 @@
+"""How CLI reads are printed: ARM-shaped records rendered as a table, JSON or TSV (like ``az -o``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from proxy.models import CacheRule, CredentialSet, Upstream
+
+FORMATS = ("table", "json", "tsv")
+
+Column = tuple[str, str]  # (header, key of the ARM record)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def rule_resource(rule: CacheRule) -> dict[str, Any]:
+    """A cache rule in ``az acr cache show`` shape."""
+    return {
+        "name": rule.name,
+        "id": f"cacheRules/{rule.name}",
+        "type": "regcache/cacheRules",
+        "sourceRepository": rule.source_repository,
+        "targetRepository": rule.target_repository,
+        "credentialSetResourceId": f"credentialSets/{rule.credential_set}" if rule.credential_set else None,
+        "creationDate": _iso(rule.created_at),
+        "provisioningState": "Succeeded",
+    }
+
+
+RULE_COLUMNS: Sequence[Column] = (
+    ("NAME", "name"), ("SOURCE REPOSITORY", "sourceRepository"), ("TARGET REPOSITORY", "targetRepository"),
+    ("CREDENTIAL SET", "credentialSetResourceId"), ("CREATED", "creationDate"),
+)
+
+
+def credential_set_resource(cs: CredentialSet) -> dict[str, Any]:
+    """A credential set in ``az acr credential-set show`` shape: secret ids only, never values."""
+    return {
+        "name": cs.name,
+        "id": f"credentialSets/{cs.name}",
+        "type": "regcache/credentialSets",
+        "loginServer": cs.login_server,
+        "authCredentials": [{
+            "name": "Credential1",
+            "usernameSecretIdentifier": cs.username_secret_id,
+            "passwordSecretIdentifier": cs.password_secret_id,
+            "credentialHealth": {
+                "status": cs.health.status.value,
+                "errorCode": cs.health.error_code,
+                "errorMessage": cs.health.message,
+                "checkedAt": _iso(cs.health.checked_at),
+            },
+        }],
+        "creationDate": _iso(cs.created_at),
+        "provisioningState": "Succeeded",
+    }
+
+
+CREDENTIAL_SET_COLUMNS: Sequence[Column] = (
+    ("NAME", "name"), ("LOGIN SERVER", "loginServer"), ("HEALTH", "health"), ("ERROR", "errorCode"),
+    ("CREATED", "creationDate"),
+)
+
+
+def upstream_resource(upstream: Upstream) -> dict[str, Any]:
+    return {
+        "loginServer": upstream.login_server,
+        "url": upstream.base_url,
+        "authPolicy": upstream.auth_policy.value,
+        "builtIn": upstream.builtin,
+        "defaultUrl": upstream.default_url,
+        "title": upstream.title,
+    }
+
+
+UPSTREAM_COLUMNS: Sequence[Column] = (
+    ("LOGIN SERVER", "loginServer"), ("URL", "url"), ("AUTH", "authPolicy"), ("KIND", "kind"),
+)
+
+
+def _cell(record: Mapping[str, Any], key: str) -> str:
+    if key in record:
+        value = record[key]
+    elif key in ("health", "errorCode"):  # flattened from the one authCredentials entry
+        health = record["authCredentials"][0]["credentialHealth"]
+        value = health["status"] if key == "health" else health["errorCode"]
+    elif key == "kind":
+        value = ("built-in, URL overridden" if record["defaultUrl"] else "built-in") if record["builtIn"] else "custom"
+    else:
+        value = None
+    if key == "credentialSetResourceId" and value:
+        value = value.rpartition("/")[2]
+    return "" if value is None else str(value)
+
+
+def render(data: Mapping[str, Any] | Sequence[Mapping[str, Any]], columns: Sequence[Column], fmt: str) -> str:
+    """Render one record or a list of records in ``fmt`` (table, json or tsv)."""
+    if fmt == "json":
+        return json.dumps(data, indent=2)
+    records = [data] if isinstance(data, Mapping) else list(data)
+    rows = [[_cell(r, key) for _, key in columns] for r in records]
+    if fmt == "tsv":
+        return "\n".join("\t".join(row) for row in rows)
+    headers = [h for h, _ in columns]
+    widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
