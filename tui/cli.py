@@ -70,10 +70,15 @@ def _emit(data: Any, columns: Sequence[Column], fmt: str) -> None:
         click.echo(text)
 
 
+def _interactive() -> bool:
+    """Whether a person can answer a prompt (stdin is a terminal)."""
+    return sys.stdin.isatty()
+
+
 def _confirm(prompt: str, yes: bool) -> None:
     if yes:
         return
-    if not sys.stdin.isatty():
+    if not _interactive():
         raise Failure(f"{prompt} needs confirmation: pass -y/--yes to do it without a prompt")
     if not click.confirm(f"{prompt}?", default=False):
         raise Failure("cancelled; nothing was changed")
@@ -240,7 +245,7 @@ def secret() -> None:
 
 
 def _read_secret_value() -> str:
-    if sys.stdin.isatty():
+    if _interactive():
         return click.prompt("Secret value", hide_input=True, confirmation_prompt=True, err=True)
     value = sys.stdin.read()
     # Only the line break that `echo` or a here-string adds is dropped.

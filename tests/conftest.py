@@ -1,0 +1,76 @@
+"""Shared fixtures: an isolated state directory and a real (file-backed) keyring per test."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Registry integration fixtures (real docker-registry processes, image pushes).
+# pytest_plugins = ["tests.registries.fixtures"]  # enabled once present
+
+TEST_KEYRING = "keyrings.alt.file.PlaintextKeyring"
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh state directory, also exported as $REGCACHE_HOME."""
+    path = tmp_path / "home"
+    monkeypatch.setenv("REGCACHE_HOME", str(path))
+    return path
+
+
+def _reset_keyring() -> None:
+    import keyring.core
+
+    keyring.core._keyring_backend = None  # re-detect from the environment on next use
+
+
+@pytest.fixture
+def keyring_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """A real keyring backend chosen explicitly, storing under this test's tmp dir.
+
+    Returns the environment to give subprocesses so they use the same keyring.
+    """
+    env = {
+        "PYTHON_KEYRING_BACKEND": TEST_KEYRING,
+        "XDG_DATA_HOME": str(tmp_path / "xdg-data"),
+        "XDG_CONFIG_HOME": str(tmp_path / "xdg-config"),
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    _reset_keyring()
+    yield env
+    _reset_keyring()
+
+
+@pytest.fixture
+def no_keyring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """A host with no usable keyring backend (keyring's own 'fail' backend)."""
+    env = {
+        "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring",
+        "XDG_CONFIG_HOME": str(tmp_path / "xdg-config"),
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    _reset_keyring()
+    yield env
+    _reset_keyring()
+
+
+def dump_database(home: Path) -> list[str]:
+    """Every schema statement and row of ``state.db``, to compare before and after a command."""
+    conn = sqlite3.connect(home / "state.db")
+    try:
+        return list(conn.iterdump())
+    finally:
+        conn.close()
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(extra)
+    return env

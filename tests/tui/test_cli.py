@@ -1,0 +1,369 @@
+"""The az-style CLI: every refusal is one line on stderr, a non-zero exit and an unchanged database."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from proxy.control import ControlPlane
+from proxy.rules import MAX_RULES
+from tests.conftest import dump_database
+from tui.cli import main
+
+HUB_USER = "hub-user-4e1f"
+HUB_TOKEN = "dckr_pat_Zx9-SECRET-VALUE-51a7"
+GH_TOKEN = "ghp_SECRET-GITHUB-TOKEN-0c3d"
+
+
+def cli(*args: str, input: str | None = None) -> Result:
+    return CliRunner().invoke(main, list(args), input=input, catch_exceptions=False)
+
+
+def ok(*args: str, input: str | None = None) -> Result:
+    result = cli(*args, input=input)
+    assert result.exit_code == 0, result.stderr
+    return result
+
+
+@pytest.fixture
+def configured(home, keyring_env):
+    """Two credential sets with their secrets in the (test) keyring."""
+    ok("secret", "set", "keyring://regcache/hub-user", input=HUB_USER + "\n")
+    ok("secret", "set", "keyring://regcache/hub-token", input=HUB_TOKEN + "\n")
+    ok("secret", "set", "keyring://regcache/gh-token", input=GH_TOKEN)
+    ok("credential-set", "create", "-n", "hub-creds", "-l", "docker.io",
+       "-u", "keyring://regcache/hub-user", "-p", "keyring://regcache/hub-token")
+    ok("credential-set", "create", "-n", "ghcr-creds", "-l", "ghcr.io",
+       "-u", "keyring://regcache/hub-user", "-p", "keyring://regcache/gh-token")
+    return home
+
+
+def seed_1000_rules(home: Path) -> None:
+    control = ControlPlane.open(home)
+    try:
+        with control.store.transaction():
+            from proxy.models import CacheRule
+
+            for i in range(MAX_RULES):
+                control.store.insert_cache_rule(CacheRule(f"rule-{i:04d}", f"ghcr.io/acme/app{i}", f"app{i}"))
+    finally:
+        control.close()
+
+
+REFUSALS = [
+    # (setup commands, refused command, words the error must contain)
+    pytest.param([["cache", "create", "-n", "all-mcr", "-s", "mcr.microsoft.com/*", "-t", "*"]],
+                 ["cache", "create", "-n", "lib-hub", "-s", "docker.io/library/*", "-t", "library/*", "-c",
+                  "hub-creds"],
+                 "overlaps the wildcard rule 'all-mcr'", id="library/* under *"),
+    pytest.param([["cache", "create", "-n", "lib-mcr", "-s", "mcr.microsoft.com/library/*", "-t", "library/*"]],
+                 ["cache", "create", "-n", "lib-dotnet", "-s", "docker.io/library/dotnet/*", "-t",
+                  "library/dotnet/*", "-c", "hub-creds"],
+                 "overlaps the wildcard rule 'lib-mcr'", id="library/dotnet/* under library/*"),
+    pytest.param([["cache", "create", "-n", "lib-dotnet", "-s", "docker.io/library/dotnet/*", "-t",
+                   "library/dotnet/*", "-c", "hub-creds"]],
+                 ["cache", "create", "-n", "lib-mcr", "-s", "mcr.microsoft.com/library/*", "-t", "library/*"],
+                 "overlaps the wildcard rule 'lib-dotnet'", id="library/* over library/dotnet/*"),
+    pytest.param([["cache", "create", "-n", "ubuntu-one", "-s", "docker.io/ubuntu", "-t", "ubuntu", "-c",
+                   "hub-creds"]],
+                 ["cache", "create", "-n", "ubuntu-two", "-s", "ghcr.io/acme/ubuntu", "-t", "ubuntu"],
+                 "'ubuntu' is already the target of rule 'ubuntu-one'", id="duplicate static target"),
+    pytest.param([], ["cache", "create", "-n", "abc", "-s", "ghcr.io/a/b", "-t", "b"], "5 to 50 characters",
+                 id="name too short"),
+    pytest.param([], ["cache", "create", "-n", "a" * 51, "-s", "ghcr.io/a/b", "-t", "b"], "5 to 50 characters",
+                 id="name too long"),
+    pytest.param([], ["cache", "create", "-n", "my_rule!", "-s", "ghcr.io/a/b", "-t", "b"],
+                 "only letters, digits and hyphens", id="name characters"),
+    pytest.param([], ["cache", "create", "-n", "ubuntu", "-s", "docker.io/library/ubuntu:22.04", "-t", "ubuntu",
+                      "-c", "hub-creds"], "must not carry a tag", id="source with tag"),
+    pytest.param([], ["cache", "create", "-n", "ubuntu", "-s", "docker.io/library/ubuntu@sha256:" + "a" * 64,
+                      "-t", "ubuntu", "-c", "hub-creds"], "must not carry a digest", id="source with digest"),
+    pytest.param([], ["cache", "create", "-n", "my-rule", "-s", "registry.example.com/a/b", "-t", "b"],
+                 "unknown login server 'registry.example.com'", id="unknown login server"),
+    pytest.param([], ["cache", "create", "-n", "ubuntu", "-s", "docker.io/library/ubuntu", "-t", "ubuntu"],
+                 "docker.io supports authenticated pulls only", id="docker.io without credential set"),
+    pytest.param([], ["cache", "create", "-n", "dotnet", "-s", "mcr.microsoft.com/dotnet/sdk", "-t", "sdk", "-c",
+                      "hub-creds"], "mcr.microsoft.com supports unauthenticated pulls only", id="mcr with one"),
+    pytest.param([], ["cache", "create", "-n", "nginx", "-s", "public.ecr.aws/nginx/nginx", "-t", "nginx", "-c",
+                      "hub-creds"], "public.ecr.aws supports unauthenticated pulls only", id="ecr with one"),
+    pytest.param([], ["cache", "create", "-n", "my-app", "-s", "ghcr.io/acme/app", "-t", "app", "-c",
+                      "hub-creds"], "'hub-creds' is for docker.io, but the rule's source is on ghcr.io",
+                 id="credential set for another login server"),
+    pytest.param([["cache", "create", "-n", "my-app", "-s", "ghcr.io/acme/app", "-t", "app"]],
+                 ["cache", "update", "-n", "my-app"], "exactly one of", id="update with neither"),
+    pytest.param([["cache", "create", "-n", "my-app", "-s", "ghcr.io/acme/app", "-t", "app"]],
+                 ["cache", "update", "-n", "my-app", "-c", "ghcr-creds", "--remove-cred-set"], "exactly one of",
+                 id="update with both"),
+    pytest.param([["cache", "create", "-n", "ubuntu", "-s", "docker.io/library/ubuntu", "-t", "ubuntu", "-c",
+                   "hub-creds"]],
+                 ["cache", "update", "-n", "ubuntu", "--remove-cred-set"],
+                 "docker.io supports authenticated pulls only", id="remove required credential set"),
+    pytest.param([], ["cache", "update", "-n", "no-such-rule", "-c", "ghcr-creds"],
+                 "cache rule 'no-such-rule' does not exist", id="update unknown rule"),
+    pytest.param([["cache", "create", "-n", "ubuntu", "-s", "docker.io/library/ubuntu", "-t", "ubuntu", "-c",
+                   "hub-creds"]],
+                 ["credential-set", "delete", "-n", "hub-creds", "-y"],
+                 "credential set 'hub-creds' is used by cache rule(s) ubuntu", id="delete used credential set"),
+    pytest.param([], ["cache", "delete", "-n", "no-such-rule", "-y"], "cache rule 'no-such-rule' does not exist",
+                 id="delete unknown rule"),
+    pytest.param([["cache", "create", "-n", "my-app", "-s", "ghcr.io/acme/app", "-t", "app"]],
+                 ["cache", "delete", "-n", "my-app"], "pass -y/--yes", id="delete without confirmation"),
+    pytest.param([], ["credential-set", "create", "-n", "mcr-creds", "-l", "mcr.microsoft.com", "-u",
+                      "env://U", "-p", "env://P"], "unauthenticated pulls only", id="credential set for mcr"),
+    pytest.param([], ["credential-set", "create", "-n", "hub-creds", "-l", "docker.io", "-u", "env://U", "-p",
+                      "env://P"], "named 'hub-creds' already exists", id="duplicate credential set"),
+    pytest.param([], ["credential-set", "create", "-n", "bad-ids", "-l", "docker.io", "-u", "my-username", "-p",
+                      "env://P"], "must be keyring://SERVICE/NAME or env://VARIABLE", id="bad secret id"),
+    pytest.param([], ["credential-set", "create", "-n", "nowhere", "-l", "nowhere.example", "-u", "env://U",
+                      "-p", "env://P"], "unknown login server 'nowhere.example'", id="credential set unknown server"),
+    pytest.param([], ["upstream", "remove", "--login-server", "ghcr.io"], "has no URL override",
+                 id="remove built-in upstream"),
+    pytest.param([], ["upstream", "add", "--login-server", "docker.io", "--url", "http://127.0.0.1:1", "--auth",
+                      "anonymous"], "only its URL can be overridden", id="change built-in policy"),
+    pytest.param([], ["upstream", "add", "--login-server", "harbor.local", "--url", "ftp://harbor.local"],
+                 "must use https://", id="upstream bad scheme"),
+    pytest.param([["upstream", "add", "--login-server", "harbor.local:8443", "--url", "harbor.local:8443"],
+                  ["cache", "create", "-n", "harbor-app", "-s", "harbor.local:8443/team/app", "-t", "app"]],
+                 ["upstream", "remove", "--login-server", "harbor.local:8443"],
+                 "is the source of cache rule(s) harbor-app", id="remove used upstream"),
+    pytest.param([], ["secret", "set", "env://HUB_TOKEN"], "set HUB_TOKEN there instead", id="secret set env"),
+]
+
+
+@pytest.mark.parametrize(("setup", "command", "expected"), REFUSALS)
+def test_refused_input_changes_nothing(configured, setup, command, expected):
+    for step in setup:
+        ok(*step)
+    before = dump_database(configured)
+    result = cli(*command, input="value\n")
+    assert result.exit_code != 0
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert expected in lines[0]
+    assert dump_database(configured) == before
+
+
+def test_the_1001st_rule_is_refused(configured):
+    seed_1000_rules(configured)
+    before = dump_database(configured)
+    result = cli("cache", "create", "-n", "one-too-many", "-s", "ghcr.io/acme/extra", "-t", "extra")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == ("error: the cache-rule limit of 1,000 is reached; "
+                                     "delete a rule before adding another")
+    assert dump_database(configured) == before
+    ok("cache", "delete", "-n", "rule-0000", "-y")
+    ok("cache", "create", "-n", "one-more", "-s", "ghcr.io/acme/extra", "-t", "extra")
+
+
+def test_rule_lifecycle_and_output_formats(configured):
+    created = json.loads(ok("cache", "create", "-n", "MyRule", "-s", "docker.io/ubuntu", "-t", "ubuntu",
+                            "-c", "hub-creds", "-o", "json").stdout)
+    assert created["sourceRepository"] == "docker.io/library/ubuntu"  # Docker Hub library/ normalisation
+    assert created["targetRepository"] == "ubuntu"
+    assert created["credentialSetResourceId"] == "credentialSets/hub-creds"
+    assert created["provisioningState"] == "Succeeded"
+    assert created["creationDate"].endswith("Z")
+    ok("cache", "create", "-n", "team-ghcr", "-s", "ghcr.io/acme/*", "-t", "team/*")
+
+    shown = json.loads(ok("cache", "show", "-n", "MyRule", "-o", "json").stdout)
+    assert shown == created
+    listed = json.loads(ok("cache", "list", "-o", "json").stdout)
+    assert [r["name"] for r in listed] == ["MyRule", "team-ghcr"]
+
+    tsv = ok("cache", "list", "-o", "tsv").stdout.splitlines()
+    assert tsv[0].split("\t")[:4] == ["MyRule", "docker.io/library/ubuntu", "ubuntu", "hub-creds"]
+    assert tsv[1].split("\t")[:4] == ["team-ghcr", "ghcr.io/acme/*", "team/*", ""]
+
+    table = ok("cache", "list").stdout.splitlines()
+    assert table[0].split() == ["NAME", "SOURCE", "REPOSITORY", "TARGET", "REPOSITORY", "CREDENTIAL", "SET",
+                                "CREATED"]
+    assert table[2].split()[:4] == ["MyRule", "docker.io/library/ubuntu", "ubuntu", "hub-creds"]
+
+    updated = json.loads(ok("cache", "update", "-n", "team-ghcr", "-c", "ghcr-creds", "-o", "json").stdout)
+    assert updated["credentialSetResourceId"] == "credentialSets/ghcr-creds"
+    removed = json.loads(ok("cache", "update", "-n", "team-ghcr", "--remove-cred-set", "-o", "json").stdout)
+    assert removed["credentialSetResourceId"] is None
+
+    result = ok("cache", "delete", "-n", "MyRule", "-y")
+    assert "deleted cache rule MyRule" in result.stderr
+    assert [r["name"] for r in json.loads(ok("cache", "list", "-o", "json").stdout)] == ["team-ghcr"]
+    # the credential set is free again
+    ok("credential-set", "delete", "-n", "hub-creds", "-y")
+
+
+def test_delete_asks_when_interactive(configured, monkeypatch):
+    ok("cache", "create", "-n", "my-app", "-s", "ghcr.io/acme/app", "-t", "app")
+    monkeypatch.setattr("tui.cli._interactive", lambda: True)
+    declined = CliRunner().invoke(main, ["cache", "delete", "-n", "my-app"], input="n\n")
+    assert declined.exit_code == 1 and "cancelled" in declined.stderr
+    assert len(json.loads(ok("cache", "list", "-o", "json").stdout)) == 1
+    accepted = CliRunner().invoke(main, ["cache", "delete", "-n", "my-app"], input="y\n")
+    assert accepted.exit_code == 0
+    assert json.loads(ok("cache", "list", "-o", "json").stdout) == []
+
+
+def test_secret_prompt_does_not_echo(home, keyring_env, monkeypatch):
+    monkeypatch.setattr("tui.cli._interactive", lambda: True)
+    result = CliRunner().invoke(main, ["secret", "set", "keyring://regcache/tok"], input="pa55-value\npa55-value\n")
+    assert result.exit_code == 0, result.stderr
+    assert "pa55-value" not in result.output
+    assert "Secret value" in result.stderr
+    from proxy.secrets import SecretResolver
+
+    assert SecretResolver().get("keyring://regcache/tok") == "pa55-value"
+
+
+def test_credential_set_health(home, keyring_env):
+    created = json.loads(ok("credential-set", "create", "-n", "hub-creds", "-l", "docker.io",
+                            "-u", "keyring://regcache/u", "-p", "keyring://regcache/p", "-o", "json").stdout)
+    assert created["loginServer"] == "docker.io"
+    health = created["authCredentials"][0]["credentialHealth"]
+    assert health["status"] == "Unhealthy" and health["errorCode"] == "SecretNotFound"
+    assert "keyring://regcache/u" in health["errorMessage"]
+    ok("secret", "set", "keyring://regcache/u", input="someone\n")
+    ok("secret", "set", "keyring://regcache/p", input="pa55word\n")
+    shown = json.loads(ok("credential-set", "show", "-n", "hub-creds", "-o", "json").stdout)
+    assert shown["authCredentials"][0]["credentialHealth"]["status"] == "Healthy"
+    assert shown["authCredentials"][0]["usernameSecretIdentifier"] == "keyring://regcache/u"
+    listed = ok("credential-set", "list").stdout
+    assert "hub-creds" in listed and "Healthy" in listed
+    updated = json.loads(ok("credential-set", "update", "-n", "hub-creds", "-p", "env://REGCACHE_TEST_NOPE",
+                            "-o", "json").stdout)
+    assert updated["authCredentials"][0]["passwordSecretIdentifier"] == "env://REGCACHE_TEST_NOPE"
+    assert updated["authCredentials"][0]["credentialHealth"]["errorCode"] == "SecretNotFound"
+
+
+def test_secrets_never_reach_the_database_or_output(configured):
+    outputs = []
+    outputs.append(ok("cache", "create", "-n", "ubuntu", "-s", "docker.io/library/ubuntu", "-t", "ubuntu",
+                      "-c", "hub-creds", "-o", "json"))
+    for fmt in ("table", "json", "tsv"):
+        outputs.append(ok("credential-set", "list", "-o", fmt))
+        outputs.append(ok("credential-set", "show", "-n", "hub-creds", "-o", fmt))
+        outputs.append(ok("cache", "list", "-o", fmt))
+    outputs.append(ok("credential-set", "update", "-n", "ghcr-creds", "-u", "keyring://regcache/hub-user"))
+    # the secrets really are usable (health reads them from the keyring) ...
+    shown = ok("credential-set", "show", "-n", "hub-creds", "-o", "json")
+    outputs.append(shown)
+    assert json.loads(shown.stdout)["authCredentials"][0]["credentialHealth"]["status"] == "Healthy"
+    # ... but appear in no output and in no file of the state directory (database, WAL, shared memory)
+    state_files = [p for p in configured.rglob("*") if p.is_file()]
+    assert any(p.name == "state.db" for p in state_files)
+    for secret in (HUB_USER, HUB_TOKEN, GH_TOKEN):
+        for result in outputs:
+            assert secret not in result.stdout and secret not in result.stderr
+        for path in state_files:
+            assert secret.encode() not in path.read_bytes(), path
+
+
+def test_state_db_and_wal_hold_no_secret_while_open(configured):
+    """Checked while a connection is still open, so the WAL has not been checkpointed away."""
+    control = ControlPlane.open(configured)
+    try:
+        control.create_rule("ubuntu", "docker.io/library/ubuntu", "ubuntu", "hub-creds")
+        control.refresh_credential_set("hub-creds")
+        wal = configured / "state.db-wal"
+        assert wal.exists() and wal.stat().st_size > 0
+        for path in (configured / "state.db", wal):
+            data = path.read_bytes()
+            for secret in (HUB_USER, HUB_TOKEN, GH_TOKEN):
+                assert secret.encode() not in data
+    finally:
+        control.close()
+
+
+def test_missing_keyring_backend_is_a_clear_error(home, no_keyring):
+    result = cli("secret", "set", "keyring://regcache/token", input="value\n")
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    line, = result.stderr.splitlines()
+    assert line.startswith("error: no usable keyring backend on this host")
+    assert "PYTHON_KEYRING_BACKEND" in line
+    created = json.loads(ok("credential-set", "create", "-n", "hub-creds", "-l", "docker.io", "-u",
+                            "keyring://regcache/u", "-p", "keyring://regcache/p", "-o", "json").stdout)
+    assert created["authCredentials"][0]["credentialHealth"]["errorCode"] == "KeyringUnavailable"
+
+
+def test_upstreams(home):
+    listed = json.loads(ok("upstream", "list", "-o", "json").stdout)
+    assert {u["loginServer"] for u in listed} == {"docker.io", "mcr.microsoft.com", "public.ecr.aws", "ghcr.io",
+                                                  "quay.io", "registry.k8s.io", "gcr.io"}
+    hub = next(u for u in listed if u["loginServer"] == "docker.io")
+    assert hub["authPolicy"] == "credentials" and hub["url"] == "https://registry-1.docker.io"
+
+    override = json.loads(ok("upstream", "add", "--login-server", "docker.io", "--url", "http://127.0.0.1:5999",
+                             "-o", "json").stdout)
+    assert override["url"] == "http://127.0.0.1:5999"
+    assert override["defaultUrl"] == "https://registry-1.docker.io"
+    assert override["authPolicy"] == "credentials"
+
+    custom = json.loads(ok("upstream", "add", "--login-server", "Harbor.Local:8443", "--url", "harbor.local:8443",
+                           "--auth", "anonymous", "-o", "json").stdout)
+    assert custom == {"loginServer": "harbor.local:8443", "url": "https://harbor.local:8443",
+                      "authPolicy": "anonymous", "builtIn": False, "defaultUrl": None, "title": "custom"}
+    ok("cache", "create", "-n", "harbor-app", "-s", "harbor.local:8443/team/app", "-t", "app")
+    assert "built-in, URL overridden" in ok("upstream", "list").stdout
+
+    ok("cache", "delete", "-n", "harbor-app", "-y")
+    ok("upstream", "remove", "--login-server", "harbor.local:8443")
+    ok("upstream", "remove", "--login-server", "docker.io")
+    hub = next(u for u in json.loads(ok("upstream", "list", "-o", "json").stdout) if u["loginServer"] == "docker.io")
+    assert hub["url"] == "https://registry-1.docker.io" and hub["defaultUrl"] is None
+
+
+def regcache_executable() -> str:
+    found = shutil.which("regcache") or str(Path(sys.executable).parent / "regcache")
+    assert Path(found).exists(), "the regcache command is not installed: pip install -e '.[test]'"
+    return found
+
+
+def test_installed_command_as_a_subprocess(home, keyring_env):
+    exe = regcache_executable()
+    env = {**os.environ, **keyring_env, "REGCACHE_HOME": str(home)}
+
+    def run(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([exe, *args], input=input, capture_output=True, text=True, env=env, timeout=60)
+
+    stored = run("secret", "set", "keyring://regcache/hub-token", input=HUB_TOKEN + "\n")
+    assert stored.returncode == 0, stored.stderr
+    assert run("credential-set", "create", "-n", "hub-creds", "-l", "docker.io", "-u", "env://HUB_USER", "-p",
+               "keyring://regcache/hub-token").returncode == 0
+    assert run("cache", "create", "-n", "ubuntu", "-s", "docker.io/ubuntu", "-t", "ubuntu", "-c",
+               "hub-creds").returncode == 0
+    listed = run("cache", "list", "-o", "json")
+    assert listed.returncode == 0
+    assert [(r["name"], r["sourceRepository"]) for r in json.loads(listed.stdout)] == [
+        ("ubuntu", "docker.io/library/ubuntu")]
+    refused = run("cache", "create", "-n", "ubuntu2", "-s", "docker.io/library/ubuntu", "-t", "ubuntu", "-c",
+                  "hub-creds")
+    assert refused.returncode == 1
+    assert refused.stderr == "error: target 'ubuntu' is already the target of rule 'ubuntu' " \
+                             "(ubuntu => docker.io/library/ubuntu)\n"
+    assert "Traceback" not in refused.stderr
+    usage = run("cache", "create", "-n", "x")
+    assert usage.returncode == 2 and "Missing option" in usage.stderr
+
+
+def test_listing_rules_loads_neither_textual_nor_uvicorn(home):
+    code = (
+        "import sys\n"
+        "from tui.cli import main\n"
+        "try:\n"
+        "    main(['cache', 'list', '-o', 'json'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = sorted(m for m in ('textual', 'uvicorn', 'starlette', 'httpx') if m in sys.modules)\n"
+        "print('HEAVY=' + ','.join(heavy), file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "REGCACHE_HOME": str(home)}, timeout=60)
+    assert "HEAVY=\n" in result.stderr, result.stderr
