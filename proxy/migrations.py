@@ -66,3 +66,45 @@ def m001_configuration(db: Database) -> None:
     # Static targets are unique and wildcard targets never overlap, so no two rules share a target.
     db["cache_rules"].create_index(["target_repository"], unique=True)
     db["settings"].create({"key": str, "value": str}, pk="key")
+
+
+@migration
+def m002_cache(db: Database) -> None:
+    """What the proxy caches and records: manifests, tags, blobs, repositories, pull events."""
+    db["manifests"].create(
+        {"digest": str, "media_type": str, "size": int, "content": bytes, "created_at": str,
+         "last_access": str},
+        pk="digest",
+        not_null={"media_type", "size", "content", "created_at"},
+    )
+    db["repositories"].create(
+        {"name": str, "rule": str, "upstream": str, "first_pull": str, "last_pull": str, "pulls": int},
+        pk="name",
+        not_null={"upstream", "first_pull"},
+    )
+    # tag -> digest per (client-side) repository, with when the upstream last confirmed it
+    db["tags"].create(
+        {"repository": str, "tag": str, "digest": str, "fetched_at": str, "validated_at": str},
+        pk=("repository", "tag"),
+        not_null={"digest", "fetched_at", "validated_at"},
+    )
+    # manifests and blobs a repository has been shown to contain (upstream confirmed)
+    db["repository_contents"].create(
+        {"repository": str, "digest": str, "kind": str},
+        pk=("repository", "digest"),
+    )
+    db["blobs"].create(
+        {"digest": str, "size": int, "path": str, "first_access": str, "last_access": str},
+        pk="digest",
+        not_null={"size", "path", "first_access"},
+    )
+    db["events"].create(
+        {
+            "id": int, "ts": str, "client": str, "method": str, "kind": str, "repository": str,
+            "reference": str, "rule": str, "result": str, "status": int, "bytes": int,
+            "duration_ms": float, "detail": str,
+        },
+        pk="id",
+        not_null={"ts", "kind", "result"},
+    )
+    db["events"].create_index(["ts"])

@@ -134,3 +134,21 @@ class RuleMatch:
     upstream: UpstreamRepository
     #: the repository name as clients see it (the target side), under which it is cached
     repository: str
+
+
+@dataclass(frozen=True, slots=True)
+class PullEvent:
+    """One manifest or blob request as the proxy answered it (the Activity log and statistics)."""
+
+    client: str
+    method: str
+    kind: str  # "manifest", "blob", "tags"
+    repository: str
+    reference: str
+    result: str  # "hit", "miss", "stale", "error"
+    status: int
+    rule: str | None = None
+    bytes: int = 0
+    duration_ms: float = 0.0
+    detail: str | None = None
+    ts: datetime = field(default_factory=lambda: datetime.now(timezone.utc))

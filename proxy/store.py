@@ -196,3 +196,115 @@ class StateStore:
 
     def set_setting(self, key: str, value: str) -> None:
         self.db["settings"].upsert({"key": key, "value": value}, pk="key")
+
+    # -- cache: manifests, tags, blobs, repositories ---------------------------------------------
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits: a cheap "reload the rules?" check."""
+        return self.db.conn.execute("PRAGMA data_version").fetchone()[0]
+
+    def manifest(self, digest: str) -> tuple[str, bytes] | None:
+        row = self.db.conn.execute("SELECT media_type, content FROM manifests WHERE digest = ?",
+                                   [digest]).fetchone()
+        return (row[0], bytes(row[1])) if row else None
+
+    def put_manifest(self, digest: str, media_type: str, content: bytes) -> None:
+        now = _ts(utc_now())
+        self.db.conn.execute(
+            "INSERT OR IGNORE INTO manifests (digest, media_type, size, content, created_at, last_access) "
+            "VALUES (?, ?, ?, ?, ?, ?)", [digest, media_type, len(content), content, now, now])
+
+    def tag(self, repository: str, tag: str) -> tuple[str, datetime] | None:
+        """The cached digest of ``repository:tag`` and when the upstream last confirmed it."""
+        row = self.db.conn.execute("SELECT digest, validated_at FROM tags WHERE repository = ? AND tag = ?",
+                                   [repository, tag]).fetchone()
+        return (row[0], _dt(row[1])) if row else None
+
+    def set_tag(self, repository: str, tag: str, digest: str) -> None:
+        now = _ts(utc_now())
+        self.db.conn.execute(
+            "INSERT INTO tags (repository, tag, digest, fetched_at, validated_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (repository, tag) DO UPDATE SET validated_at = excluded.validated_at, "
+            "fetched_at = CASE WHEN tags.digest = excluded.digest THEN tags.fetched_at ELSE excluded.fetched_at END, "
+            "digest = excluded.digest", [repository, tag, digest, now, now])
+
+    def tags(self, repository: str) -> list[str]:
+        return [r[0] for r in self.db.conn.execute("SELECT tag FROM tags WHERE repository = ? ORDER BY tag",
+                                                   [repository])]
+
+    def link(self, repository: str, digest: str, kind: str) -> None:
+        self.db.conn.execute("INSERT OR IGNORE INTO repository_contents (repository, digest, kind) VALUES (?, ?, ?)",
+                             [repository, digest, kind])
+
+    def is_linked(self, repository: str, digest: str) -> bool:
+        return self.db.conn.execute("SELECT 1 FROM repository_contents WHERE repository = ? AND digest = ?",
+                                    [repository, digest]).fetchone() is not None
+
+    def record_repository(self, name: str, rule: str, upstream: str) -> None:
+        now = _ts(utc_now())
+        self.db.conn.execute(
+            "INSERT INTO repositories (name, rule, upstream, first_pull, last_pull, pulls) VALUES (?, ?, ?, ?, ?, 1) "
+            "ON CONFLICT (name) DO UPDATE SET rule = excluded.rule, upstream = excluded.upstream, "
+            "last_pull = excluded.last_pull, pulls = repositories.pulls + 1", [name, rule, upstream, now, now])
+
+    def repository_names(self, last: str | None = None, limit: int | None = None) -> list[str]:
+        sql = "SELECT name FROM repositories WHERE name > ? ORDER BY name"
+        args: list = [last or ""]
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [r[0] for r in self.db.conn.execute(sql, args)]
+
+    def blob(self, digest: str) -> tuple[int, str] | None:
+        """Size and path (relative to the state directory) of a stored blob."""
+        row = self.db.conn.execute("SELECT size, path FROM blobs WHERE digest = ?", [digest]).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def put_blob(self, digest: str, size: int, path: str) -> None:
+        now = _ts(utc_now())
+        self.db.conn.execute(
+            "INSERT INTO blobs (digest, size, path, first_access, last_access) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (digest) DO UPDATE SET size = excluded.size, path = excluded.path, "
+            "last_access = excluded.last_access", [digest, size, path, now, now])
+
+    def touch_blob(self, digest: str) -> None:
+        self.db.conn.execute("UPDATE blobs SET last_access = ? WHERE digest = ?", [_ts(utc_now()), digest])
+
+    def delete_blob(self, digest: str) -> None:
+        self.db.conn.execute("DELETE FROM blobs WHERE digest = ?", [digest])
+
+    # -- events ------------------------------------------------------------------------------------
+
+    EVENT_COLUMNS = ("ts", "client", "method", "kind", "repository", "reference", "rule", "result", "status",
+                     "bytes", "duration_ms", "detail")
+
+    def insert_events(self, events: list[dict]) -> None:
+        cols = self.EVENT_COLUMNS
+        self.db.conn.executemany(
+            f"INSERT INTO events ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+            [[e.get(c) for c in cols] for e in events])
+
+    def events(self, after_id: int = 0, limit: int = 1000) -> list[dict]:
+        cur = self.db.conn.execute("SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", [after_id, limit])
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row)) for row in cur]
+
+
+class AsyncStateStore:
+    """A StateStore for async code: each call runs on a worker thread, one at a time.
+
+    SQLite calls block, so they never run on the event loop; the limiter of one keeps the single
+    connection's statements (and transactions) from interleaving.
+    """
+
+    def __init__(self, store: StateStore) -> None:
+        import anyio
+
+        self.store = store
+        self._limiter = anyio.CapacityLimiter(1)
+
+    async def run(self, fn, *args):
+        """Run ``fn(store, *args)`` on a worker thread and return its result."""
+        import anyio
+
+        return await anyio.to_thread.run_sync(lambda: fn(self.store, *args), limiter=self._limiter)

@@ -113,6 +113,57 @@ def tui_command(ctx: click.Context, listen: str = "127.0.0.1:5000") -> None:
     run_app(home=ctx.find_root().obj.get("home"), listen=listen)
 
 
+def _unwrap(exc: BaseException) -> BaseException:
+    """The first engine error inside (nested) exception groups, or ``exc`` itself."""
+    while isinstance(exc, BaseExceptionGroup):
+        found = next((e for e in exc.exceptions if isinstance(e, (RegcacheError, BaseExceptionGroup))), None)
+        if found is None:
+            return exc
+        exc = found
+    return exc
+
+
+@main.command()
+@click.option("--listen", default="127.0.0.1:5000", show_default=True, help="Address to serve on, HOST:PORT.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="TLS certificate (PEM).")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="TLS private key (PEM).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True)
+@click.pass_context
+def serve(ctx: click.Context, listen: str, tls_cert: str | None, tls_key: str | None, log_level: str) -> None:
+    """Run the registry proxy in the foreground (stops cleanly on SIGTERM or Ctrl-C)."""
+    import logging
+    import signal
+
+    import anyio
+
+    from proxy.server import ProxyServer
+    from proxy.store import resolve_home
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    home = resolve_home(ctx.find_root().obj.get("home"))
+
+    async def run() -> None:
+        server = ProxyServer(home, listen, tls_cert=tls_cert, tls_key=tls_key)
+        async with anyio.create_task_group() as tg:
+            await tg.start(server.serve)  # a taken port raises here
+            click.echo(f"regcache: serving {server.url} (state: {home})", err=True)
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    logging.getLogger("regcache").info("%s: finishing in-flight requests",
+                                                       signal.Signals(signum).name)
+                    server.stop()
+                    break
+
+    try:
+        anyio.run(run)
+    except BaseException as exc:
+        inner = _unwrap(exc)
+        if isinstance(inner, RegcacheError):
+            raise Failure(str(inner)) from None
+        raise
+
+
 # -- cache rules -------------------------------------------------------------------------------
 
 @main.group(context_settings=CONTEXT_SETTINGS)

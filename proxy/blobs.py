@@ -1,0 +1,266 @@
+"""The content-addressed blob store and its single-flight streaming downloads.
+
+A blob lives once per digest under ``blobs/<algorithm>/<2 hex>/<hex>``. On a miss exactly one
+upstream download runs per digest, however many clients ask: it writes a temporary file, hashing on
+the fly, and every waiting client streams from that file as it grows. Only a verified file is
+fsynced and renamed into place; a digest or size mismatch, or a cut upstream, aborts every reader
+and deletes the temporary file. The download belongs to the store's task group, not to the first
+client, so it completes (and the next pull is a hit) even when that client goes away.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import httpx
+from anyio.abc import TaskGroup
+
+from .store import AsyncStateStore
+
+log = logging.getLogger("regcache.blobs")
+
+CHUNK = 1024 * 1024
+
+BlobFetch = Callable[[], AbstractAsyncContextManager[httpx.Response]]
+
+
+class BlobDownloadError(Exception):
+    """The shared download of a blob failed; every reader of it gets this (or the upstream error)."""
+
+
+class BlobIntegrityError(BlobDownloadError):
+    """The upstream's bytes did not match the digest or the announced size."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBlob:
+    """A verified blob on disk."""
+
+    digest: str
+    path: Path
+    size: int
+
+
+class Download:
+    """One upstream download in progress; readers follow ``written`` and wait on ``changed()``."""
+
+    def __init__(self, digest: str, tmp_path: Path, fd: int) -> None:
+        self.digest = digest
+        self.tmp_path = tmp_path
+        self.fd = fd
+        self.size: int | None = None
+        self.headers_received = False
+        self.written = 0
+        self.done = False
+        self.error: BaseException | None = None
+        self.readers = 0
+        self._event = anyio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = anyio.Event()
+
+    async def changed(self) -> None:
+        await self._event.wait()
+
+
+class BlobStream:
+    """A reader of an in-progress download, with its own file descriptor on the temporary file."""
+
+    def __init__(self, download: Download, fd: int) -> None:
+        self.download = download
+        self._fd = fd
+        download.readers += 1
+
+    async def size(self) -> int | None:
+        """The blob's size once the upstream answered (None if it sent no Content-Length)."""
+        d = self.download
+        while not d.headers_received and d.error is None:
+            await d.changed()
+        if d.error is not None:
+            self.close()
+            raise d.error
+        return d.size
+
+    async def chunks(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Bytes ``start`` to ``end`` (exclusive) as they arrive; raises if the download fails.
+
+        The last byte is held back until the blob is verified, so a client never receives a
+        complete body of a blob that failed its digest check.
+        """
+        d = self.download
+        offset = start
+        try:
+            while True:
+                if d.error is not None:
+                    raise BlobDownloadError(f"download of {d.digest} failed: {d.error}")
+                available = d.written if d.done or d.size is None else min(d.written, d.size - 1)
+                limit = available if end is None else min(available, end)
+                if offset < limit:
+                    data = os.pread(self._fd, min(limit - offset, CHUNK), offset)
+                    if not data:
+                        raise BlobDownloadError(f"download of {d.digest} lost its temporary file")
+                    offset += len(data)
+                    yield data
+                    continue
+                if end is not None and offset >= end:
+                    return
+                if d.done and offset >= d.written:
+                    return
+                await d.changed()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            self.download.readers -= 1
+
+
+class BlobStore:
+    """Verified blobs on disk plus the downloads in flight; needs a task group to own downloads."""
+
+    def __init__(self, home: Path, state: AsyncStateStore, task_group: TaskGroup) -> None:
+        self.root = home / "blobs"
+        self.tmp = self.root / "tmp"
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self._home = home
+        self._state = state
+        self._tg = task_group
+        self._inflight: dict[str, Download] = {}
+        #: completed upstream downloads per digest (tests and the benchmark read it)
+        self.downloads = 0
+
+    def path_for(self, digest: str) -> Path:
+        algorithm, _, encoded = digest.partition(":")
+        return self.root / algorithm / encoded[:2] / encoded
+
+    def remove_stale_temp_files(self) -> int:
+        """Delete temporary files left by a process that is gone (or by an earlier run of ours).
+
+        Temporary names start with the writer's pid, so a TUI and a `regcache serve` sharing a
+        state directory never delete each other's downloads.
+        """
+        removed = 0
+        for path in self.tmp.iterdir():
+            pid_text = path.name.split("-", 1)[0]
+            if pid_text.isdigit() and int(pid_text) != os.getpid() and _alive(int(pid_text)):
+                continue
+            try:
+                path.unlink()
+                removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
+
+    def stored(self, digest: str) -> StoredBlob | None:
+        """The verified blob, if it is on disk (the file, not the database, is the truth)."""
+        path = self.path_for(digest)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return None
+        return StoredBlob(digest, path, size)
+
+    def in_flight(self, digest: str) -> bool:
+        return digest in self._inflight
+
+    def stream(self, digest: str, fetch: BlobFetch) -> BlobStream:
+        """Join the download of ``digest``, starting it if none runs. Call only after ``stored()`` said no.
+
+        No await happens between finding (or creating) the download and opening the reader's file
+        descriptor, so the temporary file cannot be renamed away in between.
+        """
+        download = self._inflight.get(digest)
+        if download is None:
+            tmp_path = self.tmp / f"{os.getpid()}-{secrets.token_hex(8)}-{digest.replace(':', '-')}"
+            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            download = Download(digest, tmp_path, fd)
+            self._inflight[digest] = download
+            self._tg.start_soon(self._download, download, fetch, name=f"download {digest}")
+        return BlobStream(download, os.open(download.tmp_path, os.O_RDONLY))
+
+    async def _download(self, d: Download, fetch: BlobFetch) -> None:
+        algorithm, _, expected = d.digest.partition(":")
+        hasher = hashlib.new(algorithm)
+        final = self.path_for(d.digest)
+        try:
+            async with fetch() as response:
+                length = response.headers.get("content-length")
+                d.size = int(length) if length and length.isdigit() else None
+                d.headers_received = True
+                d.notify()
+                async for chunk in response.aiter_raw(CHUNK):
+                    hasher.update(chunk)
+                    _write_all(d.fd, chunk)
+                    d.written += len(chunk)
+                    if d.size is not None and d.written > d.size:
+                        raise BlobIntegrityError(f"upstream sent more than the announced {d.size} bytes")
+                    d.notify()
+            if d.size is not None and d.written != d.size:
+                raise BlobIntegrityError(f"upstream sent {d.written} of {d.size} bytes")
+            if hasher.hexdigest() != expected:
+                raise BlobIntegrityError(f"upstream content does not match {d.digest}; nothing was stored")
+            await anyio.to_thread.run_sync(os.fsync, d.fd)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(d.tmp_path, final)
+            # Between the rename and this removal there is no await: a new request either joins
+            # this download or finds the final file.
+            del self._inflight[d.digest]
+            d.size = d.written
+            d.done = True
+            self.downloads += 1
+            await anyio.to_thread.run_sync(_fsync_dir, final.parent)
+            await self._state.run(lambda s: s.put_blob(d.digest, d.written, str(final.relative_to(self._home))))
+        except BaseException as exc:
+            if not d.done:
+                d.error = exc if isinstance(exc, Exception) else BlobDownloadError("regcache is shutting down")
+                self._inflight.pop(d.digest, None)
+                _unlink(d.tmp_path)
+                level = logging.WARNING if isinstance(exc, Exception) else logging.INFO
+                log.log(level, "download of %s failed: %s", d.digest, d.error)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            os.close(d.fd)
+            d.notify()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError as exc:
+        return exc.errno == errno.EPERM
+    return True

@@ -1,0 +1,162 @@
+"""Running the registry app: as the main loop of `regcache serve`, or embedded on its own thread.
+
+``ProxyServer.serve`` binds the socket before it reports readiness through ``task_status``, so a
+port that is taken is an error for the caller, not a log line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import uvicorn
+from anyio.abc import TaskStatus
+
+from .errors import RegcacheError
+from .registry import create_app
+from .secrets import SecretResolver
+
+log = logging.getLogger("regcache.server")
+
+DEFAULT_LISTEN = "127.0.0.1:5000"
+
+
+class ListenError(RegcacheError):
+    """The proxy could not listen on its address."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> ListenAddress:
+        host, sep, port = text.strip().rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ListenError(f"listen address {text!r} must be HOST:PORT, e.g. 127.0.0.1:5000")
+        return cls(host.strip("[]") or "127.0.0.1", int(port))
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its signal handlers: the owner of the loop decides when to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def bind(address: ListenAddress) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((address.host, address.port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ListenError(f"port {address.port} on {address.host} is already in use; stop what listens there "
+                              f"or choose another address with --listen HOST:PORT") from None
+        raise ListenError(f"cannot listen on {address}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+class ProxyServer:
+    """The registry app under uvicorn, on one address, for one state directory."""
+
+    def __init__(self, home: Path, listen: str | ListenAddress = DEFAULT_LISTEN, *,
+                 tls_cert: str | None = None, tls_key: str | None = None,
+                 secrets: SecretResolver | None = None, freshness: float = 0.0, transport=None) -> None:
+        self.home = home
+        self.address = listen if isinstance(listen, ListenAddress) else ListenAddress.parse(listen)
+        if bool(tls_cert) != bool(tls_key):
+            raise ListenError("TLS needs both --tls-cert and --tls-key")
+        self.app = create_app(home, secrets=secrets, transport=transport, freshness=freshness)
+        self._tls = (tls_cert, tls_key)
+        self._server: _Server | None = None
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self._tls[0] else "http"
+        return f"{scheme}://{self.address}"
+
+    async def serve(self, *, task_status: TaskStatus[ListenAddress] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve until ``stop()``; reports the bound address (its real port if 0 was asked) when ready."""
+        sock = bind(self.address)
+        self.address = ListenAddress(self.address.host, sock.getsockname()[1])
+        config = uvicorn.Config(self.app, lifespan="on", log_config=None, access_log=False,
+                                ssl_certfile=self._tls[0], ssl_keyfile=self._tls[1],
+                                timeout_graceful_shutdown=10, server_header=False)
+        server = _Server(config)
+        self._server = server
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(server.serve, [sock])
+                while not server.started:
+                    if server.should_exit:
+                        raise ListenError(f"the proxy on {self.address} failed to start; see the log")
+                    await anyio.sleep(0.01)
+                task_status.started(self.address)
+        finally:
+            sock.close()
+
+    def stop(self) -> None:
+        """Ask the server to finish in-flight requests and stop (safe from any thread)."""
+        if self._server is not None:
+            self._server.should_exit = True
+
+
+class EmbeddedProxy:
+    """A ProxyServer on its own thread and event loop (the TUI's), so transfers never stall the UI."""
+
+    def __init__(self, server: ProxyServer) -> None:
+        self.server = server
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self.error: BaseException | None = None
+
+    def start(self, timeout: float = 30.0) -> ListenAddress:
+        """Start and wait until it listens; raises ListenError (e.g. port taken) instead."""
+        self._thread = threading.Thread(target=self._run, name="regcache-proxy", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise ListenError(f"the proxy did not start within {timeout:.0f} s")
+        if self.error is not None:
+            raise self.error
+        return self.server.address
+
+    def _run(self) -> None:
+        async def main() -> None:
+            async with anyio.create_task_group() as tg:
+                await tg.start(self.server.serve)
+                self._ready.set()
+
+        try:
+            anyio.run(main)
+        except BaseException as exc:  # reported to start(), or kept for whoever asks
+            self.error = exc if isinstance(exc, RegcacheError) else ListenError(f"the proxy stopped: {exc}")
+            if not isinstance(exc, RegcacheError):
+                log.exception("the embedded proxy stopped")
+        finally:
+            self._ready.set()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self.server.stop()
+        if self._thread is not None:
+            self._thread.join(timeout)
