@@ -278,8 +278,8 @@ class PullThroughCache:
 
     # -- blobs ---------------------------------------------------------------------------------
 
-    async def blob(self, match: RuleMatch, digest: str) -> tuple[StoredBlob | BlobStream, str, str | None]:
-        """A stored blob (hit) or a stream of its single-flight download (miss); plus result and detail."""
+    async def blob(self, match: RuleMatch, digest: str) -> tuple[StoredBlob | BlobStream, int | None, str, str | None]:
+        """A stored blob (hit) or a stream of its single-flight download (miss); its size, result and detail."""
         repo = match.repository
         path = match.upstream.path
         stored = self.blobs.stored(digest)
@@ -296,12 +296,12 @@ class PullThroughCache:
                 else:
                     await self.state.run(lambda s: s.link(repo, digest, "blob"))
             await self.state.run(lambda s: s.touch_blob(digest))
-            return stored, result, detail
+            return stored, stored.size, result, detail
         creds = await self.credentials(match.rule)
         upstream = self.upstream_of(match)
         stream = self.blobs.stream(digest, lambda: self.upstream.blob(upstream, path, digest, creds))
         try:
-            await stream.size()
+            size = await stream.size()
         except UpstreamError as exc:
             if isinstance(exc, UpstreamAuthError) and creds is not None:
                 await self._record_health(creds.identity, CredentialHealth.unhealthy("UpstreamAuthFailed", str(exc)))
@@ -310,7 +310,7 @@ class PullThroughCache:
             raise RegistryError(502, "UNKNOWN", f"fetching blob {digest} from upstream "
                                                 f"{match.upstream.login_server} failed: {exc}") from None
         await self.state.run(lambda s: s.link(repo, digest, "blob"))
-        return stream, "miss", None
+        return stream, size, "miss", None
 
     async def blob_size(self, match: RuleMatch, digest: str) -> tuple[int, str]:
         """For HEAD: the blob's size from the store, else from the upstream (nothing downloaded)."""

@@ -181,8 +181,7 @@ class Registry:
                 return Response(b"", 200, headers={**API_VERSION_HEADER, "Docker-Content-Digest": digest,
                                                    "Content-Length": str(size), "Accept-Ranges": "bytes",
                                                    "Content-Type": "application/octet-stream"})
-            source, result, detail = await self.cache.blob(match, digest)
-            size = source.size if isinstance(source, StoredBlob) else await source.size()
+            source, size, result, detail = await self.cache.blob(match, digest)
             try:
                 byte_range = parse_range(request.headers.get("range"), size)
             except RegistryError:

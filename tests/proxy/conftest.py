@@ -1,0 +1,75 @@
+"""Fixtures for the proxy's integration tests: regcache serving on a free loopback port."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from proxy.control import ControlPlane
+from proxy.server import EmbeddedProxy, ProxyServer
+
+
+@dataclass
+class Regcache:
+    """A running regcache (the real uvicorn server, on its own thread) and its control plane."""
+
+    home: Path
+    server: ProxyServer
+    proxy: EmbeddedProxy
+    control: ControlPlane
+
+    @property
+    def host(self) -> str:
+        return str(self.server.address)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60)
+
+    def add_upstream(self, registry, auth: str = "both") -> str:
+        """Register a loopback registry as a custom upstream; returns its login server."""
+        self.control.add_upstream(registry.host, registry.url, auth)
+        return registry.host
+
+    def events(self) -> list[dict]:
+        """Pull events written so far (waits for the batch writer to catch up)."""
+        import time
+
+        deadline = time.monotonic() + 5
+        seen = -1
+        while time.monotonic() < deadline:
+            rows = self.control.store.events()
+            if len(rows) == seen:
+                return rows
+            seen = len(rows)
+            time.sleep(0.2)
+        return self.control.store.events()
+
+    def blob_files(self) -> list[Path]:
+        root = self.home / "blobs"
+        return [p for p in root.rglob("*") if p.is_file() and "tmp" not in p.relative_to(root).parts]
+
+    def temp_files(self) -> list[Path]:
+        return [p for p in (self.home / "blobs" / "tmp").iterdir()]
+
+
+def start_regcache(home: Path, **kwargs) -> Regcache:
+    server = ProxyServer(home, "127.0.0.1:0", **kwargs)
+    proxy = EmbeddedProxy(server)
+    proxy.start()
+    return Regcache(home, server, proxy, ControlPlane.open(home))
+
+
+@pytest.fixture
+def regcache(home: Path, keyring_env) -> Iterator[Regcache]:
+    rc = start_regcache(home)
+    yield rc
+    rc.proxy.stop()
+    rc.control.close()
