@@ -292,3 +292,64 @@ def test_catalog_lists_cached_repositories(regcache, anonymous_registry, push_im
         assert page.headers["link"] == '</v2/_catalog?n=1&last=lib/one>; rel="next"'
         referrers = http.get(f"/v2/lib/one/referrers/sha256:{'a' * 64}")
         assert referrers.status_code == 200 and json.loads(referrers.content)["manifests"] == []
+
+
+def test_tag_revalidation_by_head(regcache, anonymous_registry, push_image, skopeo, tmp_path):
+    server = regcache.add_upstream(anonymous_registry)
+    regcache.control.create_rule("moving-tag", f"{server}/library/moving", "moving")
+    first = push_image(anonymous_registry, "library/moving", "latest", layers=[1_000], seed="v1")
+    assert_pulled(skopeo.copy_to_oci(f"{regcache.host}/moving:latest", tmp_path / "v1", "latest"), "latest", first)
+
+    anonymous_registry.clear_log()
+    assert_pulled(skopeo.copy_to_oci(f"{regcache.host}/moving:latest", tmp_path / "v1b", "latest"), "latest", first)
+    manifest_requests = [(e.method, e.path) for e in anonymous_registry.requests(path_prefix="/v2/library/moving/")]
+    # unchanged: one HEAD to revalidate (freshness window 0), no GET, no blob traffic
+    assert manifest_requests == [("HEAD", "/v2/library/moving/manifests/latest")]
+
+    second = push_image(anonymous_registry, "library/moving", "latest", layers=[1_000], seed="v2")
+    assert second.digest != first.digest
+    assert_pulled(skopeo.copy_to_oci(f"{regcache.host}/moving:latest", tmp_path / "v2", "latest"), "latest", second)
+    # the old image stays pullable by digest
+    assert_pulled(skopeo.copy_to_oci(f"{regcache.host}/moving@{first.digest}", tmp_path / "old", "latest"),
+                  "latest", first)
+
+
+def test_fresh_tags_are_not_revalidated(home, keyring_env, anonymous_registry, push_image, skopeo, tmp_path):
+    from .conftest import start_regcache
+
+    rc = start_regcache(home, freshness=3600)
+    try:
+        server = rc.add_upstream(anonymous_registry)
+        rc.control.create_rule("fresh-tag", f"{server}/library/fresh", "fresh")
+        image = push_image(anonymous_registry, "library/fresh", "1", layers=[1_000])
+        skopeo.copy_to_oci(f"{rc.host}/fresh:1", tmp_path / "a", "1")
+        anonymous_registry.clear_log()
+        assert_pulled(skopeo.copy_to_oci(f"{rc.host}/fresh:1", tmp_path / "b", "1"), "1", image)
+        assert anonymous_registry.requests(path_prefix="/v2/library/fresh/") == []
+    finally:
+        rc.proxy.stop()
+        rc.control.close()
+
+
+def test_download_completes_when_the_first_client_goes_away(regcache, anonymous_registry, push_image):
+    import time
+
+    server = regcache.add_upstream(anonymous_registry)
+    regcache.control.create_rule("abandoned", f"{server}/library/abandoned", "abandoned")
+    image = push_image(anonymous_registry, "library/abandoned", "1", layers=[20_000_000])
+    layer = image.layers[0]
+    blobs = regcache.server.app.state.registry.cache.blobs
+    with regcache.http() as http:
+        with http.stream("GET", f"/v2/abandoned/blobs/{layer.digest}") as response:
+            assert response.status_code == 200
+            next(response.iter_raw(65536))  # read a little, then hang up
+    deadline = time.monotonic() + 30
+    while blobs.stored(layer.digest) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert blobs.stored(layer.digest) is not None
+    assert blobs.path_for(layer.digest).read_bytes() == layer.data
+    with regcache.http() as http:
+        assert http.get(f"/v2/abandoned/blobs/{layer.digest}").content == layer.data
+    assert anonymous_registry.count_blob_gets("library/abandoned", layer.digest) == 1
+    results = [e["result"] for e in regcache.events() if e["kind"] == "blob"]
+    assert results == ["miss", "hit"]
