@@ -105,6 +105,12 @@ class ControlPlane:
             return CredentialHealth.unhealthy(exc.code, exc.message)
         return CredentialHealth.healthy()
 
+    def check_new_credential_set_name(self, name: str) -> None:
+        """Refuse a bad or taken name before anything (such as a secret) is stored under it."""
+        check_name(name, "credential set")
+        if self.store.credential_set(name) is not None:
+            raise ConflictError(f"a credential set named {name!r} already exists", field="name")
+
     def create_credential_set(self, name: str, login_server: str, username_id: str, password_id: str) -> CredentialSet:
         check_name(name, "credential set")
         server = normalize_login_server(login_server)

@@ -289,6 +289,62 @@ class StateStore:
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row)) for row in cur]
 
+    # -- statistics ----------------------------------------------------------------------------------
+
+    def cache_size(self) -> tuple[int, int, int]:
+        """(bytes of blobs, number of blobs, number of manifests)."""
+        blob_bytes, blobs = self.db.conn.execute("SELECT COALESCE(SUM(size), 0), COUNT(*) FROM blobs").fetchone()
+        manifests = self.db.conn.execute("SELECT COUNT(*) FROM manifests").fetchone()[0]
+        return blob_bytes, blobs, manifests
+
+    def event_totals(self) -> dict[str, int]:
+        """Counts per result, bytes served to clients and bytes fetched from upstreams (blob misses)."""
+        totals = {"hit": 0, "miss": 0, "stale": 0, "error": 0, "bytes_served": 0, "bytes_fetched": 0}
+        for result, count, size in self.db.conn.execute(
+                "SELECT result, COUNT(*), COALESCE(SUM(bytes), 0) FROM events GROUP BY result"):
+            totals[result] = count
+            if result != "error":
+                totals["bytes_served"] += size
+        totals["bytes_fetched"] = self.db.conn.execute(
+            "SELECT COALESCE(SUM(bytes), 0) FROM events WHERE kind = 'blob' AND result = 'miss'").fetchone()[0]
+        return totals
+
+    def rule_usage(self) -> dict[str, tuple[int, int, int]]:
+        """Per rule: (cached repositories, hits, misses)."""
+        usage: dict[str, list[int]] = {}
+        for rule, repos in self.db.conn.execute("SELECT rule, COUNT(*) FROM repositories GROUP BY rule"):
+            usage.setdefault(rule, [0, 0, 0])[0] = repos
+        for rule, result, count in self.db.conn.execute(
+                "SELECT rule, result, COUNT(*) FROM events WHERE rule IS NOT NULL AND result IN ('hit', 'miss') "
+                "GROUP BY rule, result"):
+            usage.setdefault(rule, [0, 0, 0])[1 if result == "hit" else 2] = count
+        return {rule: (v[0], v[1], v[2]) for rule, v in usage.items()}
+
+    def rule_repositories(self, rule: str) -> list[dict]:
+        """The repositories a rule cached: tags, stored bytes, pulls, last pull, hits and misses."""
+        rows = []
+        for name, upstream, last_pull, pulls in self.db.conn.execute(
+                "SELECT name, upstream, last_pull, pulls FROM repositories WHERE rule = ? ORDER BY name", [rule]):
+            tags = [r[0] for r in self.db.conn.execute(
+                "SELECT tag FROM tags WHERE repository = ? ORDER BY tag", [name])]
+            size = self.db.conn.execute(
+                "SELECT COALESCE(SUM(b.size), 0) FROM repository_contents c JOIN blobs b ON b.digest = c.digest "
+                "WHERE c.repository = ? AND c.kind = 'blob'", [name]).fetchone()[0]
+            hits, misses = self.db.conn.execute(
+                "SELECT COALESCE(SUM(result = 'hit'), 0), COALESCE(SUM(result = 'miss'), 0) FROM events "
+                "WHERE repository = ?", [name]).fetchone()
+            rows.append({"name": name, "upstream": upstream, "tags": tags, "size": size, "pulls": pulls,
+                         "last_pull": _dt(last_pull), "hits": hits, "misses": misses})
+        return rows
+
+    def last_event_id(self) -> int:
+        return self.db.conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
+
+    def recent_errors(self, limit: int = 5) -> list[dict]:
+        cur = self.db.conn.execute("SELECT * FROM events WHERE result = 'error' ORDER BY id DESC LIMIT ?", [limit])
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row)) for row in cur]
+
 
 class AsyncStateStore:
     """A StateStore for async code: each call runs on a worker thread, one at a time.

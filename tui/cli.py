@@ -105,12 +105,12 @@ def main(ctx: click.Context, home: str | None) -> None:
 @click.pass_context
 def tui_command(ctx: click.Context, listen: str = "127.0.0.1:5000") -> None:
     """Open the TUI with the embedded proxy."""
+    from .app import run_app  # Textual loads only here: the other commands stay fast
+
     try:
-        from .app import run_app
-    except ImportError:
-        raise Failure("the TUI is not part of this build yet; use the `regcache cache|credential-set|"
-                      "upstream|secret` commands (see `regcache --help`)") from None
-    run_app(home=ctx.find_root().obj.get("home"), listen=listen)
+        run_app(home=ctx.find_root().obj.get("home"), listen=listen)
+    except RegcacheError as exc:
+        raise Failure(str(exc)) from None
 
 
 def _unwrap(exc: BaseException) -> BaseException:

@@ -1,0 +1,160 @@
+"""The regcache TUI: the portal's blades for the keyboard, with the proxy embedded on its own thread."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from textual import work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.reactive import reactive
+from textual.screen import Screen
+from textual.widgets import ContentSwitcher, Footer, Header
+from textual.worker import Worker, WorkerState
+
+from proxy.errors import RegcacheError
+
+from .backend import Backend, ProxyStatus
+from .blades.activity import ActivityBlade
+from .blades.base import Blade
+from .blades.credentials import CredentialsBlade
+from .blades.overview import OverviewBlade
+from .blades.rules import RulesBlade
+from .blades.upstreams import UpstreamsBlade
+from .messages import ConfigurationChanged, Navigate
+from .widgets.nav import BLADES, NavList
+
+
+class RegcacheApp(App[None]):
+    """The TUI. ``proxy`` is started on mount (None: show ``status`` as given, e.g. in tests)."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "regcache"
+    BINDINGS = [
+        Binding("1", "show_blade('overview')", "Overview", show=False, id="app.overview"),
+        Binding("2", "show_blade('rules')", "Rules", show=False, id="app.rules"),
+        Binding("3", "show_blade('credentials')", "Credentials", show=False, id="app.credentials"),
+        Binding("4", "show_blade('activity')", "Activity", show=False, id="app.activity"),
+        Binding("5", "show_blade('upstreams')", "Upstreams", show=False, id="app.upstreams"),
+        Binding("q", "quit", "Quit", id="app.quit"),
+    ]
+
+    #: what the header and the Overview say about the embedded proxy
+    proxy_status: reactive[ProxyStatus] = reactive(ProxyStatus("-", "stopped"), init=False)
+
+    def __init__(self, backend: Backend, proxy=None, status: ProxyStatus | None = None) -> None:
+        super().__init__()
+        self.backend = backend
+        self.proxy = proxy
+        if status is not None:
+            self.set_reactive(RegcacheApp.proxy_status, status)
+        elif proxy is not None:
+            self.set_reactive(RegcacheApp.proxy_status, ProxyStatus(str(proxy.server.address), "starting"))
+
+    def compose(self) -> ComposeResult:
+        yield Header(icon="⛁")
+        with Horizontal(id="main"):
+            yield NavList()
+            with ContentSwitcher(initial="overview", id="blades"):
+                yield OverviewBlade(id="overview")
+                yield RulesBlade(id="rules")
+                yield CredentialsBlade(id="credentials")
+                yield ActivityBlade(id="activity")
+                yield UpstreamsBlade(id="upstreams")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = self.proxy_status.label
+        self.query_one(NavList).focus()
+        if self.proxy is not None:
+            self.start_proxy()
+
+    def watch_proxy_status(self, status: ProxyStatus) -> None:
+        self.sub_title = status.label
+
+    @work(thread=True, exclusive=True, group="proxy")
+    def start_proxy(self) -> None:
+        try:
+            address = self.proxy.start()
+        except RegcacheError as exc:
+            status = ProxyStatus(str(self.proxy.server.address), "stopped", str(exc))
+            self.call_from_thread(setattr, self, "proxy_status", status)
+            self.call_from_thread(self.notify, f"The proxy is not running: {exc}. Rules and credentials "
+                                               f"still work.", title="Proxy", severity="error", timeout=15)
+            return
+        self.call_from_thread(setattr, self, "proxy_status", ProxyStatus(str(address), "running"))
+
+    async def on_unmount(self) -> None:
+        if self.proxy is not None and self.proxy.running:
+            import anyio
+
+            await anyio.to_thread.run_sync(self.proxy.stop)
+
+    # -- navigation ----------------------------------------------------------------------------
+
+    def on_navigate(self, message: Navigate) -> None:
+        self.query_one(ContentSwitcher).current = message.blade
+
+    def action_show_blade(self, blade: str) -> None:
+        self.query_one(ContentSwitcher).current = blade
+        self.query_one(NavList).select_blade(blade)
+        self.query_one(f"#{blade}", Blade).focus_main()
+
+    def on_configuration_changed(self, message: ConfigurationChanged) -> None:
+        for blade in self.query(Blade):
+            if blade.display:
+                blade.load()
+
+    def run_blade_action(self, blade: str, action: str) -> None:
+        self.action_show_blade(blade)
+        self.call_after_refresh(self.query_one(f"#{blade}", Blade).run_action, action)
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for i, (blade, title) in enumerate(BLADES, 1):
+            yield SystemCommand(f"Go to {title}", f"Show the {title} blade (key {i})",
+                                lambda b=blade: self.action_show_blade(b))
+        actions = (
+            ("New cache rule", "Create a cache rule (portal form)", "rules", "new_rule"),
+            ("Edit rule credentials", "Attach or remove the selected rule's credential set", "rules",
+             "edit_credentials"),
+            ("Delete cache rule", "Delete the selected cache rule (asks first)", "rules", "delete_rule"),
+            ("Cache rule details", "Cached repositories, tags, sizes and hits of the selected rule", "rules",
+             "details"),
+            ("Create credentials", "A credential set with values in the keyring or secret URIs", "credentials",
+             "new_credentials"),
+            ("Re-check credentials", "Check that the selected credential set's secrets can be read",
+             "credentials", "check_health"),
+            ("Delete credentials", "Delete the selected credential set (asks first)", "credentials",
+             "delete_credentials"),
+            ("Filter activity", "Filter the live pull log", "activity", "filter"),
+            ("Add upstream", "A custom upstream registry, or a built-in URL override", "upstreams",
+             "add_upstream"),
+            ("Remove upstream", "Remove the selected custom upstream or URL override", "upstreams",
+             "remove_upstream"),
+        )
+        for title, help_text, blade, action in actions:
+            yield SystemCommand(title, help_text, lambda b=blade, a=action: self.run_blade_action(b, a))
+
+    # -- errors from workers -------------------------------------------------------------------
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state is WorkerState.ERROR and event.worker.error is not None:
+            error = event.worker.error
+            message = str(error) if isinstance(error, RegcacheError) else f"{type(error).__name__}: {error}"
+            self.notify(message, title="Error", severity="error", timeout=10)
+
+
+def run_app(home: str | Path | None = None, listen: str = "127.0.0.1:5000") -> None:
+    """Open the TUI on the state directory ``home`` with the proxy listening on ``listen``."""
+    from proxy.server import EmbeddedProxy, ProxyServer
+    from proxy.store import resolve_home
+
+    backend = Backend.open(home)
+    try:
+        proxy = EmbeddedProxy(ProxyServer(resolve_home(home), listen))
+        RegcacheApp(backend, proxy).run()
+    finally:
+        backend.close()

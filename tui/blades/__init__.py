@@ -1,0 +1,1 @@
+"""The portal's blades: Overview, Cache rules, Credentials, Activity, Upstreams."""

@@ -1,0 +1,83 @@
+"""Overview: proxy state, rules, cache size, hit ratio, recent errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rich.table import Table
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.widgets import Label, Static
+
+from proxy.models import CacheRule, CredentialSet, HealthStatus
+from proxy.statistics import CacheSize, RecordedEvent, Totals
+
+from .. import format as fmt
+from .base import Blade
+
+
+@dataclass(frozen=True)
+class OverviewData:
+    rules: list[CacheRule]
+    credential_sets: list[CredentialSet]
+    size: CacheSize
+    repositories: int
+    totals: Totals
+    errors: list[RecordedEvent]
+
+
+class OverviewBlade(Blade):
+    TITLE = "Overview"
+    REFRESH_SECONDS = 2.0
+
+    def compose(self) -> ComposeResult:
+        yield Label("Overview", classes="blade-title")
+        yield Static("", id="overview-facts")
+        yield Label("Recent errors", classes="section-title")
+        yield Static("", id="overview-errors")
+
+    @work(thread=True, exclusive=True, group="overview-load")
+    def load(self) -> None:
+        def read(b) -> OverviewData:
+            usage = b.stats.rule_usage()
+            return OverviewData(b.control.list_rules(), b.control.list_credential_sets(), b.stats.cache_size(),
+                                sum(u.repositories for u in usage.values()), b.stats.totals(),
+                                b.stats.recent_errors(5))
+
+        data = self.backend.call(read)
+        self.app.call_from_thread(self._show, data)
+
+    def _show(self, data: OverviewData) -> None:
+        status = self.app.proxy_status  # type: ignore[attr-defined]
+        facts = Table.grid(padding=(0, 2))
+        facts.add_column(style="bold", no_wrap=True)
+        facts.add_column()
+        state_style = "green" if status.state == "running" else "bold red" if status.error else "yellow"
+        facts.add_row("Proxy", Text(status.label.removeprefix("proxy "), style=state_style))
+        wildcards = sum(r.is_wildcard for r in data.rules)
+        facts.add_row("Cache rules", f"{len(data.rules)} ({wildcards} wildcard)")
+        unhealthy = sum(cs.health.status is HealthStatus.UNHEALTHY for cs in data.credential_sets)
+        facts.add_row("Credentials", Text(f"{len(data.credential_sets)}" + (f" ({unhealthy} unhealthy)"
+                                                                             if unhealthy else ""),
+                                          style="bold red" if unhealthy else ""))
+        facts.add_row("Cache size", f"{fmt.size(data.size.blob_bytes)} in {data.size.blobs} blobs, "
+                                    f"{data.size.manifests} manifests, {data.repositories} repositories")
+        t = data.totals
+        facts.add_row("Hit ratio", f"{fmt.ratio(t.hit_ratio)} ({t.hits} hits, {t.misses} misses, "
+                                   f"{t.stale} stale, {t.errors} errors)")
+        facts.add_row("Served", f"{fmt.size(t.bytes_served)} to clients, "
+                                f"{fmt.size(t.bytes_fetched)} fetched upstream")
+        self.query_one("#overview-facts", Static).update(facts)
+        if not data.errors:
+            self.query_one("#overview-errors", Static).update(Text("None.", style="dim"))
+            return
+        errors = Table.grid(padding=(0, 1))
+        errors.add_column(no_wrap=True, style="dim")
+        errors.add_column(no_wrap=True)
+        errors.add_column(overflow="ellipsis", no_wrap=True)
+        for recorded in data.errors:
+            e = recorded.event
+            errors.add_row(fmt.when(e.ts), f"{e.repository}:{e.reference[:19]}", Text(e.detail or str(e.status),
+                                                                                       style="red"))
+        self.query_one("#overview-errors", Static).update(errors)

@@ -1,0 +1,137 @@
+"""Cache rules: the table, and new / edit credentials / delete / details."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.widgets import DataTable, Label, Static
+
+from proxy.models import CacheRule, CredentialSet, HealthStatus, Upstream
+from proxy.statistics import RuleUsage
+
+from ..messages import ConfigurationChanged
+from ..screens.confirm import ConfirmScreen
+from ..screens.rule_credentials import RuleCredentialsForm
+from ..screens.rule_details import RuleDetailsScreen
+from ..screens.rule_form import RuleForm
+from .base import Blade
+
+
+@dataclass(frozen=True)
+class RulesData:
+    rules: list[CacheRule]
+    credential_sets: list[CredentialSet]
+    upstreams: list[Upstream]
+    usage: dict[str, RuleUsage]
+
+
+def health_text(cs: CredentialSet | None) -> Text:
+    if cs is None:
+        return Text("-", style="dim")
+    style = {HealthStatus.HEALTHY: "green", HealthStatus.UNHEALTHY: "bold red"}.get(cs.health.status, "yellow")
+    return Text(cs.health.status.value, style=style)
+
+
+class RulesBlade(Blade):
+    TITLE = "Cache rules"
+    BINDINGS = [
+        Binding("n", "new_rule", "New", id="rules.new"),
+        Binding("e", "edit_credentials", "Credentials", id="rules.edit"),
+        Binding("d", "delete_rule", "Delete", id="rules.delete"),
+        Binding("enter", "details", "Details", id="rules.details"),
+    ]
+
+    data: RulesData | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Label("Cache rules", classes="blade-title")
+        yield Static("", id="rules-summary", classes="summary")
+        table: DataTable = DataTable(id="rules-table", cursor_type="row", zebra_stripes=True)
+        table.add_columns("Name", "Source", "Target", "Credentials", "Health", "Repos", "Hits")
+        yield table
+
+    @work(thread=True, exclusive=True, group="rules-load")
+    def load(self) -> None:
+        data = self.backend.call(lambda b: RulesData(b.control.list_rules(), b.control.list_credential_sets(),
+                                                     b.control.list_upstreams(), b.stats.rule_usage()))
+        self.app.call_from_thread(self._show, data)
+
+    def _show(self, data: RulesData) -> None:
+        self.data = data
+        sets = {cs.name: cs for cs in data.credential_sets}
+        rows = []
+        for rule in data.rules:
+            usage = data.usage.get(rule.name, RuleUsage())
+            rows.append((rule.name, (rule.name, rule.source_repository, rule.target_repository,
+                                     rule.credential_set or "-", health_text(sets.get(rule.credential_set or "")),
+                                     str(usage.repositories), str(usage.hits))))
+        self.fill(self.query_one(DataTable), rows)
+        self.query_one("#rules-summary", Static).update(
+            f"{len(data.rules)} of 1,000 rules · n new · e credentials · d delete · enter details"
+            if data.rules else "No cache rules yet. Press n to create one.")
+
+    def _selected_rule(self) -> CacheRule | None:
+        key = self.selected_key()
+        if self.data is None or key is None:
+            self.notify("No cache rule selected", severity="warning")
+            return None
+        return next((r for r in self.data.rules if r.name == key), None)
+
+    def _changed(self, message: str) -> None:
+        self.notify(message)
+        self.load()
+        self.post_message(ConfigurationChanged("rules"))
+
+    def action_new_rule(self) -> None:
+        if self.data is None:
+            return
+
+        def created(rule: CacheRule | None) -> None:
+            if rule is not None:
+                self._changed(f"Created cache rule {rule.name}: {rule.target_repository} => "
+                              f"{rule.source_repository}")
+
+        self.app.push_screen(RuleForm(self.data.upstreams, self.data.credential_sets), created)
+
+    def action_edit_credentials(self) -> None:
+        rule = self._selected_rule()
+        if rule is None or self.data is None:
+            return
+
+        def saved(updated: CacheRule | None) -> None:
+            if updated is not None:
+                self._changed(f"Cache rule {updated.name} now uses "
+                              f"{updated.credential_set or 'no credentials'}")
+
+        self.app.push_screen(RuleCredentialsForm(rule, self.data.credential_sets), saved)
+
+    def action_delete_rule(self) -> None:
+        rule = self._selected_rule()
+        if rule is None:
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._delete(rule.name)
+
+        self.app.push_screen(ConfirmScreen(f"Delete cache rule {rule.name}?",
+                                           f"{rule.target_repository} => {rule.source_repository}\n"
+                                           "What it cached stays until it is evicted."), answered)
+
+    @work(thread=True, group="rules-change")
+    def _delete(self, name: str) -> None:
+        self.backend.call(lambda b: b.control.delete_rule(name))
+        self.app.call_from_thread(self._changed, f"Deleted cache rule {name}")
+
+    def action_details(self) -> None:
+        rule = self._selected_rule()
+        if rule is not None:
+            self.app.push_screen(RuleDetailsScreen(rule))
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_details()

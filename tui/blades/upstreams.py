@@ -1,0 +1,79 @@
+"""Upstreams: built-in and custom registries; add a custom one or override a built-in URL."""
+
+from __future__ import annotations
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.widgets import DataTable, Label, Static
+
+from proxy.errors import RegcacheError
+from proxy.models import Upstream
+
+from ..messages import ConfigurationChanged
+from ..screens.confirm import ConfirmScreen
+from ..screens.upstream_form import UpstreamForm
+from .base import Blade
+
+
+def kind(upstream: Upstream) -> str:
+    if not upstream.builtin:
+        return "custom"
+    return "built-in, URL overridden" if upstream.overridden else "built-in"
+
+
+class UpstreamsBlade(Blade):
+    TITLE = "Upstreams"
+    BINDINGS = [
+        Binding("a", "add_upstream", "Add", id="upstreams.add"),
+        Binding("x", "remove_upstream", "Remove", id="upstreams.remove"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        yield Label("Upstreams", classes="blade-title")
+        yield Static("a add a custom upstream or override a built-in URL · x remove", classes="summary")
+        table: DataTable = DataTable(id="upstreams-table", cursor_type="row", zebra_stripes=True)
+        table.add_columns("Login server", "URL", "Pulls", "Kind")
+        yield table
+
+    @work(thread=True, exclusive=True, group="upstreams-load")
+    def load(self) -> None:
+        upstreams = self.backend.call(lambda b: b.control.list_upstreams())
+        self.app.call_from_thread(self._show, upstreams)
+
+    def _show(self, upstreams: list[Upstream]) -> None:
+        self.fill(self.query_one(DataTable), [
+            (u.login_server, (u.login_server, u.base_url, u.auth_policy.value, kind(u))) for u in upstreams])
+
+    def _changed(self, message: str) -> None:
+        self.notify(message)
+        self.load()
+        self.post_message(ConfigurationChanged("upstreams"))
+
+    def action_add_upstream(self) -> None:
+        def added(upstream: Upstream | None) -> None:
+            if upstream is not None:
+                self._changed(f"Upstream {upstream.login_server}: {upstream.base_url}")
+
+        self.app.push_screen(UpstreamForm(), added)
+
+    def action_remove_upstream(self) -> None:
+        server = self.selected_key()
+        if server is None:
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._remove(server)
+
+        self.app.push_screen(ConfirmScreen(f"Remove upstream {server}?",
+                                           "A built-in upstream gets its default URL back."), answered)
+
+    @work(thread=True, group="upstreams-change")
+    def _remove(self, server: str) -> None:
+        try:
+            self.backend.call(lambda b: b.control.remove_upstream(server))
+        except RegcacheError as exc:
+            self.app.call_from_thread(self.notify, str(exc), severity="error", timeout=10)
+            return
+        self.app.call_from_thread(self._changed, f"Removed {server}")

@@ -1,0 +1,66 @@
+"""Details of a cache rule: what it maps, and the repositories it cached with tags, sizes and hits."""
+
+from __future__ import annotations
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import DataTable, Footer, Label, Static
+
+from proxy.models import CacheRule
+from proxy.statistics import CachedRepository
+
+from .. import format as fmt
+
+
+class RuleDetailsScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,enter,q", "close", "Close", id="details.close")]
+
+    def __init__(self, rule: CacheRule) -> None:
+        super().__init__()
+        self.rule = rule
+
+    def compose(self) -> ComposeResult:
+        rule = self.rule
+        with Vertical(classes="dialog details"):
+            yield Label(f"Cache rule {rule.name}", classes="title")
+            yield Static(
+                f"Target   {rule.target_repository}\n"
+                f"Source   {rule.source_repository}\n"
+                f"Creds    {rule.credential_set or '(anonymous)'}\n"
+                f"Created  {fmt.when(rule.created_at)}",
+                classes="detail")
+            yield Static("", id="summary")
+            table: DataTable = DataTable(id="repositories", cursor_type="row", zebra_stripes=True)
+            table.add_columns("Repository", "Tags", "Size", "Last pull", "Hits", "Misses")
+            yield table
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.load()
+
+    @work(thread=True, exclusive=True, group="details")
+    def load(self) -> None:
+        repos = self.app.backend.call(lambda b: b.stats.repositories(self.rule.name))  # type: ignore[attr-defined]
+        self.app.call_from_thread(self._show, repos)
+
+    def _show(self, repos: list[CachedRepository]) -> None:
+        table = self.query_one(DataTable)
+        table.clear()
+        hits = sum(r.hits for r in repos)
+        misses = sum(r.misses for r in repos)
+        ratio = fmt.ratio(hits / (hits + misses)) if hits + misses else "-"
+        self.query_one("#summary", Static).update(
+            f"{len(repos)} cached repositories · {fmt.size(sum(r.size for r in repos))} · hit ratio {ratio}")
+        for repo in repos:
+            tags = ", ".join(repo.tags[:4]) + (f" +{len(repo.tags) - 4}" if len(repo.tags) > 4 else "")
+            table.add_row(repo.name, tags or "-", fmt.size(repo.size), fmt.when(repo.last_pull), str(repo.hits),
+                          str(repo.misses), key=repo.name)
+        if not repos:
+            self.query_one("#summary", Static).update("Nothing cached yet: the first pull through this rule "
+                                                      "fetches from the upstream.")
+
+    def action_close(self) -> None:
+        self.dismiss(None)
