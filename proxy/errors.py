@@ -67,3 +67,13 @@ class KeyringUnavailableError(SecretError):
 
 class StateError(RegcacheError):
     """The state directory or its database cannot be used."""
+
+
+def unwrap_error(exc: BaseException) -> BaseException:
+    """The first RegcacheError inside (nested) exception groups from task groups, else ``exc``."""
+    while isinstance(exc, BaseExceptionGroup):
+        found = next((e for e in exc.exceptions if isinstance(e, (RegcacheError, BaseExceptionGroup))), None)
+        if found is None:
+            return exc
+        exc = found
+    return exc

@@ -44,7 +44,7 @@ class EventLog:
                         batch.append(self._receive.receive_nowait())
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
-                rows = [_row(e) for e in batch]
+                rows = [event_row(e) for e in batch]
                 with anyio.CancelScope(shield=True):
                     try:
                         await self._state.run(lambda s: s.insert_events(rows))
@@ -55,7 +55,7 @@ class EventLog:
         self._send.close()
 
 
-def _row(event: PullEvent) -> dict:
+def event_row(event: PullEvent) -> dict:
     row = dataclasses.asdict(event)
     row["ts"] = event.ts.isoformat()
     return row

@@ -19,7 +19,7 @@ import anyio
 import uvicorn
 from anyio.abc import TaskStatus
 
-from .errors import RegcacheError
+from .errors import RegcacheError, unwrap_error
 from .registry import create_app
 from .secrets import SecretResolver
 
@@ -146,6 +146,7 @@ class EmbeddedProxy:
         try:
             anyio.run(main)
         except BaseException as exc:  # reported to start(), or kept for whoever asks
+            exc = unwrap_error(exc)
             self.error = exc if isinstance(exc, RegcacheError) else ListenError(f"the proxy stopped: {exc}")
             if not isinstance(exc, RegcacheError):
                 log.exception("the embedded proxy stopped")

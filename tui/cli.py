@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from proxy.control import ControlPlane
-from proxy.errors import RegcacheError
+from proxy.errors import RegcacheError, unwrap_error
 from proxy.models import AuthPolicy
 
 from .output import (
@@ -113,16 +113,6 @@ def tui_command(ctx: click.Context, listen: str = "127.0.0.1:5000") -> None:
         raise Failure(str(exc)) from None
 
 
-def _unwrap(exc: BaseException) -> BaseException:
-    """The first engine error inside (nested) exception groups, or ``exc`` itself."""
-    while isinstance(exc, BaseExceptionGroup):
-        found = next((e for e in exc.exceptions if isinstance(e, (RegcacheError, BaseExceptionGroup))), None)
-        if found is None:
-            return exc
-        exc = found
-    return exc
-
-
 @main.command()
 @click.option("--listen", default="127.0.0.1:5000", show_default=True, help="Address to serve on, HOST:PORT.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="TLS certificate (PEM).")
@@ -158,7 +148,7 @@ def serve(ctx: click.Context, listen: str, tls_cert: str | None, tls_key: str | 
     try:
         anyio.run(run)
     except BaseException as exc:
-        inner = _unwrap(exc)
+        inner = unwrap_error(exc)
         if isinstance(inner, RegcacheError):
             raise Failure(str(inner)) from None
         raise

@@ -87,15 +87,19 @@ class RulesBlade(Blade):
         self.post_message(ConfigurationChanged("rules"))
 
     def action_new_rule(self) -> None:
-        if self.data is None:
-            return
+        self._open_new_rule()
+
+    @work(thread=True, exclusive=True, group="rules-form")
+    def _open_new_rule(self) -> None:
+        # Fresh lists: credentials may have been created since the table was loaded.
+        upstreams, sets = self.backend.call(lambda b: (b.control.list_upstreams(), b.control.list_credential_sets()))
 
         def created(rule: CacheRule | None) -> None:
             if rule is not None:
                 self._changed(f"Created cache rule {rule.name}: {rule.target_repository} => "
                               f"{rule.source_repository}")
 
-        self.app.push_screen(RuleForm(self.data.upstreams, self.data.credential_sets), created)
+        self.app.call_from_thread(self.app.push_screen, RuleForm(upstreams, sets), created)
 
     def action_edit_credentials(self) -> None:
         rule = self._selected_rule()

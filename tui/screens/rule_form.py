@@ -63,12 +63,15 @@ class RuleForm(FormScreen[CacheRule | None]):
 
     def _sync_auth(self) -> None:
         upstream = next((u for u in self._upstreams if u.login_server == self.login_server), None)
+        policy = upstream.auth_policy if upstream is not None else AuthPolicy.BOTH
         checkbox = self.query_one("#auth", Checkbox)
-        if upstream is not None and upstream.auth_policy is AuthPolicy.CREDENTIALS and not checkbox.value:
-            checkbox.value = True  # Docker Hub: authenticated pulls only
-        checkbox.disabled = upstream is not None and upstream.auth_policy is not AuthPolicy.BOTH
-        if upstream is not None and upstream.auth_policy is AuthPolicy.ANONYMOUS:
+        # The policy decides for docker.io (required) and mcr / ECR Public (refused); the operator
+        # decides for the others, starting from "off" when the policy had switched it on.
+        if policy is AuthPolicy.CREDENTIALS:
+            checkbox.value = True
+        elif policy is AuthPolicy.ANONYMOUS or checkbox.disabled:
             checkbox.value = False
+        checkbox.disabled = policy is not AuthPolicy.BOTH
         self.query_one("#auth-section").display = checkbox.value
         creating = self.query_one("#create-creds", RadioButton).value
         self.query_one("#select-row").display = not creating
@@ -98,7 +101,7 @@ class RuleForm(FormScreen[CacheRule | None]):
         creating = authenticate and self.query_one("#create-creds", RadioButton).value
         new_credentials = self.query_one(CredentialFields).values() if creating else None
         selected = self.query_one("#credential-set", Select).value
-        credential_set = str(selected) if authenticate and not creating and selected != Select.BLANK else None
+        credential_set = str(selected) if authenticate and not creating and selected != Select.NULL else None
         if authenticate and not creating and credential_set is None:
             self.show_error("credential_set", f"choose credentials for {login_server}, or create new ones")
             return

@@ -1,0 +1,74 @@
+"""Fixtures for the TUI: an app over a temporary state directory, optionally filled with fixed data."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timezone
+
+import pytest
+
+from proxy.models import CacheRule, CredentialHealth, CredentialSet, HealthStatus, PullEvent
+from tui.app import RegcacheApp
+from tui.backend import Backend, ProxyStatus
+
+T0 = datetime(2026, 3, 14, 9, 26, 53, tzinfo=timezone.utc)
+RUNNING = ProxyStatus("127.0.0.1:5000", "running")
+
+
+@pytest.fixture
+def backend(home, keyring_env) -> Iterator[Backend]:
+    backend = Backend.open(home)
+    yield backend
+    backend.close()
+
+
+def populate(backend: Backend) -> None:
+    """Fixed rules, credential sets, cached repositories and pull events (for snapshots)."""
+    store = backend.control.store
+    from proxy.models import AuthPolicy
+
+    with store.transaction():
+        store.upsert_upstream("harbor.internal:8443", "https://harbor.internal:8443", AuthPolicy.BOTH, "custom")
+        store.upsert_credential_set(CredentialSet(
+            "hub-creds", "docker.io", "keyring://regcache/hub-user", "keyring://regcache/hub-token",
+            CredentialHealth(HealthStatus.HEALTHY, None, None, T0), T0))
+        store.upsert_credential_set(CredentialSet(
+            "ghcr-creds", "ghcr.io", "env://GH_USER", "env://GH_TOKEN",
+            CredentialHealth(HealthStatus.UNHEALTHY, "UpstreamAuthFailed",
+                             "upstream ghcr.io: refused the credentials", T0), T0))
+        for i, (name, source, target, cred) in enumerate((
+                ("ubuntu", "docker.io/library/ubuntu", "ubuntu", "hub-creds"),
+                ("all-mcr", "mcr.microsoft.com/*", "*", None),
+                ("team-ghcr", "ghcr.io/acme/*", "team/*", "ghcr-creds"),
+        )):
+            store.insert_cache_rule(CacheRule(name, source, target, cred, T0.replace(minute=i)))
+    store.record_repository("ubuntu", "ubuntu", "docker.io/library/ubuntu")
+    store.record_repository("team/api", "team-ghcr", "ghcr.io/acme/api")
+    store.put_blob("sha256:" + "a" * 64, 29_360_128, "blobs/sha256/aa/" + "a" * 64)
+    store.link("ubuntu", "sha256:" + "a" * 64, "blob")
+    store.set_tag("ubuntu", "22.04", "sha256:" + "b" * 64)
+    events = [
+        PullEvent("10.0.0.7", "GET", "manifest", "ubuntu", "22.04", "miss", 200, "ubuntu", 1_024, 212.0, None, T0),
+        PullEvent("10.0.0.7", "GET", "blob", "ubuntu", "sha256:" + "a" * 64, "miss", 200, "ubuntu", 29_360_128,
+                  1_870.5, None, T0),
+        PullEvent("10.0.0.8", "GET", "manifest", "ubuntu", "22.04", "hit", 200, "ubuntu", 1_024, 3.2, None, T0),
+        PullEvent("10.0.0.8", "GET", "blob", "ubuntu", "sha256:" + "a" * 64, "hit", 200, "ubuntu", 29_360_128,
+                  95.1, None, T0),
+        PullEvent("10.0.0.9", "GET", "manifest", "team/api", "1.4", "stale", 200, "team-ghcr", 2_048, 5.0,
+                  "upstream ghcr.io: unreachable (connection failed)", T0),
+        PullEvent("10.0.0.9", "GET", "manifest", "team/web", "2.0", "error", 401, "team-ghcr", 0, 48.0,
+                  "upstream ghcr.io: refused the credentials of credential set 'ghcr-creds'", T0),
+    ]
+    from proxy.events import event_row
+
+    store.insert_events([event_row(e) for e in events])
+
+
+@pytest.fixture
+def filled_backend(backend: Backend) -> Backend:
+    populate(backend)
+    return backend
+
+
+def make_app(backend: Backend, status: ProxyStatus = RUNNING) -> RegcacheApp:
+    return RegcacheApp(backend, status=status)

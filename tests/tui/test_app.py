@@ -1,0 +1,239 @@
+"""The TUI driven by Textual's Pilot: forms, validation beside the field, credentials, deletion."""
+
+from __future__ import annotations
+
+import pytest
+from textual.widgets import DataTable, Input, Select, Static
+
+from proxy.secrets import SecretResolver
+from tui.screens.confirm import ConfirmScreen
+from tui.screens.rule_form import RuleForm
+
+from .conftest import make_app
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+async def open_new_rule_form(pilot) -> RuleForm:
+    await pilot.press("2")
+    await pilot.pause()
+    await pilot.press("n")
+    await pilot.pause()
+    assert isinstance(pilot.app.screen, RuleForm)
+    return pilot.app.screen
+
+
+async def type_into(pilot, selector: str, text: str) -> None:
+    pilot.app.screen.query_one(selector, Input).focus()
+    await pilot.pause()
+    await pilot.press(*text)
+
+
+async def choose(pilot, selector: str, value: str) -> None:
+    """Pick an option of a Select with the keyboard: open it, arrow down to ``value``, enter."""
+    select = pilot.app.screen.query_one(selector, Select)
+    select.focus()
+    await pilot.pause()
+    values = [v for _, v in select._options if v is not Select.NULL]
+    await pilot.press("enter")
+    await pilot.pause()
+    current = values.index(select.value) if select.value in values else -1
+    steps = values.index(value) - current
+    for _ in range(abs(steps)):
+        await pilot.press("down" if steps > 0 else "up")
+    await pilot.press("enter")
+    await pilot.pause()
+    assert select.value == value
+
+
+def table_keys(app, selector: str) -> list[str]:
+    table = app.query_one(selector, DataTable)
+    return [str(row.value) for row in table.rows]
+
+
+async def wait_for(pilot, condition, timeout: float = 10.0) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if condition():
+            return
+        await pilot.pause(0.05)
+    assert condition()
+
+
+async def test_create_static_rule_through_the_form(backend):
+    app = make_app(backend)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_new_rule_form(pilot)
+        await type_into(pilot, "#name", "acme-app")
+        await choose(pilot, "#login-server", "ghcr.io")
+        await type_into(pilot, "#path", "acme/app")
+        await type_into(pilot, "#target", "app")
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: not isinstance(app.screen, RuleForm))
+        await wait_for(pilot, lambda: table_keys(app, "#rules-table") == ["acme-app"])
+    rule = backend.control.get_rule("acme-app")
+    assert (rule.source_repository, rule.target_repository, rule.credential_set) == ("ghcr.io/acme/app", "app",
+                                                                                       None)
+
+
+async def test_create_wildcard_rule_and_overlap_shown_beside_the_field(backend):
+    app = make_app(backend)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_new_rule_form(pilot)
+        await type_into(pilot, "#name", "all-mcr")
+        await choose(pilot, "#login-server", "mcr.microsoft.com")
+        await type_into(pilot, "#path", "*")
+        await type_into(pilot, "#target", "*")
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: not isinstance(app.screen, RuleForm))
+        assert backend.control.get_rule("all-mcr").target_repository == "*"
+
+        form = await open_new_rule_form(pilot)
+        await type_into(pilot, "#name", "lib-ghcr")
+        await choose(pilot, "#login-server", "ghcr.io")
+        await type_into(pilot, "#path", "library/*")
+        await type_into(pilot, "#target", "library/*")
+        await pilot.press("ctrl+s")
+        error = form.query_one("#target-error", Static)
+        await wait_for(pilot, lambda: error.display and "overlaps" in str(error.render()))
+        assert "overlaps the wildcard rule 'all-mcr'" in str(error.render())
+        assert isinstance(app.screen, RuleForm)  # the form stays open to fix the input
+        await pilot.press("escape")
+        await pilot.pause()
+    assert [r.name for r in backend.control.list_rules()] == ["all-mcr"]
+
+
+async def test_create_credentials_in_the_keyring(backend, home):
+    app = make_app(backend)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("3")
+        await pilot.pause()
+        await pilot.press("n")
+        await pilot.pause()
+        await choose(pilot, "#login-server", "ghcr.io")
+        await type_into(pilot, "#cred-name", "ghcr-login")
+        await type_into(pilot, "#cred-username", "octocat")
+        await type_into(pilot, "#cred-password", "ghp_tuiSECRET123")
+        # masked while typed
+        assert "ghp_tuiSECRET123" not in "".join(str(s) for s in app.screen.query("#cred-password").first().render_lines(
+            app.screen.query("#cred-password").first().region.reset_offset))
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: table_keys(app, "#credentials-table") == ["ghcr-login"])
+        screen_text = app.export_screenshot()
+    cs = backend.control.get_credential_set("ghcr-login")
+    assert cs.username_secret_id == "keyring://regcache/ghcr-login-username"
+    assert cs.health.status.value == "Healthy"
+    assert SecretResolver().get(cs.password_secret_id) == "ghp_tuiSECRET123"
+    assert "ghp_tuiSECRET123" not in screen_text and "octocat" not in screen_text
+    for path in home.iterdir():
+        if path.is_file():
+            assert b"ghp_tuiSECRET123" not in path.read_bytes()
+
+
+async def test_rule_with_new_inline_credentials_and_attach_remove(backend):
+    app = make_app(backend)
+    async with app.run_test(size=(80, 24)) as pilot:
+        form = await open_new_rule_form(pilot)
+        await type_into(pilot, "#name", "private-app")
+        await choose(pilot, "#login-server", "ghcr.io")
+        await type_into(pilot, "#path", "acme/private")
+        await pilot.click("#auth")
+        await pilot.pause()
+        await pilot.click("#create-creds")
+        await pilot.pause()
+        assert form.query_one("#new-creds").display
+        await type_into(pilot, "#cred-name", "ghcr-inline")
+        await type_into(pilot, "#cred-username", "octocat")
+        await type_into(pilot, "#cred-password", "inline-token-9")
+        await type_into(pilot, "#target", "private")
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: table_keys(app, "#rules-table") == ["private-app"])
+        assert backend.control.get_rule("private-app").credential_set == "ghcr-inline"
+
+        # remove the credential set from the rule (e), then attach it again
+        app.query_one("#rules-table", DataTable).focus()
+        await pilot.press("e")
+        await pilot.pause()
+        await choose(pilot, "#credential-set", "-")
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: backend.control.get_rule("private-app").credential_set is None)
+        await pilot.press("e")
+        await pilot.pause()
+        await choose(pilot, "#credential-set", "ghcr-inline")
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: backend.control.get_rule("private-app").credential_set == "ghcr-inline")
+
+
+async def test_docker_hub_without_credentials_is_refused_beside_the_field(backend):
+    app = make_app(backend)
+    async with app.run_test(size=(80, 24)) as pilot:
+        form = await open_new_rule_form(pilot)
+        await type_into(pilot, "#name", "ubuntu")
+        await type_into(pilot, "#path", "library/ubuntu")
+        await type_into(pilot, "#target", "ubuntu")
+        await pilot.press("ctrl+s")
+        error = form.query_one("#credential_set-error", Static)
+        await wait_for(pilot, lambda: error.display)
+        assert "choose credentials for docker.io" in str(error.render())
+
+
+async def test_delete_asks_first(filled_backend):
+    app = make_app(filled_backend)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("2")
+        await wait_for(pilot, lambda: table_keys(app, "#rules-table") == ["ubuntu", "all-mcr", "team-ghcr"])
+        app.query_one("#rules-table", DataTable).focus()
+        await pilot.press("down", "d")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("n")
+        await pilot.pause()
+        assert [r.name for r in filled_backend.control.list_rules()] == ["ubuntu", "all-mcr", "team-ghcr"]
+        await pilot.press("d")
+        await pilot.pause()
+        await pilot.press("y")
+        await wait_for(pilot, lambda: table_keys(app, "#rules-table") == ["ubuntu", "team-ghcr"])
+    assert [r.name for r in filled_backend.control.list_rules()] == ["ubuntu", "team-ghcr"]
+
+
+async def test_command_palette_has_every_action(filled_backend):
+    app = make_app(filled_backend)
+    async with app.run_test(size=(80, 24)) as pilot:
+        titles = {c.title for c in app.get_system_commands(app.screen)}
+        for title in ("New cache rule", "Edit rule credentials", "Delete cache rule", "Cache rule details",
+                      "Create credentials", "Re-check credentials", "Delete credentials", "Filter activity",
+                      "Add upstream", "Remove upstream", "Go to Activity"):
+            assert title in titles
+        await pilot.press("ctrl+p")
+        await pilot.pause()
+        await pilot.press(*"new cache rule")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, RuleForm))
+
+
+async def test_port_taken_is_said_plainly_and_rules_still_work(backend, home):
+    import socket
+
+    from proxy.server import EmbeddedProxy, ProxyServer
+    from tui.app import RegcacheApp
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        app = RegcacheApp(backend, EmbeddedProxy(ProxyServer(home, f"127.0.0.1:{port}")))
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: app.proxy_status.state == "stopped" and app.proxy_status.error)
+            assert "already in use" in app.sub_title
+            await open_new_rule_form(pilot)
+            await type_into(pilot, "#name", "still-works")
+            await choose(pilot, "#login-server", "ghcr.io")
+            await type_into(pilot, "#path", "acme/x")
+            await type_into(pilot, "#target", "x")
+            await pilot.press("ctrl+s")
+            await wait_for(pilot, lambda: table_keys(app, "#rules-table") == ["still-works"])
