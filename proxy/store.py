@@ -220,8 +220,8 @@ class StateStore:
                                    [repository, tag]).fetchone()
         return (row[0], _dt(row[1])) if row else None
 
-    def set_tag(self, repository: str, tag: str, digest: str) -> None:
-        now = _ts(utc_now())
+    def set_tag(self, repository: str, tag: str, digest: str, when: datetime | None = None) -> None:
+        now = _ts(when or utc_now())
         self.db.conn.execute(
             "INSERT INTO tags (repository, tag, digest, fetched_at, validated_at) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (repository, tag) DO UPDATE SET validated_at = excluded.validated_at, "
@@ -240,8 +240,8 @@ class StateStore:
         return self.db.conn.execute("SELECT 1 FROM repository_contents WHERE repository = ? AND digest = ?",
                                     [repository, digest]).fetchone() is not None
 
-    def record_repository(self, name: str, rule: str, upstream: str) -> None:
-        now = _ts(utc_now())
+    def record_repository(self, name: str, rule: str, upstream: str, when: datetime | None = None) -> None:
+        now = _ts(when or utc_now())
         self.db.conn.execute(
             "INSERT INTO repositories (name, rule, upstream, first_pull, last_pull, pulls) VALUES (?, ?, ?, ?, ?, 1) "
             "ON CONFLICT (name) DO UPDATE SET rule = excluded.rule, upstream = excluded.upstream, "
@@ -260,8 +260,8 @@ class StateStore:
         row = self.db.conn.execute("SELECT size, path FROM blobs WHERE digest = ?", [digest]).fetchone()
         return (row[0], row[1]) if row else None
 
-    def put_blob(self, digest: str, size: int, path: str) -> None:
-        now = _ts(utc_now())
+    def put_blob(self, digest: str, size: int, path: str, when: datetime | None = None) -> None:
+        now = _ts(when or utc_now())
         self.db.conn.execute(
             "INSERT INTO blobs (digest, size, path, first_access, last_access) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (digest) DO UPDATE SET size = excluded.size, path = excluded.path, "

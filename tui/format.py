@@ -21,13 +21,27 @@ def ratio(value: float | None) -> str:
 
 
 def when(value: datetime | None, now: datetime | None = None) -> str:
-    """``12:04:31`` today, else ``2026-11-26 12:04``, in UTC (what the logs use)."""
+    """``12:04:31`` today, ``11-26 12:04`` this year, else ``2025-11-26``; in UTC, as the logs."""
     if value is None:
         return "-"
     now = now or datetime.now(timezone.utc)
     value = value.astimezone(timezone.utc)
-    return value.strftime("%H:%M:%S") if value.date() == now.date() else value.strftime("%Y-%m-%d %H:%M")
+    if value.date() == now.date():
+        return value.strftime("%H:%M:%S")
+    return value.strftime("%m-%d %H:%M") if value.year == now.year else value.strftime("%Y-%m-%d")
+
+
+def reference(ref: str) -> str:
+    """A tag as is; a digest shortened to ``sha256:1a2b3c4d5e6f`` (like docker's short ids)."""
+    if ":" in ref:
+        algorithm, _, encoded = ref.partition(":")
+        return f"{algorithm}:{encoded[:12]}"
+    return ref if len(ref) <= 24 else ref[:23] + "…"
 
 
 def duration(ms: float) -> str:
     return f"{ms:.0f} ms" if ms < 10_000 else f"{ms / 1000:.1f} s"
+
+
+def count(n: int, singular: str, plural: str | None = None) -> str:
+    return f"{n} {singular if n == 1 else plural or singular + 's'}"

@@ -40,10 +40,10 @@ class ActivityBlade(Blade):
     def compose(self) -> ComposeResult:
         yield Label("Activity", classes="blade-title")
         yield Static("", id="activity-totals", classes="summary")
-        yield Input(placeholder="/ filter: repository, tag, hit, miss, stale, error, client, rule",
-                    id="activity-filter")
+        yield Input(placeholder="/ to filter: repository, tag, hit, miss, stale, error, client, rule",
+                    id="activity-filter", compact=True)
         table: DataTable = DataTable(id="activity-table", cursor_type="row", zebra_stripes=True)
-        table.add_columns("Time", "Client", "Repository", "Reference", "Result", "Size", "Took")
+        table.add_columns("Time", "Result", "Repository", "Reference", "Size", "Took", "Client")
         yield table
 
     @work(thread=True, exclusive=True, group="activity-load")
@@ -59,9 +59,9 @@ class ActivityBlade(Blade):
 
     def _show(self, new: list[RecordedEvent], totals: Totals) -> None:
         self.query_one("#activity-totals", Static).update(
-            f"hit ratio {fmt.ratio(totals.hit_ratio)} · {totals.hits} hits, {totals.misses} misses, "
-            f"{totals.stale} stale, {totals.errors} errors · served {fmt.size(totals.bytes_served)} · "
-            f"fetched upstream {fmt.size(totals.bytes_fetched)}")
+            f"hits {fmt.ratio(totals.hit_ratio)} · {totals.hits} hit {totals.misses} miss {totals.stale} stale "
+            f"{totals.errors} error · served {fmt.size(totals.bytes_served)} · "
+            f"upstream {fmt.size(totals.bytes_fetched)}")
         if not new and self.query_one(DataTable).row_count:
             return
         if new:
@@ -75,10 +75,10 @@ class ActivityBlade(Blade):
         rows = []
         for recorded in shown:
             e = recorded.event
-            reference = e.reference if len(e.reference) <= 19 else e.reference[:19] + "…"
-            rows.append((str(recorded.id), (fmt.when(e.ts), e.client, e.repository, reference,
-                                            Text(e.result, style=RESULT_STYLES.get(e.result, "")),
-                                            fmt.size(e.bytes) if e.bytes else "-", fmt.duration(e.duration_ms))))
+            rows.append((str(recorded.id), (fmt.when(e.ts), Text(e.result, style=RESULT_STYLES.get(e.result, "")),
+                                            e.repository, fmt.reference(e.reference),
+                                            fmt.size(e.bytes) if e.bytes else "-", fmt.duration(e.duration_ms),
+                                            e.client)))
         self.fill(table, rows)
 
     def on_input_changed(self, event: Input.Changed) -> None:

@@ -31,7 +31,7 @@ class CredentialsBlade(Blade):
         yield Label("Credentials", classes="blade-title")
         yield Static("", id="credentials-summary", classes="summary")
         table: DataTable = DataTable(id="credentials-table", cursor_type="row", zebra_stripes=True)
-        table.add_columns("Name", "Login server", "Health", "Error", "Username secret", "Password secret")
+        table.add_columns("Name", "Health", "Login server", "Error", "Username secret", "Password secret")
         yield table
 
     @work(thread=True, exclusive=True, group="credentials-load")
@@ -42,12 +42,12 @@ class CredentialsBlade(Blade):
     def _show(self, sets: list[CredentialSet], upstreams: list[Upstream]) -> None:
         self.credential_sets, self.upstreams = sets, upstreams
         self.fill(self.query_one(DataTable), [
-            (cs.name, (cs.name, cs.login_server, health_text(cs), cs.health.error_code or "",
+            (cs.name, (cs.name, health_text(cs), cs.login_server, cs.health.error_code or "",
                        cs.username_secret_id, cs.password_secret_id)) for cs in sets])
         unhealthy = sum(cs.health.status.value == "Unhealthy" for cs in sets)
         self.query_one("#credentials-summary", Static).update(
             (f"{len(sets)} credential sets" + (f", {unhealthy} unhealthy" if unhealthy else "")
-             + " · secrets live in the keyring, never in regcache's database")
+             + " · secret values stay in the keyring")
             if sets else "No credentials yet. Press n to create a set for an upstream login.")
 
     def _changed(self, message: str) -> None:

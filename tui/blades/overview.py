@@ -61,23 +61,25 @@ class OverviewBlade(Blade):
         facts.add_row("Credentials", Text(f"{len(data.credential_sets)}" + (f" ({unhealthy} unhealthy)"
                                                                              if unhealthy else ""),
                                           style="bold red" if unhealthy else ""))
-        facts.add_row("Cache size", f"{fmt.size(data.size.blob_bytes)} in {data.size.blobs} blobs, "
-                                    f"{data.size.manifests} manifests, {data.repositories} repositories")
+        facts.add_row("Cache size", f"{fmt.size(data.size.blob_bytes)} in {fmt.count(data.size.blobs, 'blob')}, "
+                                    f"{fmt.count(data.size.manifests, 'manifest')}, "
+                                    f"{fmt.count(data.repositories, 'repository', 'repositories')}")
         t = data.totals
-        facts.add_row("Hit ratio", f"{fmt.ratio(t.hit_ratio)} ({t.hits} hits, {t.misses} misses, "
-                                   f"{t.stale} stale, {t.errors} errors)")
+        facts.add_row("Hit ratio", f"{fmt.ratio(t.hit_ratio)} ({fmt.count(t.hits, 'hit')}, "
+                                   f"{fmt.count(t.misses, 'miss', 'misses')}, {t.stale} stale, "
+                                   f"{fmt.count(t.errors, 'error')})")
         facts.add_row("Served", f"{fmt.size(t.bytes_served)} to clients, "
                                 f"{fmt.size(t.bytes_fetched)} fetched upstream")
         self.query_one("#overview-facts", Static).update(facts)
         if not data.errors:
             self.query_one("#overview-errors", Static).update(Text("None.", style="dim"))
             return
-        errors = Table.grid(padding=(0, 1))
-        errors.add_column(no_wrap=True, style="dim")
-        errors.add_column(no_wrap=True)
-        errors.add_column(overflow="ellipsis", no_wrap=True)
+        lines = Text()
         for recorded in data.errors:
             e = recorded.event
-            errors.add_row(fmt.when(e.ts), f"{e.repository}:{e.reference[:19]}", Text(e.detail or str(e.status),
-                                                                                       style="red"))
-        self.query_one("#overview-errors", Static).update(errors)
+            lines.append(f"{fmt.when(e.ts)}  ", style="dim")
+            lines.append(f"{e.repository}:{fmt.reference(e.reference)}  ", style="bold")
+            lines.append(f"HTTP {e.status}\n")
+            lines.append(f"  {e.detail or ''}\n", style="red")
+        lines.rstrip()
+        self.query_one("#overview-errors", Static).update(lines)

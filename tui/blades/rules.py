@@ -51,7 +51,7 @@ class RulesBlade(Blade):
         yield Label("Cache rules", classes="blade-title")
         yield Static("", id="rules-summary", classes="summary")
         table: DataTable = DataTable(id="rules-table", cursor_type="row", zebra_stripes=True)
-        table.add_columns("Name", "Source", "Target", "Credentials", "Health", "Repos", "Hits")
+        table.add_columns("Name", "Target", "Source", "Creds", "Health", "Repos", "Hits")
         yield table
 
     @work(thread=True, exclusive=True, group="rules-load")
@@ -66,12 +66,12 @@ class RulesBlade(Blade):
         rows = []
         for rule in data.rules:
             usage = data.usage.get(rule.name, RuleUsage())
-            rows.append((rule.name, (rule.name, rule.source_repository, rule.target_repository,
+            rows.append((rule.name, (rule.name, rule.target_repository, rule.source_repository,
                                      rule.credential_set or "-", health_text(sets.get(rule.credential_set or "")),
                                      str(usage.repositories), str(usage.hits))))
         self.fill(self.query_one(DataTable), rows)
         self.query_one("#rules-summary", Static).update(
-            f"{len(data.rules)} of 1,000 rules · n new · e credentials · d delete · enter details"
+            f"{len(data.rules)} of 1,000 rules: clients pull Target, regcache fetches Source"
             if data.rules else "No cache rules yet. Press n to create one.")
 
     def _selected_rule(self) -> CacheRule | None:

@@ -31,7 +31,7 @@ class UpstreamsBlade(Blade):
 
     def compose(self) -> ComposeResult:
         yield Label("Upstreams", classes="blade-title")
-        yield Static("a add a custom upstream or override a built-in URL · x remove", classes="summary")
+        yield Static("Registries cache rules can pull from", classes="summary")
         table: DataTable = DataTable(id="upstreams-table", cursor_type="row", zebra_stripes=True)
         table.add_columns("Login server", "URL", "Pulls", "Kind")
         yield table

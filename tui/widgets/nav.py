@@ -20,7 +20,7 @@ class NavList(OptionList):
     """Blade names; moving the highlight shows that blade."""
 
     def __init__(self) -> None:
-        super().__init__(*(Option(f"{i}  {title}", id=blade) for i, (blade, title) in enumerate(BLADES, 1)),
+        super().__init__(*(Option(f"{i} {title}", id=blade) for i, (blade, title) in enumerate(BLADES, 1)),
                          id="nav")
 
     def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:

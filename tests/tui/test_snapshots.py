@@ -1,0 +1,46 @@
+"""SVG snapshots of every blade at 80x24 and 120x40 (pytest-textual-snapshot).
+
+Regenerate after an intended change with ``python -m pytest tests/tui/test_snapshots.py --snapshot-update``
+and review the SVGs in tests/tui/__snapshots__/.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import make_app
+
+SIZES = [(80, 24), (120, 40)]
+BLADES = [("overview", "1"), ("rules", "2"), ("credentials", "3"), ("activity", "4"), ("upstreams", "5")]
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize(("blade", "key"), BLADES, ids=[b for b, _ in BLADES])
+def test_blade(snap_compare, filled_backend, blade, key, size):
+    async def show(pilot):
+        await pilot.press(key)
+        await pilot.pause(0.5)
+        await pilot.wait_for_scheduled_animations()
+
+    assert snap_compare(make_app(filled_backend), terminal_size=size, run_before=show)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_new_rule_form(snap_compare, filled_backend, size):
+    async def open_form(pilot):
+        await pilot.press("2")
+        await pilot.pause(0.3)
+        await pilot.press("n")
+        await pilot.pause(0.5)
+
+    assert snap_compare(make_app(filled_backend), terminal_size=size, run_before=open_form)
+
+
+def test_rule_details(snap_compare, filled_backend):
+    async def open_details(pilot):
+        await pilot.press("2")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await pilot.pause(0.5)
+
+    assert snap_compare(make_app(filled_backend), terminal_size=(120, 40), run_before=open_details)
