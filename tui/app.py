@@ -149,12 +149,18 @@ class RegcacheApp(App[None]):
 
 def run_app(home: str | Path | None = None, listen: str = "127.0.0.1:5000") -> None:
     """Open the TUI on the state directory ``home`` with the proxy listening on ``listen``."""
+    import logging
+
     from proxy.server import EmbeddedProxy, ProxyServer
     from proxy.store import resolve_home
 
     backend = Backend.open(home)
+    state_dir = resolve_home(home)
+    # Nothing may print into the TUI's terminal: the proxy's log goes to the state directory.
+    logging.basicConfig(filename=state_dir / "regcache.log", level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     try:
-        proxy = EmbeddedProxy(ProxyServer(resolve_home(home), listen))
+        proxy = EmbeddedProxy(ProxyServer(state_dir, listen))
         RegcacheApp(backend, proxy).run()
     finally:
         backend.close()

@@ -31,6 +31,8 @@ class OverviewBlade(Blade):
     TITLE = "Overview"
     REFRESH_SECONDS = 2.0
 
+    data: OverviewData | None = None
+
     def compose(self) -> ComposeResult:
         yield Label("Overview", classes="blade-title")
         yield Static("", id="overview-facts")
@@ -49,6 +51,7 @@ class OverviewBlade(Blade):
         self.app.call_from_thread(self._show, data)
 
     def _show(self, data: OverviewData) -> None:
+        self.data = data
         status = self.app.proxy_status  # type: ignore[attr-defined]
         facts = Table.grid(padding=(0, 2))
         facts.add_column(style="bold", no_wrap=True)
