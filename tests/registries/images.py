@@ -140,7 +140,9 @@ def build_layer(size: int, seed: str, media_type: str = MEDIA_TYPES["oci"].layer
     """
     if size < 0:
         raise ValueError("layer size must be >= 0")
-    payload = random.Random(seed).randbytes(size)
+    rng = random.Random(seed)
+    chunk = 64 * 1024 * 1024  # randbytes() cannot make more than 256 MiB at once
+    payload = b"".join(rng.randbytes(min(chunk, size - start)) for start in range(0, size, chunk))
     info = tarfile.TarInfo("regcache-test/payload.bin")
     info.size = size
     info.mode = 0o644
