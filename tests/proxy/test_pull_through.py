@@ -353,3 +353,22 @@ def test_download_completes_when_the_first_client_goes_away(regcache, anonymous_
     assert anonymous_registry.count_blob_gets("library/abandoned", layer.digest) == 1
     results = [e["result"] for e in regcache.events() if e["kind"] == "blob"]
     assert results == ["miss", "hit"]
+
+
+def test_mirror_mode_routes_by_source(regcache, anonymous_registry, push_image):
+    """containerd as a mirror client sends ?ns=REGISTRY: the rule whose source covers it serves."""
+    server = regcache.add_upstream(anonymous_registry)
+    regcache.control.create_rule("mirror-all", f"{server}/*", "mirrored/*")
+    image = push_image(anonymous_registry, "library/alpine", "3", layers=[2_000])
+    with regcache.http() as http:
+        response = http.get("/v2/library/alpine/manifests/3", params={"ns": server},
+                            headers={"Accept": image.media_type})
+        assert response.status_code == 200 and response.content == image.manifest
+        layer = image.layers[0]
+        blob = http.get(f"/v2/library/alpine/blobs/{layer.digest}", params={"ns": server})
+        assert blob.content == layer.data
+        unknown = http.get("/v2/library/alpine/manifests/3", params={"ns": "quay.io"})
+        assert unknown.status_code == 404
+        assert "no cache rule has a source covering quay.io/library/alpine" in unknown.json()["errors"][0]["message"]
+    # cached under the rule's target name
+    assert regcache.control.store.tag("mirrored/library/alpine", "3") is not None
