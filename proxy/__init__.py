@@ -14,7 +14,15 @@ from .errors import (
     StateError,
     ValidationError,
 )
-from .models import AuthPolicy, CacheRule, CredentialHealth, CredentialSet, HealthStatus, RuleMatch, Upstream
+from .models import (
+    AuthPolicy,
+    CacheRule,
+    CredentialHealth,
+    CredentialSet,
+    HealthStatus,
+    RuleMatch,
+    Upstream,
+)
 from .rules import MAX_RULES, RuleSet
 from .store import StateStore, resolve_home
 from .upstreams import BUILTIN_UPSTREAMS, UpstreamCatalogue

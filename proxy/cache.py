@@ -20,8 +20,21 @@ import anyio
 from .blobs import BlobStore, BlobStream, StoredBlob
 from .control import ControlPlane
 from .errors import SecretError
-from .models import CacheRule, CredentialHealth, CredentialSet, HealthStatus, RuleMatch, Upstream
-from .oci import INDEX_TYPES, RegistryError, blob_unknown, manifest_unknown, name_unknown
+from .models import (
+    CacheRule,
+    CredentialHealth,
+    CredentialSet,
+    HealthStatus,
+    RuleMatch,
+    Upstream,
+)
+from .oci import (
+    INDEX_TYPES,
+    RegistryError,
+    blob_unknown,
+    manifest_unknown,
+    name_unknown,
+)
 from .rules import RuleSet
 from .secrets import SecretResolver
 from .store import AsyncStateStore

@@ -11,11 +11,23 @@ import os
 from dataclasses import replace
 
 from .errors import ConflictError, NotFoundError, SecretError, ValidationError
-from .models import AuthPolicy, CacheRule, CredentialHealth, CredentialSet, Upstream, utc_now
+from .models import (
+    AuthPolicy,
+    CacheRule,
+    CredentialHealth,
+    CredentialSet,
+    Upstream,
+    utc_now,
+)
 from .rules import RuleSet, check_credentials, check_name, check_new_rule
 from .secrets import SecretId, SecretResolver
 from .store import StateStore
-from .upstreams import BUILTIN_UPSTREAMS, UpstreamCatalogue, normalize_base_url, normalize_login_server
+from .upstreams import (
+    BUILTIN_UPSTREAMS,
+    UpstreamCatalogue,
+    normalize_base_url,
+    normalize_login_server,
+)
 
 
 class ControlPlane:

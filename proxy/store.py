@@ -19,7 +19,15 @@ from sqlite_utils import Database
 
 from .errors import StateError
 from .migrations import MIGRATIONS
-from .models import AuthPolicy, CacheRule, CredentialHealth, CredentialSet, HealthStatus, Upstream, utc_now
+from .models import (
+    AuthPolicy,
+    CacheRule,
+    CredentialHealth,
+    CredentialSet,
+    HealthStatus,
+    Upstream,
+    utc_now,
+)
 
 BUSY_TIMEOUT_MS = 30_000
 

@@ -8,7 +8,13 @@ import pytest
 
 from proxy.errors import ConflictError, LimitError, ValidationError
 from proxy.models import CacheRule, CredentialSet
-from proxy.rules import MAX_RULES, RuleSet, check_credentials, check_name, check_new_rule
+from proxy.rules import (
+    MAX_RULES,
+    RuleSet,
+    check_credentials,
+    check_name,
+    check_new_rule,
+)
 from proxy.upstreams import UpstreamCatalogue
 
 CATALOGUE = UpstreamCatalogue()

@@ -7,7 +7,13 @@ from datetime import datetime, timezone
 
 import pytest
 
-from proxy.models import CacheRule, CredentialHealth, CredentialSet, HealthStatus, PullEvent
+from proxy.models import (
+    CacheRule,
+    CredentialHealth,
+    CredentialSet,
+    HealthStatus,
+    PullEvent,
+)
 from tui.app import RegcacheApp
 from tui.backend import Backend, ProxyStatus
 

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from textual import work
 from textual.containers import Vertical
 from textual.widgets import DataTable
 
+from proxy.errors import RegcacheError
+
 from ..backend import Backend
+from ..messages import ConfigurationChanged
+from ..screens.confirm import ConfirmScreen
 
 
 class Blade(Vertical):
@@ -14,6 +21,8 @@ class Blade(Vertical):
     #: seconds between reloads while the blade is shown (CLI changes and new pulls appear)
     REFRESH_SECONDS = 5.0
     TITLE = ""
+    #: what ConfigurationChanged says when this blade changed something
+    CHANGES = ""
 
     @property
     def backend(self) -> Backend:
@@ -56,3 +65,27 @@ class Blade(Vertical):
         keys = [key for key, _ in rows]
         if current in keys:
             table.move_cursor(row=keys.index(current))
+
+    def changed(self, message: str) -> None:
+        """After a change: say so, reload, and tell the other blades."""
+        self.notify(message)
+        self.load()
+        self.post_message(ConfigurationChanged(self.CHANGES))
+
+    def confirm_change(self, title: str, detail: str, change: Callable[[Backend], object], done: str) -> None:
+        """Ask first; on yes run ``change`` off the UI thread and report ``done`` (or the engine's error)."""
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.run_change(change, done)
+
+        self.app.push_screen(ConfirmScreen(title, detail), answered)
+
+    @work(thread=True, group="blade-change")
+    def run_change(self, change: Callable[[Backend], object], done: str | Callable[[object], str]) -> None:
+        try:
+            result = self.backend.call(change)
+        except RegcacheError as exc:
+            self.app.call_from_thread(self.notify, str(exc), severity="error", timeout=10)
+            return
+        self.app.call_from_thread(self.changed, done(result) if callable(done) else done)

@@ -9,8 +9,6 @@ from textual.widgets import DataTable, Label, Static
 
 from proxy.models import CredentialSet, Upstream
 
-from ..messages import ConfigurationChanged
-from ..screens.confirm import ConfirmScreen
 from ..screens.credential_form import CredentialForm
 from .base import Blade
 from .rules import health_text
@@ -18,6 +16,7 @@ from .rules import health_text
 
 class CredentialsBlade(Blade):
     TITLE = "Credentials"
+    CHANGES = "credentials"
     BINDINGS = [
         Binding("n", "new_credentials", "Create", id="credentials.new"),
         Binding("r", "check_health", "Re-check", id="credentials.check"),
@@ -50,48 +49,25 @@ class CredentialsBlade(Blade):
              + " · secret values stay in the keyring")
             if sets else "No credentials yet. Press n to create a set for an upstream login.")
 
-    def _changed(self, message: str) -> None:
-        self.notify(message)
-        self.load()
-        self.post_message(ConfigurationChanged("credentials"))
-
     def action_new_credentials(self) -> None:
         def created(cs: CredentialSet | None) -> None:
             if cs is not None:
-                self._changed(f"Created credentials {cs.name} for {cs.login_server}: {cs.health.status.value}")
+                self.changed(f"Created credentials {cs.name} for {cs.login_server}: {cs.health.status.value}")
 
         self.app.push_screen(CredentialForm(self.upstreams), created)
 
     def action_check_health(self) -> None:
         name = self.selected_key()
         if name is not None:
-            self._check(name)
-
-    @work(thread=True, group="credentials-change")
-    def _check(self, name: str) -> None:
-        cs = self.backend.call(lambda b: b.control.refresh_credential_set(name))
-        detail = f" ({cs.health.error_code})" if cs.health.error_code else ""
-        self.app.call_from_thread(self._changed, f"Credentials {name}: {cs.health.status.value}{detail}")
+            self.run_change(lambda b: b.control.refresh_credential_set(name), health_message)
 
     def action_delete_credentials(self) -> None:
         name = self.selected_key()
-        if name is None:
-            return
+        if name is not None:
+            self.confirm_change(f"Delete credentials {name}?", "The secrets stay in the keyring.",
+                                lambda b: b.control.delete_credential_set(name), f"Deleted credentials {name}")
 
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self._delete(name)
 
-        self.app.push_screen(ConfirmScreen(f"Delete credentials {name}?",
-                                           "The secrets stay in the keyring."), answered)
-
-    @work(thread=True, group="credentials-change")
-    def _delete(self, name: str) -> None:
-        from proxy.errors import RegcacheError
-
-        try:
-            self.backend.call(lambda b: b.control.delete_credential_set(name))
-        except RegcacheError as exc:
-            self.app.call_from_thread(self.notify, str(exc), severity="error", timeout=10)
-            return
-        self.app.call_from_thread(self._changed, f"Deleted credentials {name}")
+def health_message(cs: CredentialSet) -> str:
+    detail = f" ({cs.health.error_code})" if cs.health.error_code else ""
+    return f"Credentials {cs.name}: {cs.health.status.value}{detail}"

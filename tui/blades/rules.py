@@ -13,8 +13,6 @@ from textual.widgets import DataTable, Label, Static
 from proxy.models import CacheRule, CredentialSet, HealthStatus, Upstream
 from proxy.statistics import RuleUsage
 
-from ..messages import ConfigurationChanged
-from ..screens.confirm import ConfirmScreen
 from ..screens.rule_credentials import RuleCredentialsForm
 from ..screens.rule_details import RuleDetailsScreen
 from ..screens.rule_form import RuleForm
@@ -38,6 +36,7 @@ def health_text(cs: CredentialSet | None) -> Text:
 
 class RulesBlade(Blade):
     TITLE = "Cache rules"
+    CHANGES = "rules"
     BINDINGS = [
         Binding("n", "new_rule", "New", id="rules.new"),
         Binding("e", "edit_credentials", "Credentials", id="rules.edit"),
@@ -81,11 +80,6 @@ class RulesBlade(Blade):
             return None
         return next((r for r in self.data.rules if r.name == key), None)
 
-    def _changed(self, message: str) -> None:
-        self.notify(message)
-        self.load()
-        self.post_message(ConfigurationChanged("rules"))
-
     def action_new_rule(self) -> None:
         self._open_new_rule()
 
@@ -96,7 +90,7 @@ class RulesBlade(Blade):
 
         def created(rule: CacheRule | None) -> None:
             if rule is not None:
-                self._changed(f"Created cache rule {rule.name}: {rule.target_repository} => "
+                self.changed(f"Created cache rule {rule.name}: {rule.target_repository} => "
                               f"{rule.source_repository}")
 
         self.app.call_from_thread(self.app.push_screen, RuleForm(upstreams, sets), created)
@@ -108,28 +102,18 @@ class RulesBlade(Blade):
 
         def saved(updated: CacheRule | None) -> None:
             if updated is not None:
-                self._changed(f"Cache rule {updated.name} now uses "
+                self.changed(f"Cache rule {updated.name} now uses "
                               f"{updated.credential_set or 'no credentials'}")
 
         self.app.push_screen(RuleCredentialsForm(rule, self.data.credential_sets), saved)
 
     def action_delete_rule(self) -> None:
         rule = self._selected_rule()
-        if rule is None:
-            return
-
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self._delete(rule.name)
-
-        self.app.push_screen(ConfirmScreen(f"Delete cache rule {rule.name}?",
-                                           f"{rule.target_repository} => {rule.source_repository}\n"
-                                           "What it cached stays until it is evicted."), answered)
-
-    @work(thread=True, group="rules-change")
-    def _delete(self, name: str) -> None:
-        self.backend.call(lambda b: b.control.delete_rule(name))
-        self.app.call_from_thread(self._changed, f"Deleted cache rule {name}")
+        if rule is not None:
+            self.confirm_change(f"Delete cache rule {rule.name}?",
+                                f"{rule.target_repository} => {rule.source_repository}\n"
+                                "What it cached stays until it is evicted.",
+                                lambda b: b.control.delete_rule(rule.name), f"Deleted cache rule {rule.name}")
 
     def action_details(self) -> None:
         rule = self._selected_rule()

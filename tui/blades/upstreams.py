@@ -7,11 +7,8 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Label, Static
 
-from proxy.errors import RegcacheError
 from proxy.models import Upstream
 
-from ..messages import ConfigurationChanged
-from ..screens.confirm import ConfirmScreen
 from ..screens.upstream_form import UpstreamForm
 from .base import Blade
 
@@ -24,6 +21,7 @@ def kind(upstream: Upstream) -> str:
 
 class UpstreamsBlade(Blade):
     TITLE = "Upstreams"
+    CHANGES = "upstreams"
     BINDINGS = [
         Binding("a", "add_upstream", "Add", id="upstreams.add"),
         Binding("x", "remove_upstream", "Remove", id="upstreams.remove"),
@@ -45,35 +43,15 @@ class UpstreamsBlade(Blade):
         self.fill(self.query_one(DataTable), [
             (u.login_server, (u.login_server, u.base_url, u.auth_policy.value, kind(u))) for u in upstreams])
 
-    def _changed(self, message: str) -> None:
-        self.notify(message)
-        self.load()
-        self.post_message(ConfigurationChanged("upstreams"))
-
     def action_add_upstream(self) -> None:
         def added(upstream: Upstream | None) -> None:
             if upstream is not None:
-                self._changed(f"Upstream {upstream.login_server}: {upstream.base_url}")
+                self.changed(f"Upstream {upstream.login_server}: {upstream.base_url}")
 
         self.app.push_screen(UpstreamForm(), added)
 
     def action_remove_upstream(self) -> None:
         server = self.selected_key()
-        if server is None:
-            return
-
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self._remove(server)
-
-        self.app.push_screen(ConfirmScreen(f"Remove upstream {server}?",
-                                           "A built-in upstream gets its default URL back."), answered)
-
-    @work(thread=True, group="upstreams-change")
-    def _remove(self, server: str) -> None:
-        try:
-            self.backend.call(lambda b: b.control.remove_upstream(server))
-        except RegcacheError as exc:
-            self.app.call_from_thread(self.notify, str(exc), severity="error", timeout=10)
-            return
-        self.app.call_from_thread(self._changed, f"Removed {server}")
+        if server is not None:
+            self.confirm_change(f"Remove upstream {server}?", "A built-in upstream gets its default URL back.",
+                                lambda b: b.control.remove_upstream(server), f"Removed {server}")

@@ -13,10 +13,10 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Input, Label, RadioButton, RadioSet, Static
 
-from .form_row import FormRow
-
 from proxy.control import ControlPlane
 from proxy.models import CredentialSet
+
+from .form_row import FormRow
 
 KEYRING_SERVICE = "regcache"
 
