@@ -86,7 +86,8 @@ class ControlPlane:
             self.store.insert_cache_rule(rule)
         return rule
 
-    def update_rule(self, name: str, credential_set: str | None = None, remove_credential_set: bool = False) -> CacheRule:
+    def update_rule(self, name: str, credential_set: str | None = None,
+                    remove_credential_set: bool = False) -> CacheRule:
         """Attach another credential set, or remove it: exactly one of the two."""
         if (credential_set is None) == (not remove_credential_set):
             raise ValidationError("give exactly one of --cred-set/-c NAME and --remove-cred-set",

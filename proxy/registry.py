@@ -304,8 +304,9 @@ class ApiVersionHeader:
 
         async def send_with_header(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"docker-distribution-api-version"]
-                headers.append((b"docker-distribution-api-version", b"registry/2.0"))
+                name = b"docker-distribution-api-version"
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != name]
+                headers.append((name, b"registry/2.0"))
                 message = {**message, "headers": headers}
             await send(message)
 
