@@ -11,19 +11,26 @@ are the payload's size). In front of it run, each with its own empty storage:
 Measured for both, with regcache / anchor as the ratio (all pulls are
 ``skopeo copy --src-tls-verify=false docker://HOST/REPO:TAG oci:DIR:TAG`` into a new directory):
 
-* cold pull: both caches restarted with empty storage first; median of ``--repeat`` runs;
+* cold pull: both caches restarted with empty storage first; median of ``--repeat`` runs, with
+  the CPU seconds the cache process used (steadier than wall time on a small machine) and the
+  blob bytes the upstream served (the largest of the runs) divided by the image size;
 * warm pull: the same pull again; median of ``--repeat`` runs;
 * warm throughput of the largest layer blob with ``curl``; median of ``--repeat`` runs;
-* ``--concurrency`` simultaneous cold pulls: wall time, and the blob bytes the upstream served
-  (its access log: successful blob GETs) divided by the image size;
+* ``--concurrency`` simultaneous cold pulls: wall time, the cache's CPU seconds, and the blob
+  bytes the upstream served (its access log: successful blob GETs) divided by the image size;
 * peak RSS of each server process over the whole run (VmHWM of every process incarnation, and
   VmRSS sampled every 50 ms).
 
 Run from the repository root with the dev venv (``docker-registry``, ``skopeo`` and ``curl``
-must be installed; everything listens on 127.0.0.1; about 3 minutes at full size on 2 cores)::
+must be installed; everything listens on 127.0.0.1; under 2 minutes at full size on 2 cores)::
 
     /work/venv/bin/python bench/pull_bench.py                 # 350 MB image, 16 concurrent pulls
-    /work/venv/bin/python bench/pull_bench.py --size-mb 30    # smoke test
+    /work/venv/bin/python bench/pull_bench.py --size-mb 30    # smoke test, ~20 s
+    /work/venv/bin/python bench/pull_bench.py --repeat 7      # steadier medians, ~2.5 minutes
+
+Wall times on a 2-core machine move by 10-15 % from run to run, more when anything else runs
+(the title shows how busy the CPUs were just before): judge the cold target on ``--repeat 7`` on an idle
+machine, and look at the CPU seconds, which barely move.
 
 Sizes are decimal: 1 MB = 10**6 bytes. Every process it starts is stopped and its temporary
 directory removed on exit, also on failure, Ctrl-C or SIGTERM.
@@ -42,7 +49,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -95,6 +102,11 @@ def process_pid(server: RegistryServer) -> int | None:
     """The pid of a running RegistryServer (the helper keeps its Popen private)."""
     process: subprocess.Popen[bytes] | None = getattr(server, "_process", None)
     return process.pid if process is not None and process.poll() is None else None
+
+
+def pid_of(cache: Cache) -> Callable[[], int | None]:
+    """A getter of the cache's current pid (it changes at every reset)."""
+    return lambda: cache.pid
 
 
 class AnchorRegistry(RegistryServer):
@@ -152,7 +164,7 @@ class RegcacheServer:
     def cli(self, *args: str) -> None:
         """Run ``regcache --home HOME ARGS``; raise with its output if it fails."""
         command = [self.executable, "--home", str(self.home), *args]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=CLI_TIMEOUT,
+        result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=CLI_TIMEOUT,
                                 stdin=subprocess.DEVNULL)
         if result.returncode != 0:
             raise BenchError(f"{' '.join(command)} exited {result.returncode}: {result.stderr.strip()}")
@@ -240,6 +252,21 @@ def _status_kb(pid: int, key: str) -> int:
     except (FileNotFoundError, ProcessLookupError, ValueError):
         pass
     return 0
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds a process has used so far (0 if it is gone)."""
+    if pid is None:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime
 
 
 class RssMonitor:
@@ -343,7 +370,8 @@ def curl_throughput(host: str, digest: str, size: int, timeout: float) -> float:
     url = f"http://{host}/v2/{REPOSITORY}/blobs/{digest}"
     result = subprocess.run(["curl", "-s", "-o", "/dev/null", "--max-time", str(int(timeout)),
                              "-w", "%{http_code} %{size_download} %{time_total}", url],
-                            capture_output=True, text=True, timeout=timeout + 5, stdin=subprocess.DEVNULL)
+                            check=False, capture_output=True, text=True, timeout=timeout + 5,
+                            stdin=subprocess.DEVNULL)
     fields = result.stdout.split()
     if result.returncode != 0 or len(fields) != 3 or fields[0] != "200" or int(fields[1]) != size:
         raise BenchError(f"curl {url} failed (exit {result.returncode}): {result.stdout!r} {result.stderr!r}")
@@ -372,10 +400,12 @@ class Figures:
     """Everything measured for one cache."""
 
     cold: list[float] = field(default_factory=list)
+    cold_cpu: list[float] = field(default_factory=list)
     warm: list[float] = field(default_factory=list)
     blob_mbps: list[float] = field(default_factory=list)
     cold_upstream_bytes: list[int] = field(default_factory=list)
     concurrent_wall: float = 0.0
+    concurrent_cpu: float = 0.0
     concurrent_upstream_bytes: int = 0
     peak_rss_mb: float = 0.0
 
@@ -410,36 +440,46 @@ class Bench:
         self.monitor.checkpoint(cache.name)
         cache.reset()
 
-    def pulls(self, cache: Cache, count: int) -> float:
+    def pulls(self, cache: Cache, count: int) -> tuple[float, float]:
+        """``count`` simultaneous pulls through ``cache``: wall seconds, and CPU seconds the cache used."""
         destinations = self.destinations(count)
+        pid = cache.pid
+        cpu = cpu_seconds(pid)
         try:
-            return timed_pulls(cache.host, destinations, self.image, pull_timeout(self.size_mb, count))
+            wall = timed_pulls(cache.host, destinations, self.image, pull_timeout(self.size_mb, count))
+            return wall, cpu_seconds(pid) - cpu
         finally:
             self.discard(destinations)
 
+    def rounds(self, repeat: int) -> Iterator[tuple[int, Cache]]:
+        """``repeat`` rounds over the caches, alternating who goes first (neither always pulls second)."""
+        for i in range(repeat):
+            for cache in self.caches if i % 2 == 0 else self.caches[::-1]:
+                yield i, cache
+
     def run(self, repeat: int, concurrency: int) -> dict[str, Figures]:
         figures = {cache.name: Figures() for cache in self.caches}
-        for i in range(repeat):  # alternate who goes first, so neither always meets a cooler page cache
-            for cache in (self.caches if i % 2 == 0 else self.caches[::-1]):
-                self.reset(cache)
-                self.upstream.clear_log()
-                figures[cache.name].cold.append(self.pulls(cache, 1))
-                figures[cache.name].cold_upstream_bytes.append(upstream_blob_bytes(self.upstream))
-                progress(f"cold pull {i + 1}/{repeat} via {cache.name}: {figures[cache.name].cold[-1]:.2f} s")
-        for i in range(repeat):
-            for cache in (self.caches if i % 2 == 0 else self.caches[::-1]):
-                figures[cache.name].warm.append(self.pulls(cache, 1))
-                progress(f"warm pull {i + 1}/{repeat} via {cache.name}: {figures[cache.name].warm[-1]:.2f} s")
+        for i, cache in self.rounds(repeat):
+            self.reset(cache)
+            self.upstream.clear_log()
+            wall, cpu = self.pulls(cache, 1)
+            figures[cache.name].cold.append(wall)
+            figures[cache.name].cold_cpu.append(cpu)
+            figures[cache.name].cold_upstream_bytes.append(upstream_blob_bytes(self.upstream))
+            progress(f"cold pull {i + 1}/{repeat} via {cache.name}: {figures[cache.name].cold[-1]:.2f} s")
+        for i, cache in self.rounds(repeat):
+            figures[cache.name].warm.append(self.pulls(cache, 1)[0])
+            progress(f"warm pull {i + 1}/{repeat} via {cache.name}: {figures[cache.name].warm[-1]:.2f} s")
         largest = max(self.image.layers, key=lambda layer: layer.size)
-        for i in range(repeat):
-            for cache in (self.caches if i % 2 == 0 else self.caches[::-1]):
-                mbps = curl_throughput(cache.host, largest.digest, largest.size, pull_timeout(self.size_mb, 1))
-                figures[cache.name].blob_mbps.append(mbps)
-                progress(f"warm blob {i + 1}/{repeat} via {cache.name}: {mbps:.0f} MB/s")
+        for i, cache in self.rounds(repeat):
+            mbps = curl_throughput(cache.host, largest.digest, largest.size, pull_timeout(self.size_mb, 1))
+            figures[cache.name].blob_mbps.append(mbps)
+            progress(f"warm blob {i + 1}/{repeat} via {cache.name}: {mbps:.0f} MB/s")
         for cache in self.caches:
             self.reset(cache)
             self.upstream.clear_log()
-            figures[cache.name].concurrent_wall = self.pulls(cache, concurrency)
+            wall, cpu = self.pulls(cache, concurrency)
+            figures[cache.name].concurrent_wall, figures[cache.name].concurrent_cpu = wall, cpu
             figures[cache.name].concurrent_upstream_bytes = upstream_blob_bytes(self.upstream)
             progress(f"{concurrency} concurrent cold pulls via {cache.name}: "
                      f"{figures[cache.name].concurrent_wall:.2f} s")
@@ -459,7 +499,25 @@ def layer_sizes(size_mb: int) -> list[int]:
     return [total * 4 // 7, total * 2 // 7, total - total * 4 // 7 - total * 2 // 7]
 
 
-def render(figures: dict[str, Figures], bench: Bench, repeat: int, concurrency: int) -> str:
+def _cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def machine_busy(seconds: float = 1.0) -> str:
+    """How busy the CPUs are before the run starts: other work skews wall times (not CPU seconds)."""
+    try:
+        busy0, total0 = _cpu_times()
+        time.sleep(seconds)
+        busy1, total1 = _cpu_times()
+    except (OSError, ValueError, IndexError):
+        return "?"
+    return f"{100 * (busy1 - busy0) / max(total1 - total0, 1):.0f} %"
+
+
+def render(figures: dict[str, Figures], bench: Bench, repeat: int, concurrency: int, busy: str) -> str:
     """The results table: anchor, regcache, regcache / anchor, the target and whether it is met."""
     anchor, regcache = figures["anchor"], figures["regcache"]
     image = bench.image_bytes
@@ -474,15 +532,17 @@ def render(figures: dict[str, Figures], bench: Bench, repeat: int, concurrency: 
 
     row(f"cold pull, median of {repeat} (s)", median(anchor.cold), median(regcache.cold), "{:.2f}",
         "<= 1.0x anchor", lambda a, r: r <= a)
+    row("  server CPU per cold pull (s)", median(anchor.cold_cpu), median(regcache.cold_cpu), "{:.2f}")
+    row("  upstream blob bytes / image", max(anchor.cold_upstream_bytes) / image,
+        max(regcache.cold_upstream_bytes) / image, "{:.2f}")
     row(f"warm pull, median of {repeat} (s)", median(anchor.warm), median(regcache.warm), "{:.2f}",
         "<= 1.2x anchor", lambda a, r: r <= 1.2 * a)
     row(f"warm {largest:.0f} MB blob, curl (MB/s)", median(anchor.blob_mbps), median(regcache.blob_mbps),
         "{:.0f}")
     row(f"{concurrency} concurrent cold pulls (s)", anchor.concurrent_wall, regcache.concurrent_wall, "{:.2f}")
-    row(f"  upstream blob bytes / image", anchor.concurrent_upstream_bytes / image,
+    row("  server CPU (s)", anchor.concurrent_cpu, regcache.concurrent_cpu, "{:.2f}")
+    row("  upstream blob bytes / image", anchor.concurrent_upstream_bytes / image,
         regcache.concurrent_upstream_bytes / image, "{:.2f}", "regcache <= 1.05", lambda a, r: r <= 1.05)
-    row("1 cold pull: upstream bytes / image", max(anchor.cold_upstream_bytes) / image,
-        max(regcache.cold_upstream_bytes) / image, "{:.2f}")
     row("peak RSS (MB)", anchor.peak_rss_mb, regcache.peak_rss_mb, "{:.0f}", "regcache < 200 MB",
         lambda a, r: r < 200)
 
@@ -496,8 +556,9 @@ def render(figures: dict[str, Figures], bench: Bench, repeat: int, concurrency: 
         return "  ".join(f"{cell:{a}{w}}" for cell, a, w in zip(cells, align, widths)).rstrip()
 
     sizes = " + ".join(f"{layer.size / MB:.0f}" for layer in bench.image.layers)
-    out = [f"pull_bench: image {image / MB:.0f} MB in {len(bench.image.layers)} layers ({sizes} MB), "
-           f"{os.cpu_count()} CPUs, regcache {git_revision()}",
+    title = (f"pull_bench: image {image / MB:.0f} MB in {len(bench.image.layers)} layers ({sizes} MB), "
+             f"{os.cpu_count()} CPUs ({busy} busy before start), regcache {git_revision()}")
+    out = [title,
            fmt_line(header), fmt_line(["-" * w for w in widths]), *map(fmt_line, lines),
            "samples (s): cold anchor " + _samples(anchor.cold) + "; cold regcache " + _samples(regcache.cold),
            "             warm anchor " + _samples(anchor.warm) + "; warm regcache " + _samples(regcache.warm),
@@ -512,9 +573,9 @@ def _samples(values: Sequence[float]) -> str:
 def git_revision() -> str:
     try:
         result = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, timeout=5)
+                                check=False, capture_output=True, text=True, timeout=5)
         dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--", "proxy"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+                               check=False, capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return "(unknown revision)"
     return result.stdout.strip() + ("+dirty proxy/" if dirty else "") if result.returncode == 0 else "(no git)"
@@ -534,6 +595,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.size_mb < 1 or args.concurrency < 1 or args.repeat < 1:
         parser.error("--size-mb, --concurrency and --repeat must be at least 1")
     signal.signal(signal.SIGTERM, _terminate)
+    busy = machine_busy()
 
     root = Path(tempfile.mkdtemp(prefix="regcache-pull-bench-"))
     monitor = RssMonitor()
@@ -555,14 +617,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         regcache.start()
         caches: list[Cache] = [anchor, regcache]
         for cache in caches:
-            monitor.watch(cache.name, lambda cache=cache: cache.pid)  # type: ignore[misc]
+            monitor.watch(cache.name, pid_of(cache))
         monitor.start()
         progress(f"anchor on {anchor.host}, regcache on {regcache.host}")
 
         bench = Bench(root, upstream, caches, image, monitor, args.size_mb)
         figures = bench.run(args.repeat, args.concurrency)
         monitor.checkpoint("upstream")
-        print(render(figures, bench, args.repeat, args.concurrency), flush=True)
+        print(render(figures, bench, args.repeat, args.concurrency, busy), flush=True)
         return 0
     except BenchError as exc:
         print(f"pull_bench: {exc}", file=sys.stderr)
@@ -572,7 +634,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for server in reversed(started):
             try:
                 server.stop()
-            except Exception as exc:  # keep stopping the others
+            except Exception as exc:  # noqa: BLE001 - whatever it is, keep stopping the others
                 print(f"pull_bench: stopping {server!r}: {exc}", file=sys.stderr)
         shutil.rmtree(root, ignore_errors=True)
 

@@ -29,6 +29,9 @@ from .store import AsyncStateStore
 log = logging.getLogger("regcache.blobs")
 
 CHUNK = 1024 * 1024
+#: readers are woken when this much new data arrived (and at the end): waking them for every
+#: network read costs more than the copying
+NOTIFY_EVERY = 1024 * 1024
 
 BlobFetch = Callable[[], AbstractAsyncContextManager[httpx.Response]]
 
@@ -200,13 +203,18 @@ class BlobStore:
                 d.size = int(length) if length and length.isdigit() else None
                 d.headers_received = True
                 d.notify()
-                async for chunk in response.aiter_raw(CHUNK):
+                notified = 0
+                # aiter_raw() without a size hands over what each network read returned, uncopied
+                async for chunk in response.aiter_raw():
                     hasher.update(chunk)
                     _write_all(d.fd, chunk)
                     d.written += len(chunk)
                     if d.size is not None and d.written > d.size:
                         raise BlobIntegrityError(f"upstream sent more than the announced {d.size} bytes")
-                    d.notify()
+                    if d.written - notified >= NOTIFY_EVERY:
+                        notified = d.written
+                        d.notify()
+                d.notify()
             if d.size is not None and d.written != d.size:
                 raise BlobIntegrityError(f"upstream sent {d.written} of {d.size} bytes")
             if hasher.hexdigest() != expected:

@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .blobs import CHUNK, BlobStore, BlobStream, StoredBlob
+from .blobs import BlobStore, BlobStream, StoredBlob
 from .cache import PullThroughCache
 from .events import EventLog
 from .models import PullEvent, RuleMatch
@@ -277,12 +277,16 @@ class Registry:
         return Response(content, 200, headers=API_VERSION_HEADER, media_type=media_type)
 
 
+#: stored blobs are read in pieces this big, each in a worker thread (disk reads may block)
+FILE_CHUNK = 4 * 1024 * 1024
+
+
 async def _file_chunks(path: Path, start: int, end: int) -> AsyncIterator[bytes]:
     fd = await anyio.to_thread.run_sync(os.open, path, os.O_RDONLY)
     try:
         offset = start
         while offset < end:
-            data = await anyio.to_thread.run_sync(os.pread, fd, min(CHUNK, end - offset), offset)
+            data = await anyio.to_thread.run_sync(os.pread, fd, min(FILE_CHUNK, end - offset), offset)
             if not data:
                 raise OSError(f"{path} is shorter than expected")
             offset += len(data)

@@ -148,3 +148,11 @@ async def test_connection_refused_is_unavailable():
     with pytest.raises(UpstreamUnavailable, match=r"upstream reg.test: unreachable \(connection failed\)"):
         await client.manifest(UP, "lib/app", "latest", None)
     await client.aclose()
+
+
+def test_httpcore_still_has_the_read_size_we_tune():
+    import httpcore
+
+    from proxy.upstream import UPSTREAM_READ_BYTES
+
+    assert httpcore.AsyncHTTP11Connection.READ_NUM_BYTES == UPSTREAM_READ_BYTES
