@@ -261,7 +261,8 @@ class PullThroughCache:
             if found is not None:
                 cached = ServedManifest(digest, found[0], found[1], "hit")
                 age = (datetime.now(timezone.utc) - validated_at).total_seconds()
-                if age < self.freshness:
+                freshness = match.rule.freshness if match.rule.freshness is not None else self.freshness
+                if age < freshness:
                     return cached
         try:
             creds = await self.credentials(match.rule)
@@ -273,10 +274,16 @@ class PullThroughCache:
                     return cached
             got = await self._upstream_call(match, creds, lambda up: self.upstream.manifest(up, path, tag, creds))
         except UpstreamUnavailable as exc:
-            if cached is not None:
+            if cached is not None and match.rule.serve_stale_on_error:
                 log.warning("serving %s:%s stale: %s", repo, tag, exc)
                 return replace(cached, result="stale", detail=str(exc))
             raise registry_error(exc, manifest_unknown("")) from None
+        except UpstreamNotFound as exc:
+            if cached is not None and match.rule.serve_stale_if_deleted:
+                log.warning("serving %s:%s stale: %s", repo, tag, exc)
+                return replace(cached, result="stale", detail=f"{exc} (the rule serves deleted tags stale)")
+            raise registry_error(exc, manifest_unknown(
+                f"upstream {match.upstream} has no tag {tag!r}")) from None
         except UpstreamError as exc:
             raise registry_error(exc, manifest_unknown(
                 f"upstream {match.upstream} has no tag {tag!r}")) from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from typing import Any
 
 from .errors import ConflictError, NotFoundError, SecretError, ValidationError
 from .models import (
@@ -19,7 +20,7 @@ from .models import (
     Upstream,
     utc_now,
 )
-from .rules import RuleSet, check_credentials, check_name, check_new_rule
+from .rules import RuleSet, check_credentials, check_name, check_new_rule, check_settings
 from .secrets import SecretId, SecretResolver
 from .store import StateStore
 from .upstreams import (
@@ -28,6 +29,15 @@ from .upstreams import (
     normalize_base_url,
     normalize_login_server,
 )
+
+
+RULE_SETTINGS = ("freshness", "retention", "serve_stale_on_error", "serve_stale_if_deleted")
+
+
+def _check_setting_names(settings: dict[str, Any]) -> None:
+    unknown = set(settings) - set(RULE_SETTINGS)
+    if unknown:
+        raise TypeError(f"unknown cache-rule settings: {', '.join(sorted(unknown))}")
 
 
 class ControlPlane:
@@ -76,9 +86,15 @@ class ControlPlane:
 
     # -- cache rules ---------------------------------------------------------------------------
 
-    def create_rule(self, name: str, source: str, target: str, credential_set: str | None = None) -> CacheRule:
-        """Validate and store a new cache rule; raises ValidationError (with ``field``) when refused."""
-        candidate = CacheRule(name, source, target, credential_set or None, utc_now())
+    def create_rule(self, name: str, source: str, target: str, credential_set: str | None = None,
+                    **settings: Any) -> CacheRule:
+        """Validate and store a new cache rule; raises ValidationError (with ``field``) when refused.
+
+        ``settings`` are the CacheRule fields beyond ACR's: ``freshness``, ``retention``,
+        ``serve_stale_on_error``, ``serve_stale_if_deleted``.
+        """
+        _check_setting_names(settings)
+        candidate = CacheRule(name, source, target, credential_set or None, utc_now(), **settings)
         with self.store.transaction():
             existing = RuleSet(self.store.cache_rules())
             sets = {cs.name: cs for cs in self.store.credential_sets()}
@@ -86,19 +102,26 @@ class ControlPlane:
             self.store.insert_cache_rule(rule)
         return rule
 
-    def update_rule(self, name: str, credential_set: str | None = None,
-                    remove_credential_set: bool = False) -> CacheRule:
-        """Attach another credential set, or remove it: exactly one of the two."""
-        if (credential_set is None) == (not remove_credential_set):
-            raise ValidationError("give exactly one of --cred-set/-c NAME and --remove-cred-set",
+    def update_rule(self, name: str, credential_set: str | None = None, remove_credential_set: bool = False,
+                    **settings: Any) -> CacheRule:
+        """Attach another credential set or remove it (not both), and/or change settings."""
+        _check_setting_names(settings)
+        if credential_set is not None and remove_credential_set or (
+                credential_set is None and not remove_credential_set and not settings):
+            raise ValidationError("give exactly one of --cred-set/-c NAME and --remove-cred-set, or a setting "
+                                  "to change (--freshness, --retention, --serve-stale, --serve-stale-if-deleted)",
                                   field="credential_set")
         with self.store.transaction():
             rule = self.get_rule(name)
-            sets = {cs.name: cs for cs in self.store.credential_sets()}
-            new = None if remove_credential_set else credential_set
-            check_credentials(rule.source_login_server, new, sets, self.catalogue())
-            self.store.set_rule_credential_set(name, new)
-        return replace(rule, credential_set=new)
+            if credential_set is not None or remove_credential_set:
+                new = None if remove_credential_set else credential_set
+                sets = {cs.name: cs for cs in self.store.credential_sets()}
+                check_credentials(rule.source_login_server, new, sets, self.catalogue())
+                rule = replace(rule, credential_set=new)
+            rule = replace(rule, **settings)
+            check_settings(rule)
+            self.store.update_cache_rule(rule)
+        return rule
 
     def delete_rule(self, name: str) -> CacheRule:
         """Delete a rule; what it cached stays until eviction."""

@@ -108,3 +108,13 @@ def m002_cache(db: Database) -> None:
         not_null={"ts", "kind", "result"},
     )
     db["events"].create_index(["ts"])
+
+
+@migration
+def m003_rule_settings(db: Database) -> None:
+    """Per-rule freshness window, stale-serving policies and retention (operations beyond ACR)."""
+    table = db["cache_rules"]
+    table.add_column("freshness_seconds", float)
+    table.add_column("serve_stale_on_error", int, not_null_default=1)
+    table.add_column("serve_stale_if_deleted", int, not_null_default=0)
+    table.add_column("retention_seconds", float)

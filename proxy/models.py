@@ -105,6 +105,14 @@ class CacheRule:
     target_repository: str
     credential_set: str | None = None
     created_at: datetime = field(default_factory=utc_now)
+    #: seconds a cached tag is served without asking the upstream (None: the proxy's default, 0)
+    freshness: float | None = None
+    #: serve a cached tag when the upstream is unreachable, failing or rate-limiting
+    serve_stale_on_error: bool = True
+    #: serve a cached tag the upstream no longer has
+    serve_stale_if_deleted: bool = False
+    #: evict what this rule cached once it has not been pulled for this many seconds
+    retention: float | None = None
 
     @property
     def is_wildcard(self) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .errors import ConflictError, LimitError, NotFoundError, ValidationError
 from .models import AuthPolicy, CacheRule, CredentialSet, RuleMatch, UpstreamRepository
@@ -231,4 +231,14 @@ def check_new_rule(
             raise ConflictError(f"target {normalized_target!r} is already the target of rule {_describe(other)}",
                                 field="target")
     check_credentials(server, rule.credential_set, credential_sets, catalogue)
-    return CacheRule(rule.name, normalized_source, normalized_target, rule.credential_set, rule.created_at)
+    check_settings(rule)
+    return replace(rule, source_repository=normalized_source, target_repository=normalized_target)
+
+
+def check_settings(rule: CacheRule) -> None:
+    """The per-rule operations settings: non-negative durations."""
+    if rule.freshness is not None and rule.freshness < 0:
+        raise ValidationError("the freshness window cannot be negative", field="freshness")
+    if rule.retention is not None and rule.retention <= 0:
+        raise ValidationError("retention must be longer than 0 (or unset to keep what the rule cached)",
+                              field="retention")

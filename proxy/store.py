@@ -52,7 +52,14 @@ def _dt(value: str | None) -> datetime | None:
 
 def _rule(row: dict) -> CacheRule:
     return CacheRule(row["name"], row["source_repository"], row["target_repository"],
-                     row["credential_set"], _dt(row["created_at"]))
+                     row["credential_set"], _dt(row["created_at"]), row["freshness_seconds"],
+                     bool(row["serve_stale_on_error"]), bool(row["serve_stale_if_deleted"]),
+                     row["retention_seconds"])
+
+
+def _rule_settings(rule: CacheRule) -> dict:
+    return {"freshness_seconds": rule.freshness, "serve_stale_on_error": int(rule.serve_stale_on_error),
+            "serve_stale_if_deleted": int(rule.serve_stale_if_deleted), "retention_seconds": rule.retention}
 
 
 def _credential_set(row: dict) -> CredentialSet:
@@ -133,11 +140,12 @@ class StateStore:
         self.db["cache_rules"].insert({
             "name": rule.name, "source_repository": rule.source_repository,
             "target_repository": rule.target_repository, "credential_set": rule.credential_set,
-            "created_at": _ts(rule.created_at),
+            "created_at": _ts(rule.created_at), **_rule_settings(rule),
         })
 
-    def set_rule_credential_set(self, name: str, credential_set: str | None) -> None:
-        self.db["cache_rules"].update(name, {"credential_set": credential_set})
+    def update_cache_rule(self, rule: CacheRule) -> None:
+        """Store what an update may change: the credential set and the settings."""
+        self.db["cache_rules"].update(rule.name, {"credential_set": rule.credential_set, **_rule_settings(rule)})
 
     def delete_cache_rule(self, name: str) -> None:
         self.db["cache_rules"].delete(name)

@@ -154,6 +154,42 @@ def serve(ctx: click.Context, listen: str, tls_cert: str | None, tls_key: str | 
         raise
 
 
+def _rule_settings(freshness: str | None, retention: str | None, serve_stale: bool | None,
+                   serve_stale_if_deleted: bool | None) -> dict[str, Any]:
+    """The settings given on the command line, parsed ("none" clears the retention)."""
+    from proxy.units import parse_duration
+
+    settings: dict[str, Any] = {}
+    if freshness is not None:
+        settings["freshness"] = parse_duration(freshness, field="freshness")
+    if retention is not None:
+        settings["retention"] = None if retention.lower() in ("none", "off") else parse_duration(retention,
+                                                                                                  "retention")
+    if serve_stale is not None:
+        settings["serve_stale_on_error"] = serve_stale
+    if serve_stale_if_deleted is not None:
+        settings["serve_stale_if_deleted"] = serve_stale_if_deleted
+    return settings
+
+
+def rule_setting_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The per-rule operations settings, shared by `cache create` and `cache update`."""
+    options = [
+        click.option("--freshness", metavar="DURATION",
+                     help="Serve a cached tag this long without asking the upstream (e.g. 10m; default 0: "
+                          "revalidate with a HEAD on every pull)."),
+        click.option("--retention", metavar="DURATION",
+                     help="Evict what the rule cached once not pulled for this long (e.g. 30d; none: keep)."),
+        click.option("--serve-stale/--no-serve-stale", default=None,
+                     help="Serve cached tags while the upstream fails or rate-limits (default on)."),
+        click.option("--serve-stale-if-deleted/--no-serve-stale-if-deleted", default=None,
+                     help="Serve cached tags the upstream deleted (default off)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 # -- cache rules -------------------------------------------------------------------------------
 
 @main.group(context_settings=CONTEXT_SETTINGS)
@@ -168,22 +204,30 @@ def cache() -> None:
 @click.option("-t", "--target-repo", "target", required=True,
               help="Target repository clients pull, e.g. ubuntu, team/* or *.")
 @click.option("-c", "--cred-set", "cred_set", help="Credential set for the source registry.")
+@rule_setting_options
 @output_option
 @engine_command
-def cache_create(control: ControlPlane, name: str, source: str, target: str, cred_set: str | None, fmt: str) -> None:
+def cache_create(control: ControlPlane, name: str, source: str, target: str, cred_set: str | None,
+                 freshness: str | None, retention: str | None, serve_stale: bool | None,
+                 serve_stale_if_deleted: bool | None, fmt: str) -> None:
     """Create a cache rule."""
-    _emit(rule_resource(control.create_rule(name, source, target, cred_set)), RULE_COLUMNS, fmt)
+    settings = _rule_settings(freshness, retention, serve_stale, serve_stale_if_deleted)
+    _emit(rule_resource(control.create_rule(name, source, target, cred_set, **settings)), RULE_COLUMNS, fmt)
 
 
 @cache.command("update")
 @name_option
 @click.option("-c", "--cred-set", "cred_set", help="Attach this credential set.")
 @click.option("--remove-cred-set", is_flag=True, help="Remove the credential set.")
+@rule_setting_options
 @output_option
 @engine_command
-def cache_update(control: ControlPlane, name: str, cred_set: str | None, remove_cred_set: bool, fmt: str) -> None:
-    """Change the credential set of a cache rule (-c NAME or --remove-cred-set)."""
-    _emit(rule_resource(control.update_rule(name, cred_set, remove_cred_set)), RULE_COLUMNS, fmt)
+def cache_update(control: ControlPlane, name: str, cred_set: str | None, remove_cred_set: bool,
+                 freshness: str | None, retention: str | None, serve_stale: bool | None,
+                 serve_stale_if_deleted: bool | None, fmt: str) -> None:
+    """Change the credential set of a cache rule (-c NAME or --remove-cred-set) and/or its settings."""
+    settings = _rule_settings(freshness, retention, serve_stale, serve_stale_if_deleted)
+    _emit(rule_resource(control.update_rule(name, cred_set, remove_cred_set, **settings)), RULE_COLUMNS, fmt)
 
 
 @cache.command("show")

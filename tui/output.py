@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from proxy.models import CacheRule, CredentialSet, Upstream
+from proxy.units import format_duration
 
 FORMATS = ("table", "json", "tsv")
 
@@ -29,6 +30,11 @@ def rule_resource(rule: CacheRule) -> dict[str, Any]:
         "credentialSetResourceId": f"credentialSets/{rule.credential_set}" if rule.credential_set else None,
         "creationDate": _iso(rule.created_at),
         "provisioningState": "Succeeded",
+        # beyond ACR
+        "freshness": format_duration(rule.freshness or 0),
+        "retention": format_duration(rule.retention),
+        "serveStaleOnError": rule.serve_stale_on_error,
+        "serveStaleIfDeleted": rule.serve_stale_if_deleted,
     }
 
 

@@ -367,3 +367,19 @@ def test_listing_rules_loads_neither_textual_nor_uvicorn(home):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env={**os.environ, "REGCACHE_HOME": str(home)}, timeout=60)
     assert "HEAVY=\n" in result.stderr, result.stderr
+
+
+def test_rule_settings(configured):
+    created = json.loads(ok("cache", "create", "-n", "team-app", "-s", "ghcr.io/acme/*", "-t", "team/*",
+                            "--freshness", "10m", "--retention", "30d", "-o", "json").stdout)
+    assert (created["freshness"], created["retention"], created["serveStaleOnError"],
+            created["serveStaleIfDeleted"]) == ("10m", "30d", True, False)
+    updated = json.loads(ok("cache", "update", "-n", "team-app", "--no-serve-stale", "--serve-stale-if-deleted",
+                            "--retention", "none", "--freshness", "0", "-o", "json").stdout)
+    assert (updated["freshness"], updated["retention"], updated["serveStaleOnError"],
+            updated["serveStaleIfDeleted"]) == ("0s", None, False, True)
+    before = dump_database(configured)
+    for bad, words in ((["--freshness", "soon"], "duration 'soon'"), (["--retention", "0"], "longer than 0")):
+        result = cli("cache", "update", "-n", "team-app", *bad)
+        assert result.exit_code == 1 and words in result.stderr
+    assert dump_database(configured) == before

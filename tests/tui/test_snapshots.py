@@ -11,6 +11,14 @@ import pytest
 from .conftest import make_app
 
 SIZES = [(80, 24), (120, 40)]
+
+
+async def settle(pilot) -> None:
+    """Wait until the blades' loading workers finished and the screen caught up."""
+    await pilot.pause()
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+    await pilot.wait_for_scheduled_animations()
 BLADES = [("overview", "1"), ("rules", "2"), ("credentials", "3"), ("activity", "4"), ("upstreams", "5")]
 
 
@@ -19,8 +27,7 @@ BLADES = [("overview", "1"), ("rules", "2"), ("credentials", "3"), ("activity", 
 def test_blade(snap_compare, filled_backend, blade, key, size):
     async def show(pilot):
         await pilot.press(key)
-        await pilot.pause(0.5)
-        await pilot.wait_for_scheduled_animations()
+        await settle(pilot)
 
     assert snap_compare(make_app(filled_backend), terminal_size=size, run_before=show)
 
@@ -29,9 +36,9 @@ def test_blade(snap_compare, filled_backend, blade, key, size):
 def test_new_rule_form(snap_compare, filled_backend, size):
     async def open_form(pilot):
         await pilot.press("2")
-        await pilot.pause(0.3)
+        await settle(pilot)
         await pilot.press("n")
-        await pilot.pause(0.5)
+        await settle(pilot)
 
     assert snap_compare(make_app(filled_backend), terminal_size=size, run_before=open_form)
 
@@ -39,8 +46,8 @@ def test_new_rule_form(snap_compare, filled_backend, size):
 def test_rule_details(snap_compare, filled_backend):
     async def open_details(pilot):
         await pilot.press("2")
-        await pilot.pause(0.3)
+        await settle(pilot)
         await pilot.press("enter")
-        await pilot.pause(0.5)
+        await settle(pilot)
 
     assert snap_compare(make_app(filled_backend), terminal_size=(120, 40), run_before=open_details)

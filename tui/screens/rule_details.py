@@ -11,6 +11,7 @@ from textual.widgets import DataTable, Footer, Label, Static
 
 from proxy.models import CacheRule
 from proxy.statistics import CachedRepository
+from proxy.units import format_duration
 
 from .. import format as fmt
 
@@ -30,7 +31,11 @@ class RuleDetailsScreen(ModalScreen[None]):
                 f"Target   {rule.target_repository}\n"
                 f"Source   {rule.source_repository}\n"
                 f"Creds    {rule.credential_set or '(anonymous)'}\n"
-                f"Created  {fmt.when(rule.created_at)}",
+                f"Created  {fmt.when(rule.created_at)}\n"
+                f"Policy   fresh for {format_duration(rule.freshness or 0)} · "
+                f"stale on upstream errors: {'yes' if rule.serve_stale_on_error else 'no'} · "
+                f"deleted tags: {'served' if rule.serve_stale_if_deleted else 'not served'} · "
+                f"retention: {format_duration(rule.retention) or 'keep'}",
                 classes="detail")
             yield Static("", id="summary")
             table: DataTable = DataTable(id="repositories", cursor_type="row", zebra_stripes=True)
