@@ -371,3 +371,31 @@ def test_mirror_mode_routes_by_source(regcache, anonymous_registry, push_image):
         assert "no cache rule has a source covering quay.io/library/alpine" in unknown.json()["errors"][0]["message"]
     # cached under the rule's target name
     assert regcache.control.store.tag("mirrored/library/alpine", "3") is not None
+
+
+def test_per_rule_freshness_and_stale_policies(regcache, anonymous_registry, push_image, skopeo, tmp_path):
+    server = regcache.add_upstream(anonymous_registry)
+    regcache.control.create_rule("fresh-rule", f"{server}/library/policy", "fresh", freshness=3600)
+    regcache.control.create_rule("strict-rule", f"{server}/library/policy", "strict", serve_stale_on_error=False)
+    regcache.control.create_rule("keep-deleted", f"{server}/library/policy", "kept", serve_stale_if_deleted=True)
+    image = push_image(anonymous_registry, "library/policy", "1", layers=[1_000])
+    with regcache.http() as http:
+        for name in ("fresh", "strict", "kept"):
+            assert http.get(f"/v2/{name}/manifests/1").status_code == 200
+        anonymous_registry.clear_log()
+        assert http.get("/v2/fresh/manifests/1").status_code == 200
+        assert anonymous_registry.requests(path_prefix="/v2/library/policy/") == []  # within its window
+
+        # the upstream deletes the tag's manifest: only the rule that keeps deleted tags serves it
+        from tests.registries.client import RegistryClient
+
+        RegistryClient(anonymous_registry.url).delete_manifest("library/policy", image.digest)
+        assert http.get("/v2/strict/manifests/1").status_code == 404
+        kept = http.get("/v2/kept/manifests/1")
+        assert kept.status_code == 200 and kept.headers["x-regcache-stale"] == "1"
+
+        # the upstream goes away: the strict rule refuses to serve stale, the others do
+        anonymous_registry.stop()
+        strict = http.get("/v2/strict/manifests/1")
+        assert strict.status_code == 503 and strict.json()["errors"][0]["code"] == "UNAVAILABLE"
+        assert http.get("/v2/kept/manifests/1").headers["x-regcache-stale"] == "1"
