@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from .errors import ConflictError, NotFoundError, SecretError, ValidationError
+from .eviction import MAX_SIZE_SETTING
 from .models import (
     AuthPolicy,
     CacheRule,
@@ -23,6 +24,7 @@ from .models import (
 from .rules import RuleSet, check_credentials, check_name, check_new_rule, check_settings
 from .secrets import SecretId, SecretResolver
 from .store import StateStore
+from .units import format_size, parse_size
 from .upstreams import (
     BUILTIN_UPSTREAMS,
     UpstreamCatalogue,
@@ -30,6 +32,11 @@ from .upstreams import (
     normalize_login_server,
 )
 
+#: settings of the whole cache: key -> (parse, format, description)
+SETTINGS = {
+    MAX_SIZE_SETTING: (parse_size, format_size,
+                       "cache size limit; least recently pulled blobs are evicted above it (e.g. 50GiB)"),
+}
 
 RULE_SETTINGS = ("freshness", "retention", "serve_stale_on_error", "serve_stale_if_deleted")
 
@@ -249,6 +256,29 @@ class ControlPlane:
                                         f"delete them first", field="login_server")
             self.store.delete_upstream(server)
         return upstream
+
+    # -- settings ------------------------------------------------------------------------------
+
+    def settings(self) -> dict[str, str]:
+        """Every known setting, formatted ('' when unset)."""
+        result = {}
+        for key, (_, fmt, _) in SETTINGS.items():
+            raw = self.store.setting(key)
+            result[key] = fmt(int(raw)) if raw else ""
+        return result
+
+    def set_setting(self, key: str, value: str) -> str:
+        if key not in SETTINGS:
+            raise ValidationError(f"unknown setting {key!r}; known: {', '.join(SETTINGS)}", field="key")
+        parse, fmt, _ = SETTINGS[key]
+        parsed = parse(value, field="value")
+        self.store.set_setting(key, str(parsed))
+        return fmt(parsed)
+
+    def unset_setting(self, key: str) -> None:
+        if key not in SETTINGS:
+            raise ValidationError(f"unknown setting {key!r}; known: {', '.join(SETTINGS)}", field="key")
+        self.store.delete_setting(key)
 
     # -- secrets -------------------------------------------------------------------------------
 

@@ -23,9 +23,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .blobs import BlobStore, BlobStream, StoredBlob
+from .blobs import BlobStorageError, BlobStore, BlobStream, StoredBlob
 from .cache import PullThroughCache
 from .events import EventLog
+from .eviction import run_eviction
 from .models import PullEvent, RuleMatch
 from .oci import API_VERSION_HEADER, OCI_INDEX, RegistryError, unsupported
 from .references import is_digest, is_repository_name, is_tag
@@ -181,7 +182,12 @@ class Registry:
                 return Response(b"", 200, headers={**API_VERSION_HEADER, "Docker-Content-Digest": digest,
                                                    "Content-Length": str(size), "Accept-Ranges": "bytes",
                                                    "Content-Type": "application/octet-stream"})
-            source, size, result, detail = await self.cache.blob(match, digest)
+            try:
+                source, size, result, detail = await self.cache.blob(match, digest)
+            except BlobStorageError as exc:
+                # Not even the temporary file could be created: the cache's disk failed, not the
+                # upstream, so say so (507 when it is full) instead of an internal error.
+                raise RegistryError(507 if exc.disk_full else 503, "UNAVAILABLE", str(exc)) from None
             try:
                 byte_range = parse_range(request.headers.get("range"), size)
             except RegistryError:
@@ -337,6 +343,7 @@ def create_app(home: Path, *, secrets: SecretResolver | None = None,
                         if removed:
                             log.info("removed %d stale temporary file(s)", removed)
                         cache = PullThroughCache(state, upstream, blobs, secrets, freshness)
+                        downloads.start_soon(run_eviction, state, name="eviction")
                         app.state.registry = Registry(cache, events)
                         app.state.ready = True
                         try:

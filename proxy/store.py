@@ -12,7 +12,7 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlite_utils import Database
@@ -277,17 +277,49 @@ class StateStore:
         return (row[0], row[1]) if row else None
 
     def put_blob(self, digest: str, size: int, path: str, when: datetime | None = None) -> None:
-        now = _ts(when or utc_now())
+        # full precision: eviction orders blobs by when they were last pulled
+        now = _ts(when or datetime.now(timezone.utc))
         self.db.conn.execute(
             "INSERT INTO blobs (digest, size, path, first_access, last_access) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (digest) DO UPDATE SET size = excluded.size, path = excluded.path, "
             "last_access = excluded.last_access", [digest, size, path, now, now])
 
     def touch_blob(self, digest: str) -> None:
-        self.db.conn.execute("UPDATE blobs SET last_access = ? WHERE digest = ?", [_ts(utc_now()), digest])
+        self.db.conn.execute("UPDATE blobs SET last_access = ? WHERE digest = ?",
+                             [_ts(datetime.now(timezone.utc)), digest])
 
     def delete_blob(self, digest: str) -> None:
         self.db.conn.execute("DELETE FROM blobs WHERE digest = ?", [digest])
+
+    def repository_pulls(self) -> list[tuple[str, str, datetime | None]]:
+        """(repository, rule, last pull) of every cached repository."""
+        return [(name, rule, _dt(last or first)) for name, rule, first, last in self.db.conn.execute(
+            "SELECT name, rule, first_pull, last_pull FROM repositories")]
+
+    def blob_usage(self) -> dict[str, tuple[int, str, datetime | None, list[str]]]:
+        """Per stored blob: size, path, last access, and the repositories that contain it."""
+        usage: dict[str, tuple[int, str, datetime | None, list[str]]] = {}
+        for digest, size, path, last_access in self.db.conn.execute(
+                "SELECT digest, size, path, last_access FROM blobs"):
+            usage[digest] = (size, path, _dt(last_access), [])
+        for repository, digest in self.db.conn.execute(
+                "SELECT repository, digest FROM repository_contents WHERE kind = 'blob'"):
+            if digest in usage:
+                usage[digest][3].append(repository)
+        return usage
+
+    def forget_repository(self, name: str) -> None:
+        """Drop a repository's tags, links and record (retention expired); manifests nobody links go too."""
+        self.db.conn.execute("DELETE FROM tags WHERE repository = ?", [name])
+        self.db.conn.execute("DELETE FROM repository_contents WHERE repository = ?", [name])
+        self.db.conn.execute("DELETE FROM repositories WHERE name = ?", [name])
+        self.db.conn.execute("DELETE FROM manifests WHERE digest NOT IN "
+                             "(SELECT digest FROM repository_contents WHERE kind = 'manifest')")
+
+    def delete_setting(self, key: str) -> bool:
+        existed = self.setting(key) is not None
+        self.db.conn.execute("DELETE FROM settings WHERE key = ?", [key])
+        return existed
 
     # -- events ------------------------------------------------------------------------------------
 

@@ -137,6 +137,17 @@ class RegcacheApp(App[None]):
         )
         for title, help_text, blade, action in actions:
             yield SystemCommand(title, help_text, lambda b=blade, a=action: self.run_blade_action(b, a))
+        yield SystemCommand("Evict now (gc)", "Apply retention and max-size now, least recently pulled first",
+                            self.evict_now)
+
+    @work(thread=True, exclusive=True, group="gc")
+    def evict_now(self) -> None:
+        from proxy.eviction import evict_once
+        from proxy.units import format_size
+
+        freed = self.backend.call(lambda b: evict_once(b.control.store))
+        self.call_from_thread(self.notify, f"Eviction freed {format_size(freed)}" if freed else
+                              "Nothing to evict (no max-size exceeded, no retention expired)")
 
     # -- errors from workers -------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ Only what a command needs is imported: listing rules loads neither Textual nor u
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable, Sequence
 from functools import wraps
@@ -320,6 +321,71 @@ def credential_set_delete(control: ControlPlane, name: str, yes: bool) -> None:
     _confirm(f"delete credential set {name!r}", yes)
     control.delete_credential_set(name)
     click.echo(f"deleted credential set {name}", err=True)
+
+
+# -- settings and eviction ----------------------------------------------------------------------
+
+@main.group(context_settings=CONTEXT_SETTINGS)
+def settings() -> None:
+    """Settings of the whole cache (max-size)."""
+
+
+@settings.command("show")
+@output_option
+@engine_command
+def settings_show(control: ControlPlane, fmt: str) -> None:
+    """Show every setting."""
+    from proxy.control import SETTINGS
+
+    rows = [{"key": key, "value": value, "description": SETTINGS[key][2]} for key, value in control.settings().items()]
+    _emit(rows if fmt != "json" else {r["key"]: r["value"] or None for r in rows},
+          (("KEY", "key"), ("VALUE", "value"), ("DESCRIPTION", "description")), fmt)
+
+
+@settings.command("set")
+@click.argument("key")
+@click.argument("value")
+@engine_command
+def settings_set(control: ControlPlane, key: str, value: str) -> None:
+    """Set KEY to VALUE, e.g. `regcache settings set max-size 50GiB`."""
+    click.echo(f"{key} = {control.set_setting(key, value)}", err=True)
+
+
+@settings.command("unset")
+@click.argument("key")
+@engine_command
+def settings_unset(control: ControlPlane, key: str) -> None:
+    """Remove a setting (max-size: no limit)."""
+    control.unset_setting(key)
+    click.echo(f"{key} unset", err=True)
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Show what would be evicted; change nothing.")
+@click.option("--min-idle", default="60s", show_default=True, metavar="DURATION",
+              help="Keep blobs pulled within this long (clients may be reading them).")
+@output_option
+@engine_command
+def gc(control: ControlPlane, dry_run: bool, min_idle: str, fmt: str) -> None:
+    """Evict by per-rule retention and the max-size limit, least recently pulled first."""
+    from proxy.eviction import Evictor
+    from proxy.units import format_size, parse_duration
+
+    evictor = Evictor(control.store, parse_duration(min_idle, "min-idle"))
+    plan = evictor.plan()
+    freed = plan.bytes_freed if dry_run else evictor.apply(plan)
+    rows = [{"digest": c.digest, "size": c.size, "sizeText": format_size(c.size), "reason": c.reason,
+             "lastPull": c.last_access.isoformat() if c.last_access else None} for c in plan.candidates]
+    if fmt == "json":
+        click.echo(json.dumps({"dryRun": dry_run, "evicted": rows, "bytesFreed": freed,
+                               "cacheBytes": plan.cache_bytes, "maxSize": plan.max_size,
+                               "expiredRepositories": list(plan.expired_repositories)}, indent=2))
+        return
+    _emit(rows, (("DIGEST", "digest"), ("SIZE", "sizeText"), ("REASON", "reason")), fmt)
+    verb = "would free" if dry_run else "freed"
+    limit = f" (max-size {format_size(plan.max_size)})" if plan.max_size is not None else ""
+    click.echo(f"{verb} {format_size(freed)} in {len(plan.candidates)} blob(s); cache "
+               f"{format_size(plan.cache_bytes)} -> {format_size(plan.cache_bytes - freed)}{limit}", err=True)
 
 
 # -- secrets -----------------------------------------------------------------------------------

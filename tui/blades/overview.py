@@ -25,6 +25,7 @@ class OverviewData:
     repositories: int
     totals: Totals
     errors: list[RecordedEvent]
+    max_size: str = ""
 
 
 class OverviewBlade(Blade):
@@ -45,7 +46,7 @@ class OverviewBlade(Blade):
             usage = b.stats.rule_usage()
             return OverviewData(b.control.list_rules(), b.control.list_credential_sets(), b.stats.cache_size(),
                                 sum(u.repositories for u in usage.values()), b.stats.totals(),
-                                b.stats.recent_errors(5))
+                                b.stats.recent_errors(5), b.control.settings()["max-size"])
 
         data = self.backend.call(read)
         self.app.call_from_thread(self._show, data)
@@ -64,7 +65,9 @@ class OverviewBlade(Blade):
         facts.add_row("Credentials", Text(f"{len(data.credential_sets)}" + (f" ({unhealthy} unhealthy)"
                                                                              if unhealthy else ""),
                                           style="bold red" if unhealthy else ""))
-        facts.add_row("Cache size", f"{fmt.size(data.size.blob_bytes)} in {fmt.count(data.size.blobs, 'blob')}, "
+        limit = f" of {data.max_size} max" if data.max_size else ""
+        facts.add_row("Cache size", f"{fmt.size(data.size.blob_bytes)}{limit} in "
+                                    f"{fmt.count(data.size.blobs, 'blob')}, "
                                     f"{fmt.count(data.size.manifests, 'manifest')}, "
                                     f"{fmt.count(data.repositories, 'repository', 'repositories')}")
         t = data.totals

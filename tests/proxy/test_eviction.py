@@ -1,0 +1,87 @@
+"""Eviction: max-size (least recently pulled first), per-rule retention, and `regcache gc`."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from click.testing import CliRunner
+
+from tests.registries.skopeo import assert_pulled
+from tui.cli import main
+
+
+def gc(home, *args: str) -> dict:
+    result = CliRunner().invoke(main, ["--home", str(home), "gc", "--min-idle", "0", "-o", "json", *args])
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def pulled(regcache, skopeo, tmp_path, name: str):
+    return skopeo.copy_to_oci(f"{regcache.host}/evict/{name}:1", tmp_path / name, "1")
+
+
+def test_max_size_evicts_least_recently_pulled(regcache, anonymous_registry, push_image, skopeo, tmp_path):
+    server = regcache.add_upstream(anonymous_registry)
+    regcache.control.create_rule("evict-all", f"{server}/library/*", "evict/*")
+    images = {name: push_image(anonymous_registry, f"library/{name}", "1", layers=[1_000_000])
+              for name in ("old", "middle", "new")}
+    for name in ("old", "middle", "new"):
+        pulled(regcache, skopeo, tmp_path, name)
+    blob_bytes = sum(b.size for image in images.values() for b in image.blobs.values())
+    one_image = sum(b.size for b in images["old"].blobs.values())
+    regcache.control.set_setting("max-size", str(blob_bytes - one_image // 2))
+
+    plan = gc(regcache.home, "--dry-run")
+    assert plan["dryRun"] and plan["bytesFreed"] >= one_image // 2
+    evicted = {e["digest"] for e in plan["evicted"]}
+    assert evicted and evicted <= set(images["old"].blobs)  # the least recently pulled image goes first
+    assert all(regcache.server.app.state.registry.cache.blobs.stored(d) for d in evicted)  # dry run
+
+    done = gc(regcache.home)
+    assert {e["digest"] for e in done["evicted"]} == evicted
+    blobs = regcache.server.app.state.registry.cache.blobs
+    assert not any(blobs.stored(d) for d in evicted)
+    assert done["cacheBytes"] - done["bytesFreed"] <= blob_bytes - one_image // 2
+    # the evicted image is an ordinary miss again, fetched from the upstream
+    before = anonymous_registry.count_blob_gets()
+    assert_pulled(skopeo.copy_to_oci(f"{regcache.host}/evict/old:1", tmp_path / "again", "1"), "1", images["old"])
+    assert anonymous_registry.count_blob_gets() > before
+
+
+def test_retention_expires_a_rules_repositories(regcache, anonymous_registry, push_image, skopeo, tmp_path):
+    server = regcache.add_upstream(anonymous_registry)
+    regcache.control.create_rule("short-lived", f"{server}/library/*", "evict/*", retention=1)
+    image = push_image(anonymous_registry, "library/brief", "1", layers=[10_000])
+    pulled(regcache, skopeo, tmp_path, "brief")
+    assert gc(regcache.home, "--dry-run")["evicted"] == []  # pulled just now
+    time.sleep(2.1)
+    done = gc(regcache.home)
+    assert done["expiredRepositories"] == ["evict/brief"]
+    assert {e["digest"] for e in done["evicted"]} == set(image.blobs)
+    assert regcache.control.store.tags("evict/brief") == []
+
+
+def test_a_client_reading_an_evicted_blob_finishes(regcache, anonymous_registry, push_image, skopeo, tmp_path):
+    server = regcache.add_upstream(anonymous_registry)
+    regcache.control.create_rule("evict-all", f"{server}/library/*", "evict/*")
+    image = push_image(anonymous_registry, "library/reading", "1", layers=[8_000_000])
+    pulled(regcache, skopeo, tmp_path, "reading")
+    layer = image.layers[0]
+    regcache.control.set_setting("max-size", "0")
+    with regcache.http() as http:
+        with http.stream("GET", f"/v2/evict/reading/blobs/{layer.digest}") as response:
+            chunks = response.iter_raw(1 << 20)
+            first = next(chunks)
+            assert gc(regcache.home)["bytesFreed"] > 0  # evicted while the client reads it
+            assert not regcache.server.app.state.registry.cache.blobs.stored(layer.digest)
+            body = first + b"".join(chunks)
+    assert body == layer.data
+
+
+def test_temporary_files_are_never_candidates(regcache):
+    tmp = regcache.home / "blobs" / "tmp"
+    (tmp / "12345-abcd-sha256-0000").write_bytes(b"x" * 1000)
+    regcache.control.set_setting("max-size", "0")
+    assert gc(regcache.home)["evicted"] == []
+    assert (tmp / "12345-abcd-sha256-0000").exists()
