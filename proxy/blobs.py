@@ -3,9 +3,10 @@
 A blob lives once per digest under ``blobs/<algorithm>/<2 hex>/<hex>``. On a miss exactly one
 upstream download runs per digest, however many clients ask: it writes a temporary file, hashing on
 the fly, and every waiting client streams from that file as it grows. Only a verified file is
-fsynced and renamed into place; a digest or size mismatch, or a cut upstream, aborts every reader
-and deletes the temporary file. The download belongs to the store's task group, not to the first
-client, so it completes (and the next pull is a hit) even when that client goes away.
+fsynced and renamed into place; a digest or size mismatch, a cut upstream, or a failure of the
+cache's own disk (full, over quota, I/O error) aborts every reader and deletes the temporary file.
+The download belongs to the store's task group, not to the first client, so it completes (and the
+next pull is a hit) even when that client goes away.
 """
 
 from __future__ import annotations
@@ -42,6 +43,36 @@ class BlobDownloadError(Exception):
 
 class BlobIntegrityError(BlobDownloadError):
     """The upstream's bytes did not match the digest or the announced size."""
+
+
+class BlobStorageError(BlobDownloadError):
+    """The cache's own disk failed while storing a blob (full, over quota, I/O error); nothing was stored.
+
+    Kept apart from upstream failures so that clients and the event log are told that the cache's disk,
+    not the upstream, is the problem, and what to do about it.
+    """
+
+    def __init__(self, message: str, disk_full: bool) -> None:
+        super().__init__(message)
+        #: out of space or quota (retrying after space is freed helps), rather than a failing disk
+        self.disk_full = disk_full
+
+
+#: errno values meaning "no room left" on the blobs directory's file system
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
+
+
+def storage_error(exc: OSError, digest: str) -> BlobStorageError:
+    """The clear error for an OSError of the cache's disk while storing ``digest``.
+
+    The message goes to clients, so it names no local path (the log line does).
+    """
+    reason = exc.strerror or str(exc)
+    if exc.errno in _NO_ROOM:
+        return BlobStorageError(f"the cache's disk is full ({reason}) while storing {digest}; nothing was "
+                                f"stored: free space on it or lower max-size", disk_full=True)
+    return BlobStorageError(f"the cache's disk failed ({reason}) while storing {digest}; nothing was stored",
+                            disk_full=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +135,8 @@ class BlobStream:
         offset = start
         try:
             while True:
+                if isinstance(d.error, BlobStorageError):  # already says what failed and what to do
+                    raise BlobStorageError(str(d.error), d.error.disk_full)
                 if d.error is not None:
                     raise BlobDownloadError(f"download of {d.digest} failed: {d.error}")
                 available = d.written if d.done or d.size is None else min(d.written, d.size - 1)
@@ -182,12 +215,17 @@ class BlobStore:
         """Join the download of ``digest``, starting it if none runs. Call only after ``stored()`` said no.
 
         No await happens between finding (or creating) the download and opening the reader's file
-        descriptor, so the temporary file cannot be renamed away in between.
+        descriptor, so the temporary file cannot be renamed away in between. Raises BlobStorageError
+        when the temporary file cannot be created (a full disk can refuse even an empty file).
         """
         download = self._inflight.get(digest)
         if download is None:
             tmp_path = self.tmp / f"{os.getpid()}-{secrets.token_hex(8)}-{digest.replace(':', '-')}"
-            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except OSError as exc:
+                log.warning("cannot create a temporary file in %s: %s", self.tmp, exc)
+                raise storage_error(exc, digest) from None
             download = Download(digest, tmp_path, fd)
             self._inflight[digest] = download
             self._tg.start_soon(self._download, download, fetch, name=f"download {digest}")
@@ -207,7 +245,10 @@ class BlobStore:
                 # aiter_raw() without a size hands over what each network read returned, uncopied
                 async for chunk in response.aiter_raw():
                     hasher.update(chunk)
-                    _write_all(d.fd, chunk)
+                    try:
+                        _write_all(d.fd, chunk)
+                    except OSError as exc:  # ENOSPC, EDQUOT, EIO: our disk failed, not the upstream
+                        raise storage_error(exc, d.digest) from exc
                     d.written += len(chunk)
                     if d.size is not None and d.written > d.size:
                         raise BlobIntegrityError(f"upstream sent more than the announced {d.size} bytes")
@@ -219,9 +260,12 @@ class BlobStore:
                 raise BlobIntegrityError(f"upstream sent {d.written} of {d.size} bytes")
             if hasher.hexdigest() != expected:
                 raise BlobIntegrityError(f"upstream content does not match {d.digest}; nothing was stored")
-            await anyio.to_thread.run_sync(os.fsync, d.fd)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(d.tmp_path, final)
+            try:  # fsync reports deferred write errors; mkdir needs an inode, which a full disk may lack
+                await anyio.to_thread.run_sync(os.fsync, d.fd)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(d.tmp_path, final)
+            except OSError as exc:
+                raise storage_error(exc, d.digest) from exc
             # Between the rename and this removal there is no await: a new request either joins
             # this download or finds the final file.
             del self._inflight[d.digest]
@@ -236,7 +280,10 @@ class BlobStore:
                 self._inflight.pop(d.digest, None)
                 _unlink(d.tmp_path)
                 level = logging.WARNING if isinstance(exc, Exception) else logging.INFO
-                log.log(level, "download of %s failed: %s", d.digest, d.error)
+                where = f" (blobs in {self.root})" if isinstance(exc, BlobStorageError) else ""
+                log.log(level, "download of %s failed: %s%s", d.digest, d.error, where)
+            elif isinstance(exc, Exception):  # stored and served; only the directory fsync or its row failed
+                log.warning("stored %s, but could not finish recording it: %s", d.digest, exc)
             if not isinstance(exc, Exception):
                 raise
         finally:
