@@ -104,7 +104,7 @@ class PullThroughCache:
 
     # -- configuration -------------------------------------------------------------------------
 
-    async def _refresh(self) -> None:
+    async def refresh(self) -> None:
         """Reload rules, upstreams and credential sets when another connection changed them."""
         version = await self.state.run(lambda s: s.data_version())
         if version == self._version:
@@ -119,7 +119,7 @@ class PullThroughCache:
 
     async def resolve(self, name: str, ns: str | None = None) -> RuleMatch:
         """The rule serving ``name`` (or, in mirror mode, ``ns/name``); NAME_UNKNOWN when none does."""
-        await self._refresh()
+        await self.refresh()
         if ns:
             registry = NS_ALIASES.get(ns.lower(), ns.lower())
             match = self._rules.match_source(registry, name)
@@ -174,7 +174,7 @@ class PullThroughCache:
             return
         self._credential_sets[name] = updated
 
-    async def _upstream_call(self, match: RuleMatch, creds: Credentials | None, call):
+    async def upstream_call(self, match: RuleMatch, creds: Credentials | None, call):
         """Run ``call(upstream)``, keeping the credential set's health in step with the outcome."""
         upstream = self.upstream_of(match)
         try:
@@ -229,7 +229,7 @@ class PullThroughCache:
                 return ServedManifest(digest, media_type, content, "hit")
             # Known bytes, but not yet known to be in this repository: the upstream must confirm.
             try:
-                await self._upstream_call(match, creds, lambda up: self.upstream.manifest(up, path, digest, creds,
+                await self.upstream_call(match, creds, lambda up: self.upstream.manifest(up, path, digest, creds,
                                                                                           method="HEAD"))
             except UpstreamUnavailable as exc:
                 return ServedManifest(digest, media_type, content, "stale", str(exc))
@@ -238,7 +238,7 @@ class PullThroughCache:
             await self.state.run(lambda s: s.link(repo, digest, "manifest"))
             return ServedManifest(digest, media_type, content, "hit")
         try:
-            got = await self._upstream_call(match, creds, lambda up: self.upstream.manifest(up, path, digest, creds))
+            got = await self.upstream_call(match, creds, lambda up: self.upstream.manifest(up, path, digest, creds))
         except UpstreamError as exc:
             raise registry_error(exc, manifest_unknown(f"manifest {digest} is not in {repo} "
                                                        f"(upstream {match.upstream})")) from None
@@ -267,12 +267,12 @@ class PullThroughCache:
         try:
             creds = await self.credentials(match.rule)
             if cached is not None:
-                head = await self._upstream_call(
+                head = await self.upstream_call(
                     match, creds, lambda up: self.upstream.manifest(up, path, tag, creds, method="HEAD"))
                 if head.digest == cached.digest:
                     await self.state.run(lambda s: s.set_tag(repo, tag, cached.digest))
                     return cached
-            got = await self._upstream_call(match, creds, lambda up: self.upstream.manifest(up, path, tag, creds))
+            got = await self.upstream_call(match, creds, lambda up: self.upstream.manifest(up, path, tag, creds))
         except UpstreamUnavailable as exc:
             if cached is not None and match.rule.serve_stale_on_error:
                 log.warning("serving %s:%s stale: %s", repo, tag, exc)
@@ -308,7 +308,7 @@ class PullThroughCache:
             if not await self.state.run(lambda s: s.is_linked(repo, digest)):
                 creds = await self.credentials(match.rule)
                 try:
-                    await self._upstream_call(match, creds, lambda up: self.upstream.blob_size(up, path, digest, creds))
+                    await self.upstream_call(match, creds, lambda up: self.upstream.blob_size(up, path, digest, creds))
                 except UpstreamUnavailable as exc:
                     result, detail = "stale", str(exc)
                 except UpstreamError as exc:
@@ -339,7 +339,7 @@ class PullThroughCache:
             return stored.size, "hit"
         creds = await self.credentials(match.rule)
         try:
-            size = await self._upstream_call(
+            size = await self.upstream_call(
                 match, creds, lambda up: self.upstream.blob_size(up, match.upstream.path, digest, creds))
         except UpstreamUnavailable as exc:
             if stored is not None:
@@ -355,7 +355,7 @@ class PullThroughCache:
         """Every tag (from the upstream, or the cached ones when it is unavailable) and whether stale."""
         creds = await self.credentials(match.rule)
         try:
-            tags = await self._upstream_call(
+            tags = await self.upstream_call(
                 match, creds, lambda up: self.upstream.tags(up, match.upstream.path, creds))
             return sorted(set(tags)), False
         except UpstreamUnavailable as exc:
@@ -370,7 +370,7 @@ class PullThroughCache:
     async def referrers(self, match: RuleMatch, digest: str) -> tuple[bytes, str] | None:
         creds = await self.credentials(match.rule)
         try:
-            return await self._upstream_call(
+            return await self.upstream_call(
                 match, creds, lambda up: self.upstream.referrers(up, match.upstream.path, digest, creds))
         except UpstreamError:
             return None

@@ -69,10 +69,10 @@ class StateError(RegcacheError):
     """The state directory or its database cannot be used."""
 
 
-def unwrap_error(exc: BaseException) -> BaseException:
-    """The first RegcacheError inside (nested) exception groups from task groups, else ``exc``."""
+def unwrap_error(exc: BaseException, types: tuple[type[BaseException], ...] = (RegcacheError,)) -> BaseException:
+    """The first error of ``types`` inside (nested) exception groups from task groups, else ``exc``."""
     while isinstance(exc, BaseExceptionGroup):
-        found = next((e for e in exc.exceptions if isinstance(e, (RegcacheError, BaseExceptionGroup))), None)
+        found = next((e for e in exc.exceptions if isinstance(e, (*types, BaseExceptionGroup))), None)
         if found is None:
             return exc
         exc = found

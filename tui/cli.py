@@ -16,6 +16,7 @@ import click
 from proxy.control import ControlPlane
 from proxy.errors import RegcacheError, unwrap_error
 from proxy.models import AuthPolicy
+from proxy.oci import RegistryError
 
 from .output import (
     CREDENTIAL_SET_COLUMNS,
@@ -59,8 +60,13 @@ def engine_command(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(ctx: click.Context, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(_control(ctx), *args, **kwargs)
-        except RegcacheError as exc:
-            raise Failure(str(exc)) from None
+        except (RegcacheError, RegistryError, BaseExceptionGroup) as exc:
+            # RegistryError: what the proxy would have answered a client (warm, cache test);
+            # groups: errors raised inside the task group of an async command
+            inner = unwrap_error(exc, (RegcacheError, RegistryError))
+            if isinstance(inner, (RegcacheError, RegistryError)):
+                raise Failure(str(inner)) from None
+            raise
 
     return wrapper
 
@@ -258,6 +264,69 @@ def cache_delete(control: ControlPlane, name: str, yes: bool) -> None:
     _confirm(f"delete cache rule {name!r}", yes)
     control.delete_rule(name)
     click.echo(f"deleted cache rule {name}", err=True)
+
+
+@cache.command("test")
+@name_option
+@click.option("--image", required=True, help="What a client would pull: TARGET_REPO:TAG or TARGET_REPO@DIGEST.")
+@output_option
+@engine_command
+def cache_test(control: ControlPlane, name: str, image: str, fmt: str) -> None:
+    """Show the upstream reference an image maps to, whether the credentials work, and the upstream digest.
+
+    Nothing is cached.
+    """
+    import dataclasses
+
+    import anyio
+
+    from proxy.prefetch import probe_rule
+
+    result = anyio.run(lambda: probe_rule(control.store.home, name, image, control.secrets))
+    record = {_camel(k): v for k, v in dataclasses.asdict(result).items()}
+    _emit(record, (("RULE", "rule"), ("UPSTREAM", "upstreamReference"), ("CREDENTIALS", "credentialsValid"),
+                   ("DIGEST", "digest"), ("ERROR", "error")), fmt)
+    if result.error:
+        raise Failure(result.error)
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+@main.command()
+@click.argument("image")
+@click.option("--platform", default="linux/amd64", show_default=True,
+              help="The image of an index to fetch (os/arch[/variant]), or 'all'.")
+@engine_command
+def warm(control: ControlPlane, image: str, platform: str) -> None:
+    """Pull IMAGE (TARGET_REPO:TAG) into the cache without a client, with a progress bar."""
+    import anyio
+
+    from proxy.prefetch import warm as warm_image
+    from proxy.units import format_size
+
+    bar_holder: dict[str, Any] = {}
+
+    def on_total(total: int) -> None:
+        bar_holder["bar"] = click.progressbar(length=total, label=f"warming {image}", file=sys.stderr,
+                                              show_pos=False, show_percent=True, show_eta=True)
+        bar_holder["bar"].__enter__()
+
+    def on_progress(n: int) -> None:
+        if "bar" in bar_holder:
+            bar_holder["bar"].update(n)
+
+    try:
+        result = anyio.run(lambda: warm_image(control.store.home, image, None if platform == "all" else platform,
+                                              on_total=on_total, on_progress=on_progress, secrets=control.secrets))
+    finally:
+        if "bar" in bar_holder:
+            bar_holder["bar"].__exit__(None, None, None)
+    click.echo(f"{result.repository}@{result.digest}: {result.blobs} blob(s), fetched "
+               f"{format_size(result.bytes_fetched)} from the upstream, {format_size(result.bytes_cached)} "
+               f"already cached", err=True)
 
 
 # -- credential sets ---------------------------------------------------------------------------
