@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 
 import anyio
 
-from .blobs import BlobStore, BlobStream, StoredBlob
+from .blobs import BlobStorageError, BlobStore, BlobStream, StoredBlob
 from .control import ControlPlane
 from .errors import SecretError
 from .models import (
@@ -326,6 +326,8 @@ class PullThroughCache:
             if isinstance(exc, UpstreamAuthError) and creds is not None:
                 await self._record_health(creds.identity, CredentialHealth.unhealthy("UpstreamAuthFailed", str(exc)))
             raise registry_error(exc, blob_unknown(f"upstream {match.upstream} has no blob {digest}")) from None
+        except BlobStorageError as exc:  # our disk, not the upstream: say so
+            raise RegistryError(507 if exc.disk_full else 503, "UNAVAILABLE", str(exc)) from None
         except Exception as exc:
             raise RegistryError(502, "UNKNOWN", f"fetching blob {digest} from upstream "
                                                 f"{match.upstream.login_server} failed: {exc}") from None

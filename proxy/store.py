@@ -103,8 +103,15 @@ class StateStore:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """A write transaction that holds the write lock from its first statement."""
+        """A write transaction that holds the write lock from its first statement.
+
+        Nested uses join the outer transaction, so several control-plane changes (a rules file)
+        commit together or not at all.
+        """
         conn = self.db.conn
+        if conn.in_transaction:
+            yield
+            return
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield
