@@ -1,4 +1,4 @@
-"""Misbehaving fronts for a real registry: cut or corrupt blob transfers, or redirect them to a "CDN".
+"""Misbehaving fronts for a real registry: cut, corrupt or throttle blob transfers, or redirect them to a "CDN".
 
 A front is a small threaded HTTP server on 127.0.0.1 that forwards every request to a real
 ``docker-registry`` and, depending on its ``mode``, changes what blob GETs get back.
@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import base64
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 
-PASS, CUT, CORRUPT, REDIRECT = "pass", "cut", "corrupt", "redirect"
+PASS, CUT, CORRUPT, REDIRECT, THROTTLE = "pass", "cut", "corrupt", "redirect", "throttle"
 
 
 class _Server(ThreadingHTTPServer):
@@ -67,7 +68,10 @@ class BlobCDN(_Threaded):
 
 
 class FaultyFront(_Threaded):
-    """Forwards to ``registry_url``; blob GETs are cut, corrupted or redirected as ``mode`` says.
+    """Forwards to ``registry_url``; blob GETs are cut, corrupted, throttled or redirected as ``mode`` says.
+
+    THROTTLE sends a blob body in ``throttle_chunk`` pieces with ``throttle_delay`` seconds between them,
+    so a test can act (kill the proxy, fill its disk) while a download is in flight.
 
     With ``basic_auth=(user, password)`` the front itself demands that login, so the proxy
     sends ``Authorization`` to it (and must not carry it along a redirect to the CDN).
@@ -79,6 +83,8 @@ class FaultyFront(_Threaded):
         self.mode = mode
         self.cdn = cdn
         self.blob_gets = 0
+        self.throttle_chunk = 256 * 1024
+        self.throttle_delay = 0.02
         expected = "Basic " + base64.b64encode(":".join(basic_auth).encode()).decode() if basic_auth else None
 
         class Handler(BaseHTTPRequestHandler):
@@ -120,6 +126,15 @@ class FaultyFront(_Threaded):
                     self.wfile.flush()
                     self.close_connection = True
                     self.connection.shutdown(2)
+                    return
+                if is_blob and front.mode == THROTTLE:
+                    try:
+                        for offset in range(0, len(body), front.throttle_chunk):
+                            self.wfile.write(body[offset:offset + front.throttle_chunk])
+                            self.wfile.flush()
+                            time.sleep(front.throttle_delay)
+                    except (BrokenPipeError, ConnectionResetError):  # the proxy went away (or was killed)
+                        self.close_connection = True
                     return
                 if is_blob and front.mode == CORRUPT:
                     middle = len(body) // 2

@@ -1,0 +1,266 @@
+"""Faults of the machine under the proxy: `kill -9` in the middle of a download, a full blobs disk.
+
+Both pull through a throttling front, so the download is still running when the test strikes.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import shutil
+import sqlite3
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+import pytest
+
+from proxy.control import ControlPlane
+from tests.registries.images import PushedImage
+from tests.registries.skopeo import SkopeoError, assert_pulled
+
+from .conftest import Regcache, start_regcache
+from .fronts import PASS, THROTTLE, FaultyFront
+from .test_serve import ServeProcess
+
+MiB = 1024 * 1024
+T = TypeVar("T")
+
+
+def _wait_for(what: str, probe: Callable[[], T | None], timeout: float = 15) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = probe()
+        if found is not None:
+            return found
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _blob_path(home: Path, digest: str) -> Path:
+    algorithm, _, encoded = digest.partition(":")
+    return home / "blobs" / algorithm / encoded[:2] / encoded
+
+
+def _temp_file_of(tmp_dir: Path, digest: str, at_least: int) -> Path | None:
+    """The temporary file of ``digest``'s download once it holds ``at_least`` bytes."""
+    for path in tmp_dir.iterdir() if tmp_dir.is_dir() else ():
+        try:
+            if path.name.endswith(digest.replace(":", "-")) and path.stat().st_size >= at_least:
+                return path
+        except FileNotFoundError:  # renamed into place or deleted meanwhile
+            continue
+    return None
+
+
+def _integrity(db: Path) -> list[str]:
+    conn = sqlite3.connect(db)
+    try:
+        return [row[0] for row in conn.execute("PRAGMA integrity_check")]
+    finally:
+        conn.close()
+
+
+def _stored_rows(db: Path, digest: str) -> list[tuple]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute("SELECT digest, size, path FROM blobs WHERE digest = ?", [digest]).fetchall()
+    finally:
+        conn.close()
+
+
+def test_kill_9_mid_download_stores_nothing_unverified(home, keyring_env, anonymous_registry, push_image, skopeo,
+                                                      tmp_path):
+    image = push_image(anonymous_registry, "acme/crashy", "1", layers=[24_000_000])
+    layer = image.layers[0]
+    front = FaultyFront(anonymous_registry.url, THROTTLE).start()
+    front.throttle_chunk = 128 * 1024  # ~6 MB/s: about 4 s for the layer, plenty of time to strike mid-way
+    processes: list[subprocess.Popen] = []
+    try:
+        control = ControlPlane.open(home)
+        control.add_upstream(front.host, front.url, "anonymous")
+        control.create_rule("crash-app", f"{front.host}/acme/crashy", "crashy")
+        control.close()
+
+        first = ServeProcess(home, "--listen", "127.0.0.1:0", env=keyring_env)
+        processes.append(first.proc)
+        puller = subprocess.Popen([skopeo.binary, "--insecure-policy", "copy", "--src-tls-verify=false",
+                                   "--src-no-creds", f"docker://{first.host}/crashy:1",
+                                   f"oci:{tmp_path / 'interrupted'}:1"],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        processes.append(puller)
+        partial = _wait_for("the layer's download to be under way",
+                            lambda: _temp_file_of(home / "blobs" / "tmp", layer.digest, 4 * MiB))
+        first.proc.kill()  # SIGKILL: no cleanup of any kind
+        first.proc.wait()  # reaped, as init would: its pid is no longer alive
+        assert partial.name.startswith(f"{first.proc.pid}-")
+        assert partial.exists() and partial.stat().st_size < layer.size, "the kill came after the download"
+        assert not _blob_path(home, layer.digest).exists()
+        assert _integrity(home / "state.db") == ["ok"]
+        puller.kill()
+        puller.wait()
+
+        front.mode = PASS
+        second = ServeProcess(home, "--listen", "127.0.0.1:0", env=keyring_env)
+        processes.append(second.proc)
+        assert not partial.exists(), "the dead process's temporary file is removed at start"
+        assert list((home / "blobs" / "tmp").iterdir()) == []
+        assert not _blob_path(home, layer.digest).exists()
+        assert _stored_rows(home / "state.db", layer.digest) == []
+        with httpx.Client(base_url=second.url, timeout=30) as http:  # nothing unverified is served
+            assert http.get(f"/v2/crashy/blobs/{layer.digest}").content == layer.data
+
+        assert_pulled(skopeo.copy_to_oci(f"{second.host}/crashy:1", tmp_path / "pulled", "1"), "1", image)
+        stored = _blob_path(home, layer.digest).read_bytes()
+        assert "sha256:" + hashlib.sha256(stored).hexdigest() == layer.digest
+        assert _integrity(home / "state.db") == ["ok"]
+        code, output = second.terminate()
+        assert code == 0, output
+        assert "Traceback" not in output
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        front.stop()
+
+
+# -- a full disk ----------------------------------------------------------------------------------
+
+DISK = "20m"
+#: few inodes, so that the test can also use them all up (creating a temporary file then fails)
+INODES = 200
+
+
+@pytest.fixture
+def small_blobs_disk(home: Path) -> Iterator[Path]:
+    """``<home>/blobs`` on a 20 MiB tmpfs (needs root); failing, not skipping, where it cannot be mounted."""
+    blobs = home / "blobs"
+    blobs.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK},nr_inodes={INODES},mode=0700", "tmpfs",
+                              str(blobs)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.fail(f"the full-disk test mounts a {DISK} tmpfs on {blobs} and could not "
+                    f"(it needs root or CAP_SYS_ADMIN): {(mounted.stderr or mounted.stdout).strip()}", pytrace=False)
+    try:
+        yield blobs
+    finally:
+        if subprocess.run(["umount", str(blobs)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(blobs)], capture_output=True)
+
+
+class CacheHits(threading.Thread):
+    """Pulls a cached image's manifest and layer by digest, over and over, until stopped."""
+
+    def __init__(self, rc: Regcache, repository: str, image: PushedImage) -> None:
+        super().__init__(daemon=True)
+        self.rc, self.repository, self.image = rc, repository, image
+        self.served = 0
+        self.failures: list[str] = []
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        layer = self.image.layers[0]
+        with self.rc.http() as http:
+            while not self._halt.is_set():
+                for path, expected in ((f"manifests/{self.image.digest}", self.image.manifest),
+                                       (f"blobs/{layer.digest}", layer.data)):
+                    try:
+                        response = http.get(f"/v2/{self.repository}/{path}")
+                    except httpx.HTTPError as exc:
+                        self.failures.append(f"{path}: {exc!r}")
+                        continue
+                    if response.status_code != 200 or response.content != expected:
+                        self.failures.append(f"{path}: {response.status_code} {response.text[:200]}")
+                    else:
+                        self.served += 1
+
+    def __enter__(self) -> CacheHits:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._halt.set()
+        self.join(30)
+
+
+def _use_up_inodes(directory: Path) -> int:
+    directory.mkdir()
+    for n in range(INODES * 2):
+        try:
+            (directory / str(n)).touch()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+            return n
+    raise AssertionError(f"{directory} still takes files after {INODES * 2}: nr_inodes did not apply")
+
+
+def test_full_disk_fails_the_download_cleanly_and_keeps_serving_hits(home, keyring_env, small_blobs_disk,
+                                                                    anonymous_registry, push_image, skopeo,
+                                                                    tmp_path):
+    small = push_image(anonymous_registry, "acme/small", "1", layers=[200_000])
+    big = push_image(anonymous_registry, "acme/big", "1", layers=[12_000_000])
+    layer = big.layers[0]
+    front = FaultyFront(anonymous_registry.url, THROTTLE).start()
+    rc = start_regcache(home)
+    try:
+        rc.control.add_upstream(front.host, front.url, "anonymous")
+        rc.control.create_rule("full-disk", f"{front.host}/acme/*", "acme/*")
+        blobs = rc.server.app.state.registry.cache.blobs
+        assert_pulled(skopeo.copy_to_oci(f"{rc.host}/acme/small:1", tmp_path / "small", "1"), "1", small)
+
+        filler = small_blobs_disk / "filler"
+        filler.write_bytes(bytes(12 * MiB))
+        assert shutil.disk_usage(small_blobs_disk).free < layer.size
+
+        with CacheHits(rc, "acme/small", small) as hits:
+            with pytest.raises(SkopeoError):
+                skopeo.copy_to_oci(f"{rc.host}/acme/big:1", tmp_path / "big-full", "1")
+            with rc.http() as http:  # a plain client gets an error too: a cut body or an error status
+                try:
+                    response = http.get(f"/v2/acme/big/blobs/{layer.digest}")
+                except httpx.HTTPError:
+                    pass
+                else:
+                    assert response.status_code >= 500 and "disk is full" in response.text, response.text
+            served_during = hits.served
+        assert hits.failures == [] and served_during > 0, hits.failures
+        assert blobs.stored(layer.digest) is None
+        assert not blobs.path_for(layer.digest).exists()
+        assert rc.temp_files() == []
+        assert rc.control.store.blob(layer.digest) is None
+        errors = [e for e in rc.events() if e["kind"] == "blob" and e["reference"] == layer.digest]
+        assert errors and all(e["result"] == "error" for e in errors), errors
+        assert all("the cache's disk is full (No space left on device)" in e["detail"] for e in errors), errors
+
+        # Not even an empty temporary file can be created: an OCI error (507), not an internal error.
+        inodes = small_blobs_disk / "inodes"
+        _use_up_inodes(inodes)
+        with rc.http() as http:
+            response = http.get(f"/v2/acme/big/blobs/{layer.digest}")
+            assert response.status_code == 507, response.text
+            error = response.json()["errors"][0]
+            assert error["code"] == "UNAVAILABLE"
+            assert error["message"].startswith("the cache's disk is full (No space left on device)"), error
+            assert http.get(f"/v2/acme/small/blobs/{small.layers[0].digest}").content == small.layers[0].data
+        refused = [e for e in rc.events() if e["reference"] == layer.digest and e["status"] == 507]
+        assert [(e["result"], e["detail"]) for e in refused] == [("error", error["message"])]
+        shutil.rmtree(inodes)
+
+        assert rc.proxy.running, "the proxy survived"
+        with rc.http() as http:
+            assert http.get("/v2/").status_code == 200
+        filler.unlink()  # space is freed: the same pull now succeeds
+        front.mode = PASS
+        assert_pulled(skopeo.copy_to_oci(f"{rc.host}/acme/big:1", tmp_path / "big", "1"), "1", big)
+        assert blobs.path_for(layer.digest).read_bytes() == layer.data
+        assert_pulled(skopeo.copy_to_oci(f"{rc.host}/acme/small:1", tmp_path / "small-again", "1"), "1", small)
+        assert rc.temp_files() == []
+    finally:
+        rc.proxy.stop()
+        rc.control.close()
+        front.stop()
