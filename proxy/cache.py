@@ -20,6 +20,7 @@ import anyio
 from .blobs import BlobStorageError, BlobStore, BlobStream, StoredBlob
 from .control import ControlPlane
 from .errors import SecretError
+from .metrics import ProxyMetrics
 from .models import (
     CacheRule,
     CredentialHealth,
@@ -90,8 +91,10 @@ class PullThroughCache:
     """Serves manifests, blobs and tag lists for rule-matched names, from cache or upstream."""
 
     def __init__(self, state: AsyncStateStore, upstream: UpstreamClient, blobs: BlobStore,
-                 secrets: SecretResolver | None = None, freshness: float = 0.0) -> None:
+                 secrets: SecretResolver | None = None, freshness: float = 0.0,
+                 metrics: ProxyMetrics | None = None) -> None:
         self.state = state
+        self.metrics = metrics
         self.upstream = upstream
         self.blobs = blobs
         self.secrets = secrets or SecretResolver()
@@ -179,8 +182,10 @@ class PullThroughCache:
         upstream = self.upstream_of(match)
         try:
             result = await call(upstream)
-        except UpstreamAuthError as exc:
-            if creds is not None:
+        except UpstreamError as exc:
+            if self.metrics is not None and not isinstance(exc, UpstreamNotFound):
+                self.metrics.upstream_error(match.rule.name, upstream.login_server, type(exc).__name__)
+            if isinstance(exc, UpstreamAuthError) and creds is not None:
                 self._credentials.pop(creds.identity, None)
                 await self._record_health(creds.identity, CredentialHealth.unhealthy("UpstreamAuthFailed", str(exc)))
             raise

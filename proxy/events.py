@@ -8,6 +8,7 @@ import logging
 import anyio
 from anyio.abc import TaskStatus
 
+from .metrics import ProxyMetrics
 from .models import PullEvent
 from .store import AsyncStateStore
 
@@ -19,13 +20,16 @@ BATCH = 500
 class EventLog:
     """Buffers pull events in memory and writes them in batches; ``run`` is the writer task."""
 
-    def __init__(self, state: AsyncStateStore, buffer: int = 100_000) -> None:
+    def __init__(self, state: AsyncStateStore, buffer: int = 100_000, metrics: ProxyMetrics | None = None) -> None:
         self._state = state
+        self._metrics = metrics
         self._send, self._receive = anyio.create_memory_object_stream[PullEvent](max_buffer_size=buffer)
         self.dropped = 0
 
     def record(self, event: PullEvent) -> None:
         """Queue ``event``; never blocks a request (a full buffer drops and counts)."""
+        if self._metrics is not None:
+            self._metrics.observe(event)
         try:
             self._send.send_nowait(event)
         except anyio.WouldBlock:

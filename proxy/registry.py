@@ -18,6 +18,7 @@ from pathlib import Path
 import anyio
 import httpx
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -27,6 +28,8 @@ from .blobs import BlobStorageError, BlobStore, BlobStream, StoredBlob
 from .cache import PullThroughCache
 from .events import EventLog
 from .eviction import run_eviction
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import ProxyMetrics
 from .models import PullEvent, RuleMatch
 from .oci import API_VERSION_HEADER, OCI_INDEX, RegistryError, unsupported
 from .references import is_digest, is_repository_name, is_tag
@@ -51,11 +54,21 @@ class ByteRange:
     end: int  # exclusive
 
 
+#: byte positions with more digits than this are past the end of any blob (and int() refuses 4,300+ digits)
+_MAX_POSITION_DIGITS = 18
+
+
+def _position(digits: str) -> int:
+    """A byte position from the ASCII digits of a Range header; absurdly long ones are clamped, not parsed."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= _MAX_POSITION_DIGITS else 10 ** _MAX_POSITION_DIGITS
+
+
 def parse_range(header: str | None, size: int | None) -> ByteRange | None:
     """A single ``bytes=`` range; None for no header; RANGE errors (416) for what cannot be served."""
     if header is None:
         return None
-    m = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header)
+    m = re.fullmatch(r"\s*bytes\s*=\s*([0-9]*)\s*-\s*([0-9]*)\s*", header)
     if not m or (not m.group(1) and not m.group(2)):
         raise RegistryError(416, "RANGE_INVALID", "Range must be a single 'bytes=START-END' range",
                             headers={"Content-Range": f"bytes */{size}"} if size is not None else None)
@@ -63,17 +76,31 @@ def parse_range(header: str | None, size: int | None) -> ByteRange | None:
     if size is None:
         raise RegistryError(416, "RANGE_INVALID", "the blob's size is not known yet; retry without Range")
     if not first:  # suffix: the last N bytes
-        n = int(last)
+        n = _position(last)
         if n == 0:
             raise RegistryError(416, "RANGE_INVALID", "an empty suffix range", {"size": size},
                                 headers={"Content-Range": f"bytes */{size}"})
         return ByteRange(max(size - n, 0), size)
-    start = int(first)
-    end = min(int(last) + 1, size) if last else size
-    if start >= size or (last and int(last) < start):
-        raise RegistryError(416, "RANGE_INVALID", f"range {header.strip()!r} is outside the blob of {size} bytes",
-                            {"size": size}, headers={"Content-Range": f"bytes */{size}"})
+    start = _position(first)
+    end = min(_position(last) + 1, size) if last else size
+    if start >= size or (last and _position(last) < start):
+        raise RegistryError(416, "RANGE_INVALID",
+                            f"range {header.strip()[:100]!r} is outside the blob of {size} bytes", {"size": size},
+                            headers={"Content-Range": f"bytes */{size}"})
     return ByteRange(start, end)
+
+
+def _page_size(request: Request) -> int | None:
+    """The ``n`` query parameter (at most MAX_PAGE), None without one; PAGINATION_NUMBER_INVALID if malformed."""
+    value = request.query_params.get("n")
+    if value is None:
+        return None
+    # ASCII digits only: str.isdigit() also accepts '²', which int() refuses
+    if re.fullmatch(r"[0-9]+", value) is None:
+        raise RegistryError(400, "PAGINATION_NUMBER_INVALID",
+                            f"n must be a non-negative integer (a page size, at most {MAX_PAGE:,}), not {value[:50]!r}")
+    digits = value.lstrip("0") or "0"
+    return MAX_PAGE if len(digits) > len(str(MAX_PAGE)) else min(int(digits), MAX_PAGE)
 
 
 def _accept_list(request: Request) -> list[str]:
@@ -238,30 +265,24 @@ class Registry:
                         match, sent, why)
 
     async def tags(self, request: Request, name: str) -> Response:
+        n = _page_size(request)  # a bad n is refused before the upstream is asked
         match = await self.cache.resolve(name, request.query_params.get("ns"))
         tags, stale = await self.cache.tags(match)
         last = request.query_params.get("last")
         if last:
             tags = [t for t in tags if t > last]
         headers = dict(API_VERSION_HEADER)
-        n_param = request.query_params.get("n")
-        if n_param is not None:
-            if not n_param.isdigit():
-                raise RegistryError(400, "PAGINATION_NUMBER_INVALID", "n must be a non-negative integer")
-            n = min(int(n_param), MAX_PAGE)
-            if len(tags) > n:
-                tags = tags[:n]
-                if tags:
-                    headers["Link"] = f'</v2/{name}/tags/list?n={n}&last={tags[-1]}>; rel="next"'
+        if n is not None and len(tags) > n:
+            tags = tags[:n]
+            if tags:
+                headers["Link"] = f'</v2/{name}/tags/list?n={n}&last={tags[-1]}>; rel="next"'
         if stale:
             headers["X-Regcache-Stale"] = "1"
         return JSONResponse({"name": name, "tags": tags}, headers=headers)
 
     async def catalog(self, request: Request) -> Response:
-        n_param = request.query_params.get("n")
-        if n_param is not None and not n_param.isdigit():
-            raise RegistryError(400, "PAGINATION_NUMBER_INVALID", "n must be a non-negative integer")
-        n = min(int(n_param), MAX_PAGE) if n_param is not None else MAX_PAGE
+        n = _page_size(request)
+        n = MAX_PAGE if n is None else n
         last = request.query_params.get("last")
         names = await self.cache.state.run(lambda s: s.repository_names(last, n + 1))
         headers = dict(API_VERSION_HEADER)
@@ -323,16 +344,41 @@ class ApiVersionHeader:
         await self.app(scope, receive, send_with_header)
 
 
+async def _metrics(app: Starlette) -> Response:
+    """The Prometheus exposition of ``app``'s proxy, with the cache size read now."""
+    metrics: ProxyMetrics = app.state.metrics
+    state: AsyncStateStore | None = getattr(app.state, "state_store", None)
+    if state is not None:
+        blob_bytes, blobs, _ = await state.run(lambda s: s.cache_size())
+        metrics.set_cache_size(blob_bytes, blobs)
+    return Response(metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
+
+
+def create_metrics_app(registry_app: Starlette) -> Starlette:
+    """A separate app serving only ``/metrics`` of ``registry_app`` (for ``--metrics-listen``)."""
+
+    async def endpoint(request: Request) -> Response:
+        return await _metrics(registry_app)
+
+    return Starlette(routes=[Route("/metrics", endpoint)])
+
+
 def create_app(home: Path, *, secrets: SecretResolver | None = None,
-               transport: httpx.AsyncBaseTransport | None = None, freshness: float = 0.0) -> Starlette:
-    """The registry ASGI app for the state directory ``home``; its lifespan owns every background task."""
+               transport: httpx.AsyncBaseTransport | None = None, freshness: float = 0.0,
+               serve_metrics: bool = True) -> Starlette:
+    """The registry ASGI app for the state directory ``home``; its lifespan owns every background task.
+
+    ``/metrics`` is served beside ``/v2/`` unless ``serve_metrics`` is False (metrics on their own address).
+    """
+    metrics = ProxyMetrics()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store = StateStore(home)
         state = AsyncStateStore(store)
         upstream = UpstreamClient(transport)
-        events = EventLog(state)
+        events = EventLog(state, metrics=metrics)
+        app.state.state_store = state
         try:
             async with anyio.create_task_group() as writer_group:
                 await writer_group.start(events.run)
@@ -342,7 +388,7 @@ def create_app(home: Path, *, secrets: SecretResolver | None = None,
                         removed = blobs.remove_stale_temp_files()
                         if removed:
                             log.info("removed %d stale temporary file(s)", removed)
-                        cache = PullThroughCache(state, upstream, blobs, secrets, freshness)
+                        cache = PullThroughCache(state, upstream, blobs, secrets, freshness, metrics)
                         downloads.start_soon(run_eviction, state, name="eviction")
                         app.state.registry = Registry(cache, events)
                         app.state.ready = True
@@ -368,11 +414,30 @@ def create_app(home: Path, *, secrets: SecretResolver | None = None,
         log.exception("unexpected error answering %s %s", request.method, request.url.path[:300])
         return _error_response(RegistryError(500, "UNKNOWN", "internal error; see the regcache log"), request.method)
 
-    methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    async def framework_error(request: Request, exc: Exception) -> Response:
+        """Starlette's own refusals (no route for the path: outside /v2/, or a name with a line break)."""
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            error = RegistryError(404, "NOT_FOUND", f"no registry API endpoint at {request.url.path[:200]!r}; "
+                                                    f"the OCI distribution API is under /v2/")
+        else:
+            error = RegistryError(exc.status_code, "UNSUPPORTED" if exc.status_code < 500 else "UNKNOWN", exc.detail,
+                                  headers=dict(exc.headers or {}))
+        return _error_response(error, request.method)
+
+    async def metrics_endpoint(request: Request) -> Response:
+        return await _metrics(request.app)
+
+    # Every method reaches the handler, which answers what it does not serve with OCI errors.
+    routes = [Route("/v2/{path:path}", handle, methods=None), Route("/v2", handle, methods=None)]
+    if serve_metrics:
+        routes.append(Route("/metrics", metrics_endpoint))
     app = Starlette(
-        routes=[Route("/v2/{path:path}", handle, methods=methods), Route("/v2", handle, methods=methods)],
-        exception_handlers={RegistryError: registry_error, Exception: unexpected_error},
+        routes=routes,
+        exception_handlers={RegistryError: registry_error, HTTPException: framework_error,
+                            Exception: unexpected_error},
         lifespan=lifespan,
     )
     app.add_middleware(ApiVersionHeader)
+    app.state.metrics = metrics
     return app

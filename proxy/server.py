@@ -16,11 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import h11
 import uvicorn
 from anyio.abc import TaskStatus
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .errors import RegcacheError, unwrap_error
-from .registry import create_app
+from .oci import API_VERSION_HEADER, RegistryError
+from .registry import create_app, create_metrics_app
 from .secrets import SecretResolver
 
 log = logging.getLogger("regcache.server")
@@ -46,6 +49,32 @@ class ListenAddress:
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+#: the most a request line and its headers may take (uvicorn's default); more is refused with a 431
+MAX_REQUEST_HEAD = 16 * 1024
+
+
+class _H11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol; a request it cannot parse gets OCI error JSON, not uvicorn's plain text."""
+
+    def send_400_response(self, msg: str) -> None:
+        if len(self.conn.trailing_data[0]) > MAX_REQUEST_HEAD:
+            error = RegistryError(431, "UNSUPPORTED", f"the request line and headers are over "
+                                                      f"{MAX_REQUEST_HEAD // 1024} KiB; send fewer or shorter headers")
+        else:
+            error = RegistryError(400, "UNSUPPORTED", "regcache could not parse this HTTP/1.1 request: a malformed "
+                                                      "request line or header (percent-encode bytes outside ASCII)")
+        body = error.body()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   *((name.lower().encode(), value.encode()) for name, value in API_VERSION_HEADER.items()),
+                   (b"connection", b"close")]
+        for event in (h11.Response(status_code=error.status, headers=headers), h11.Data(data=body),
+                      h11.EndOfMessage()):
+            data = self.conn.send(event)
+            if data:
+                self.transport.write(data)
+        self.transport.close()
 
 
 class _Server(uvicorn.Server):
@@ -78,14 +107,18 @@ class ProxyServer:
 
     def __init__(self, home: Path, listen: str | ListenAddress = DEFAULT_LISTEN, *,
                  tls_cert: str | None = None, tls_key: str | None = None,
-                 secrets: SecretResolver | None = None, freshness: float = 0.0, transport=None) -> None:
+                 secrets: SecretResolver | None = None, freshness: float = 0.0, transport=None,
+                 metrics_listen: str | None = None) -> None:
         self.home = home
         self.address = listen if isinstance(listen, ListenAddress) else ListenAddress.parse(listen)
+        self.metrics_address = ListenAddress.parse(metrics_listen) if metrics_listen else None
         if bool(tls_cert) != bool(tls_key):
             raise ListenError("TLS needs both --tls-cert and --tls-key")
-        self.app = create_app(home, secrets=secrets, transport=transport, freshness=freshness)
+        self.app = create_app(home, secrets=secrets, transport=transport, freshness=freshness,
+                              serve_metrics=metrics_listen is None)
         self._tls = (tls_cert, tls_key)
         self._server: _Server | None = None
+        self._metrics_server: _Server | None = None
 
     @property
     def url(self) -> str:
@@ -98,24 +131,36 @@ class ProxyServer:
         self.address = ListenAddress(self.address.host, sock.getsockname()[1])
         config = uvicorn.Config(self.app, lifespan="on", log_config=None, access_log=False,
                                 ssl_certfile=self._tls[0], ssl_keyfile=self._tls[1],
-                                timeout_graceful_shutdown=10, server_header=False)
+                                timeout_graceful_shutdown=10, server_header=False,
+                                http=_H11Protocol, h11_max_incomplete_event_size=MAX_REQUEST_HEAD)
         server = _Server(config)
         self._server = server
+        servers = [(server, sock)]
         try:
+            if self.metrics_address is not None:
+                metrics_sock = bind(self.metrics_address)
+                self.metrics_address = ListenAddress(self.metrics_address.host, metrics_sock.getsockname()[1])
+                self._metrics_server = _Server(uvicorn.Config(create_metrics_app(self.app), lifespan="off",
+                                                              log_config=None, access_log=False,
+                                                              server_header=False))
+                servers.append((self._metrics_server, metrics_sock))
             async with anyio.create_task_group() as tg:
-                tg.start_soon(server.serve, [sock])
-                while not server.started:
-                    if server.should_exit:
+                for each, each_sock in servers:
+                    tg.start_soon(each.serve, [each_sock])
+                while not all(each.started for each, _ in servers):
+                    if any(each.should_exit for each, _ in servers):
                         raise ListenError(f"the proxy on {self.address} failed to start; see the log")
                     await anyio.sleep(0.01)
                 task_status.started(self.address)
         finally:
-            sock.close()
+            for _, each_sock in servers:
+                each_sock.close()
 
     def stop(self) -> None:
         """Ask the server to finish in-flight requests and stop (safe from any thread)."""
-        if self._server is not None:
-            self._server.should_exit = True
+        for server in (self._server, self._metrics_server):
+            if server is not None:
+                server.should_exit = True
 
 
 class EmbeddedProxy:

@@ -124,10 +124,13 @@ def tui_command(ctx: click.Context, listen: str = "127.0.0.1:5000") -> None:
 @click.option("--listen", default="127.0.0.1:5000", show_default=True, help="Address to serve on, HOST:PORT.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="TLS certificate (PEM).")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="TLS private key (PEM).")
+@click.option("--metrics-listen", metavar="HOST:PORT",
+              help="Serve Prometheus /metrics on this address instead of beside the registry API.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 @click.pass_context
-def serve(ctx: click.Context, listen: str, tls_cert: str | None, tls_key: str | None, log_level: str) -> None:
+def serve(ctx: click.Context, listen: str, tls_cert: str | None, tls_key: str | None, metrics_listen: str | None,
+          log_level: str) -> None:
     """Run the registry proxy in the foreground (stops cleanly on SIGTERM or Ctrl-C)."""
     import logging
     import signal
@@ -141,10 +144,12 @@ def serve(ctx: click.Context, listen: str, tls_cert: str | None, tls_key: str | 
     home = resolve_home(ctx.find_root().obj.get("home"))
 
     async def run() -> None:
-        server = ProxyServer(home, listen, tls_cert=tls_cert, tls_key=tls_key)
+        server = ProxyServer(home, listen, tls_cert=tls_cert, tls_key=tls_key, metrics_listen=metrics_listen)
         async with anyio.create_task_group() as tg:
             await tg.start(server.serve)  # a taken port raises here
             click.echo(f"regcache: serving {server.url} (state: {home})", err=True)
+            if server.metrics_address is not None:
+                click.echo(f"regcache: metrics on http://{server.metrics_address}/metrics", err=True)
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for signum in signals:
                     logging.getLogger("regcache").info("%s: finishing in-flight requests",
@@ -390,6 +395,45 @@ def credential_set_delete(control: ControlPlane, name: str, yes: bool) -> None:
     _confirm(f"delete credential set {name!r}", yes)
     control.delete_credential_set(name)
     click.echo(f"deleted credential set {name}", err=True)
+
+
+# -- client configuration ----------------------------------------------------------------------
+
+@main.command("client-config")
+@click.argument("client", type=click.Choice(["containerd", "docker", "podman"]))
+@click.option("--address", default="localhost:5000", show_default=True,
+              help="HOST:PORT where clients reach regcache.")
+@click.option("--tls", is_flag=True, help="regcache serves TLS (--tls-cert); default: plain http, marked insecure.")
+@click.option("-d", "--output-dir", type=click.Path(file_okay=False),
+              help="Write the files here (e.g. /etc/containerd/certs.d); default: print them.")
+@engine_command
+def client_config(control: ControlPlane, client: str, address: str, tls: bool, output_dir: str | None) -> None:
+    """Configuration that points CLIENT at regcache, from the cache rules.
+
+    containerd: hosts.toml per upstream registry (set config_path to the directory);
+    docker: daemon.json registry-mirrors (needs the rule * => docker.io/*);
+    podman: registries.conf mirrors (also for skopeo, buildah, CRI-O).
+    """
+    from pathlib import Path
+
+    from proxy import client_config as generate
+
+    rules_ = control.list_rules()
+    if client == "containerd":
+        files = generate.containerd(address, rules_, control.catalogue(), insecure=not tls)
+    elif client == "docker":
+        files = generate.docker(address, rules_, insecure=not tls)
+    else:
+        files = generate.registries_conf(address, rules_, insecure=not tls)
+    if output_dir is None:
+        for name, text in files.items():
+            click.echo(f"# --- {name}\n{text}", nl=False)
+        return
+    for name, text in files.items():
+        path = Path(output_dir) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        click.echo(f"wrote {path}", err=True)
 
 
 # -- declarative rules ---------------------------------------------------------------------------
