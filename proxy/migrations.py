@@ -118,3 +118,21 @@ def m003_rule_settings(db: Database) -> None:
     table.add_column("serve_stale_on_error", int, not_null_default=1)
     table.add_column("serve_stale_if_deleted", int, not_null_default=0)
     table.add_column("retention_seconds", float)
+
+
+@migration
+def m004_tag_sync_and_rate_limits(db: Database) -> None:
+    """Tag sync per rule (filter, interval, last result) and upstream rate-limit budgets."""
+    table = db["cache_rules"]
+    table.add_column("sync_tags", str)  # a regex, or a semver range such as ">=1.2,<2"
+    table.add_column("sync_interval_seconds", float)
+    db["tag_syncs"].create(
+        {"rule": str, "repository": str, "synced_at": str, "result": str, "fetched": int, "detail": str},
+        pk=("rule", "repository"),
+    )
+    # the last ratelimit-limit / ratelimit-remaining an upstream sent, per credential set or anonymous
+    db["rate_limits"].create(
+        {"login_server": str, "identity": str, "limit_value": str, "remaining": str, "throttled": int,
+         "updated_at": str},
+        pk=("login_server", "identity"),
+    )
