@@ -183,17 +183,26 @@ class PullThroughCache:
         try:
             result = await call(upstream)
         except UpstreamError as exc:
+            await self._save_rate_limits()
             if self.metrics is not None and not isinstance(exc, UpstreamNotFound):
                 self.metrics.upstream_error(match.rule.name, upstream.login_server, type(exc).__name__)
             if isinstance(exc, UpstreamAuthError) and creds is not None:
                 self._credentials.pop(creds.identity, None)
                 await self._record_health(creds.identity, CredentialHealth.unhealthy("UpstreamAuthFailed", str(exc)))
             raise
+        await self._save_rate_limits()
         if creds is not None:
             cs = self._credential_sets.get(creds.identity)
             if cs is not None and cs.health.status is not HealthStatus.HEALTHY:
                 await self._record_health(creds.identity, CredentialHealth.healthy())
         return result
+
+    async def _save_rate_limits(self) -> None:
+        changes = self.upstream.take_rate_limit_changes()
+        if changes:
+            await self.state.run(lambda s: [s.record_rate_limit(server, identity, budget.limit, budget.remaining,
+                                                                new_429s)
+                                            for (server, identity), (budget, new_429s) in changes.items()])
 
     # -- manifests -----------------------------------------------------------------------------
 

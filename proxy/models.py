@@ -45,6 +45,10 @@ class Upstream:
         return self.default_url is not None
 
 
+#: the identity of pulls without a credential set (rate-limit budgets are kept per identity)
+ANONYMOUS = "(anonymous)"
+
+
 class HealthStatus(str, enum.Enum):
     HEALTHY = "Healthy"
     UNHEALTHY = "Unhealthy"

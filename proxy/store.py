@@ -400,6 +400,22 @@ class StateStore:
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row)) for row in cur]
 
+    # -- rate limits ---------------------------------------------------------------------------------
+
+    def record_rate_limit(self, login_server: str, identity: str, limit: str | None, remaining: str | None,
+                          throttled: int) -> None:
+        self.db.conn.execute(
+            "INSERT INTO rate_limits (login_server, identity, limit_value, remaining, throttled, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (login_server, identity) DO UPDATE SET "
+            "limit_value = excluded.limit_value, remaining = excluded.remaining, "
+            "throttled = rate_limits.throttled + excluded.throttled, updated_at = excluded.updated_at",
+            [login_server, identity, limit, remaining, throttled, _ts(utc_now())])
+
+    def rate_limits(self) -> list[dict]:
+        cur = self.db.conn.execute("SELECT * FROM rate_limits ORDER BY login_server, identity")
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row)) for row in cur]
+
 
 class AsyncStateStore:
     """A StateStore for async code: each call runs on a worker thread, one at a time.

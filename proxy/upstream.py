@@ -16,7 +16,7 @@ import httpcore
 import httpx
 
 from .auth import Challenge, TokenCache, basic_header, parse_challenge
-from .models import Upstream
+from .models import ANONYMOUS, Upstream
 from .oci import MANIFEST_TYPES, media_type_of
 
 # httpcore reads HTTP/1.1 bodies 64 KiB at a time and offers no setting for it; at blob sizes the
@@ -69,6 +69,15 @@ class UpstreamProtocolError(UpstreamError):
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimit:
+    """What an upstream said of our pull budget: ``100;w=21600`` style values, and 429s seen."""
+
+    limit: str | None
+    remaining: str | None
+    throttled: int
+
+
+@dataclass(frozen=True, slots=True)
 class UpstreamManifest:
     digest: str | None  # Docker-Content-Digest, when the upstream sent one
     media_type: str
@@ -102,6 +111,9 @@ class UpstreamClient:
         self.tokens = TokenCache()
         #: token requests made, per realm: tests and metrics read it
         self.token_requests = 0
+        #: the last rate-limit budget per (login server, credential set or ANONYMOUS)
+        self.rate_limits: dict[tuple[str, str], RateLimit] = {}
+        self._rate_limits_changed: dict[tuple[str, str], int] = {}
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -187,6 +199,7 @@ class UpstreamClient:
             auth, lifetime = await self._authorize(upstream, challenge, scope, creds)
             self.tokens.put(key, auth, lifetime)
         status = response.status_code
+        self._observe_rate_limit(upstream, creds, response)
         if status in (401, 403):
             await response.aclose()
             self.tokens.forget(key)
@@ -197,6 +210,27 @@ class UpstreamClient:
             what = "is rate-limiting (HTTP 429)" if status == 429 else f"answered HTTP {status}"
             raise UpstreamUnavailable(upstream.login_server, what, status)
         return response
+
+    def _observe_rate_limit(self, upstream: Upstream, creds: Credentials | None, response: httpx.Response) -> None:
+        """Keep the budget the upstream announced (Docker Hub's ratelimit-* headers) and count its 429s."""
+        limit = response.headers.get("ratelimit-limit")
+        remaining = response.headers.get("ratelimit-remaining")
+        throttled = response.status_code == 429
+        if limit is None and remaining is None and not throttled:
+            return
+        key = (upstream.login_server, creds.identity if creds else ANONYMOUS)
+        previous = self.rate_limits.get(key)
+        self.rate_limits[key] = RateLimit(
+            limit if limit is not None else previous.limit if previous else None,
+            remaining if remaining is not None else previous.remaining if previous else None,
+            (previous.throttled if previous else 0) + int(throttled))
+        self._rate_limits_changed[key] = self._rate_limits_changed.get(key, 0) + int(throttled)
+
+    def take_rate_limit_changes(self) -> dict[tuple[str, str], tuple[RateLimit, int]]:
+        """Budgets that changed since the last call, with the 429s seen since then (for the state database)."""
+        changed = {key: (self.rate_limits[key], new_429s) for key, new_429s in self._rate_limits_changed.items()}
+        self._rate_limits_changed.clear()
+        return changed
 
     def _url(self, upstream: Upstream, repository: str, suffix: str) -> str:
         return f"{upstream.base_url}/v2/{repository}/{suffix}"

@@ -15,7 +15,7 @@ import click
 
 from proxy.control import ControlPlane
 from proxy.errors import RegcacheError, unwrap_error
-from proxy.models import AuthPolicy
+from proxy.models import ANONYMOUS, AuthPolicy
 from proxy.oci import RegistryError
 
 from .output import (
@@ -374,7 +374,8 @@ def credential_set_update(control: ControlPlane, name: str, username_id: str | N
 @engine_command
 def credential_set_show(control: ControlPlane, name: str, fmt: str) -> None:
     """Show a credential set and its health (re-checks that its secrets can be read)."""
-    _emit(credential_set_resource(control.refresh_credential_set(name)), CREDENTIAL_SET_COLUMNS, fmt)
+    cs = control.refresh_credential_set(name)
+    _emit(credential_set_resource(cs, control.rate_limit(cs.login_server, cs.name)), CREDENTIAL_SET_COLUMNS, fmt)
 
 
 @credential_set.command("list")
@@ -382,7 +383,8 @@ def credential_set_show(control: ControlPlane, name: str, fmt: str) -> None:
 @engine_command
 def credential_set_list(control: ControlPlane, fmt: str) -> None:
     """List credential sets."""
-    _emit([credential_set_resource(cs) for cs in control.list_credential_sets()], CREDENTIAL_SET_COLUMNS, fmt)
+    _emit([credential_set_resource(cs, control.rate_limit(cs.login_server, cs.name))
+           for cs in control.list_credential_sets()], CREDENTIAL_SET_COLUMNS, fmt)
 
 
 @credential_set.command("delete")
@@ -594,7 +596,8 @@ def upstream_add(control: ControlPlane, login_server: str, url: str, auth: str |
 @engine_command
 def upstream_list(control: ControlPlane, fmt: str) -> None:
     """List built-in and custom upstreams."""
-    _emit([upstream_resource(u) for u in control.list_upstreams()], UPSTREAM_COLUMNS, fmt)
+    _emit([upstream_resource(u, control.rate_limit(u.login_server, ANONYMOUS)) for u in control.list_upstreams()],
+          UPSTREAM_COLUMNS, fmt)
 
 
 @upstream.command("remove")

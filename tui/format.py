@@ -45,3 +45,15 @@ def duration(ms: float) -> str:
 
 def count(n: int, singular: str, plural: str | None = None) -> str:
     return f"{n} {singular if n == 1 else plural or singular + 's'}"
+
+
+def budget(rate_limit: dict | None) -> str:
+    """``76/100`` from ``ratelimit-remaining: 76;w=21600`` and ``ratelimit-limit: 100;w=21600``, plus 429s."""
+    if not rate_limit:
+        return "-"
+    remaining = (rate_limit.get("remaining") or "?").split(";")[0]
+    limit = (rate_limit.get("limit_value") or "?").split(";")[0]
+    text = f"{remaining}/{limit}"
+    if rate_limit.get("throttled"):
+        text += f" ({rate_limit['throttled']}x429)"
+    return text

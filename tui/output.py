@@ -44,7 +44,15 @@ RULE_COLUMNS: Sequence[Column] = (
 )
 
 
-def credential_set_resource(cs: CredentialSet) -> dict[str, Any]:
+def rate_limit_resource(row: dict | None) -> dict[str, Any] | None:
+    """The last budget an upstream announced (its ``ratelimit-*`` headers) and the 429s counted."""
+    if row is None:
+        return None
+    return {"limit": row["limit_value"], "remaining": row["remaining"], "throttled": row["throttled"],
+            "updatedAt": row["updated_at"]}
+
+
+def credential_set_resource(cs: CredentialSet, rate_limit: dict | None = None) -> dict[str, Any]:
     """A credential set in ``az acr credential-set show`` shape: secret ids only, never values."""
     return {
         "name": cs.name,
@@ -64,6 +72,7 @@ def credential_set_resource(cs: CredentialSet) -> dict[str, Any]:
         }],
         "creationDate": _iso(cs.created_at),
         "provisioningState": "Succeeded",
+        "rateLimit": rate_limit_resource(rate_limit),
     }
 
 
@@ -73,7 +82,8 @@ CREDENTIAL_SET_COLUMNS: Sequence[Column] = (
 )
 
 
-def upstream_resource(upstream: Upstream) -> dict[str, Any]:
+def upstream_resource(upstream: Upstream, rate_limit: dict | None = None) -> dict[str, Any]:
+    """An upstream; ``rateLimit`` is the budget of anonymous pulls from it."""
     return {
         "loginServer": upstream.login_server,
         "url": upstream.base_url,
@@ -81,6 +91,7 @@ def upstream_resource(upstream: Upstream) -> dict[str, Any]:
         "builtIn": upstream.builtin,
         "defaultUrl": upstream.default_url,
         "title": upstream.title,
+        "rateLimit": rate_limit_resource(rate_limit),
     }
 
 

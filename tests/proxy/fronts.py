@@ -85,6 +85,10 @@ class FaultyFront(_Threaded):
         self.blob_gets = 0
         self.throttle_chunk = 256 * 1024
         self.throttle_delay = 0.02
+        #: headers added to every answer (e.g. Docker Hub's ratelimit-limit / ratelimit-remaining)
+        self.extra_headers: dict[str, str] = {}
+        #: answer manifest requests with this status instead (e.g. 429) when set
+        self.manifest_status: int | None = None
         expected = "Basic " + base64.b64encode(":".join(basic_auth).encode()).decode() if basic_auth else None
 
         class Handler(BaseHTTPRequestHandler):
@@ -98,6 +102,13 @@ class FaultyFront(_Threaded):
                 if expected and self.headers.get("Authorization") != expected:
                     self.send_response(401)
                     self.send_header("WWW-Authenticate", 'Basic realm="front"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if front.manifest_status is not None and "/manifests/" in self.path:
+                    self.send_response(front.manifest_status)
+                    for key, value in front.extra_headers.items():
+                        self.send_header(key, value)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
@@ -117,6 +128,8 @@ class FaultyFront(_Threaded):
                 for key, value in upstream.headers.items():
                     if key.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server"):
                         self.send_header(key, value)
+                for key, value in front.extra_headers.items():
+                    self.send_header(key, value)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if method == "HEAD":

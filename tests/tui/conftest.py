@@ -48,6 +48,7 @@ def populate(backend: Backend) -> None:
                 ("team-ghcr", "ghcr.io/acme/*", "team/*", "ghcr-creds"),
         )):
             store.insert_cache_rule(CacheRule(name, source, target, cred, T0.replace(minute=i)))
+    store.record_rate_limit("docker.io", "hub-creds", "200;w=21600", "143;w=21600", 2)
     store.record_repository("ubuntu", "ubuntu", "docker.io/library/ubuntu", T0)
     store.record_repository("team/api", "team-ghcr", "ghcr.io/acme/api", T0)
     store.put_blob("sha256:" + "a" * 64, 29_360_128, "blobs/sha256/aa/" + "a" * 64, T0)

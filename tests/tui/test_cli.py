@@ -309,7 +309,8 @@ def test_upstreams(home):
     custom = json.loads(ok("upstream", "add", "--login-server", "Harbor.Local:8443", "--url", "harbor.local:8443",
                            "--auth", "anonymous", "-o", "json").stdout)
     assert custom == {"loginServer": "harbor.local:8443", "url": "https://harbor.local:8443",
-                      "authPolicy": "anonymous", "builtIn": False, "defaultUrl": None, "title": "custom"}
+                      "authPolicy": "anonymous", "builtIn": False, "defaultUrl": None, "title": "custom",
+                      "rateLimit": None}
     ok("cache", "create", "-n", "harbor-app", "-s", "harbor.local:8443/team/app", "-t", "app")
     assert "built-in, URL overridden" in ok("upstream", "list").stdout
 

@@ -9,6 +9,7 @@ from textual.widgets import DataTable, Label, Static
 
 from proxy.models import CredentialSet, Upstream
 
+from .. import format as fmt
 from ..screens.credential_form import CredentialForm
 from .base import Blade
 from .rules import health_text
@@ -30,18 +31,20 @@ class CredentialsBlade(Blade):
         yield Label("Credentials", classes="blade-title")
         yield Static("", id="credentials-summary", classes="summary")
         table: DataTable = DataTable(id="credentials-table", cursor_type="row", zebra_stripes=True)
-        table.add_columns("Name", "Health", "Login server", "Error", "Username secret", "Password secret")
+        table.add_columns("Name", "Health", "Login server", "Budget", "Error", "Username secret", "Password secret")
         yield table
 
     @work(thread=True, exclusive=True, group="credentials-load")
     def load(self) -> None:
-        sets, upstreams = self.backend.call(lambda b: (b.control.list_credential_sets(), b.control.list_upstreams()))
-        self.app.call_from_thread(self._show, sets, upstreams)
+        sets, upstreams, budgets = self.backend.call(lambda b: (b.control.list_credential_sets(),
+                                                                b.control.list_upstreams(), b.control.rate_limits()))
+        self.app.call_from_thread(self._show, sets, upstreams, budgets)
 
-    def _show(self, sets: list[CredentialSet], upstreams: list[Upstream]) -> None:
+    def _show(self, sets: list[CredentialSet], upstreams: list[Upstream], budgets: dict) -> None:
         self.credential_sets, self.upstreams = sets, upstreams
         self.fill(self.query_one(DataTable), [
-            (cs.name, (cs.name, health_text(cs), cs.login_server, cs.health.error_code or "",
+            (cs.name, (cs.name, health_text(cs), cs.login_server, fmt.budget(budgets.get((cs.login_server, cs.name))),
+                       cs.health.error_code or "",
                        cs.username_secret_id, cs.password_secret_id)) for cs in sets])
         unhealthy = sum(cs.health.status.value == "Unhealthy" for cs in sets)
         self.query_one("#credentials-summary", Static).update(

@@ -7,8 +7,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Label, Static
 
-from proxy.models import Upstream
+from proxy.models import ANONYMOUS, Upstream
 
+from .. import format as fmt
 from ..screens.upstream_form import UpstreamForm
 from .base import Blade
 
@@ -31,17 +32,18 @@ class UpstreamsBlade(Blade):
         yield Label("Upstreams", classes="blade-title")
         yield Static("Registries cache rules can pull from", classes="summary")
         table: DataTable = DataTable(id="upstreams-table", cursor_type="row", zebra_stripes=True)
-        table.add_columns("Login server", "URL", "Pulls", "Kind")
+        table.add_columns("Login server", "URL", "Pulls", "Anonymous budget", "Kind")
         yield table
 
     @work(thread=True, exclusive=True, group="upstreams-load")
     def load(self) -> None:
-        upstreams = self.backend.call(lambda b: b.control.list_upstreams())
-        self.app.call_from_thread(self._show, upstreams)
+        upstreams, budgets = self.backend.call(lambda b: (b.control.list_upstreams(), b.control.rate_limits()))
+        self.app.call_from_thread(self._show, upstreams, budgets)
 
-    def _show(self, upstreams: list[Upstream]) -> None:
+    def _show(self, upstreams: list[Upstream], budgets: dict) -> None:
         self.fill(self.query_one(DataTable), [
-            (u.login_server, (u.login_server, u.base_url, u.auth_policy.value, kind(u))) for u in upstreams])
+            (u.login_server, (u.login_server, u.base_url, u.auth_policy.value,
+                              fmt.budget(budgets.get((u.login_server, ANONYMOUS))), kind(u))) for u in upstreams])
 
     def action_add_upstream(self) -> None:
         def added(upstream: Upstream | None) -> None:
