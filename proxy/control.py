@@ -8,7 +8,9 @@ refused input leaves the database untouched.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import replace
+from datetime import datetime, timezone
 from typing import Any
 
 from .errors import ConflictError, NotFoundError, SecretError, ValidationError
@@ -24,6 +26,7 @@ from .models import (
 from .rules import RuleSet, check_credentials, check_name, check_new_rule, check_settings
 from .secrets import SecretId, SecretResolver
 from .store import StateStore
+from .tokens import ClientToken, generate_password, hash_password, parse_expiry, parse_repositories
 from .units import format_size, parse_size
 from .upstreams import (
     BUILTIN_UPSTREAMS,
@@ -38,7 +41,8 @@ SETTINGS = {
                        "cache size limit; least recently pulled blobs are evicted above it (e.g. 50GiB)"),
 }
 
-RULE_SETTINGS = ("freshness", "retention", "serve_stale_on_error", "serve_stale_if_deleted")
+RULE_SETTINGS = ("freshness", "retention", "serve_stale_on_error", "serve_stale_if_deleted", "sync_tags",
+                 "sync_interval")
 
 
 def _check_setting_names(settings: dict[str, Any]) -> None:
@@ -294,3 +298,48 @@ class ControlPlane:
     def set_secret(self, secret_id: str, value: str) -> None:
         """Store a secret value in the keyring (never in the state database)."""
         self.secrets.set(secret_id, value)
+
+    # -- client tokens -------------------------------------------------------------------------
+
+    def list_tokens(self) -> list[ClientToken]:
+        return self.store.client_tokens()
+
+    def get_token(self, name: str) -> ClientToken:
+        token = self.store.client_token(name)
+        if token is None:
+            raise NotFoundError(f"token {name!r} does not exist (see `regcache token list`)", field="name")
+        return token
+
+    def create_token(self, name: str, repositories: Sequence[str],
+                     expiry: str | datetime | None = None) -> tuple[ClientToken, str]:
+        """A new client token and its generated password, which is returned here once and never stored.
+
+        ``repositories`` are patterns in the cache-rule target grammar (``ubuntu``, ``team/*``, ``*``);
+        ``expiry`` an ISO date/datetime (UTC), a duration from now (``30d``) or None (never expires).
+        """
+        check_name(name, "token")
+        patterns = parse_repositories(repositories)
+        now = utc_now()
+        expires_at = parse_expiry(expiry, now) if isinstance(expiry, str) else expiry
+        if expires_at is not None and expires_at.tzinfo is None:
+            expires_at = expires_at.replace(tzinfo=timezone.utc)
+        if expires_at is not None and expires_at <= now:
+            raise ValidationError("the expiry must be in the future", field="expiry")
+        if self.store.client_token(name) is not None:  # before the slow hash; checked again below
+            raise ConflictError(f"a token named {name!r} already exists; delete it first or choose another name",
+                                field="name")
+        password = generate_password()
+        token = ClientToken(name, patterns, hash_password(password), now, expires_at)
+        with self.store.transaction():
+            if self.store.client_token(name) is not None:
+                raise ConflictError(f"a token named {name!r} already exists; delete it first or choose another "
+                                    f"name", field="name")
+            self.store.insert_client_token(token)
+        return token, password
+
+    def delete_token(self, name: str) -> ClientToken:
+        """Delete a token; clients using it are refused from their next request."""
+        with self.store.transaction():
+            token = self.get_token(name)
+            self.store.delete_client_token(name)
+        return token

@@ -21,7 +21,7 @@ from .upstreams import normalize_base_url
 HEADER = "# regcache configuration: apply with `regcache rules apply -f FILE` (dry run), then `--yes`\n"
 
 RULE_KEYS = {"name", "sourceRepository", "targetRepository", "credentialSet", "freshness", "retention",
-             "serveStaleOnError", "serveStaleIfDeleted"}
+             "serveStaleOnError", "serveStaleIfDeleted", "syncTags", "syncInterval"}
 SET_KEYS = {"name", "loginServer", "usernameSecretId", "passwordSecretId"}
 UPSTREAM_KEYS = {"loginServer", "url", "authPolicy"}
 
@@ -54,6 +54,10 @@ def _rule_doc(rule: CacheRule) -> dict[str, Any]:
         doc["serveStaleOnError"] = False
     if rule.serve_stale_if_deleted:
         doc["serveStaleIfDeleted"] = True
+    if rule.sync_tags:
+        doc["syncTags"] = rule.sync_tags
+    if rule.sync_interval:
+        doc["syncInterval"] = format_duration(rule.sync_interval)
     return doc
 
 
@@ -131,6 +135,8 @@ def _rule_settings(entry: dict) -> dict[str, Any]:
         "retention": parse_duration(entry["retention"], "retention") if "retention" in entry else None,
         "serve_stale_on_error": entry.get("serveStaleOnError", True),
         "serve_stale_if_deleted": entry.get("serveStaleIfDeleted", False),
+        "sync_tags": entry.get("syncTags"),
+        "sync_interval": parse_duration(entry["syncInterval"], "syncInterval") if "syncInterval" in entry else None,
     }
 
 
@@ -140,12 +146,15 @@ def _differences(rule: CacheRule, entry: dict) -> list[str]:
     settings = _rule_settings(entry)
     wanted = {"credential set": entry.get("credentialSet"), "freshness": settings["freshness"] or None,
               "retention": settings["retention"], "serve stale on error": settings["serve_stale_on_error"],
-              "serve stale if deleted": settings["serve_stale_if_deleted"]}
+              "serve stale if deleted": settings["serve_stale_if_deleted"], "sync tags": settings["sync_tags"],
+              "sync interval": settings["sync_interval"]}
     current = {"credential set": rule.credential_set, "freshness": rule.freshness or None,
                "retention": rule.retention, "serve stale on error": rule.serve_stale_on_error,
-               "serve stale if deleted": rule.serve_stale_if_deleted}
+               "serve stale if deleted": rule.serve_stale_if_deleted, "sync tags": rule.sync_tags,
+               "sync interval": rule.sync_interval}
     def shown(key: str, value: Any) -> Any:
-        return format_duration(value) if key in ("freshness", "retention") and value is not None else value
+        durations = ("freshness", "retention", "sync interval")
+        return format_duration(value) if key in durations and value is not None else value
 
     return [f"{k} {shown(k, current[k])} -> {shown(k, wanted[k])}" for k in wanted if wanted[k] != current[k]]
 

@@ -136,3 +136,20 @@ def m004_tag_sync_and_rate_limits(db: Database) -> None:
          "updated_at": str},
         pk=("login_server", "identity"),
     )
+
+
+@migration
+def m005_client_tokens(db: Database) -> None:
+    """Repository-scoped client tokens (ACR tokens and scope maps): a salted password hash, never the password."""
+    db["client_tokens"].create(
+        {
+            "name": str,
+            "repositories": str,  # a JSON list of patterns in the target grammar: "ubuntu", "team/*", "*"
+            "password_hash": str,  # scrypt$N$R$P$SALT$HASH
+            "expires_at": str,
+            "created_at": str,
+            "last_used": str,
+        },
+        pk="name",
+        not_null={"repositories", "password_hash", "created_at"},
+    )

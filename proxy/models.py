@@ -117,6 +117,10 @@ class CacheRule:
     serve_stale_if_deleted: bool = False
     #: evict what this rule cached once it has not been pulled for this many seconds
     retention: float | None = None
+    #: fetch new or moved tags matching this filter in the background ("semver:>=1.2,<2" or a regex)
+    sync_tags: str | None = None
+    #: seconds between tag syncs
+    sync_interval: float | None = None
 
     @property
     def is_wildcard(self) -> bool:

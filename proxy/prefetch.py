@@ -78,34 +78,42 @@ async def warm(home: Path, image: str, platform: str | None = "linux/amd64", *,
     repository, reference = parse_image(image)
     async with pull_through(home, secrets) as cache:
         match = await cache.resolve(repository)
-        top = await cache.manifest(match, reference, [])
-        images = [top]
-        if top.media_type in INDEX_TYPES:
-            entries = json.loads(top.content).get("manifests", [])
-            # "linux/arm64" also names "linux/arm64/v8", as docker's --platform does
-            chosen = [e for e in entries if platform is None or _platform(e) == platform
-                      or _platform(e).startswith(platform + "/")]
-            if not chosen:
-                available = ", ".join(sorted({_platform(e) for e in entries}))
-                raise ValidationError(f"{image} has no {platform} image; it has: {available}", field="platform")
-            images = [await cache.manifest(match, e["digest"], [], count_pull=False) for e in chosen]
-        digests: dict[str, int] = {}
-        for manifest in images:
-            doc = json.loads(manifest.content)
-            for descriptor in [doc.get("config"), *doc.get("layers", [])]:
-                if descriptor:
-                    digests[descriptor["digest"]] = int(descriptor.get("size") or 0)
-        if on_total:
-            on_total(sum(digests.values()))
-        fetched = cached = 0
-        for digest in digests:
-            result, size = await _fetch_blob(cache, match, digest, on_progress)
-            if result == "miss":
-                fetched += size
-            else:
-                cached += size
+        return await warm_image(cache, match, reference, platform, on_total=on_total, on_progress=on_progress)
+
+
+async def warm_image(cache: PullThroughCache, match: RuleMatch, reference: str, platform: str | None = "linux/amd64",
+                     *, on_total: Callable[[int], None] | None = None,
+                     on_progress: Progress | None = None) -> WarmResult:
+    """Fetch the manifest(s) and blobs of ``match.repository:reference`` through ``cache``."""
+    top = await cache.manifest(match, reference, [])
+    images = [top]
+    if top.media_type in INDEX_TYPES:
+        entries = json.loads(top.content).get("manifests", [])
+        # "linux/arm64" also names "linux/arm64/v8", as docker's --platform does
+        chosen = [e for e in entries if platform is None or _platform(e) == platform
+                  or _platform(e).startswith(platform + "/")]
+        if not chosen:
+            available = ", ".join(sorted({_platform(e) for e in entries}))
+            raise ValidationError(f"{match.repository}:{reference} has no {platform} image; it has: {available}",
+                                  field="platform")
+        images = [await cache.manifest(match, e["digest"], [], count_pull=False) for e in chosen]
+    digests: dict[str, int] = {}
+    for manifest in images:
+        doc = json.loads(manifest.content)
+        for descriptor in [doc.get("config"), *doc.get("layers", [])]:
+            if descriptor:
+                digests[descriptor["digest"]] = int(descriptor.get("size") or 0)
+    if on_total:
+        on_total(sum(digests.values()))
+    fetched = cached = 0
+    for digest in digests:
+        result, size = await _fetch_blob(cache, match, digest, on_progress)
+        if result == "miss":
+            fetched += size
+        else:
+            cached += size
     manifests = 1 + (len(images) if top.media_type in INDEX_TYPES else 0)
-    return WarmResult(repository, reference, top.digest, manifests, len(digests), fetched, cached)
+    return WarmResult(match.repository, reference, top.digest, manifests, len(digests), fetched, cached)
 
 
 async def _fetch_blob(cache: PullThroughCache, match: RuleMatch, digest: str,

@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .blobs import BlobStorageError, BlobStore, BlobStream, StoredBlob
 from .cache import PullThroughCache
+from .client_auth import ClientAuth
 from .events import EventLog
 from .eviction import run_eviction
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -35,6 +36,8 @@ from .oci import API_VERSION_HEADER, OCI_INDEX, RegistryError, unsupported
 from .references import is_digest, is_repository_name, is_tag
 from .secrets import SecretResolver
 from .store import AsyncStateStore, StateStore
+from .tagsync import run_tag_sync
+from .tokens import ClientToken
 from .upstream import UpstreamClient
 
 log = logging.getLogger("regcache.registry")
@@ -115,6 +118,11 @@ def _accept_list(request: Request) -> list[str]:
     return types[:100]
 
 
+def _read_only_error() -> RegistryError:
+    return RegistryError(405, "UNSUPPORTED", "regcache is a pull-through cache: only GET and HEAD are supported",
+                         headers={"Allow": "GET, HEAD"})
+
+
 def _error_response(exc: RegistryError, method: str) -> Response:
     body = exc.body()
     headers = {**API_VERSION_HEADER, **exc.headers}
@@ -127,12 +135,17 @@ def _error_response(exc: RegistryError, method: str) -> Response:
 class Registry:
     """Request handlers over a PullThroughCache; records a pull event for every manifest and blob request."""
 
-    def __init__(self, cache: PullThroughCache, events: EventLog) -> None:
+    def __init__(self, cache: PullThroughCache, events: EventLog, auth: ClientAuth | None = None) -> None:
         self.cache = cache
         self.events = events
+        self.auth = auth
 
     async def __call__(self, request: Request) -> Response:
-        path = request.path_params.get("path", "")
+        # client tokens: authenticate first (401 + Basic challenge), authorize once the name is known
+        token = await self.auth.authenticate(request) if self.auth is not None else None
+        # The path as sent after /v2/, not the route's parameter: its '$' matches before a final line break, which
+        # would drop a trailing '%0a' and serve 'NAME/manifests/TAG%0a' as TAG.
+        path = request.scope["path"][len("/v2/"):]
         method = request.method
         if path in ("", "/"):
             if method not in READ_METHODS:
@@ -140,7 +153,7 @@ class Registry:
             return JSONResponse({}, headers=API_VERSION_HEADER)
         if path == "_catalog":
             self._read_only(method)
-            return await self.catalog(request)
+            return await self.catalog(request, token)
         m = _ENDPOINT.fullmatch(path)
         if m is None:
             raise RegistryError(404, "NOT_FOUND", f"no registry API endpoint at /v2/{path[:200]}")
@@ -150,6 +163,8 @@ class Registry:
         name = m.group("name")
         if not is_repository_name(name):
             raise RegistryError(400, "NAME_INVALID", "invalid repository name", {"name": name[:300]})
+        if token is not None:
+            await self._authorize(request, token, name)
         if m.group("manifests"):
             return await self.manifest(request, name, m.group("ref"))
         if m.group("blobs"):
@@ -161,8 +176,18 @@ class Registry:
     @staticmethod
     def _read_only(method: str) -> None:
         if method not in READ_METHODS:
-            raise RegistryError(405, "UNSUPPORTED", "regcache is a pull-through cache: only GET and HEAD are "
-                                                    "supported", headers={"Allow": "GET, HEAD"})
+            raise _read_only_error()
+
+    async def _authorize(self, request: Request, token: ClientToken, name: str) -> None:
+        """403 DENIED unless ``token`` covers the repository; in mirror mode (``?ns=``) the target name it maps to."""
+        assert self.auth is not None
+        repository = name
+        if request.query_params.get("ns"):
+            try:
+                repository = (await self.cache.resolve(name, request.query_params.get("ns"))).repository
+            except RegistryError:
+                pass  # no rule: the handler answers NAME_UNKNOWN, if the token covers the name as sent
+        self.auth.authorize(token, repository)
 
     def _event(self, request: Request, kind: str, repository: str, reference: str, result: str, status: int,
                started: float, match: RuleMatch | None = None, size: int = 0, detail: str | None = None) -> None:
@@ -280,11 +305,16 @@ class Registry:
             headers["X-Regcache-Stale"] = "1"
         return JSONResponse({"name": name, "tags": tags}, headers=headers)
 
-    async def catalog(self, request: Request) -> Response:
+    async def catalog(self, request: Request, token: ClientToken | None = None) -> Response:
+        """Cached repositories; with a client token, only those it may pull."""
         n = _page_size(request)
         n = MAX_PAGE if n is None else n
         last = request.query_params.get("last")
-        names = await self.cache.state.run(lambda s: s.repository_names(last, n + 1))
+        if token is None or token.scope.allows_all:
+            names = await self.cache.state.run(lambda s: s.repository_names(last, n + 1))
+        else:
+            names = [r for r in await self.cache.state.run(lambda s: s.repository_names(last))
+                     if token.allows(r)][:n + 1]
         headers = dict(API_VERSION_HEADER)
         if len(names) > n:
             names = names[:n]
@@ -365,10 +395,12 @@ def create_metrics_app(registry_app: Starlette) -> Starlette:
 
 def create_app(home: Path, *, secrets: SecretResolver | None = None,
                transport: httpx.AsyncBaseTransport | None = None, freshness: float = 0.0,
-               serve_metrics: bool = True) -> Starlette:
+               serve_metrics: bool = True, require_auth: bool = False) -> Starlette:
     """The registry ASGI app for the state directory ``home``; its lifespan owns every background task.
 
     ``/metrics`` is served beside ``/v2/`` unless ``serve_metrics`` is False (metrics on their own address).
+    Once a client token exists every ``/v2/`` request needs one; ``require_auth`` refuses anonymous
+    requests even while none exists (a server exposed beyond loopback).
     """
     metrics = ProxyMetrics()
 
@@ -390,7 +422,8 @@ def create_app(home: Path, *, secrets: SecretResolver | None = None,
                             log.info("removed %d stale temporary file(s)", removed)
                         cache = PullThroughCache(state, upstream, blobs, secrets, freshness, metrics)
                         downloads.start_soon(run_eviction, state, name="eviction")
-                        app.state.registry = Registry(cache, events)
+                        downloads.start_soon(run_tag_sync, cache, name="tag sync")
+                        app.state.registry = Registry(cache, events, ClientAuth(state, require=require_auth))
                         app.state.ready = True
                         try:
                             yield
@@ -415,11 +448,14 @@ def create_app(home: Path, *, secrets: SecretResolver | None = None,
         return _error_response(RegistryError(500, "UNKNOWN", "internal error; see the regcache log"), request.method)
 
     async def framework_error(request: Request, exc: Exception) -> Response:
-        """Starlette's own refusals (no route for the path: outside /v2/, or a name with a line break)."""
+        """Starlette's own refusals: no route for the path (outside /v2/, or a name with a line break), or a
+        method no route takes (TRACE, PROPFIND, lower-case names)."""
         assert isinstance(exc, HTTPException)
         if exc.status_code == 404:
             error = RegistryError(404, "NOT_FOUND", f"no registry API endpoint at {request.url.path[:200]!r}; "
                                                     f"the OCI distribution API is under /v2/")
+        elif exc.status_code == 405:
+            error = _read_only_error()
         else:
             error = RegistryError(exc.status_code, "UNSUPPORTED" if exc.status_code < 500 else "UNKNOWN", exc.detail,
                                   headers=dict(exc.headers or {}))
@@ -428,8 +464,8 @@ def create_app(home: Path, *, secrets: SecretResolver | None = None,
     async def metrics_endpoint(request: Request) -> Response:
         return await _metrics(request.app)
 
-    # Every method reaches the handler, which answers what it does not serve with OCI errors.
-    routes = [Route("/v2/{path:path}", handle, methods=None), Route("/v2", handle, methods=None)]
+    methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    routes = [Route("/v2/{path:path}", handle, methods=methods), Route("/v2", handle, methods=methods)]
     if serve_metrics:
         routes.append(Route("/metrics", metrics_endpoint))
     app = Starlette(

@@ -242,3 +242,9 @@ def check_settings(rule: CacheRule) -> None:
     if rule.retention is not None and rule.retention <= 0:
         raise ValidationError("retention must be longer than 0 (or unset to keep what the rule cached)",
                               field="retention")
+    if rule.sync_tags is not None:
+        from .tagsync import TagFilter
+
+        TagFilter.parse(rule.sync_tags)
+    if rule.sync_interval is not None and rule.sync_interval < 60:
+        raise ValidationError("the tag-sync interval must be at least 1m", field="sync_interval")

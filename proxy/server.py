@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import logging
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -87,7 +89,9 @@ class _Server(uvicorn.Server):
 
 def bind(address: ListenAddress) -> socket.socket:
     family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: accepted sockets inherit it, and asyncio disables Nagle (TCP_NODELAY) only on sockets
+    # that say they are TCP; with Nagle, a response's body waits ~40 ms for the ACK of its headers
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((address.host, address.port))
@@ -102,20 +106,64 @@ def bind(address: ListenAddress) -> socket.socket:
     return sock
 
 
+# -- exposure: anonymous pulls only on loopback unless asked for ------------------------------------
+
+#: set to 1 for the same effect as --allow-anonymous (what `regcache tui --allow-anonymous` passes on)
+ALLOW_ANONYMOUS_ENV = "REGCACHE_ALLOW_ANONYMOUS"
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 (also IPv4-mapped) and ``localhost``; any other name or address is not."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def allow_anonymous_from_env() -> bool:
+    return os.environ.get(ALLOW_ANONYMOUS_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def check_exposure(home: Path, address: ListenAddress, allow_anonymous: bool) -> None:
+    """Refuse a non-loopback address while no client token exists, unless anonymous pulls are allowed."""
+    if allow_anonymous or is_loopback(address.host):
+        return
+    from .store import StateStore
+
+    store = StateStore(home)
+    try:
+        if store.has_client_tokens():
+            return
+    finally:
+        store.close()
+    raise ListenError(f"refusing to listen on {address} without client authentication: anyone who can reach it "
+                      f"could pull through this cache; create a token with `regcache token create -n NAME "
+                      f"--repository PATTERN` or pass --allow-anonymous")
+
+
 class ProxyServer:
     """The registry app under uvicorn, on one address, for one state directory."""
 
     def __init__(self, home: Path, listen: str | ListenAddress = DEFAULT_LISTEN, *,
                  tls_cert: str | None = None, tls_key: str | None = None,
                  secrets: SecretResolver | None = None, freshness: float = 0.0, transport=None,
-                 metrics_listen: str | None = None) -> None:
+                 metrics_listen: str | None = None, allow_anonymous: bool | None = None) -> None:
         self.home = home
         self.address = listen if isinstance(listen, ListenAddress) else ListenAddress.parse(listen)
         self.metrics_address = ListenAddress.parse(metrics_listen) if metrics_listen else None
         if bool(tls_cert) != bool(tls_key):
             raise ListenError("TLS needs both --tls-cert and --tls-key")
+        #: anonymous pulls beyond loopback (None: $REGCACHE_ALLOW_ANONYMOUS); see check_exposure
+        self.allow_anonymous = allow_anonymous_from_env() if allow_anonymous is None else allow_anonymous
+        # exposed beyond loopback: stay closed even if every token is deleted while serving
+        require_auth = not (self.allow_anonymous or is_loopback(self.address.host))
         self.app = create_app(home, secrets=secrets, transport=transport, freshness=freshness,
-                              serve_metrics=metrics_listen is None)
+                              serve_metrics=metrics_listen is None, require_auth=require_auth)
         self._tls = (tls_cert, tls_key)
         self._server: _Server | None = None
         self._metrics_server: _Server | None = None
@@ -127,6 +175,7 @@ class ProxyServer:
 
     async def serve(self, *, task_status: TaskStatus[ListenAddress] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve until ``stop()``; reports the bound address (its real port if 0 was asked) when ready."""
+        await anyio.to_thread.run_sync(check_exposure, self.home, self.address, self.allow_anonymous)
         sock = bind(self.address)
         self.address = ListenAddress(self.address.host, sock.getsockname()[1])
         config = uvicorn.Config(self.app, lifespan="on", log_config=None, access_log=False,

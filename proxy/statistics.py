@@ -101,3 +101,7 @@ class CacheStatistics:
 
     def recent_errors(self, limit: int = 5) -> list[RecordedEvent]:
         return [_event(row) for row in self.store.recent_errors(limit)]
+
+    def tag_syncs(self, rule: str) -> list[dict]:
+        """The last tag-sync result of each repository of ``rule``."""
+        return self.store.tag_syncs(rule)

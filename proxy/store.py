@@ -8,6 +8,7 @@ one ``BEGIN IMMEDIATE`` transaction so two writers cannot both pass a validation
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from .models import (
     Upstream,
     utc_now,
 )
+from .tokens import ClientToken
 
 BUSY_TIMEOUT_MS = 30_000
 
@@ -54,12 +56,13 @@ def _rule(row: dict) -> CacheRule:
     return CacheRule(row["name"], row["source_repository"], row["target_repository"],
                      row["credential_set"], _dt(row["created_at"]), row["freshness_seconds"],
                      bool(row["serve_stale_on_error"]), bool(row["serve_stale_if_deleted"]),
-                     row["retention_seconds"])
+                     row["retention_seconds"], row["sync_tags"], row["sync_interval_seconds"])
 
 
 def _rule_settings(rule: CacheRule) -> dict:
     return {"freshness_seconds": rule.freshness, "serve_stale_on_error": int(rule.serve_stale_on_error),
-            "serve_stale_if_deleted": int(rule.serve_stale_if_deleted), "retention_seconds": rule.retention}
+            "serve_stale_if_deleted": int(rule.serve_stale_if_deleted), "retention_seconds": rule.retention,
+            "sync_tags": rule.sync_tags, "sync_interval_seconds": rule.sync_interval}
 
 
 def _credential_set(row: dict) -> CredentialSet:
@@ -400,6 +403,28 @@ class StateStore:
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row)) for row in cur]
 
+    # -- tag sync ----------------------------------------------------------------------------------------
+
+    def repositories_of_rule(self, rule: str) -> list[str]:
+        return [r[0] for r in self.db.conn.execute("SELECT name FROM repositories WHERE rule = ? ORDER BY name",
+                                                   [rule])]
+
+    def record_tag_sync(self, rule: str, repository: str, result: str, fetched: int, detail: str) -> None:
+        self.db.conn.execute(
+            "INSERT INTO tag_syncs (rule, repository, synced_at, result, fetched, detail) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (rule, repository) DO UPDATE SET synced_at = excluded.synced_at, "
+            "result = excluded.result, fetched = excluded.fetched, detail = excluded.detail",
+            [rule, repository, _ts(utc_now()), result, fetched, detail])
+
+    def tag_syncs(self, rule: str | None = None) -> list[dict]:
+        sql = "SELECT * FROM tag_syncs" + (" WHERE rule = ?" if rule else "") + " ORDER BY rule, repository"
+        cur = self.db.conn.execute(sql, [rule] if rule else [])
+        names = [d[0] for d in cur.description]
+        rows = [dict(zip(names, row)) for row in cur]
+        for row in rows:
+            row["synced_at"] = _dt(row["synced_at"])
+        return rows
+
     # -- rate limits ---------------------------------------------------------------------------------
 
     def record_rate_limit(self, login_server: str, identity: str, limit: str | None, remaining: str | None,
@@ -415,6 +440,41 @@ class StateStore:
         cur = self.db.conn.execute("SELECT * FROM rate_limits ORDER BY login_server, identity")
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row)) for row in cur]
+
+    # -- client tokens -------------------------------------------------------------------------------
+
+    _TOKEN_COLUMNS = "name, repositories, password_hash, created_at, expires_at, last_used"
+
+    @staticmethod
+    def _client_token(row: tuple) -> ClientToken:
+        name, repositories, password_hash, created_at, expires_at, last_used = row
+        return ClientToken(name, tuple(json.loads(repositories)), password_hash, _dt(created_at), _dt(expires_at),
+                           _dt(last_used))
+
+    def client_tokens(self) -> list[ClientToken]:
+        return [self._client_token(r) for r in self.db.conn.execute(
+            f"SELECT {self._TOKEN_COLUMNS} FROM client_tokens ORDER BY created_at, rowid")]
+
+    def client_token(self, name: str) -> ClientToken | None:
+        row = self.db.conn.execute(f"SELECT {self._TOKEN_COLUMNS} FROM client_tokens WHERE name = ?",
+                                   [name]).fetchone()
+        return self._client_token(row) if row else None
+
+    def has_client_tokens(self) -> bool:
+        return self.db.conn.execute("SELECT 1 FROM client_tokens LIMIT 1").fetchone() is not None
+
+    def insert_client_token(self, token: ClientToken) -> None:
+        self.db.conn.execute(
+            f"INSERT INTO client_tokens ({self._TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+            [token.name, json.dumps(list(token.repositories)), token.password_hash, _ts(token.created_at),
+             _ts(token.expires_at), _ts(token.last_used)])
+
+    def delete_client_token(self, name: str) -> None:
+        self.db.conn.execute("DELETE FROM client_tokens WHERE name = ?", [name])
+
+    def touch_client_token(self, name: str, when: datetime) -> None:
+        """Record when a token was last used (the proxy calls this lazily, not on every request)."""
+        self.db.conn.execute("UPDATE client_tokens SET last_used = ? WHERE name = ?", [_ts(when), name])
 
 
 class AsyncStateStore:

@@ -123,6 +123,7 @@ class RegcacheApp(App[None]):
             ("Delete cache rule", "Delete the selected cache rule (asks first)", "rules", "delete_rule"),
             ("Cache rule details", "Cached repositories, tags, sizes and hits of the selected rule", "rules",
              "details"),
+            ("Sync tags now", "Fetch new or moved tags matching the selected rule's filter", "rules", "sync_tags"),
             ("Create credentials", "A credential set with values in the keyring or secret URIs", "credentials",
              "new_credentials"),
             ("Re-check credentials", "Check that the selected credential set's secrets can be read",
@@ -170,6 +171,7 @@ def run_app(home: str | Path | None = None, listen: str = "127.0.0.1:5000") -> N
     # Nothing may print into the TUI's terminal: the proxy's log goes to the state directory.
     logging.basicConfig(filename=state_dir / "regcache.log", level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # every upstream request is in the event log
     try:
         proxy = EmbeddedProxy(ProxyServer(state_dir, listen))
         RegcacheApp(backend, proxy).run()

@@ -22,11 +22,13 @@ from .output import (
     CREDENTIAL_SET_COLUMNS,
     FORMATS,
     RULE_COLUMNS,
+    TOKEN_COLUMNS,
     UPSTREAM_COLUMNS,
     Column,
     credential_set_resource,
     render,
     rule_resource,
+    token_resource,
     upstream_resource,
 )
 
@@ -107,15 +109,31 @@ def main(ctx: click.Context, home: str | None) -> None:
         ctx.invoke(tui_command)
 
 
+allow_anonymous_option = click.option(
+    "--allow-anonymous", is_flag=True, envvar="REGCACHE_ALLOW_ANONYMOUS",
+    help="Allow pulls without a client token on a non-loopback address (otherwise such an address needs "
+         "a token: `regcache token create`).")
+
+
 @main.command("tui")
 @click.option("--listen", default="127.0.0.1:5000", show_default=True, help="Proxy address, HOST:PORT.")
+@allow_anonymous_option
 @click.pass_context
-def tui_command(ctx: click.Context, listen: str = "127.0.0.1:5000") -> None:
+def tui_command(ctx: click.Context, listen: str = "127.0.0.1:5000", allow_anonymous: bool = False) -> None:
     """Open the TUI with the embedded proxy."""
+    import os
+
+    from proxy.server import ALLOW_ANONYMOUS_ENV, ListenAddress, check_exposure
+    from proxy.store import resolve_home
+
     from .app import run_app  # Textual loads only here: the other commands stay fast
 
+    home = ctx.find_root().obj.get("home")
     try:
-        run_app(home=ctx.find_root().obj.get("home"), listen=listen)
+        check_exposure(resolve_home(home), ListenAddress.parse(listen), allow_anonymous)  # before the screen opens
+        if allow_anonymous:
+            os.environ[ALLOW_ANONYMOUS_ENV] = "1"  # what the embedded ProxyServer reads
+        run_app(home=home, listen=listen)
     except RegcacheError as exc:
         raise Failure(str(exc)) from None
 
@@ -128,9 +146,10 @@ def tui_command(ctx: click.Context, listen: str = "127.0.0.1:5000") -> None:
               help="Serve Prometheus /metrics on this address instead of beside the registry API.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
+@allow_anonymous_option
 @click.pass_context
 def serve(ctx: click.Context, listen: str, tls_cert: str | None, tls_key: str | None, metrics_listen: str | None,
-          log_level: str) -> None:
+          log_level: str, allow_anonymous: bool = False) -> None:
     """Run the registry proxy in the foreground (stops cleanly on SIGTERM or Ctrl-C)."""
     import logging
     import signal
@@ -141,10 +160,13 @@ def serve(ctx: click.Context, listen: str, tls_cert: str | None, tls_key: str | 
     from proxy.store import resolve_home
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if log_level != "debug":  # httpx logs every upstream request at INFO: the event log has them
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     home = resolve_home(ctx.find_root().obj.get("home"))
 
     async def run() -> None:
-        server = ProxyServer(home, listen, tls_cert=tls_cert, tls_key=tls_key, metrics_listen=metrics_listen)
+        server = ProxyServer(home, listen, tls_cert=tls_cert, tls_key=tls_key, metrics_listen=metrics_listen,
+                             allow_anonymous=allow_anonymous)
         async with anyio.create_task_group() as tg:
             await tg.start(server.serve)  # a taken port raises here
             click.echo(f"regcache: serving {server.url} (state: {home})", err=True)
@@ -167,11 +189,16 @@ def serve(ctx: click.Context, listen: str, tls_cert: str | None, tls_key: str | 
 
 
 def _rule_settings(freshness: str | None, retention: str | None, serve_stale: bool | None,
-                   serve_stale_if_deleted: bool | None) -> dict[str, Any]:
-    """The settings given on the command line, parsed ("none" clears the retention)."""
+                   serve_stale_if_deleted: bool | None, sync_tags: str | None = None,
+                   sync_interval: str | None = None) -> dict[str, Any]:
+    """The settings given on the command line, parsed ("none" clears retention and tag sync)."""
     from proxy.units import parse_duration
 
     settings: dict[str, Any] = {}
+    if sync_tags is not None:
+        settings["sync_tags"] = None if sync_tags.lower() in ("none", "off") else sync_tags
+    if sync_interval is not None:
+        settings["sync_interval"] = parse_duration(sync_interval, "sync_interval")
     if freshness is not None:
         settings["freshness"] = parse_duration(freshness, field="freshness")
     if retention is not None:
@@ -196,6 +223,10 @@ def rule_setting_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Serve cached tags while the upstream fails or rate-limits (default on)."),
         click.option("--serve-stale-if-deleted/--no-serve-stale-if-deleted", default=None,
                      help="Serve cached tags the upstream deleted (default off)."),
+        click.option("--sync-tags", metavar="FILTER",
+                     help="Fetch new or moved tags in the background: 'semver:>=1.2,<2' or a regex such as "
+                          "'^3\\.' (none: off)."),
+        click.option("--sync-interval", metavar="DURATION", help="How often tags are synced (default 1h)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -221,9 +252,10 @@ def cache() -> None:
 @engine_command
 def cache_create(control: ControlPlane, name: str, source: str, target: str, cred_set: str | None,
                  freshness: str | None, retention: str | None, serve_stale: bool | None,
-                 serve_stale_if_deleted: bool | None, fmt: str) -> None:
+                 serve_stale_if_deleted: bool | None, sync_tags: str | None, sync_interval: str | None,
+                 fmt: str) -> None:
     """Create a cache rule."""
-    settings = _rule_settings(freshness, retention, serve_stale, serve_stale_if_deleted)
+    settings = _rule_settings(freshness, retention, serve_stale, serve_stale_if_deleted, sync_tags, sync_interval)
     _emit(rule_resource(control.create_rule(name, source, target, cred_set, **settings)), RULE_COLUMNS, fmt)
 
 
@@ -236,9 +268,10 @@ def cache_create(control: ControlPlane, name: str, source: str, target: str, cre
 @engine_command
 def cache_update(control: ControlPlane, name: str, cred_set: str | None, remove_cred_set: bool,
                  freshness: str | None, retention: str | None, serve_stale: bool | None,
-                 serve_stale_if_deleted: bool | None, fmt: str) -> None:
+                 serve_stale_if_deleted: bool | None, sync_tags: str | None, sync_interval: str | None,
+                 fmt: str) -> None:
     """Change the credential set of a cache rule (-c NAME or --remove-cred-set) and/or its settings."""
-    settings = _rule_settings(freshness, retention, serve_stale, serve_stale_if_deleted)
+    settings = _rule_settings(freshness, retention, serve_stale, serve_stale_if_deleted, sync_tags, sync_interval)
     _emit(rule_resource(control.update_rule(name, cred_set, remove_cred_set, **settings)), RULE_COLUMNS, fmt)
 
 
@@ -269,6 +302,36 @@ def cache_delete(control: ControlPlane, name: str, yes: bool) -> None:
     _confirm(f"delete cache rule {name!r}", yes)
     control.delete_rule(name)
     click.echo(f"deleted cache rule {name}", err=True)
+
+
+@cache.command("sync")
+@name_option
+@output_option
+@engine_command
+def cache_sync(control: ControlPlane, name: str, fmt: str) -> None:
+    """Sync the rule's tags now (fetch new or moved tags that match its --sync-tags filter)."""
+    import dataclasses
+
+    import anyio
+
+    from proxy.prefetch import pull_through
+    from proxy.tagsync import sync_rule
+
+    rule = control.get_rule(name)
+
+    async def run() -> list:
+        async with pull_through(control.store.home, control.secrets) as cache:
+            return await sync_rule(cache, rule)
+
+    outcomes = anyio.run(run)
+    _emit([dataclasses.asdict(o) for o in outcomes],
+          (("REPOSITORY", "repository"), ("RESULT", "result"), ("FETCHED", "fetched"), ("DETAIL", "detail")), fmt)
+    failed = [o for o in outcomes if o.result != "ok"]
+    if not outcomes:
+        click.echo(f"rule {name} has no repositories to sync yet (a wildcard rule syncs what it has cached)",
+                   err=True)
+    if failed:
+        raise Failure(f"tag sync failed for {', '.join(o.repository for o in failed)}: {failed[0].detail}")
 
 
 @cache.command("test")
@@ -608,6 +671,67 @@ def upstream_remove(control: ControlPlane, login_server: str) -> None:
     removed = control.remove_upstream(login_server)
     what = "URL override of" if removed.builtin else "upstream"
     click.echo(f"removed {what} {removed.login_server}", err=True)
+
+
+# -- client tokens -------------------------------------------------------------------------------
+
+@main.group(context_settings=CONTEXT_SETTINGS)
+def token() -> None:
+    """Manage client tokens: repository-scoped logins for pulling through regcache (az acr token).
+
+    Once a token exists, every client must log in with one (HTTP Basic: NAME and PASSWORD).
+    """
+
+
+@token.command("create")
+@name_option
+@click.option("--repository", "repositories", multiple=True, required=True, metavar="PATTERN",
+              help="A repository the token may pull: ubuntu, team/* (everything under team/) or *. Repeatable.")
+@click.option("--expiry", metavar="DATE|DURATION",
+              help="When the token stops working: an ISO date or datetime in UTC (2026-12-31, 2026-12-31T18:00Z) "
+                   "or a duration from now (30d). Default: never.")
+@output_option
+@engine_command
+def token_create(control: ControlPlane, name: str, repositories: tuple[str, ...], expiry: str | None,
+                 fmt: str) -> None:
+    """Create a client token and print its generated password, once (only a salted hash is stored)."""
+    created, password = control.create_token(name, repositories, expiry)
+    record = token_resource(created)
+    if fmt == "json":  # as `az acr token create` shows it
+        record["credentials"] = {"username": created.name, "passwords": [
+            {"name": "password1", "value": password, "creationTime": record["creationDate"],
+             "expiry": record["expiry"]}]}
+        _emit(record, TOKEN_COLUMNS, fmt)
+    else:
+        record["password"] = password
+        _emit(record, (("NAME", "name"), ("REPOSITORIES", "repositories"), ("EXPIRY", "expiry"),
+                       ("PASSWORD", "password")), fmt)
+    click.echo(f"Save the password now: it will not be shown again (regcache keeps only a salted hash). Clients "
+               f"log in as {created.name}, e.g. `skopeo copy --src-creds {created.name}:PASSWORD ...` or "
+               f"`docker login HOST:PORT -u {created.name}`.", err=True)
+
+
+@token.command("list")
+@output_option
+@engine_command
+def token_list(control: ControlPlane, fmt: str) -> None:
+    """List client tokens: repositories, expiry, creation and last use (never a password)."""
+    _emit([token_resource(t) for t in control.list_tokens()], TOKEN_COLUMNS, fmt)
+
+
+@token.command("delete")
+@name_option
+@click.option("-y", "--yes", is_flag=True, help="Do not prompt for confirmation.")
+@engine_command
+def token_delete(control: ControlPlane, name: str, yes: bool) -> None:
+    """Delete a client token; clients using it are refused from their next request."""
+    control.get_token(name)
+    _confirm(f"delete token {name!r}", yes)
+    control.delete_token(name)
+    click.echo(f"deleted token {name}", err=True)
+    if not control.list_tokens():
+        click.echo("no client tokens remain: a proxy on a loopback address (or started with --allow-anonymous) "
+                   "serves anonymous pulls again", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from proxy.models import CacheRule, CredentialSet, Upstream
+from proxy.tokens import ClientToken
 from proxy.units import format_duration
 
 FORMATS = ("table", "json", "tsv")
@@ -35,6 +36,9 @@ def rule_resource(rule: CacheRule) -> dict[str, Any]:
         "retention": format_duration(rule.retention),
         "serveStaleOnError": rule.serve_stale_on_error,
         "serveStaleIfDeleted": rule.serve_stale_if_deleted,
+        "syncTags": rule.sync_tags,
+        "syncInterval": format_duration(rule.sync_interval) if rule.sync_interval else
+        ("1h" if rule.sync_tags else None),
     }
 
 
@@ -112,6 +116,8 @@ def _cell(record: Mapping[str, Any], key: str) -> str:
         value = None
     if key == "credentialSetResourceId" and value:
         value = value.rpartition("/")[2]
+    if isinstance(value, list):  # e.g. a token's repositories
+        value = ",".join(str(v) for v in value)
     return "" if value is None else str(value)
 
 
@@ -129,3 +135,26 @@ def render(data: Mapping[str, Any] | Sequence[Mapping[str, Any]], columns: Seque
              "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     return "\n".join(lines)
+
+
+# -- client tokens ---------------------------------------------------------------------------------
+
+def token_resource(token: ClientToken) -> dict[str, Any]:
+    """A client token in the spirit of ``az acr token show``: its scope and dates, never a secret."""
+    return {
+        "name": token.name,
+        "id": f"tokens/{token.name}",
+        "type": "regcache/tokens",
+        "repositories": list(token.repositories),
+        "status": token.status,
+        "expiry": _iso(token.expires_at),
+        "creationDate": _iso(token.created_at),
+        "lastUsed": _iso(token.last_used),
+        "provisioningState": "Succeeded",
+    }
+
+
+TOKEN_COLUMNS: Sequence[Column] = (
+    ("NAME", "name"), ("REPOSITORIES", "repositories"), ("STATUS", "status"), ("EXPIRY", "expiry"),
+    ("CREATED", "creationDate"), ("LAST USED", "lastUsed"),
+)

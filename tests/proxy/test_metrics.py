@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import httpx
 
@@ -45,8 +46,12 @@ def test_metrics_follow_pulls(regcache, anonymous_registry, push_image, skopeo, 
 def test_metrics_on_their_own_address(home, keyring_env):
     process = ServeProcess(home, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", env=keyring_env)
     try:
-        line = process.proc.stdout.readline()
-        metrics_url = re.search(r"metrics on (\S+)", line).group(1)
+        for _ in range(100):
+            found = [m.group(1) for line in process.lines if (m := re.search(r"metrics on (\S+)", line))]
+            if found:
+                break
+            time.sleep(0.05)
+        metrics_url = found[0]
         assert "# HELP regcache_requests_total" in httpx.get(metrics_url).text
         assert httpx.get(f"{process.url}/metrics").status_code == 404  # not beside the registry API
     finally:

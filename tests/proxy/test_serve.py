@@ -7,6 +7,7 @@ import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,14 @@ class ServeProcess:
                                      env={**os.environ, **(env or {})})
         self.lines: list[str] = []
         self.url = self._wait_ready()
+        # Keep reading: a full pipe would block the server on its next log line.
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
 
     def _wait_ready(self, timeout: float = 20) -> str:
         deadline = time.monotonic() + timeout
@@ -46,8 +55,9 @@ class ServeProcess:
 
     def terminate(self, timeout: float = 20) -> tuple[int, str]:
         self.proc.send_signal(signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=timeout)
-        return self.proc.returncode, "".join(self.lines) + out
+        self.proc.wait(timeout=timeout)
+        self._reader.join(timeout)
+        return self.proc.returncode, "".join(self.lines)
 
 
 @pytest.fixture

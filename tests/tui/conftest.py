@@ -47,7 +47,8 @@ def populate(backend: Backend) -> None:
                 ("all-mcr", "mcr.microsoft.com/*", "*", None),
                 ("team-ghcr", "ghcr.io/acme/*", "team/*", "ghcr-creds"),
         )):
-            store.insert_cache_rule(CacheRule(name, source, target, cred, T0.replace(minute=i)))
+            store.insert_cache_rule(CacheRule(name, source, target, cred, T0.replace(minute=i),
+                                              sync_tags="semver:>=22.04" if name == "ubuntu" else None))
     store.record_rate_limit("docker.io", "hub-creds", "200;w=21600", "143;w=21600", 2)
     store.record_repository("ubuntu", "ubuntu", "docker.io/library/ubuntu", T0)
     store.record_repository("team/api", "team-ghcr", "ghcr.io/acme/api", T0)

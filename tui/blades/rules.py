@@ -115,6 +115,11 @@ class RulesBlade(Blade):
                                 "What it cached stays until it is evicted.",
                                 lambda b: b.control.delete_rule(rule.name), f"Deleted cache rule {rule.name}")
 
+    def action_sync_tags(self) -> None:
+        rule = self._selected_rule()
+        if rule is not None:
+            self.run_change(lambda b: _sync_now(b, rule), _sync_message)
+
     def action_details(self) -> None:
         rule = self._selected_rule()
         if rule is not None:
@@ -123,3 +128,26 @@ class RulesBlade(Blade):
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()
         self.action_details()
+
+
+def _sync_now(backend, rule: CacheRule) -> list:
+    """Run a tag sync of ``rule`` on this worker thread (its own event loop)."""
+    import anyio
+
+    from proxy.prefetch import pull_through
+    from proxy.tagsync import sync_rule
+
+    async def run() -> list:
+        async with pull_through(backend.home, backend.control.secrets) as cache:
+            return await sync_rule(cache, rule)
+
+    return anyio.run(run)
+
+
+def _sync_message(outcomes: list) -> str:
+    if not outcomes:
+        return "Nothing to sync yet: a wildcard rule syncs the repositories it has cached"
+    fetched = sum(o.fetched for o in outcomes)
+    failed = [o for o in outcomes if o.result != "ok"]
+    return (f"Tag sync: {fetched} new or moved tag(s) fetched" +
+            (f"; failed for {', '.join(o.repository for o in failed)}: {failed[0].detail}" if failed else ""))

@@ -37,6 +37,7 @@ class RuleDetailsScreen(ModalScreen[None]):
                 f"deleted tags: {'served' if rule.serve_stale_if_deleted else 'not served'} · "
                 f"retention: {format_duration(rule.retention) or 'keep'}",
                 classes="detail")
+            yield Static("", id="sync")
             yield Static("", id="summary")
             table: DataTable = DataTable(id="repositories", cursor_type="row", zebra_stripes=True)
             table.add_columns("Repository", "Tags", "Size", "Last pull", "Hits", "Misses")
@@ -48,10 +49,18 @@ class RuleDetailsScreen(ModalScreen[None]):
 
     @work(thread=True, exclusive=True, group="details")
     def load(self) -> None:
-        repos = self.app.backend.call(lambda b: b.stats.repositories(self.rule.name))  # type: ignore[attr-defined]
-        self.app.call_from_thread(self._show, repos)
+        repos, syncs = self.app.backend.call(  # type: ignore[attr-defined]
+            lambda b: (b.stats.repositories(self.rule.name), b.stats.tag_syncs(self.rule.name)))
+        self.app.call_from_thread(self._show, repos, syncs)
 
-    def _show(self, repos: list[CachedRepository]) -> None:
+    def _show(self, repos: list[CachedRepository], syncs: list[dict] | None = None) -> None:
+        rule = self.rule
+        if rule.sync_tags:
+            last = max(syncs or [], key=lambda r: r["synced_at"], default=None)
+            status = (f"last {fmt.when(last['synced_at'])} {last['result']}: {last['detail']}" if last
+                      else "not synced yet")
+            self.query_one("#sync", Static).update(
+                f"Tag sync {rule.sync_tags} every {format_duration(rule.sync_interval or 3600)} · {status}")
         table = self.query_one(DataTable)
         table.clear()
         hits = sum(r.hits for r in repos)
