@@ -241,12 +241,11 @@ class PullThroughCache:
             media_type, content = cached
             if await self.state.run(lambda s: s.is_linked(repo, digest)):
                 return ServedManifest(digest, media_type, content, "hit")
-            # Known bytes, but not yet known to be in this repository: the upstream must confirm.
+            # Known bytes, but not yet known to be in this repository: the upstream must confirm, or
+            # anyone who knows a digest could read it through any rule whose upstream is down.
             try:
                 await self.upstream_call(match, creds, lambda up: self.upstream.manifest(up, path, digest, creds,
                                                                                           method="HEAD"))
-            except UpstreamUnavailable as exc:
-                return ServedManifest(digest, media_type, content, "stale", str(exc))
             except UpstreamError as exc:
                 raise registry_error(exc, manifest_unknown(f"manifest {digest} is not in {repo}")) from None
             await self.state.run(lambda s: s.link(repo, digest, "manifest"))
@@ -321,14 +320,12 @@ class PullThroughCache:
             result, detail = "hit", None
             if not await self.state.run(lambda s: s.is_linked(repo, digest)):
                 creds = await self.credentials(match.rule)
+                # Stored for another repository: only the upstream can say this one has it too.
                 try:
                     await self.upstream_call(match, creds, lambda up: self.upstream.blob_size(up, path, digest, creds))
-                except UpstreamUnavailable as exc:
-                    result, detail = "stale", str(exc)
                 except UpstreamError as exc:
                     raise registry_error(exc, blob_unknown(f"blob {digest} is not in {repo}")) from None
-                else:
-                    await self.state.run(lambda s: s.link(repo, digest, "blob"))
+                await self.state.run(lambda s: s.link(repo, digest, "blob"))
             await self.state.run(lambda s: s.touch_blob(digest))
             return stored, stored.size, result, detail
         creds = await self.credentials(match.rule)
@@ -358,8 +355,6 @@ class PullThroughCache:
             size = await self.upstream_call(
                 match, creds, lambda up: self.upstream.blob_size(up, match.upstream.path, digest, creds))
         except UpstreamUnavailable as exc:
-            if stored is not None:
-                return stored.size, "stale"
             raise registry_error(exc, blob_unknown("")) from None
         except UpstreamError as exc:
             raise registry_error(exc, blob_unknown(f"upstream {match.upstream} has no blob {digest}")) from None

@@ -11,6 +11,7 @@ import errno
 import ipaddress
 import logging
 import os
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -45,7 +46,7 @@ class ListenAddress:
     @classmethod
     def parse(cls, text: str) -> ListenAddress:
         host, sep, port = text.strip().rpartition(":")
-        if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        if not sep or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 <= int(port) < 65536:
             raise ListenError(f"listen address {text!r} must be HOST:PORT, e.g. 127.0.0.1:5000")
         return cls(host.strip("[]") or "127.0.0.1", int(port))
 
