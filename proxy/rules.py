@@ -40,7 +40,8 @@ class _Side:
     wildcard: bool
 
 
-def _parse_repository(value: str, what: str, field: str) -> _Side:
+def parse_repository(value: str, what: str, field: str) -> _Side:
+    """Parse a repository or ``PREFIX/*`` pattern; errors call it ``what`` and belong to ``field``."""
     if value == "*":
         return _Side("", True)
     wildcard = value.endswith("/*")
@@ -59,7 +60,7 @@ def _parse_repository(value: str, what: str, field: str) -> _Side:
 
 def parse_target(target: str) -> _Side:
     """Parse a target repository: ``ubuntu``, ``team/*`` or ``*``."""
-    return _parse_repository(target.strip(), "target repository", "target")
+    return parse_repository(target.strip(), "target repository", "target")
 
 
 def parse_source(source: str, catalogue: UpstreamCatalogue) -> tuple[str, _Side]:
@@ -76,7 +77,7 @@ def parse_source(source: str, catalogue: UpstreamCatalogue) -> tuple[str, _Side]
         catalogue.get(server)
     except NotFoundError as exc:
         raise ValidationError(exc.message, field="source") from None
-    side = _parse_repository(path, "source repository", "source")
+    side = parse_repository(path, "source repository", "source")
     if not side.wildcard:
         side = _Side(normalize_repository_path(server, side.prefix), False)
     return server, side

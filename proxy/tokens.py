@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 
 from .errors import ValidationError
 from .models import utc_now
-from .rules import _parse_repository  # the target grammar, with our own wording in its errors
+from .rules import parse_repository  # the target grammar, with our own wording in its errors
 from .units import parse_duration
 
 #: bytes of randomness in a generated password (43 URL-safe base64 characters, no ':')
@@ -70,7 +70,7 @@ def parse_repositories(patterns: Iterable[str]) -> tuple[str, ...]:
     """Validate and normalise repository patterns (``ubuntu``, ``team/*``, ``*``); at least one."""
     result: list[str] = []
     for pattern in patterns:
-        side = _parse_repository(pattern.strip(), "repository pattern", "repositories")
+        side = parse_repository(pattern.strip(), "repository pattern", "repositories")
         normalized = (f"{side.prefix}/*" if side.prefix else "*") if side.wildcard else side.prefix
         if normalized not in result:
             result.append(normalized)

@@ -159,7 +159,7 @@ class RegcacheApp(App[None]):
             self.notify(message, title="Error", severity="error", timeout=10)
 
 
-def run_app(home: str | Path | None = None, listen: str = "127.0.0.1:5000") -> None:
+def run_app(home: str | Path | None = None, listen: str = "127.0.0.1:5000", allow_anonymous: bool = False) -> None:
     """Open the TUI on the state directory ``home`` with the proxy listening on ``listen``."""
     import logging
 
@@ -173,7 +173,7 @@ def run_app(home: str | Path | None = None, listen: str = "127.0.0.1:5000") -> N
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # every upstream request is in the event log
     try:
-        proxy = EmbeddedProxy(ProxyServer(state_dir, listen))
+        proxy = EmbeddedProxy(ProxyServer(state_dir, listen, allow_anonymous=allow_anonymous))
         RegcacheApp(backend, proxy).run()
     finally:
         backend.close()

@@ -121,9 +121,7 @@ allow_anonymous_option = click.option(
 @click.pass_context
 def tui_command(ctx: click.Context, listen: str = "127.0.0.1:5000", allow_anonymous: bool = False) -> None:
     """Open the TUI with the embedded proxy."""
-    import os
-
-    from proxy.server import ALLOW_ANONYMOUS_ENV, ListenAddress, check_exposure
+    from proxy.server import ListenAddress, check_exposure
     from proxy.store import resolve_home
 
     from .app import run_app  # Textual loads only here: the other commands stay fast
@@ -131,9 +129,7 @@ def tui_command(ctx: click.Context, listen: str = "127.0.0.1:5000", allow_anonym
     home = ctx.find_root().obj.get("home")
     try:
         check_exposure(resolve_home(home), ListenAddress.parse(listen), allow_anonymous)  # before the screen opens
-        if allow_anonymous:
-            os.environ[ALLOW_ANONYMOUS_ENV] = "1"  # what the embedded ProxyServer reads
-        run_app(home=home, listen=listen)
+        run_app(home=home, listen=listen, allow_anonymous=allow_anonymous)
     except RegcacheError as exc:
         raise Failure(str(exc)) from None
 
