@@ -24,6 +24,7 @@ from .blades.overview import OverviewBlade
 from .blades.rules import RulesBlade
 from .blades.upstreams import UpstreamsBlade
 from .messages import ConfigurationChanged, Navigate
+from .screens.config_files import ClientConfigScreen, RulesFileScreen
 from .widgets.nav import BLADES, NavList
 
 
@@ -124,6 +125,12 @@ class RegcacheApp(App[None]):
             ("Cache rule details", "Cached repositories, tags, sizes and hits of the selected rule", "rules",
              "details"),
             ("Sync tags now", "Fetch new or moved tags matching the selected rule's filter", "rules", "sync_tags"),
+            ("Rule settings", "Freshness, stale serving, retention and tag sync of the selected rule", "rules",
+             "settings"),
+            ("Warm an image", "Pull an image into the cache through the selected rule, no client needed", "rules",
+             "warm"),
+            ("Test rule with an image", "Upstream reference, credentials and digest; nothing cached", "rules",
+             "test_rule"),
             ("Create credentials", "A credential set with values in the keyring or secret URIs", "credentials",
              "new_credentials"),
             ("Re-check credentials", "Check that the selected credential set's secrets can be read",
@@ -138,8 +145,16 @@ class RegcacheApp(App[None]):
         )
         for title, help_text, blade, action in actions:
             yield SystemCommand(title, help_text, lambda b=blade, a=action: self.run_blade_action(b, a))
+        yield SystemCommand("Client configuration", "containerd hosts.toml, podman registries.conf, docker daemon.json",
+                            self.show_client_config)
+        yield SystemCommand("Rules file: export, plan, apply", "Share one reviewed rules file across caches",
+                            lambda: self.push_screen(RulesFileScreen()))
         yield SystemCommand("Evict now (gc)", "Apply retention and max-size now, least recently pulled first",
                             self.evict_now)
+
+    def show_client_config(self) -> None:
+        address = self.proxy_status.address if self.proxy_status.address != "-" else "localhost:5000"
+        self.push_screen(ClientConfigScreen(address.replace("127.0.0.1", "localhost")))
 
     @work(thread=True, exclusive=True, group="gc")
     def evict_now(self) -> None:

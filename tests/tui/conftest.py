@@ -44,7 +44,7 @@ def populate(backend: Backend) -> None:
                              "upstream ghcr.io: refused the credentials", T0), T0))
         for i, (name, source, target, cred) in enumerate((
                 ("ubuntu", "docker.io/library/ubuntu", "ubuntu", "hub-creds"),
-                ("all-mcr", "mcr.microsoft.com/*", "*", None),
+                ("all-mcr", "mcr.microsoft.com/*", "mcr/*", None),
                 ("team-ghcr", "ghcr.io/acme/*", "team/*", "ghcr-creds"),
         )):
             store.insert_cache_rule(CacheRule(name, source, target, cred, T0.replace(minute=i),

@@ -13,9 +13,11 @@ from textual.widgets import DataTable, Label, Static
 from proxy.models import CacheRule, CredentialSet, HealthStatus, Upstream
 from proxy.statistics import RuleUsage
 
+from ..screens.image_action import ImageActionScreen
 from ..screens.rule_credentials import RuleCredentialsForm
 from ..screens.rule_details import RuleDetailsScreen
 from ..screens.rule_form import RuleForm
+from ..screens.rule_settings import RuleSettingsForm
 from .base import Blade
 
 
@@ -39,7 +41,10 @@ class RulesBlade(Blade):
     CHANGES = "rules"
     BINDINGS = [
         Binding("n", "new_rule", "New", id="rules.new"),
-        Binding("e", "edit_credentials", "Credentials", id="rules.edit"),
+        Binding("e", "edit_credentials", "Creds", id="rules.edit"),
+        Binding("s", "settings", "Settings", id="rules.settings"),
+        Binding("w", "warm", "Warm", id="rules.warm"),
+        Binding("t", "test_rule", "Test", id="rules.test"),
         Binding("d", "delete_rule", "Delete", id="rules.delete"),
         Binding("enter", "details", "Details", id="rules.details"),
     ]
@@ -114,6 +119,27 @@ class RulesBlade(Blade):
                                 f"{rule.target_repository} => {rule.source_repository}\n"
                                 "What it cached stays until it is evicted.",
                                 lambda b: b.control.delete_rule(rule.name), f"Deleted cache rule {rule.name}")
+
+    def action_settings(self) -> None:
+        rule = self._selected_rule()
+        if rule is None:
+            return
+
+        def saved(updated: CacheRule | None) -> None:
+            if updated is not None:
+                self.changed(f"Saved the settings of cache rule {updated.name}")
+
+        self.app.push_screen(RuleSettingsForm(rule), saved)
+
+    def action_warm(self) -> None:
+        rule = self._selected_rule()
+        if rule is not None:
+            self.app.push_screen(ImageActionScreen(rule, "warm"), lambda _: self.load())
+
+    def action_test_rule(self) -> None:
+        rule = self._selected_rule()
+        if rule is not None:
+            self.app.push_screen(ImageActionScreen(rule, "test"))
 
     def action_sync_tags(self) -> None:
         rule = self._selected_rule()

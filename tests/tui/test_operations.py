@@ -1,0 +1,103 @@
+"""The TUI's operations actions: rule settings, warm, rule test, client configuration, rules file."""
+
+from __future__ import annotations
+
+import pytest
+from textual.widgets import DataTable, Input, Static, TextArea
+
+from tui.screens.config_files import ClientConfigScreen, RulesFileScreen
+from tui.screens.image_action import ImageActionScreen
+from tui.screens.rule_settings import RuleSettingsForm
+
+from .conftest import make_app
+from .test_app import table_keys, type_into, wait_for
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+async def select_rule(pilot, app, name: str) -> None:
+    await pilot.press("2")
+    await wait_for(pilot, lambda: name in table_keys(app, "#rules-table"))
+    table = app.query_one("#rules-table", DataTable)
+    table.focus()
+    table.move_cursor(row=table_keys(app, "#rules-table").index(name))
+    await pilot.pause()
+
+
+async def test_rule_settings_form(filled_backend):
+    app = make_app(filled_backend)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await select_rule(pilot, app, "team-ghcr")
+        await pilot.press("s")
+        await wait_for(pilot, lambda: isinstance(app.screen, RuleSettingsForm))
+        app.screen.query_one("#freshness", Input).value = ""
+        await type_into(pilot, "#freshness", "10m")
+        await type_into(pilot, "#sync-tags", "semver:>=1,<2")
+        await type_into(pilot, "#retention", "0")
+        await pilot.press("ctrl+s")
+        error = app.screen.query_one("#retention-error", Static)
+        await wait_for(pilot, lambda: error.display)
+        assert "longer than 0" in str(error.render())
+        app.screen.query_one("#retention", Input).value = ""
+        await type_into(pilot, "#retention", "30d")
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: not isinstance(app.screen, RuleSettingsForm))
+    rule = filled_backend.control.get_rule("team-ghcr")
+    assert (rule.freshness, rule.retention, rule.sync_tags) == (600, 30 * 86400, "semver:>=1,<2")
+
+
+async def test_warm_and_test_through_the_tui(backend, anonymous_registry, push_image):
+    backend.control.add_upstream(anonymous_registry.host, anonymous_registry.url, "anonymous")
+    backend.control.create_rule("warm-tui", f"{anonymous_registry.host}/library/*", "lib/*")
+    image = push_image(anonymous_registry, "library/tuiwarm", "1", layers=[20_000])
+    app = make_app(backend)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await select_rule(pilot, app, "warm-tui")
+        await pilot.press("t")
+        await wait_for(pilot, lambda: isinstance(app.screen, ImageActionScreen))
+        await type_into(pilot, "#image", "lib/tuiwarm:1")
+        await pilot.press("enter")
+        outcome = app.screen.query_one("#outcome", Static)
+        await wait_for(pilot, lambda: image.digest in str(outcome.render()))
+        assert backend.control.store.tag("lib/tuiwarm", "1") is None  # a test caches nothing
+        await pilot.press("escape")
+        await pilot.press("w")
+        await wait_for(pilot, lambda: isinstance(app.screen, ImageActionScreen))
+        await type_into(pilot, "#image", "lib/tuiwarm:1")
+        await pilot.press("enter")
+        outcome = app.screen.query_one("#outcome", Static)
+        await wait_for(pilot, lambda: "fetched" in str(outcome.render()))
+    assert backend.control.store.tag("lib/tuiwarm", "1") is not None
+
+
+async def test_client_config_and_rules_file(filled_backend, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    app = make_app(filled_backend)
+    async with app.run_test(size=(100, 30)) as pilot:
+        app.show_client_config()
+        await wait_for(pilot, lambda: isinstance(app.screen, ClientConfigScreen) and app.screen.query(TextArea))
+        files = app.screen.query_one(TextArea)
+        await wait_for(pilot, lambda: "docker.io/hosts.toml" in files.text)
+        assert '[host."http://localhost:5000"]' in files.text
+        await pilot.press("escape")
+        app.push_screen(RulesFileScreen())
+        await wait_for(pilot, lambda: isinstance(app.screen, RulesFileScreen) and app.screen.query(TextArea))
+        files = app.screen.query_one(TextArea)
+        await wait_for(pilot, lambda: "cacheRules:" in files.text)
+        await pilot.press("ctrl+o")
+        await wait_for(pilot, lambda: (tmp_path / "regcache-rules.yaml").exists())
+        path = tmp_path / "regcache-rules.yaml"
+        path.write_text(path.read_text().replace("name: all-mcr", "name: all-mcr-renamed"))
+        await pilot.click("#plan")
+        status = app.screen.query_one("#status", Static)
+        await wait_for(pilot, lambda: "planned" in str(status.render()) or "error" in str(status.render()))
+        assert "+ cache rule all-mcr-renamed" in files.text, str(status.render())
+        assert [r.name for r in filled_backend.control.list_rules()] == ["ubuntu", "all-mcr", "team-ghcr"]
+        await pilot.press("ctrl+y")
+        await wait_for(pilot, lambda: "applied" in str(app.screen.query_one("#status", Static).render()))
+    assert sorted(r.name for r in filled_backend.control.list_rules()) == ["all-mcr-renamed", "team-ghcr", "ubuntu"]

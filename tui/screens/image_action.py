@@ -1,0 +1,94 @@
+"""Warm an image into the cache, or test what a rule maps it to: ask for the image, show the outcome."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import anyio
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Footer, Input, Label, Static
+
+from proxy.errors import RegcacheError, unwrap_error
+from proxy.models import CacheRule
+from proxy.oci import RegistryError
+from proxy.units import format_size
+
+from ..widgets.form_row import FormRow
+
+
+class ImageActionScreen(ModalScreen[None]):
+    """``warm`` pulls the image into the cache; ``test`` probes the rule's mapping, caching nothing."""
+
+    BINDINGS = [Binding("escape", "close", "Close", id="image.close"),
+                Binding("ctrl+s", "run", "Run", id="image.run")]
+
+    def __init__(self, rule: CacheRule, mode: str) -> None:
+        super().__init__()
+        self.rule = rule
+        self.mode = mode
+
+    def compose(self) -> ComposeResult:
+        title = "Warm an image into the cache" if self.mode == "warm" else "Test the rule with an image"
+        rule = self.rule
+        example = f"{rule.target_prefix}/app:1.0" if rule.is_wildcard else f"{rule.target_repository}:latest"
+        with Vertical(classes="dialog"):
+            yield Label(f"{title}: {self.rule.name}", classes="title")
+            yield FormRow("Image", Input(placeholder=f"TARGET_REPO:TAG, e.g. {example.lstrip('/')}", id="image",
+                                         compact=True))
+            if self.mode == "warm":
+                yield FormRow("Platform", Input("linux/amd64", id="platform", placeholder="os/arch, or all",
+                                                compact=True))
+            yield Static("", id="outcome", classes="detail")
+            with Horizontal(classes="buttons"):
+                yield Button("Run (ctrl+s)", variant="primary", id="run")
+                yield Button("Close (esc)", id="close")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#image").focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        self.action_run() if event.button.id == "run" else self.action_close()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.action_run()
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+    def action_run(self) -> None:
+        image = self.query_one("#image", Input).value.strip()
+        platform = self.query_one("#platform", Input).value.strip() if self.mode == "warm" else ""
+        self.query_one("#outcome", Static).update("working...")
+        self.run_image_action(image, platform)
+
+    @work(thread=True, exclusive=True, group="image-action")
+    def run_image_action(self, image: str, platform: str) -> None:
+        backend = self.app.backend  # type: ignore[attr-defined]
+        try:
+            if self.mode == "warm":
+                from proxy.prefetch import warm
+
+                result = anyio.run(lambda: warm(backend.home, image, None if platform == "all" else platform or None,
+                                                secrets=backend.control.secrets))
+                text = (f"{result.repository}@{result.digest}\n{result.blobs} blob(s): fetched "
+                        f"{format_size(result.bytes_fetched)} from the upstream, {format_size(result.bytes_cached)} "
+                        f"already cached")
+            else:
+                from proxy.prefetch import probe_rule
+
+                probe = anyio.run(lambda: probe_rule(backend.home, self.rule.name, image, backend.control.secrets))
+                fields = dataclasses.asdict(probe)
+                text = "\n".join(f"{k.replace('_', ' '):>18}  {'-' if v is None else v}" for k, v in fields.items())
+        except BaseException as exc:  # shown in the dialog: the operator fixes the input and runs again
+            inner = unwrap_error(exc, (RegcacheError, RegistryError))
+            if not isinstance(inner, (RegcacheError, RegistryError)):
+                raise
+            text = f"error: {inner}"
+        self.app.call_from_thread(self.query_one("#outcome", Static).update, text)

@@ -1,0 +1,75 @@
+"""Operations settings of a cache rule: freshness, stale serving, retention, tag sync."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Button, Checkbox, Input, Label, Static
+
+from proxy.models import CacheRule
+from proxy.units import format_duration, parse_duration
+
+from ..backend import Backend
+from ..widgets.form_row import FormRow
+from .form import FormScreen
+
+
+class RuleSettingsForm(FormScreen[CacheRule | None]):
+    """Edits the settings beyond ACR through the same engine checks as `regcache cache update`."""
+
+    FALLBACK_ERROR_FIELD = "freshness"
+
+    def __init__(self, rule: CacheRule) -> None:
+        super().__init__()
+        self._rule = rule
+
+    def compose_form(self) -> ComposeResult:
+        rule = self._rule
+        with Vertical(classes="dialog"):
+            yield Label(f"Settings of cache rule {rule.name}", classes="title")
+            yield Static(f"{rule.target_repository} => {rule.source_repository}", classes="detail")
+            yield FormRow("Freshness", Input(format_duration(rule.freshness or 0) or "0s", id="freshness",
+                                             placeholder="serve a tag this long unchecked, e.g. 10m", compact=True))
+            yield Static(id="freshness-error", classes="error")
+            yield Checkbox("Serve cached tags while the upstream fails", rule.serve_stale_on_error, id="stale")
+            yield Checkbox("Serve cached tags the upstream deleted", rule.serve_stale_if_deleted, id="deleted")
+            yield FormRow("Retention", Input(format_duration(rule.retention) or "", id="retention",
+                                             placeholder="evict when unpulled this long, e.g. 30d (empty: keep)",
+                                             compact=True))
+            yield Static(id="retention-error", classes="error")
+            yield FormRow("Sync tags", Input(rule.sync_tags or "", id="sync-tags",
+                                             placeholder="semver:>=1.2,<2 or a regex (empty: off)", compact=True))
+            yield Static(id="sync_tags-error", classes="error")
+            yield FormRow("Sync every", Input(format_duration(rule.sync_interval) or "", id="sync-interval",
+                                              placeholder="1h when empty", compact=True))
+            yield Static(id="sync_interval-error", classes="error")
+            with Horizontal(classes="buttons"):
+                yield Button("Save (ctrl+s)", variant="primary", id="save")
+                yield Button("Cancel (esc)", id="cancel")
+
+    def on_mount(self) -> None:
+        self.query_one("#freshness").focus()
+
+    def action_save(self) -> None:
+        self.clear_errors()
+        values = {key: self.query_one(f"#{key}", Input).value.strip()
+                  for key in ("freshness", "retention", "sync-tags", "sync-interval")}
+        stale = self.query_one("#stale", Checkbox).value
+        deleted = self.query_one("#deleted", Checkbox).value
+        name = self._rule.name
+
+        def save(backend: Backend) -> CacheRule:
+            settings: dict[str, Any] = {
+                "freshness": parse_duration(values["freshness"] or "0", "freshness"),
+                "retention": parse_duration(values["retention"], "retention") if values["retention"] else None,
+                "serve_stale_on_error": stale,
+                "serve_stale_if_deleted": deleted,
+                "sync_tags": values["sync-tags"] or None,
+                "sync_interval": (parse_duration(values["sync-interval"], "sync_interval")
+                                  if values["sync-interval"] else None),
+            }
+            return backend.control.update_rule(name, **settings)
+
+        self.submit(save)
