@@ -79,6 +79,15 @@ def _emit(data: Any, columns: Sequence[Column], fmt: str) -> None:
         click.echo(text)
 
 
+def _confirmed_delete(what: str, name: str, yes: bool, get: Callable[[str], Any],
+                      delete: Callable[[str], Any]) -> None:
+    """Delete a named object: it must exist, then the operator confirms (or passed -y)."""
+    get(name)
+    _confirm(f"delete {what} {name!r}", yes)
+    delete(name)
+    click.echo(f"deleted {what} {name}", err=True)
+
+
 def _interactive() -> bool:
     """Whether a person can answer a prompt (stdin is a terminal)."""
     return sys.stdin.isatty()
@@ -294,10 +303,7 @@ def cache_list(control: ControlPlane, fmt: str) -> None:
 @engine_command
 def cache_delete(control: ControlPlane, name: str, yes: bool) -> None:
     """Delete a cache rule (what it cached stays until evicted)."""
-    control.get_rule(name)
-    _confirm(f"delete cache rule {name!r}", yes)
-    control.delete_rule(name)
-    click.echo(f"deleted cache rule {name}", err=True)
+    _confirmed_delete("cache rule", name, yes, control.get_rule, control.delete_rule)
 
 
 @cache.command("sync")
@@ -452,10 +458,7 @@ def credential_set_list(control: ControlPlane, fmt: str) -> None:
 @engine_command
 def credential_set_delete(control: ControlPlane, name: str, yes: bool) -> None:
     """Delete a credential set (refused while a cache rule uses it; the secrets stay in the keyring)."""
-    control.get_credential_set(name)
-    _confirm(f"delete credential set {name!r}", yes)
-    control.delete_credential_set(name)
-    click.echo(f"deleted credential set {name}", err=True)
+    _confirmed_delete("credential set", name, yes, control.get_credential_set, control.delete_credential_set)
 
 
 # -- client configuration ----------------------------------------------------------------------
@@ -721,10 +724,7 @@ def token_list(control: ControlPlane, fmt: str) -> None:
 @engine_command
 def token_delete(control: ControlPlane, name: str, yes: bool) -> None:
     """Delete a client token; clients using it are refused from their next request."""
-    control.get_token(name)
-    _confirm(f"delete token {name!r}", yes)
-    control.delete_token(name)
-    click.echo(f"deleted token {name}", err=True)
+    _confirmed_delete("token", name, yes, control.get_token, control.delete_token)
     if not control.list_tokens():
         click.echo("no client tokens remain: a proxy on a loopback address (or started with --allow-anonymous) "
                    "serves anonymous pulls again", err=True)
