@@ -192,6 +192,8 @@ class Registry:
     def _event(self, request: Request, kind: str, repository: str, reference: str, result: str, status: int,
                started: float, match: RuleMatch | None = None, size: int = 0, detail: str | None = None) -> None:
         client = request.client.host if request.client else ""
+        # in mirror mode (?ns=) the client's name is the upstream's: log the name it is cached under
+        repository = match.repository if match is not None else repository
         self.events.record(PullEvent(client, request.method, kind, repository, reference[:200], result, status,
                                      match.rule.name if match else None, size,
                                      round((time.perf_counter() - started) * 1000, 3), detail))

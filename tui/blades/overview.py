@@ -59,6 +59,8 @@ class OverviewBlade(Blade):
         facts.add_column()
         state_style = "green" if status.state == "running" else "bold red" if status.error else "yellow"
         facts.add_row("Proxy", Text(status.label.removeprefix("proxy "), style=state_style))
+        if status.state == "running":
+            facts.add_row("Metrics", f"http://{status.address}/metrics (Prometheus)")
         wildcards = sum(r.is_wildcard for r in data.rules)
         facts.add_row("Cache rules", f"{len(data.rules)} ({wildcards} wildcard)")
         unhealthy = sum(cs.health.status is HealthStatus.UNHEALTHY for cs in data.credential_sets)
