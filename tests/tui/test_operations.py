@@ -99,5 +99,10 @@ async def test_client_config_and_rules_file(filled_backend, tmp_path, monkeypatc
         assert "+ cache rule all-mcr-renamed" in files.text, str(status.render())
         assert [r.name for r in filled_backend.control.list_rules()] == ["ubuntu", "all-mcr", "team-ghcr"]
         await pilot.press("ctrl+y")
-        await wait_for(pilot, lambda: "applied" in str(app.screen.query_one("#status", Static).render()))
+        from tui.screens.confirm import ConfirmScreen
+
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await wait_for(pilot, lambda: isinstance(app.screen, RulesFileScreen)
+                       and "applied" in str(app.screen.query_one("#status", Static).render()))
     assert sorted(r.name for r in filled_backend.control.list_rules()) == ["all-mcr-renamed", "team-ghcr", "ubuntu"]

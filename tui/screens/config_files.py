@@ -15,6 +15,7 @@ from proxy.errors import RegcacheError
 
 from ..messages import ConfigurationChanged
 from ..widgets.form_row import FormRow
+from .confirm import ConfirmScreen
 
 
 class _FileScreen(ModalScreen[None]):
@@ -128,7 +129,34 @@ class RulesFileScreen(_FileScreen):
         self._file_action("plan", self._path())
 
     def action_apply(self) -> None:
-        self._file_action("apply", self._path())
+        self._confirm_apply(self._path())
+
+    @work(thread=True, exclusive=True, group="rules-file")
+    def _confirm_apply(self, path: Path) -> None:
+        """Show the plan and ask before a bulk change: apply only on yes."""
+        from proxy.declarative import plan_document
+
+        try:
+            text = path.read_text()
+            changes = self.app.backend.call(lambda b: plan_document(b.control, text))  # type: ignore[attr-defined]
+        except (RegcacheError, OSError) as exc:
+            self.app.call_from_thread(self.report, f"error: {exc}")
+            return
+        if not changes:
+            self.app.call_from_thread(self.show, "no changes: the configuration already matches the file",
+                                      f"nothing to apply from {path}")
+            return
+        listing = "\n".join(str(c) for c in changes)
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._file_action("apply", path)
+
+        self.app.call_from_thread(self.show, listing, f"{len(changes)} change(s) in {path}")
+        self.app.call_from_thread(self.app.push_screen,
+                                  ConfirmScreen(f"Apply {len(changes)} change(s) from {path.name}?",
+                                                "\n".join(str(c) for c in changes[:8])
+                                                + ("\n..." if len(changes) > 8 else "")), answered)
 
     @work(thread=True, exclusive=True, group="rules-file")
     def _file_action(self, action: str, path: Path) -> None:
