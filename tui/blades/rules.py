@@ -29,6 +29,16 @@ class RulesData:
     usage: dict[str, RuleUsage]
 
 
+def credentials_cell(name: str | None, cs: CredentialSet | None) -> Text:
+    """The rule's credential set with a health mark: ✓ healthy, ✗ unhealthy (details on Credentials)."""
+    if name is None:
+        return Text("-", style="dim")
+    if cs is None or cs.health.status is HealthStatus.UNKNOWN:
+        return Text(f"{name} ?", style="yellow")
+    healthy = cs.health.status is HealthStatus.HEALTHY
+    return Text(f"{name} {'✓' if healthy else '✗'}", style="green" if healthy else "bold red")
+
+
 def health_text(cs: CredentialSet | None) -> Text:
     if cs is None:
         return Text("-", style="dim")
@@ -55,7 +65,7 @@ class RulesBlade(Blade):
         yield Label("Cache rules", classes="blade-title")
         yield Static("", id="rules-summary", classes="summary")
         table: DataTable = DataTable(id="rules-table", cursor_type="row", zebra_stripes=True)
-        table.add_columns("Name", "Target", "Source", "Creds", "Health", "Repos", "Hits")
+        table.add_columns("Name", "Target", "Source", "Creds", "Repos", "Hits")
         yield table
 
     @work(thread=True, exclusive=True, group="rules-load")
@@ -71,7 +81,7 @@ class RulesBlade(Blade):
         for rule in data.rules:
             usage = data.usage.get(rule.name, RuleUsage())
             rows.append((rule.name, (rule.name, rule.target_repository, rule.source_repository,
-                                     rule.credential_set or "-", health_text(sets.get(rule.credential_set or "")),
+                                     credentials_cell(rule.credential_set, sets.get(rule.credential_set or "")),
                                      str(usage.repositories), str(usage.hits))))
         self.fill(self.query_one(DataTable), rows)
         self.query_one("#rules-summary", Static).update(
