@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 # Registry integration fixtures (real docker-registry processes, image pushes).
-pytest_plugins = ["tests.registries.fixtures"]
+pytest_plugins = ["tests.registries.fixtures", "tests.s3.fixtures"]
 
 TEST_KEYRING = "keyrings.alt.file.PlaintextKeyring"
 
