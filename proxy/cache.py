@@ -234,12 +234,12 @@ class PullThroughCache:
 
     async def _manifest_by_digest(self, match: RuleMatch, digest: str) -> ServedManifest:
         repo = match.repository
-        cached = await self.state.run(lambda s: s.manifest(digest))
+        cached, linked = await self.state.run(lambda s: (s.manifest(digest), s.is_linked(repo, digest)))
         creds = await self.credentials(match.rule)
         path = match.upstream.path
         if cached is not None:
             media_type, content = cached
-            if await self.state.run(lambda s: s.is_linked(repo, digest)):
+            if linked:
                 return ServedManifest(digest, media_type, content, "hit")
             # Known bytes, but not yet known to be in this repository: the upstream must confirm, or
             # anyone who knows a digest could read it through any rule whose upstream is down.
@@ -266,11 +266,14 @@ class PullThroughCache:
     async def _manifest_by_tag(self, match: RuleMatch, tag: str) -> ServedManifest:
         repo = match.repository
         path = match.upstream.path
-        cached_tag = await self.state.run(lambda s: s.tag(repo, tag))
+        def cached_manifest(s):
+            found_tag = s.tag(repo, tag)
+            return found_tag, (s.manifest(found_tag[0]) if found_tag is not None else None)
+
+        cached_tag, found = await self.state.run(cached_manifest)
         cached: ServedManifest | None = None
         if cached_tag is not None:
             digest, validated_at = cached_tag
-            found = await self.state.run(lambda s: s.manifest(digest))
             if found is not None:
                 cached = ServedManifest(digest, found[0], found[1], "hit")
                 age = (datetime.now(timezone.utc) - validated_at).total_seconds()
@@ -318,7 +321,7 @@ class PullThroughCache:
         stored = self.blobs.stored(digest)
         if stored is not None:
             result, detail = "hit", None
-            if not await self.state.run(lambda s: s.is_linked(repo, digest)):
+            if not await self.state.run(lambda s: (s.touch_blob(digest), s.is_linked(repo, digest))[1]):
                 creds = await self.credentials(match.rule)
                 # Stored for another repository: only the upstream can say this one has it too.
                 try:
@@ -326,7 +329,6 @@ class PullThroughCache:
                 except UpstreamError as exc:
                     raise registry_error(exc, blob_unknown(f"blob {digest} is not in {repo}")) from None
                 await self.state.run(lambda s: s.link(repo, digest, "blob"))
-            await self.state.run(lambda s: s.touch_blob(digest))
             return stored, stored.size, result, detail
         creds = await self.credentials(match.rule)
         upstream = self.upstream_of(match)
