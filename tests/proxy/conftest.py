@@ -73,3 +73,22 @@ def regcache(home: Path, keyring_env) -> Iterator[Regcache]:
     yield rc
     rc.proxy.stop()
     rc.control.close()
+
+
+@pytest.fixture
+def serve(home: Path, keyring_env) -> Iterator:
+    """Start `regcache serve` on ``home`` (default 127.0.0.1:0) with extra arguments; all are killed after."""
+    from .test_serve import ServeProcess
+
+    started: list[ServeProcess] = []
+
+    def start(*args: str, listen: str = "127.0.0.1:0") -> ServeProcess:
+        process = ServeProcess(home, "--listen", listen, *args, env=keyring_env)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.proc.poll() is None:
+            process.proc.kill()
+            process.proc.wait()

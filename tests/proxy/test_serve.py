@@ -9,7 +9,6 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -58,22 +57,6 @@ class ServeProcess:
         self.proc.wait(timeout=timeout)
         self._reader.join(timeout)
         return self.proc.returncode, "".join(self.lines)
-
-
-@pytest.fixture
-def serve(home: Path, keyring_env) -> Iterator:
-    started: list[ServeProcess] = []
-
-    def start(*args: str) -> ServeProcess:
-        process = ServeProcess(home, "--listen", "127.0.0.1:0", *args, env=keyring_env)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        if process.proc.poll() is None:
-            process.proc.kill()
-            process.proc.wait()
 
 
 def test_serve_pulls_cleans_stale_temp_files_and_stops_on_sigterm(home, serve, anonymous_registry, push_image,

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -25,7 +24,6 @@ from proxy.errors import ValidationError
 from proxy.server import ListenError, ProxyServer, is_loopback
 from proxy.tokens import RepositoryScope, hash_password, parse_expiry, parse_repositories, verify_password
 from tests.conftest import dump_database
-from tests.proxy.test_serve import ServeProcess
 from tests.registries.skopeo import SkopeoError, assert_pulled
 from tests.tui.test_cli import regcache_executable
 from tui.cli import main
@@ -304,22 +302,6 @@ def test_token_delete(home, monkeypatch):
 # -- regcache serve, pulled through with skopeo ------------------------------------------------------------
 
 
-@pytest.fixture
-def serve_on(home: Path, keyring_env) -> Iterator:
-    started: list[ServeProcess] = []
-
-    def start(listen: str = "127.0.0.1:0", *args: str) -> ServeProcess:
-        process = ServeProcess(home, "--listen", listen, *args, env=keyring_env)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        if process.proc.poll() is None:
-            process.proc.kill()
-            process.proc.wait()
-
-
 def _configure(home: Path, registry) -> None:
     control = ControlPlane.open(home)
     try:
@@ -330,11 +312,11 @@ def _configure(home: Path, registry) -> None:
         control.close()
 
 
-def test_skopeo_pulls_with_a_token_through_serve(home, serve_on, anonymous_registry, push_image, skopeo, tmp_path):
+def test_skopeo_pulls_with_a_token_through_serve(home, serve, anonymous_registry, push_image, skopeo, tmp_path):
     _configure(home, anonymous_registry)
     app = push_image(anonymous_registry, "team/app", "1", layers=[200_000, 3_000])
     push_image(anonymous_registry, "other/secret", "1", layers=[1_000])
-    process = serve_on()
+    process = serve()
 
     # no token yet: anonymous pulls work, as before
     assert_pulled(skopeo.copy_to_oci(f"{process.host}/team/app:1", tmp_path / "anonymous", "1"), "1", app)
@@ -364,10 +346,10 @@ def test_skopeo_pulls_with_a_token_through_serve(home, serve_on, anonymous_regis
     assert password not in output
 
 
-def test_skopeo_with_an_expired_token_fails(home, serve_on, anonymous_registry, push_image, skopeo, tmp_path):
+def test_skopeo_with_an_expired_token_fails(home, serve, anonymous_registry, push_image, skopeo, tmp_path):
     _configure(home, anonymous_registry)
     push_image(anonymous_registry, "team/app", "1", layers=[1_000])
-    process = serve_on()
+    process = serve()
     control = ControlPlane.open(home)
     try:
         _, password = control.create_token("soon-expired", ["*"], "2s")
@@ -381,7 +363,7 @@ def test_skopeo_with_an_expired_token_fails(home, serve_on, anonymous_registry, 
     assert "unauthorized: token 'soon-expired' expired at" in expired.value.stderr
 
 
-def test_serve_beyond_loopback_needs_a_token_or_allow_anonymous(home, keyring_env, serve_on):
+def test_serve_beyond_loopback_needs_a_token_or_allow_anonymous(home, keyring_env, serve):
     result = subprocess.run([regcache_executable(), "--home", str(home), "serve", "--listen", "0.0.0.0:0"],
                             capture_output=True, text=True, timeout=30, env={**os.environ, **keyring_env})
     assert result.returncode == 1
@@ -390,13 +372,13 @@ def test_serve_beyond_loopback_needs_a_token_or_allow_anonymous(home, keyring_en
         "through this cache; create a token with `regcache token create -n NAME --repository PATTERN` or pass "
         "--allow-anonymous"]
 
-    anonymous = serve_on("0.0.0.0:0", "--allow-anonymous")
+    anonymous = serve("--allow-anonymous", listen="0.0.0.0:0")
     port = anonymous.host.rpartition(":")[2]
     assert httpx.get(f"http://127.0.0.1:{port}/v2/").status_code == 200
     assert anonymous.terminate()[0] == 0
 
     ok("token", "create", "-n", "remote-puller", "--repository", "*")
-    with_token = serve_on("0.0.0.0:0")
+    with_token = serve(listen="0.0.0.0:0")
     port = with_token.host.rpartition(":")[2]
     assert httpx.get(f"http://127.0.0.1:{port}/v2/").status_code == 401
     assert with_token.terminate()[0] == 0
