@@ -96,7 +96,6 @@ class Download:
         self.written = 0
         self.done = False
         self.error: BaseException | None = None
-        self.readers = 0
         self._event = anyio.Event()
 
     def notify(self) -> None:
@@ -113,7 +112,6 @@ class BlobStream:
     def __init__(self, download: Download, fd: int) -> None:
         self.download = download
         self._fd = fd
-        download.readers += 1
 
     async def size(self) -> int | None:
         """The blob's size once the upstream answered (None if it sent no Content-Length)."""
@@ -160,7 +158,6 @@ class BlobStream:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-            self.download.readers -= 1
 
 
 class BlobStore:
@@ -208,8 +205,6 @@ class BlobStore:
             return None
         return StoredBlob(digest, path, size)
 
-    def in_flight(self, digest: str) -> bool:
-        return digest in self._inflight
 
     def stream(self, digest: str, fetch: BlobFetch) -> BlobStream:
         """Join the download of ``digest``, starting it if none runs. Call only after ``stored()`` said no.

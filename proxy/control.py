@@ -70,9 +70,6 @@ class ControlPlane:
     def catalogue(self) -> UpstreamCatalogue:
         return UpstreamCatalogue(self.store.custom_upstreams(), self.store.upstream_overrides())
 
-    def rule_set(self) -> RuleSet:
-        return RuleSet(self.store.cache_rules())
-
     def list_rules(self) -> list[CacheRule]:
         return self.store.cache_rules()
 

@@ -44,10 +44,6 @@ class EvictionPlan:
     def bytes_freed(self) -> int:
         return sum(c.size for c in self.candidates)
 
-    @property
-    def bytes_after(self) -> int:
-        return self.cache_bytes - self.bytes_freed
-
 
 class Evictor:
     """Plans and applies eviction for one state directory."""

@@ -21,7 +21,6 @@ LOGIN_SERVER = (
 )
 
 _REPOSITORY_RE = re.compile(REPOSITORY_NAME)
-_COMPONENT_RE = re.compile(PATH_COMPONENT)
 _TAG_RE = re.compile(TAG)
 _DIGEST_RE = re.compile(DIGEST)
 _LOGIN_SERVER_RE = re.compile(LOGIN_SERVER)
@@ -36,11 +35,6 @@ DIGEST_ALGORITHMS: dict[str, int] = {"sha256": 64, "sha512": 128}
 def is_repository_name(name: str) -> bool:
     """True if ``name`` is a valid OCI repository name (``library/ubuntu``)."""
     return len(name) <= MAX_REPOSITORY_LENGTH and _REPOSITORY_RE.fullmatch(name) is not None
-
-
-def is_path_component(component: str) -> bool:
-    """True if ``component`` is one valid segment of a repository name."""
-    return _COMPONENT_RE.fullmatch(component) is not None
 
 
 def is_tag(tag: str) -> bool:

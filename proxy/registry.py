@@ -426,7 +426,6 @@ def create_app(home: Path, *, secrets: SecretResolver | None = None,
                         downloads.start_soon(run_eviction, state, name="eviction")
                         downloads.start_soon(run_tag_sync, cache, name="tag sync")
                         app.state.registry = Registry(cache, events, ClientAuth(state, require=require_auth))
-                        app.state.ready = True
                         try:
                             yield
                         finally:

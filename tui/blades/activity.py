@@ -24,7 +24,6 @@ def _matches(event: RecordedEvent, needle: str) -> bool:
 
 
 class ActivityBlade(Blade):
-    TITLE = "Activity"
     REFRESH_SECONDS = 1.0
     BINDINGS = [
         Binding("slash", "filter", "Filter", id="activity.filter"),

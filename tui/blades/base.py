@@ -20,7 +20,6 @@ class Blade(Vertical):
 
     #: seconds between reloads while the blade is shown (CLI changes and new pulls appear)
     REFRESH_SECONDS = 5.0
-    TITLE = ""
     #: what ConfigurationChanged says when this blade changed something
     CHANGES = ""
 

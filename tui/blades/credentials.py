@@ -16,7 +16,6 @@ from .rules import health_text
 
 
 class CredentialsBlade(Blade):
-    TITLE = "Credentials"
     CHANGES = "credentials"
     BINDINGS = [
         Binding("n", "new_credentials", "Create", id="credentials.new"),

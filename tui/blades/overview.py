@@ -29,7 +29,6 @@ class OverviewData:
 
 
 class OverviewBlade(Blade):
-    TITLE = "Overview"
     REFRESH_SECONDS = 2.0
 
     data: OverviewData | None = None

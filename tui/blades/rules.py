@@ -47,7 +47,6 @@ def health_text(cs: CredentialSet | None) -> Text:
 
 
 class RulesBlade(Blade):
-    TITLE = "Cache rules"
     CHANGES = "rules"
     BINDINGS = [
         Binding("n", "new_rule", "New", id="rules.new"),

@@ -21,7 +21,6 @@ def kind(upstream: Upstream) -> str:
 
 
 class UpstreamsBlade(Blade):
-    TITLE = "Upstreams"
     CHANGES = "upstreams"
     BINDINGS = [
         Binding("a", "add_upstream", "Add", id="upstreams.add"),
