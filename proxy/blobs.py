@@ -7,6 +7,11 @@ fsynced and renamed into place; a digest or size mismatch, a cut upstream, or a 
 cache's own disk (full, over quota, I/O error) aborts every reader and deletes the temporary file.
 The download belongs to the store's task group, not to the first client, so it completes (and the
 next pull is a hit) even when that client goes away.
+
+With the ``s3`` storage backend the bucket, not the state directory, holds verified blobs: the
+temporary file still feeds the waiting clients, and an upload follows it part by part as it grows
+(multipart), completed only once the digest verified and aborted otherwise, so no other node ever
+sees a partial object.
 """
 
 from __future__ import annotations
@@ -25,11 +30,15 @@ import anyio
 import httpx
 from anyio.abc import TaskGroup
 
+from .eviction import BUCKET_PATH_PREFIX
+from .objectstore import MultipartUpload, ObjectStore, part_size_for
 from .store import AsyncStateStore
 
 log = logging.getLogger("regcache.blobs")
 
 CHUNK = 1024 * 1024
+#: reads of stored files: bigger reads mean fewer worker-thread hops
+FILE_CHUNK = 4 * 1024 * 1024
 #: readers are woken when this much new data arrived (and at the end): waking them for every
 #: network read costs more than the copying
 NOTIFY_EVERY = 1024 * 1024
@@ -77,11 +86,12 @@ def storage_error(exc: OSError, digest: str) -> BlobStorageError:
 
 @dataclass(frozen=True, slots=True)
 class StoredBlob:
-    """A verified blob on disk."""
+    """A verified blob: a file under the state directory, or (``key``) an object in the shared bucket."""
 
     digest: str
-    path: Path
+    path: Path | None
     size: int
+    key: str | None = None
 
 
 class Download:
@@ -94,6 +104,9 @@ class Download:
         self.size: int | None = None
         self.headers_received = False
         self.written = 0
+        #: the digest matched: readers may take the last byte
+        self.verified = False
+        #: stored (or, in a bucket, failed to store) and no longer joinable
         self.done = False
         self.error: BaseException | None = None
         self._event = anyio.Event()
@@ -137,7 +150,7 @@ class BlobStream:
                     raise BlobStorageError(str(d.error), d.error.disk_full)
                 if d.error is not None:
                     raise BlobDownloadError(f"download of {d.digest} failed: {d.error}")
-                available = d.written if d.done or d.size is None else min(d.written, d.size - 1)
+                available = d.written if d.verified or d.size is None else min(d.written, d.size - 1)
                 limit = available if end is None else min(available, end)
                 if offset < limit:
                     data = os.pread(self._fd, min(limit - offset, CHUNK), offset)
@@ -148,7 +161,7 @@ class BlobStream:
                     continue
                 if end is not None and offset >= end:
                     return
-                if d.done and offset >= d.written:
+                if d.verified and offset >= d.written:
                     return
                 await d.changed()
         finally:
@@ -161,15 +174,21 @@ class BlobStream:
 
 
 class BlobStore:
-    """Verified blobs on disk plus the downloads in flight; needs a task group to own downloads."""
+    """Verified blobs plus the downloads in flight; needs a task group to own downloads.
 
-    def __init__(self, home: Path, state: AsyncStateStore, task_group: TaskGroup) -> None:
+    With ``objects`` (the s3 backend) verified blobs live in that bucket; the state directory only
+    holds the temporary files of downloads in flight.
+    """
+
+    def __init__(self, home: Path, state: AsyncStateStore, task_group: TaskGroup,
+                 objects: ObjectStore | None = None) -> None:
         self.root = home / "blobs"
         self.tmp = self.root / "tmp"
         self.tmp.mkdir(parents=True, exist_ok=True)
         self._home = home
         self._state = state
         self._tg = task_group
+        self.objects = objects
         self._inflight: dict[str, Download] = {}
         #: completed upstream downloads per digest (tests and the benchmark read it)
         self.downloads = 0
@@ -197,7 +216,7 @@ class BlobStore:
         return removed
 
     def stored(self, digest: str) -> StoredBlob | None:
-        """The verified blob, if it is on disk (the file, not the database, is the truth)."""
+        """The verified blob, if it is on disk (the file, not the database, is the truth); filesystem only."""
         path = self.path_for(digest)
         try:
             size = path.stat().st_size
@@ -205,9 +224,26 @@ class BlobStore:
             return None
         return StoredBlob(digest, path, size)
 
+    async def lookup(self, digest: str) -> StoredBlob | None:
+        """The verified blob on disk or in the bucket; None while a download of it runs here (join it)."""
+        if self.objects is None:
+            return self.stored(digest)
+        if digest in self._inflight:
+            return None
+        key = self.objects.blob_key(digest)
+        size = await self.objects.size(key)
+        return None if size is None else StoredBlob(digest, None, size, key)
+
+    def open(self, blob: StoredBlob, start: int, end: int) -> AsyncIterator[bytes]:
+        """Bytes ``start`` to ``end`` (exclusive) of a verified blob."""
+        if blob.key is not None:
+            assert self.objects is not None
+            return self.objects.chunks(blob.key, start, end)
+        assert blob.path is not None
+        return _file_chunks(blob.path, start, end)
 
     def stream(self, digest: str, fetch: BlobFetch) -> BlobStream:
-        """Join the download of ``digest``, starting it if none runs. Call only after ``stored()`` said no.
+        """Join the download of ``digest``, starting it if none runs. Call only after ``lookup()`` said no.
 
         No await happens between finding (or creating) the download and opening the reader's file
         descriptor, so the temporary file cannot be renamed away in between. Raises BlobStorageError
@@ -226,49 +262,41 @@ class BlobStore:
             self._tg.start_soon(self._download, download, fetch, name=f"download {digest}")
         return BlobStream(download, os.open(download.tmp_path, os.O_RDONLY))
 
-    async def _download(self, d: Download, fetch: BlobFetch) -> None:
+    async def _fetch(self, d: Download, fetch: BlobFetch) -> None:
+        """Write the upstream's bytes to the temporary file, hashing them; raise unless they verify."""
         algorithm, _, expected = d.digest.partition(":")
         hasher = hashlib.new(algorithm)
-        final = self.path_for(d.digest)
+        async with fetch() as response:
+            length = response.headers.get("content-length")
+            d.size = int(length) if length and length.isdigit() else None
+            d.headers_received = True
+            d.notify()
+            notified = 0
+            # aiter_raw() without a size hands over what each network read returned, uncopied
+            async for chunk in response.aiter_raw():
+                hasher.update(chunk)
+                try:
+                    _write_all(d.fd, chunk)
+                except OSError as exc:  # ENOSPC, EDQUOT, EIO: our disk failed, not the upstream
+                    raise storage_error(exc, d.digest) from exc
+                d.written += len(chunk)
+                if d.size is not None and d.written > d.size:
+                    raise BlobIntegrityError(f"upstream sent more than the announced {d.size} bytes")
+                if d.written - notified >= NOTIFY_EVERY:
+                    notified = d.written
+                    d.notify()
+            d.notify()
+        if d.size is not None and d.written != d.size:
+            raise BlobIntegrityError(f"upstream sent {d.written} of {d.size} bytes")
+        if hasher.hexdigest() != expected:
+            raise BlobIntegrityError(f"upstream content does not match {d.digest}; nothing was stored")
+
+    async def _download(self, d: Download, fetch: BlobFetch) -> None:
         try:
-            async with fetch() as response:
-                length = response.headers.get("content-length")
-                d.size = int(length) if length and length.isdigit() else None
-                d.headers_received = True
-                d.notify()
-                notified = 0
-                # aiter_raw() without a size hands over what each network read returned, uncopied
-                async for chunk in response.aiter_raw():
-                    hasher.update(chunk)
-                    try:
-                        _write_all(d.fd, chunk)
-                    except OSError as exc:  # ENOSPC, EDQUOT, EIO: our disk failed, not the upstream
-                        raise storage_error(exc, d.digest) from exc
-                    d.written += len(chunk)
-                    if d.size is not None and d.written > d.size:
-                        raise BlobIntegrityError(f"upstream sent more than the announced {d.size} bytes")
-                    if d.written - notified >= NOTIFY_EVERY:
-                        notified = d.written
-                        d.notify()
-                d.notify()
-            if d.size is not None and d.written != d.size:
-                raise BlobIntegrityError(f"upstream sent {d.written} of {d.size} bytes")
-            if hasher.hexdigest() != expected:
-                raise BlobIntegrityError(f"upstream content does not match {d.digest}; nothing was stored")
-            try:  # fsync reports deferred write errors; mkdir needs an inode, which a full disk may lack
-                await anyio.to_thread.run_sync(os.fsync, d.fd)
-                final.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(d.tmp_path, final)
-            except OSError as exc:
-                raise storage_error(exc, d.digest) from exc
-            # Between the rename and this removal there is no await: a new request either joins
-            # this download or finds the final file.
-            del self._inflight[d.digest]
-            d.size = d.written
-            d.done = True
-            self.downloads += 1
-            await anyio.to_thread.run_sync(_fsync_dir, final.parent)
-            await self._state.run(lambda s: s.put_blob(d.digest, d.written, str(final.relative_to(self._home))))
+            if self.objects is None:
+                await self._download_to_disk(d, fetch)
+            else:
+                await self._download_to_bucket(d, fetch, self.objects)
         except BaseException as exc:
             if not d.done:
                 d.error = exc if isinstance(exc, Exception) else BlobDownloadError("regcache is shutting down")
@@ -285,6 +313,113 @@ class BlobStore:
             os.close(d.fd)
             d.notify()
 
+    async def _download_to_disk(self, d: Download, fetch: BlobFetch) -> None:
+        final = self.path_for(d.digest)
+        await self._fetch(d, fetch)
+        try:  # fsync reports deferred write errors; mkdir needs an inode, which a full disk may lack
+            await anyio.to_thread.run_sync(os.fsync, d.fd)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(d.tmp_path, final)
+        except OSError as exc:
+            raise storage_error(exc, d.digest) from exc
+        # Between the rename and this removal there is no await: a new request either joins
+        # this download or finds the final file.
+        del self._inflight[d.digest]
+        d.size = d.written
+        d.verified = d.done = True
+        self.downloads += 1
+        await anyio.to_thread.run_sync(_fsync_dir, final.parent)
+        await self._state.run(lambda s: s.put_blob(d.digest, d.written, str(final.relative_to(self._home))))
+
+    async def _download_to_bucket(self, d: Download, fetch: BlobFetch, objects: ObjectStore) -> None:
+        key = objects.blob_key(d.digest)
+        upload = BucketUpload(objects, key, d)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(upload.run, name=f"upload {d.digest}")
+            await self._fetch(d, fetch)
+            d.size = d.written
+            d.verified = True  # readers take the last byte now; the upload finishes the object meanwhile
+            d.notify()
+        # Until here a new request joins this download (the temporary file is complete); from here on
+        # it finds the object in the bucket, or (if the upload failed) starts a new download.
+        del self._inflight[d.digest]
+        d.done = True
+        _unlink(d.tmp_path)
+        self.downloads += 1
+        if upload.completed:
+            await self._state.run(lambda s: s.put_blob(d.digest, d.written, BUCKET_PATH_PREFIX + key))
+
+
+class BucketUpload:
+    """Follows a download's temporary file into the bucket: full parts as they arrive, the rest once verified.
+
+    A failure of the bucket does not fail the download (its clients still get their bytes); the blob
+    is then just not stored. Cancellation (a failed download) aborts the upload, so nothing appears.
+    """
+
+    def __init__(self, objects: ObjectStore, key: str, download: Download) -> None:
+        self.objects = objects
+        self.key = key
+        self.download = download
+        self.completed = False
+
+    async def run(self) -> None:
+        d = self.download
+        fd = os.open(d.tmp_path, os.O_RDONLY)
+        upload: MultipartUpload | None = None
+        try:
+            while not d.headers_received:
+                await d.changed()
+            part = part_size_for(d.size)
+            offset = 0
+            while not d.verified:
+                if d.written - offset >= part:
+                    upload = upload or await self.objects.start_upload(self.key)
+                    await upload.upload_part(await _read_at(fd, part, offset))
+                    offset += part
+                else:
+                    await d.changed()
+            if upload is None:  # smaller than one part: one plain PUT of the verified bytes
+                await self.objects.write(self.key, await _read_at(fd, d.written, 0))
+            else:
+                while offset < d.written:
+                    size = min(part, d.written - offset)
+                    await upload.upload_part(await _read_at(fd, size, offset))
+                    offset += size
+                await upload.complete()
+            self.completed = True
+        except Exception as exc:
+            log.warning("could not store %s in %s: %s; clients were served, the next pull downloads it again",
+                        d.digest, self.objects.where, exc)
+        finally:
+            os.close(fd)
+            if upload is not None and not self.completed:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await upload.abort()
+                    except Exception as exc:  # `regcache gc` aborts it later
+                        log.warning("could not abort the upload of %s: %s", d.digest, exc)
+
+
+async def _read_at(fd: int, size: int, offset: int) -> bytes:
+    data = await anyio.to_thread.run_sync(os.pread, fd, size, offset)
+    if len(data) != size:
+        raise BlobDownloadError(f"the temporary file is shorter than expected ({len(data)} of {size} bytes)")
+    return data
+
+
+async def _file_chunks(path: Path, start: int, end: int) -> AsyncIterator[bytes]:
+    fd = await anyio.to_thread.run_sync(os.open, path, os.O_RDONLY)
+    try:
+        offset = start
+        while offset < end:
+            data = await anyio.to_thread.run_sync(os.pread, fd, min(FILE_CHUNK, end - offset), offset)
+            if not data:
+                raise OSError(f"{path} is shorter than expected")
+            offset += len(data)
+            yield data
+    finally:
+        os.close(fd)
 
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)

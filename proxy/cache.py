@@ -38,6 +38,7 @@ from .oci import (
 )
 from .rules import RuleSet
 from .secrets import SecretResolver
+from .shared_index import SharedIndex
 from .store import AsyncStateStore
 from .upstream import (
     Credentials,
@@ -99,6 +100,8 @@ class PullThroughCache:
         self.blobs = blobs
         self.secrets = secrets or SecretResolver()
         self.freshness = freshness
+        #: manifests, tags and links shared with other nodes through the bucket (s3 storage only)
+        self.shared = SharedIndex(blobs.objects) if blobs.objects is not None else None
         self._version: int | None = None
         self._rules = RuleSet()
         self._catalogue = UpstreamCatalogue()
@@ -235,6 +238,10 @@ class PullThroughCache:
     async def _manifest_by_digest(self, match: RuleMatch, digest: str) -> ServedManifest:
         repo = match.repository
         cached, linked = await self.state.run(lambda s: (s.manifest(digest), s.is_linked(repo, digest)))
+        if not linked and self.shared is not None:
+            shared = await self._shared_manifest(match, digest, cached)
+            if shared is not None:
+                return shared
         creds = await self.credentials(match.rule)
         path = match.upstream.path
         if cached is not None:
@@ -261,7 +268,34 @@ class PullThroughCache:
                                 f"upstream {match.upstream.login_server} sent a manifest that does not match {digest}")
         await self.state.run(lambda s: (s.put_manifest(digest, got.media_type, got.content),
                                         s.link(repo, digest, "manifest")))
+        await self._share_manifest(match, digest, got.media_type, got.content)
         return ServedManifest(digest, got.media_type, got.content, "miss")
+
+    async def _shared_manifest(self, match: RuleMatch, digest: str,
+                               cached: tuple[str, bytes] | None) -> ServedManifest | None:
+        """The manifest from the bucket when another node verified it is in this upstream repository."""
+        assert self.shared is not None
+        source = str(match.upstream)
+        if not await self.shared.linked(source, digest):
+            return None
+        found = cached or await self.shared.manifest(digest)
+        if found is None:
+            return None
+        media_type, content = found
+        repo = match.repository
+        await self.state.run(lambda s: (s.put_manifest(digest, media_type, content), s.link(repo, digest, "manifest")))
+        return ServedManifest(digest, media_type, content, "hit", "from the shared store")
+
+    async def _share_manifest(self, match: RuleMatch, digest: str, media_type: str, content: bytes,
+                              tag: str | None = None) -> None:
+        """Tell the other nodes: these manifest bytes, in this upstream repository (under ``tag``)."""
+        if self.shared is None:
+            return
+        source = str(match.upstream)
+        await self.shared.put_manifest(digest, media_type, content)
+        await self.shared.link(source, digest)
+        if tag is not None:
+            await self.shared.set_tag(source, tag, digest)
 
     async def _manifest_by_tag(self, match: RuleMatch, tag: str) -> ServedManifest:
         repo = match.repository
@@ -271,6 +305,12 @@ class PullThroughCache:
             return found_tag, (s.manifest(found_tag[0]) if found_tag is not None else None)
 
         cached_tag, found = await self.state.run(cached_manifest)
+        if cached_tag is None and self.shared is not None:
+            shared_tag = await self.shared.tag(str(match.upstream), tag)
+            if shared_tag is not None:
+                shared = await self._shared_manifest(match, shared_tag.digest, None)
+                if shared is not None:  # as if this node had seen the tag when the other one did
+                    cached_tag, found = (shared.digest, shared_tag.seen_at), (shared.media_type, shared.content)
         cached: ServedManifest | None = None
         if cached_tag is not None:
             digest, validated_at = cached_tag
@@ -310,6 +350,7 @@ class PullThroughCache:
                                 f"its Docker-Content-Digest {got.digest}")
         await self.state.run(lambda s: (s.put_manifest(digest, got.media_type, got.content),
                                         s.link(repo, digest, "manifest"), s.set_tag(repo, tag, digest)))
+        await self._share_manifest(match, digest, got.media_type, got.content, tag)
         return ServedManifest(digest, got.media_type, got.content, "miss")
 
     # -- blobs ---------------------------------------------------------------------------------
@@ -318,17 +359,11 @@ class PullThroughCache:
         """A stored blob (hit) or a stream of its single-flight download (miss); its size, result and detail."""
         repo = match.repository
         path = match.upstream.path
-        stored = self.blobs.stored(digest)
+        stored = await self.blobs.lookup(digest)
         if stored is not None:
             result, detail = "hit", None
             if not await self.state.run(lambda s: (s.touch_blob(digest), s.is_linked(repo, digest))[1]):
-                creds = await self.credentials(match.rule)
-                # Stored for another repository: only the upstream can say this one has it too.
-                try:
-                    await self.upstream_call(match, creds, lambda up: self.upstream.blob_size(up, path, digest, creds))
-                except UpstreamError as exc:
-                    raise registry_error(exc, blob_unknown(f"blob {digest} is not in {repo}")) from None
-                await self.state.run(lambda s: s.link(repo, digest, "blob"))
+                await self._confirm_blob(match, digest)
             return stored, stored.size, result, detail
         creds = await self.credentials(match.rule)
         upstream = self.upstream_of(match)
@@ -345,12 +380,29 @@ class PullThroughCache:
             raise RegistryError(502, "UNKNOWN", f"fetching blob {digest} from upstream "
                                                 f"{match.upstream.login_server} failed: {exc}") from None
         await self.state.run(lambda s: s.link(repo, digest, "blob"))
+        if self.shared is not None:
+            await self.shared.link(str(match.upstream), digest)
         return stream, size, "miss", None
+
+    async def _confirm_blob(self, match: RuleMatch, digest: str) -> None:
+        """Link a stored blob to this repository once a node or the upstream confirms the repository has it."""
+        repo = match.repository
+        # Stored for another repository: only the upstream (or a node that asked it) can say this one has it.
+        if self.shared is None or not await self.shared.linked(str(match.upstream), digest):
+            creds = await self.credentials(match.rule)
+            try:
+                await self.upstream_call(
+                    match, creds, lambda up: self.upstream.blob_size(up, match.upstream.path, digest, creds))
+            except UpstreamError as exc:
+                raise registry_error(exc, blob_unknown(f"blob {digest} is not in {repo}")) from None
+        await self.state.run(lambda s: s.link(repo, digest, "blob"))
 
     async def blob_size(self, match: RuleMatch, digest: str) -> tuple[int, str]:
         """For HEAD: the blob's size from the store, else from the upstream (nothing downloaded)."""
-        stored = self.blobs.stored(digest)
-        if stored is not None and await self.state.run(lambda s: s.is_linked(match.repository, digest)):
+        stored = await self.blobs.lookup(digest)
+        if stored is not None:
+            if not await self.state.run(lambda s: s.is_linked(match.repository, digest)):
+                await self._confirm_blob(match, digest)
             return stored.size, "hit"
         creds = await self.credentials(match.rule)
         try:

@@ -25,6 +25,7 @@ from .models import (
 )
 from .rules import RuleSet, check_credentials, check_name, check_new_rule, check_settings
 from .secrets import SecretId, SecretResolver
+from .storage import STORAGE_SETTING, StorageConfig, storage_from_json, storage_to_json
 from .store import StateStore
 from .tokens import ClientToken, generate_password, hash_password, parse_expiry, parse_repositories
 from .units import format_size, parse_size
@@ -289,6 +290,17 @@ class ControlPlane:
         if key not in SETTINGS:
             raise ValidationError(f"unknown setting {key!r}; known: {', '.join(SETTINGS)}", field="key")
         self.store.delete_setting(key)
+
+    # -- storage backend -----------------------------------------------------------------------
+
+    def storage(self) -> StorageConfig:
+        """Where blobs and manifests are kept (``filesystem`` unless set to an S3 bucket)."""
+        return storage_from_json(self.store.setting(STORAGE_SETTING))
+
+    def set_storage(self, config: StorageConfig) -> StorageConfig:
+        """Use ``config`` from the next start of the proxy on (it holds secret ids, never values)."""
+        self.store.set_setting(STORAGE_SETTING, storage_to_json(config))
+        return config
 
     # -- secrets -------------------------------------------------------------------------------
 

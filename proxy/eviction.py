@@ -14,12 +14,20 @@ import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .store import StateStore
+
+if TYPE_CHECKING:
+    from .objectstore import ObjectStore
+    from .secrets import SecretResolver
+    from .store import AsyncStateStore
 
 log = logging.getLogger("regcache.eviction")
 
 MAX_SIZE_SETTING = "max-size"
+#: a blob row whose path starts with this names an object key in the shared bucket (s3 storage)
+BUCKET_PATH_PREFIX = "s3:"
 #: by default a blob pulled in the last minute is not evicted (clients may still be reading it)
 DEFAULT_MIN_IDLE = 60.0
 
@@ -89,13 +97,21 @@ class Evictor:
         return EvictionPlan(tuple(chosen.values()), tuple(sorted(expired)), cache_bytes, max_size)
 
     def apply(self, plan: EvictionPlan) -> int:
-        """Evict what ``plan`` lists; returns the bytes freed."""
+        """Evict what ``plan`` lists; returns the bytes freed.
+
+        Blobs in a bucket (paths ``s3:KEY``) only lose their row here: :func:`evict` deletes their
+        objects first, since that needs the async object store.
+        """
         home = self.store.home
         freed = 0
         with self.store.transaction():
             for name in plan.expired_repositories:
                 self.store.forget_repository(name)
         for candidate in plan.candidates:
+            if candidate.path.startswith(BUCKET_PATH_PREFIX):
+                self.store.delete_blob(candidate.digest)
+                freed += candidate.size
+                continue
             path = home / candidate.path
             if not _inside(path, home / "blobs"):
                 log.error("refusing to delete %s: not inside the blob store", path)
@@ -119,21 +135,58 @@ def _inside(path: Path, root: Path) -> bool:
     return True
 
 
-def evict_once(store: StateStore, min_idle: float = DEFAULT_MIN_IDLE) -> int:
-    """Apply retention and max-size if either is configured; returns the bytes freed."""
+def plan_if_configured(store: StateStore, min_idle: float = DEFAULT_MIN_IDLE) -> EvictionPlan | None:
+    """The eviction plan when retention or max-size is configured, else None."""
     evictor = Evictor(store, min_idle)
     if evictor.max_size() is None and not any(r.retention for r in store.cache_rules()):
+        return None
+    return evictor.plan()
+
+
+def evict_once(store: StateStore, min_idle: float = DEFAULT_MIN_IDLE, secrets: SecretResolver | None = None) -> int:
+    """Apply retention and max-size now if either is configured (from a thread, not an event loop)."""
+    plan = plan_if_configured(store, min_idle)
+    if plan is None:
         return 0
-    return evictor.apply(evictor.plan())
+    keys = [c.path.removeprefix(BUCKET_PATH_PREFIX) for c in plan.candidates if c.path.startswith(BUCKET_PATH_PREFIX)]
+    if keys:
+        import anyio
+
+        from .objectstore import ObjectStore
+        from .storage import S3Storage, StorageError, storage_from_json
+
+        config = storage_from_json(store.setting("storage"))
+        if not isinstance(config, S3Storage):
+            raise StorageError("blobs to evict are in a bucket, but the storage setting is no longer s3: set it "
+                               "back with `regcache storage set s3` to evict them")
+
+        async def delete() -> None:
+            async with ObjectStore(config, secrets) as objects:
+                for key in keys:
+                    await objects.delete(key)
+
+        anyio.run(delete)
+    return Evictor(store, min_idle).apply(plan)
 
 
-async def run_eviction(state, interval: float = 60.0) -> None:
+async def evict(state: AsyncStateStore, plan: EvictionPlan, objects: ObjectStore | None = None) -> int:
+    """Apply ``plan``: objects in the bucket are deleted first, then every evicted row; returns bytes freed."""
+    if objects is not None:
+        for candidate in plan.candidates:
+            if candidate.path.startswith(BUCKET_PATH_PREFIX):
+                await objects.delete(candidate.path.removeprefix(BUCKET_PATH_PREFIX))
+    return await state.run(lambda s: Evictor(s).apply(plan))
+
+
+async def run_eviction(state: AsyncStateStore, objects: ObjectStore | None = None, interval: float = 60.0) -> None:
     """Evict every ``interval`` seconds, for as long as the proxy serves (its owner cancels it)."""
     import anyio
 
     while True:
         await anyio.sleep(interval)
         try:
-            await state.run(evict_once)
+            plan = await state.run(plan_if_configured)
+            if plan is not None:
+                await evict(state, plan, objects)
         except Exception:  # eviction must not take the proxy down; the next round tries again
             log.exception("eviction failed")

@@ -7,11 +7,10 @@ from the end of the path, as the distribution registry does.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,14 +26,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .blobs import BlobStorageError, BlobStore, BlobStream, StoredBlob
 from .cache import PullThroughCache
 from .client_auth import ClientAuth
+from .errors import RegcacheError
 from .events import EventLog
 from .eviction import run_eviction
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import ProxyMetrics
 from .models import PullEvent, RuleMatch
+from .objectstore import ObjectStore
 from .oci import API_VERSION_HEADER, OCI_INDEX, RegistryError, unsupported
 from .references import is_digest, is_repository_name, is_tag
 from .secrets import SecretResolver
+from .storage import STORAGE_SETTING, S3Storage, storage_from_json
 from .store import AsyncStateStore, StateStore
 from .tagsync import run_tag_sync
 from .tokens import ClientToken
@@ -264,7 +266,7 @@ class Registry:
         if end is not None:
             headers["Content-Length"] = str(end - start)
         if isinstance(source, StoredBlob):
-            chunks = _file_chunks(source.path, start, end)
+            chunks = self.cache.blobs.open(source, start, end)
         else:
             chunks = source.chunks(start, end if byte_range is not None else None)
         body = self._counted(request, chunks, name, digest, result, status, started, match, detail)
@@ -336,24 +338,6 @@ class Registry:
         return Response(content, 200, headers=API_VERSION_HEADER, media_type=media_type)
 
 
-#: stored blobs are read in pieces this big, each in a worker thread (disk reads may block)
-FILE_CHUNK = 4 * 1024 * 1024
-
-
-async def _file_chunks(path: Path, start: int, end: int) -> AsyncIterator[bytes]:
-    fd = await anyio.to_thread.run_sync(os.open, path, os.O_RDONLY)
-    try:
-        offset = start
-        while offset < end:
-            data = await anyio.to_thread.run_sync(os.pread, fd, min(FILE_CHUNK, end - offset), offset)
-            if not data:
-                raise OSError(f"{path} is shorter than expected")
-            offset += len(data)
-            yield data
-    finally:
-        os.close(fd)
-
-
 class ApiVersionHeader:
     """Puts ``Docker-Distribution-API-Version`` on every response, errors from the framework included."""
 
@@ -395,6 +379,39 @@ def create_metrics_app(registry_app: Starlette) -> Starlette:
     return Starlette(routes=[Route("/metrics", endpoint)])
 
 
+async def check_storage(home: Path, secrets: SecretResolver | None = None) -> None:
+    """Raise StorageError unless the configured storage can be used (before a server starts listening)."""
+    def read() -> S3Storage | None:
+        store = StateStore(home)
+        try:
+            config = storage_from_json(store.setting(STORAGE_SETTING))
+        finally:
+            store.close()
+        return config if isinstance(config, S3Storage) else None
+
+    config = await anyio.to_thread.run_sync(read)
+    if config is not None:
+        async with ObjectStore(config, secrets) as objects:
+            await objects.check()
+
+
+async def _open_storage(app: Starlette, store: StateStore, secrets: SecretResolver | None,
+                        stack: AsyncExitStack) -> ObjectStore | None:
+    """The shared bucket when the storage setting says s3 (checked now, so a wrong setting fails the start)."""
+    config = await anyio.to_thread.run_sync(lambda: storage_from_json(store.setting(STORAGE_SETTING)))
+    if not isinstance(config, S3Storage):
+        return None
+    try:
+        objects = await stack.enter_async_context(ObjectStore(config, secrets))
+        await objects.check()
+    except RegcacheError as exc:
+        app.state.startup_error = exc  # ProxyServer reports it instead of "failed to start"
+        log.error("cannot start: %s", exc)
+        raise
+    log.info("blobs and manifests in %s", config.describe())
+    return objects
+
+
 def create_app(home: Path, *, secrets: SecretResolver | None = None,
                transport: httpx.AsyncBaseTransport | None = None, freshness: float = 0.0,
                serve_metrics: bool = True, require_auth: bool = False) -> Starlette:
@@ -417,13 +434,14 @@ def create_app(home: Path, *, secrets: SecretResolver | None = None,
             async with anyio.create_task_group() as writer_group:
                 await writer_group.start(events.run)
                 try:
-                    async with anyio.create_task_group() as downloads:
-                        blobs = BlobStore(home, state, downloads)
+                    async with AsyncExitStack() as stack, anyio.create_task_group() as downloads:
+                        objects = await _open_storage(app, store, secrets, stack)
+                        blobs = BlobStore(home, state, downloads, objects)
                         removed = blobs.remove_stale_temp_files()
                         if removed:
                             log.info("removed %d stale temporary file(s)", removed)
                         cache = PullThroughCache(state, upstream, blobs, secrets, freshness, metrics)
-                        downloads.start_soon(run_eviction, state, name="eviction")
+                        downloads.start_soon(run_eviction, state, objects, name="eviction")
                         downloads.start_soon(run_tag_sync, cache, name="tag sync")
                         app.state.registry = Registry(cache, events, ClientAuth(state, require=require_auth))
                         try:

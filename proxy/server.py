@@ -26,7 +26,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .errors import RegcacheError, unwrap_error
 from .oci import API_VERSION_HEADER, RegistryError
-from .registry import create_app, create_metrics_app
+from .registry import check_storage, create_app, create_metrics_app
 from .secrets import SecretResolver
 
 log = logging.getLogger("regcache.server")
@@ -166,6 +166,7 @@ class ProxyServer:
         self.app = create_app(home, secrets=secrets, transport=transport, freshness=freshness,
                               serve_metrics=metrics_listen is None, require_auth=require_auth)
         self._tls = (tls_cert, tls_key)
+        self._secrets = secrets
         self._server: _Server | None = None
         self._metrics_server: _Server | None = None
 
@@ -177,6 +178,7 @@ class ProxyServer:
     async def serve(self, *, task_status: TaskStatus[ListenAddress] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve until ``stop()``; reports the bound address (its real port if 0 was asked) when ready."""
         await anyio.to_thread.run_sync(check_exposure, self.home, self.address, self.allow_anonymous)
+        await check_storage(self.home, self._secrets)  # a wrong bucket or key fails here, in one clear line
         sock = bind(self.address)
         self.address = ListenAddress(self.address.host, sock.getsockname()[1])
         config = uvicorn.Config(self.app, lifespan="on", log_config=None, access_log=False,
@@ -196,15 +198,27 @@ class ProxyServer:
                 servers.append((self._metrics_server, metrics_sock))
             async with anyio.create_task_group() as tg:
                 for each, each_sock in servers:
-                    tg.start_soon(each.serve, [each_sock])
+                    tg.start_soon(self._serve_one, each, each_sock)
                 while not all(each.started for each, _ in servers):
                     if any(each.should_exit for each, _ in servers):
-                        raise ListenError(f"the proxy on {self.address} failed to start; see the log")
+                        raise self._startup_failure()
                     await anyio.sleep(0.01)
                 task_status.started(self.address)
         finally:
             for _, each_sock in servers:
                 each_sock.close()
+
+    async def _serve_one(self, server: _Server, sock: socket.socket) -> None:
+        try:
+            await server.serve([sock])
+        except SystemExit:  # uvicorn's answer to a failed lifespan startup
+            raise self._startup_failure() from None
+
+    def _startup_failure(self) -> RegcacheError:
+        startup_error = getattr(self.app.state, "startup_error", None)
+        if isinstance(startup_error, RegcacheError):  # e.g. the storage bucket refused the credentials
+            return startup_error
+        return ListenError(f"the proxy on {self.address} failed to start; see the log")
 
     def stop(self) -> None:
         """Ask the server to finish in-flight requests and stop (safe from any thread)."""

@@ -130,7 +130,9 @@ class FaultyFront(_Threaded):
                         self.send_header(key, value)
                 for key, value in front.extra_headers.items():
                     self.send_header(key, value)
-                self.send_header("Content-Length", str(len(body)))
+                # a HEAD answer has no body: its length is the one the registry announced
+                length = upstream.headers.get("content-length", "0") if method == "HEAD" else str(len(body))
+                self.send_header("Content-Length", length)
                 self.end_headers()
                 if method == "HEAD":
                     return

@@ -1,0 +1,74 @@
+"""Regcache nodes on one bucket: state directories configured as an operator would, and S3 inspection.
+
+Each node has its own state directory (its own SQLite database) configured through the engine's control
+plane exactly as `regcache upstream add`, `regcache cache create` and `regcache storage set s3` do; the
+S3 keys reach the nodes as ``env://`` secrets, the way a container or a systemd unit would give them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from proxy.control import ControlPlane
+from proxy.storage import make_s3_storage
+from tests.s3.client import s3_client
+from tests.s3.swift import SwiftS3Server
+
+ACCESS_KEY_VAR = "REGCACHE_TEST_S3_ACCESS_KEY"
+SECRET_KEY_VAR = "REGCACHE_TEST_S3_SECRET_KEY"
+
+
+def s3_env(swift: SwiftS3Server, secret_key: str | None = None) -> dict[str, str]:
+    """The environment that gives a node the store's keys (``secret_key`` overrides the right one)."""
+    return {ACCESS_KEY_VAR: swift.access_key, SECRET_KEY_VAR: secret_key or swift.secret_key}
+
+
+def configure_node(home: Path, swift: SwiftS3Server, bucket: str, upstream_host: str, upstream_url: str,
+                   rules: dict[str, str]) -> None:
+    """One node's state: the upstream, ``rules`` (name -> upstream path, served under the same name), s3 storage."""
+    control = ControlPlane.open(home)
+    try:
+        control.add_upstream(upstream_host, upstream_url, "anonymous")
+        for name, path in rules.items():
+            control.create_rule(f"{name.replace('/', '-')}-rule", f"{upstream_host}/{path}", name)
+        control.set_storage(make_s3_storage(swift.endpoint, bucket, f"env://{ACCESS_KEY_VAR}",
+                                            f"env://{SECRET_KEY_VAR}", region=swift.region))
+    finally:
+        control.close()
+
+
+def _run(swift: SwiftS3Server, call) -> Any:
+    async def main() -> Any:
+        async with s3_client(swift) as client:
+            return await call(client)
+
+    return asyncio.run(main())
+
+
+def bucket_keys(swift: SwiftS3Server, bucket: str) -> list[str]:
+    """Every completed object's key in ``bucket``."""
+
+    async def call(client) -> list[str]:
+        keys: list[str] = []
+        paginator = client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=bucket):
+            keys.extend(item["Key"] for item in page.get("Contents", []))
+        return keys
+
+    return _run(swift, call)
+
+
+def pending_uploads(swift: SwiftS3Server, bucket: str) -> list[dict[str, Any]]:
+    """The multipart uploads in ``bucket`` neither completed nor aborted."""
+
+    async def call(client) -> list[dict[str, Any]]:
+        return (await client.list_multipart_uploads(Bucket=bucket)).get("Uploads", [])
+
+    return _run(swift, call)
+
+
+def blob_key(digest: str, prefix: str = "regcache") -> str:
+    algorithm, _, encoded = digest.partition(":")
+    return f"{prefix}/blobs/{algorithm}/{encoded[:2]}/{encoded}"
