@@ -32,6 +32,7 @@ from anyio.abc import TaskGroup
 
 from .eviction import BUCKET_PATH_PREFIX
 from .objectstore import MultipartUpload, ObjectStore, part_size_for
+from .storage import StorageError
 from .store import AsyncStateStore
 
 log = logging.getLogger("regcache.blobs")
@@ -231,7 +232,11 @@ class BlobStore:
         if digest in self._inflight:
             return None
         key = self.objects.blob_key(digest)
-        size = await self.objects.size(key)
+        try:
+            size = await self.objects.size(key)
+        except StorageError as exc:  # the bucket is down: fetch from the upstream (storing may fail too)
+            log.warning("%s; treating %s as not cached", exc, digest)
+            return None
         return None if size is None else StoredBlob(digest, None, size, key)
 
     def open(self, blob: StoredBlob, start: int, end: int) -> AsyncIterator[bytes]:

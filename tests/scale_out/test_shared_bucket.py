@@ -1,0 +1,170 @@
+"""Two `regcache serve` nodes on one S3 bucket (Swift + s3api): what one fetched, the other serves.
+
+Real parts only: Debian's docker-registry upstream, Swift as the store, two real `regcache serve`
+processes with their own state directories, skopeo as the client.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import time
+
+import httpx
+
+from tests.proxy.fronts import PASS, THROTTLE, FaultyFront
+from tests.proxy.test_serve import ServeProcess
+from tests.registries.skopeo import assert_pulled
+from tests.tui.test_cli import regcache_executable
+
+from .nodes import blob_key, bucket_keys, configure_node, pending_uploads, s3_env
+
+MiB = 1024 * 1024
+
+
+def _node_env(keyring_env: dict[str, str], swift, **overrides: str) -> dict[str, str]:
+    return {**keyring_env, **s3_env(swift, **overrides)}
+
+
+def test_a_pull_through_node_a_is_served_by_node_b_with_the_upstream_stopped(
+        tmp_path, keyring_env, swift_s3, s3_bucket, anonymous_registry, push_image, skopeo):
+    # one layer over the part size (a multipart upload), one small (a plain PUT), plus the config blob
+    image = push_image(anonymous_registry, "acme/shared", "1.0", layers=[20 * MiB, 300_000])
+    homes = {name: tmp_path / name for name in ("a", "b")}
+    for home in homes.values():
+        configure_node(home, swift_s3, s3_bucket, anonymous_registry.host, anonymous_registry.url,
+                       {"shared": "acme/shared"})
+    env = _node_env(keyring_env, swift_s3)
+    node_a = ServeProcess(homes["a"], "--listen", "127.0.0.1:0", env=env)
+    node_b = ServeProcess(homes["b"], "--listen", "127.0.0.1:0", env=env)
+    try:
+        assert_pulled(skopeo.copy_to_oci(f"{node_a.host}/shared:1.0", tmp_path / "via-a", "1.0"), "1.0", image)
+        # clients get the last byte once it verified; the upload's completion follows moments later
+        wanted = {blob_key(digest) for digest in image.blobs}
+        deadline = time.monotonic() + 20
+        while not wanted <= (keys := set(bucket_keys(swift_s3, s3_bucket))) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for digest in image.blobs:
+            assert blob_key(digest) in keys, f"{digest} is not in the bucket"
+        assert f"regcache/manifests/sha256/{image.digest.partition(':')[2]}" in keys
+        assert pending_uploads(swift_s3, s3_bucket) == []
+        # the bucket holds the blobs, not node A's disk
+        assert [p for p in (homes["a"] / "blobs").rglob("*") if p.is_file()] == []
+
+        anonymous_registry.stop()
+        assert_pulled(skopeo.copy_to_oci(f"{node_b.host}/shared:1.0", tmp_path / "via-b", "1.0"), "1.0", image)
+        with httpx.Client(base_url=node_b.url, timeout=30) as http:  # byte for byte, also by digest and range
+            big = image.layers[0]
+            assert http.get(f"/v2/shared/blobs/{big.digest}").content == big.data
+            ranged = http.get(f"/v2/shared/blobs/{big.digest}", headers={"Range": "bytes=100-199"})
+            assert ranged.status_code == 206 and ranged.content == big.data[100:200]
+            manifest = http.get(f"/v2/shared/manifests/{image.digest}",
+                                headers={"Accept": image.media_type})
+            assert manifest.status_code == 200 and manifest.content == image.manifest
+            # a repository no rule of node B covers stays unknown: the bucket is no open proxy
+            assert http.get(f"/v2/other/blobs/{big.digest}").status_code == 404
+    finally:
+        for node in (node_a, node_b):
+            code, output = node.terminate()
+            assert code == 0, output
+            assert "Traceback" not in output, output
+
+
+def test_wrong_s3_credentials_fail_the_start_naming_the_endpoint(tmp_path, keyring_env, swift_s3, s3_bucket,
+                                                                anonymous_registry):
+    home = tmp_path / "node"
+    configure_node(home, swift_s3, s3_bucket, anonymous_registry.host, anonymous_registry.url, {"app": "acme/app"})
+    wrong_secret = "not-the-secret-" + hashlib.sha256(b"x").hexdigest()[:12]
+    started = time.monotonic()
+    result = subprocess.run([regcache_executable(), "--home", str(home), "serve", "--listen", "127.0.0.1:0"],
+                            env={**_system_env(), **_node_env(keyring_env, swift_s3, secret_key=wrong_secret)},
+                            capture_output=True, text=True, timeout=60)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    error_lines = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1, output
+    assert swift_s3.endpoint in error_lines[0] and "credentials" in error_lines[0], error_lines[0]
+    assert wrong_secret not in output and swift_s3.secret_key not in output
+    assert "Traceback" not in output, output
+    assert time.monotonic() - started < 30
+
+
+def test_kill_9_mid_upload_leaves_no_object_and_gc_aborts_the_upload(
+        tmp_path, keyring_env, swift_s3, s3_bucket, anonymous_registry, push_image, skopeo):
+    image = push_image(anonymous_registry, "acme/crashy", "1", layers=[30 * MiB])
+    layer = image.layers[0]
+    front = FaultyFront(anonymous_registry.url, THROTTLE).start()
+    front.throttle_chunk = 256 * 1024  # ~12 MB/s: the 30 MB layer takes ~2.5 s
+    homes = {name: tmp_path / name for name in ("a", "b")}
+    for home in homes.values():
+        configure_node(home, swift_s3, s3_bucket, front.host, front.url, {"crashy": "acme/crashy"})
+    env = _node_env(keyring_env, swift_s3)
+    node_a = ServeProcess(homes["a"], "--listen", "127.0.0.1:0", env=env)
+    node_b: ServeProcess | None = None
+    puller = None
+    try:
+        puller = subprocess.Popen([skopeo.binary, "--insecure-policy", "copy", "--src-tls-verify=false",
+                                   "--src-no-creds", f"docker://{node_a.host}/crashy:1",
+                                   f"oci:{tmp_path / 'interrupted'}:1"],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while not pending_uploads(swift_s3, s3_bucket):  # a first part is in: the upload is under way
+            assert time.monotonic() < deadline, "node A never started uploading the layer"
+            time.sleep(0.05)
+        node_a.proc.kill()  # SIGKILL: no abort, no cleanup
+        node_a.proc.wait()
+        puller.kill()
+        puller.wait()
+        key = blob_key(layer.digest)
+        stale = pending_uploads(swift_s3, s3_bucket)
+        assert [u["Key"] for u in stale] == [key]
+        assert key not in bucket_keys(swift_s3, s3_bucket), "a partial object became visible"
+
+        front.mode = PASS
+        node_b = ServeProcess(homes["b"], "--listen", "127.0.0.1:0", env=env)
+        with httpx.Client(base_url=node_b.url, timeout=60) as http:
+            head = http.head(f"/v2/crashy/blobs/{layer.digest}")
+            assert head.status_code == 200 and int(head.headers["content-length"]) == layer.size
+            assert http.get(f"/v2/crashy/blobs/{layer.digest}").content == layer.data
+
+        gc = subprocess.run([regcache_executable(), "--home", str(homes["a"]), "gc", "-o", "json"],
+                            env={**_system_env(), **env}, capture_output=True, text=True, timeout=60)
+        assert gc.returncode == 0, gc.stdout + gc.stderr
+        assert stale[0]["UploadId"] in gc.stdout
+        remaining = [u["UploadId"] for u in pending_uploads(swift_s3, s3_bucket)]
+        assert stale[0]["UploadId"] not in remaining
+        assert key in bucket_keys(swift_s3, s3_bucket)  # node B's verified copy
+    finally:
+        if puller is not None and puller.poll() is None:
+            puller.kill()
+            puller.wait()
+        for node in (node_a, node_b):
+            if node is not None and node.proc.poll() is None:
+                node.terminate()
+        front.stop()
+
+
+def _system_env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
+
+
+def test_a_bucket_that_fails_while_serving_costs_storage_not_pulls(
+        tmp_path, keyring_env, swift_s3, s3_bucket, anonymous_registry, push_image, skopeo):
+    image = push_image(anonymous_registry, "acme/lost", "1", layers=[10 * MiB, 50_000])
+    home = tmp_path / "node"
+    configure_node(home, swift_s3, s3_bucket, anonymous_registry.host, anonymous_registry.url, {"lost": "acme/lost"})
+    node = ServeProcess(home, "--listen", "127.0.0.1:0", env=_node_env(keyring_env, swift_s3))
+    try:
+        swift_s3.delete_bucket(s3_bucket)  # the store loses the bucket after the node checked it at start
+        assert_pulled(skopeo.copy_to_oci(f"{node.host}/lost:1", tmp_path / "pulled", "1"), "1", image)
+        deadline = time.monotonic() + 10
+        while not any("could not store" in line for line in node.lines) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        code, output = node.terminate()
+    assert code == 0, output
+    assert "could not store" in output and swift_s3.endpoint in output, output
+    assert "Traceback" not in output, output
+    assert [p for p in (home / "blobs").rglob("*") if p.is_file()] == []  # no temporary file left behind
