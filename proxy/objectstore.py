@@ -25,13 +25,14 @@ import logging
 import os
 import socket
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .secrets import SecretResolver
-from .storage import S3Storage, StorageError
+from .storage import STORAGE_SETTING, S3Storage, StorageError, storage_from_json
+from .store import StateStore
 
 log = logging.getLogger("regcache.objectstore")
 
@@ -295,6 +296,21 @@ class ObjectStore:
             if why is not None:
                 result.append((upload, why))
         return result
+
+
+@asynccontextmanager
+async def configured_object_store(store: StateStore, secrets: SecretResolver | None = None
+                                  ) -> AsyncIterator[ObjectStore | None]:
+    """The bucket the storage setting names, checked usable (None for the filesystem backend)."""
+    import anyio
+
+    config = await anyio.to_thread.run_sync(lambda: storage_from_json(store.setting(STORAGE_SETTING)))
+    if not isinstance(config, S3Storage):
+        yield None
+        return
+    async with ObjectStore(config, secrets) as objects:
+        await objects.check()
+        yield objects
 
 
 class MultipartUpload:

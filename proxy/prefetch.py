@@ -19,6 +19,7 @@ from .blobs import BlobStore, BlobStream
 from .cache import PullThroughCache, compute_digest
 from .errors import ValidationError
 from .models import RuleMatch
+from .objectstore import configured_object_store
 from .oci import INDEX_TYPES, RegistryError
 from .references import is_digest, is_repository_name, is_tag
 from .rules import RuleSet
@@ -52,8 +53,8 @@ async def pull_through(home: Path, secrets: SecretResolver | None = None) -> Asy
     state = AsyncStateStore(store)
     upstream = UpstreamClient()
     try:
-        async with anyio.create_task_group() as downloads:
-            yield PullThroughCache(state, upstream, BlobStore(home, state, downloads), secrets)
+        async with configured_object_store(store, secrets) as objects, anyio.create_task_group() as downloads:
+            yield PullThroughCache(state, upstream, BlobStore(home, state, downloads, objects), secrets)
     finally:
         with anyio.CancelScope(shield=True):
             await upstream.aclose()

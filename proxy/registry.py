@@ -10,7 +10,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,17 +26,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .blobs import BlobStorageError, BlobStore, BlobStream, StoredBlob
 from .cache import PullThroughCache
 from .client_auth import ClientAuth
-from .errors import RegcacheError
 from .events import EventLog
 from .eviction import run_eviction
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import ProxyMetrics
 from .models import PullEvent, RuleMatch
-from .objectstore import ObjectStore
+from .objectstore import configured_object_store
 from .oci import API_VERSION_HEADER, OCI_INDEX, RegistryError, unsupported
 from .references import is_digest, is_repository_name, is_tag
 from .secrets import SecretResolver
-from .storage import STORAGE_SETTING, S3Storage, storage_from_json
 from .store import AsyncStateStore, StateStore
 from .tagsync import run_tag_sync
 from .tokens import ClientToken
@@ -381,35 +379,12 @@ def create_metrics_app(registry_app: Starlette) -> Starlette:
 
 async def check_storage(home: Path, secrets: SecretResolver | None = None) -> None:
     """Raise StorageError unless the configured storage can be used (before a server starts listening)."""
-    def read() -> S3Storage | None:
-        store = StateStore(home)
-        try:
-            config = storage_from_json(store.setting(STORAGE_SETTING))
-        finally:
-            store.close()
-        return config if isinstance(config, S3Storage) else None
-
-    config = await anyio.to_thread.run_sync(read)
-    if config is not None:
-        async with ObjectStore(config, secrets) as objects:
-            await objects.check()
-
-
-async def _open_storage(app: Starlette, store: StateStore, secrets: SecretResolver | None,
-                        stack: AsyncExitStack) -> ObjectStore | None:
-    """The shared bucket when the storage setting says s3 (checked now, so a wrong setting fails the start)."""
-    config = await anyio.to_thread.run_sync(lambda: storage_from_json(store.setting(STORAGE_SETTING)))
-    if not isinstance(config, S3Storage):
-        return None
+    store = StateStore(home)
     try:
-        objects = await stack.enter_async_context(ObjectStore(config, secrets))
-        await objects.check()
-    except RegcacheError as exc:
-        app.state.startup_error = exc  # ProxyServer reports it instead of "failed to start"
-        log.error("cannot start: %s", exc)
-        raise
-    log.info("blobs and manifests in %s", config.describe())
-    return objects
+        async with configured_object_store(store, secrets):
+            pass
+    finally:
+        store.close()
 
 
 def create_app(home: Path, *, secrets: SecretResolver | None = None,
@@ -434,8 +409,8 @@ def create_app(home: Path, *, secrets: SecretResolver | None = None,
             async with anyio.create_task_group() as writer_group:
                 await writer_group.start(events.run)
                 try:
-                    async with AsyncExitStack() as stack, anyio.create_task_group() as downloads:
-                        objects = await _open_storage(app, store, secrets, stack)
+                    async with configured_object_store(store, secrets) as objects, \
+                            anyio.create_task_group() as downloads:
                         blobs = BlobStore(home, state, downloads, objects)
                         removed = blobs.remove_stale_temp_files()
                         if removed:

@@ -215,9 +215,6 @@ class ProxyServer:
             raise self._startup_failure() from None
 
     def _startup_failure(self) -> RegcacheError:
-        startup_error = getattr(self.app.state, "startup_error", None)
-        if isinstance(startup_error, RegcacheError):  # e.g. the storage bucket refused the credentials
-            return startup_error
         return ListenError(f"the proxy on {self.address} failed to start; see the log")
 
     def stop(self) -> None:

@@ -168,3 +168,24 @@ def test_a_bucket_that_fails_while_serving_costs_storage_not_pulls(
     assert "could not store" in output and swift_s3.endpoint in output, output
     assert "Traceback" not in output, output
     assert [p for p in (home / "blobs").rglob("*") if p.is_file()] == []  # no temporary file left behind
+
+
+def test_warm_on_one_node_fills_the_bucket_for_every_node(
+        tmp_path, keyring_env, swift_s3, s3_bucket, anonymous_registry, push_image, skopeo):
+    image = push_image(anonymous_registry, "acme/warmed", "2", layers=[9 * MiB, 70_000])
+    homes = {name: tmp_path / name for name in ("a", "b")}
+    for home in homes.values():
+        configure_node(home, swift_s3, s3_bucket, anonymous_registry.host, anonymous_registry.url,
+                       {"warmed": "acme/warmed"})
+    env = {**_system_env(), **_node_env(keyring_env, swift_s3)}
+    warm = subprocess.run([regcache_executable(), "--home", str(homes["a"]), "warm", "warmed:2"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert warm.returncode == 0, warm.stdout + warm.stderr
+    assert {blob_key(digest) for digest in image.blobs} <= set(bucket_keys(swift_s3, s3_bucket))
+    anonymous_registry.stop()
+    node_b = ServeProcess(homes["b"], "--listen", "127.0.0.1:0", env=_node_env(keyring_env, swift_s3))
+    try:
+        assert_pulled(skopeo.copy_to_oci(f"{node_b.host}/warmed:2", tmp_path / "pulled", "2"), "2", image)
+    finally:
+        code, output = node_b.terminate()
+    assert code == 0, output
