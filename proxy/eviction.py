@@ -143,30 +143,60 @@ def plan_if_configured(store: StateStore, min_idle: float = DEFAULT_MIN_IDLE) ->
     return evictor.plan()
 
 
-def evict_once(store: StateStore, min_idle: float = DEFAULT_MIN_IDLE, secrets: SecretResolver | None = None) -> int:
-    """Apply retention and max-size now if either is configured (from a thread, not an event loop)."""
-    plan = plan_if_configured(store, min_idle)
-    if plan is None:
-        return 0
+@dataclass(frozen=True, slots=True)
+class CollectionReport:
+    """What one garbage collection evicted (or would) and, with s3 storage, which stale uploads it aborted."""
+
+    plan: EvictionPlan
+    bytes_freed: int
+    #: (key, upload id, initiated, why it is judged abandoned); None for filesystem storage
+    stale_uploads: list[tuple[str, str, datetime, str]] | None
+    storage: str  # the storage backend, described for people
+
+
+def collect_garbage(store: StateStore, secrets: SecretResolver | None = None, min_idle: float = DEFAULT_MIN_IDLE,
+                    stale_uploads_after: timedelta | None = None, dry_run: bool = False,
+                    only_if_configured: bool = False) -> CollectionReport:
+    """Evict by retention and max-size and, with s3 storage, abort abandoned multipart uploads.
+
+    Runs from a thread, not an event loop (the bucket is reached through its own). Bucket objects are
+    deleted before their rows, so a failure leaves rows to retry rather than objects nothing tracks.
+    ``only_if_configured`` plans no eviction unless retention or max-size is set.
+    """
+    from .storage import S3Storage, StorageError, storage_from_json
+
+    evictor = Evictor(store, min_idle)
+    plan = plan_if_configured(store, min_idle) if only_if_configured else evictor.plan()
+    plan = plan or EvictionPlan((), (), 0, None)
     keys = [c.path.removeprefix(BUCKET_PATH_PREFIX) for c in plan.candidates if c.path.startswith(BUCKET_PATH_PREFIX)]
-    if keys:
-        import anyio
+    config = storage_from_json(store.setting("storage"))
+    stale: list[tuple[str, str, datetime, str]] | None = None
+    if isinstance(config, S3Storage):
+        stale = _collect_bucket(config, secrets, keys, stale_uploads_after, dry_run)
+    elif keys and not dry_run:
+        raise StorageError("blobs to evict are in a bucket, but the storage setting is no longer s3: set it "
+                           "back with `regcache storage set s3` to evict them")
+    freed = plan.bytes_freed if dry_run else evictor.apply(plan)
+    return CollectionReport(plan, freed, stale, config.describe())
 
-        from .objectstore import ObjectStore
-        from .storage import S3Storage, StorageError, storage_from_json
 
-        config = storage_from_json(store.setting("storage"))
-        if not isinstance(config, S3Storage):
-            raise StorageError("blobs to evict are in a bucket, but the storage setting is no longer s3: set it "
-                               "back with `regcache storage set s3` to evict them")
+def _collect_bucket(config, secrets: SecretResolver | None, keys: list[str], stale_after: timedelta | None,
+                    dry_run: bool) -> list[tuple[str, str, datetime, str]]:
+    import anyio
 
-        async def delete() -> None:
-            async with ObjectStore(config, secrets) as objects:
+    from .objectstore import DEFAULT_STALE_UPLOAD_AGE, ObjectStore
+
+    async def run() -> list[tuple[str, str, datetime, str]]:
+        async with ObjectStore(config, secrets) as objects:
+            stale = await objects.stale_uploads(stale_after or DEFAULT_STALE_UPLOAD_AGE)
+            if not dry_run:
                 for key in keys:
                     await objects.delete(key)
+                for upload, _ in stale:
+                    await objects.abort_upload(upload.key, upload.upload_id)
+        return [(upload.key, upload.upload_id, upload.initiated, why) for upload, why in stale]
 
-        anyio.run(delete)
-    return Evictor(store, min_idle).apply(plan)
+    return anyio.run(run)
 
 
 async def evict(state: AsyncStateStore, plan: EvictionPlan, objects: ObjectStore | None = None) -> int:

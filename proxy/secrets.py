@@ -49,8 +49,10 @@ class SecretId:
             return cls("keyring", m.group(1), m.group(2))
         if m := _ENV_RE.fullmatch(value):
             return cls("env", "", m.group(1))
+        # never quoted back: what was typed may be the secret itself, pasted where its id belongs
         raise ValidationError(
-            f"secret id {value!r} must be keyring://SERVICE/NAME or env://VARIABLE", field=field
+            f"{field or 'a secret id'} must be a secret id, keyring://SERVICE/NAME or env://VARIABLE, not a value: "
+            f"store the value with `regcache secret set keyring://regcache/NAME`", field=field
         )
 
 

@@ -158,10 +158,11 @@ class RegcacheApp(App[None]):
 
     @work(thread=True, exclusive=True, group="gc")
     def evict_now(self) -> None:
-        from proxy.eviction import evict_once
+        from proxy.eviction import collect_garbage
         from proxy.units import format_size
 
-        freed = self.backend.call(lambda b: evict_once(b.control.store))
+        freed = self.backend.call(lambda b: collect_garbage(b.control.store, b.control.secrets,
+                                                            only_if_configured=True).bytes_freed)
         self.call_from_thread(self.notify, f"Eviction freed {format_size(freed)}" if freed else
                               "Nothing to evict (no max-size exceeded, no retention expired)")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from functools import wraps
 from typing import Any
 
@@ -16,18 +17,24 @@ import click
 from proxy.control import ControlPlane
 from proxy.errors import RegcacheError, unwrap_error
 from proxy.models import ANONYMOUS, AuthPolicy
+from proxy.objectstore import DEFAULT_STALE_UPLOAD_AGE
 from proxy.oci import RegistryError
+from proxy.secrets import SecretResolver
+from proxy.storage import FilesystemStorage, S3Storage, StorageConfig, make_s3_storage
+from proxy.units import format_duration
 
 from .output import (
     CREDENTIAL_SET_COLUMNS,
     FORMATS,
     RULE_COLUMNS,
+    STORAGE_FIELDS,
     TOKEN_COLUMNS,
     UPSTREAM_COLUMNS,
     Column,
     credential_set_resource,
     render,
     rule_resource,
+    storage_resource,
     token_resource,
     upstream_resource,
 )
@@ -545,7 +552,7 @@ def rules_apply(control: ControlPlane, path: Any, yes: bool) -> None:
         click.echo(f"applied {len(changes)} change(s)", err=True)
 
 
-# -- settings and eviction ----------------------------------------------------------------------
+# -- settings ----------------------------------------------------------------------------------
 
 @main.group(context_settings=CONTEXT_SETTINGS)
 def settings() -> None:
@@ -582,32 +589,123 @@ def settings_unset(control: ControlPlane, key: str) -> None:
     click.echo(f"{key} unset", err=True)
 
 
-@main.command()
-@click.option("--dry-run", is_flag=True, help="Show what would be evicted; change nothing.")
-@click.option("--min-idle", default="60s", show_default=True, metavar="DURATION",
-              help="Keep blobs pulled within this long (clients may be reading them).")
+# -- storage backend -----------------------------------------------------------------------------
+
+STORAGE_NOTE = "takes effect at the next start of `regcache serve` or the TUI"
+
+
+@main.group(context_settings=CONTEXT_SETTINGS)
+def storage() -> None:
+    """Where cached blobs live: the state directory (filesystem) or an S3-compatible bucket shared by nodes (s3)."""
+
+
+@storage.command("show")
 @output_option
 @engine_command
-def gc(control: ControlPlane, dry_run: bool, min_idle: str, fmt: str) -> None:
-    """Evict by per-rule retention and the max-size limit, least recently pulled first."""
-    from proxy.eviction import Evictor
+def storage_show(control: ControlPlane, fmt: str) -> None:
+    """Show the storage backend (the bucket's secrets by id only)."""
+    record = storage_resource(control.storage())
+    rows = [{"setting": label, "value": record[key]} for label, key in STORAGE_FIELDS if key in record]
+    _emit(record if fmt == "json" else rows, (("SETTING", "setting"), ("VALUE", "value")), fmt)
+    click.echo(f"note: the storage setting {STORAGE_NOTE}", err=True)
+
+
+@storage.group("set", context_settings=CONTEXT_SETTINGS)
+def storage_set() -> None:
+    """Choose the storage backend: filesystem (the default) or s3."""
+
+
+@storage_set.command("filesystem")
+@engine_command
+def storage_set_filesystem(control: ControlPlane) -> None:
+    """Keep blobs under the state directory."""
+    _save_storage(control, FilesystemStorage())
+
+
+@storage_set.command("s3")
+@click.option("--endpoint", required=True, metavar="URL", help="The store's URL, e.g. https://s3.example.com.")
+@click.option("--bucket", required=True, metavar="NAME", help="The bucket (it must exist).")
+@click.option("--access-key-id", required=True, metavar="SECRET_ID",
+              help="Secret id of the access key id: keyring://SERVICE/NAME or env://VAR.")
+@click.option("--secret-access-key", required=True, metavar="SECRET_ID", help="Secret id of the secret access key.")
+@click.option("--region", metavar="REGION", help="Signing region (default us-east-1).")
+@click.option("--path-style/--virtual-hosted", default=True, show_default=True,
+              help="Address the bucket in the path (most stores other than AWS) or in the host name.")
+@click.option("--prefix", metavar="PREFIX", help="Key prefix inside the bucket (default regcache).")
+@click.option("--no-check", is_flag=True, help="Save without first checking that the bucket can be listed.")
+@engine_command
+def storage_set_s3(control: ControlPlane, endpoint: str, bucket: str, access_key_id: str, secret_access_key: str,
+                   region: str | None, path_style: bool, prefix: str | None, no_check: bool) -> None:
+    """Keep blobs in a bucket of an S3-compatible store; checks the bucket with the credentials first."""
+    import anyio
+
+    config = make_s3_storage(endpoint, bucket, access_key_id, secret_access_key, region=region, path_style=path_style,
+                         prefix=prefix)
+    if not no_check:
+        anyio.run(_check_bucket, config, control.secrets)
+    _save_storage(control, config)
+
+
+async def _check_bucket(config: S3Storage, secrets: SecretResolver) -> None:
+    """Raise StorageError (or SecretError) unless the bucket can be listed with the configured secrets."""
+    from proxy.objectstore import ObjectStore
+
+    async with ObjectStore(config, secrets) as objects:
+        await objects.check()
+
+
+def _save_storage(control: ControlPlane, config: StorageConfig) -> None:
+    control.set_storage(config)
+    click.echo(f"storage set to {config.describe()}; this {STORAGE_NOTE}", err=True)
+
+
+# -- eviction ----------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Show what would be evicted (and aborted); change nothing.")
+@click.option("--min-idle", default="60s", show_default=True, metavar="DURATION",
+              help="Keep blobs pulled within this long (clients may be reading them).")
+@click.option("--stale-uploads-after", default=format_duration(DEFAULT_STALE_UPLOAD_AGE.total_seconds()),
+              show_default=True, metavar="DURATION",
+              help="s3 storage: abort a multipart upload of a node on another host once this old (one whose "
+                   "node on this host is gone is aborted at once, one no node owns after 10 minutes).")
+@output_option
+@engine_command
+def gc(control: ControlPlane, dry_run: bool, min_idle: str, stale_uploads_after: str, fmt: str) -> None:
+    """Evict by per-rule retention and the max-size limit, least recently pulled first.
+
+    With s3 storage, also deletes the evicted blobs from the bucket and aborts abandoned multipart uploads.
+    """
+    from proxy.eviction import collect_garbage
     from proxy.units import format_size, parse_duration
 
-    evictor = Evictor(control.store, parse_duration(min_idle, "min-idle"))
-    plan = evictor.plan()
-    freed = plan.bytes_freed if dry_run else evictor.apply(plan)
+    report = collect_garbage(control.store, control.secrets, parse_duration(min_idle, "min-idle"),
+                             timedelta(seconds=parse_duration(stale_uploads_after, "stale-uploads-after")), dry_run)
+    plan, freed = report.plan, report.bytes_freed
     rows = [{"digest": c.digest, "size": c.size, "sizeText": format_size(c.size), "reason": c.reason,
              "lastPull": c.last_access.isoformat() if c.last_access else None} for c in plan.candidates]
+    uploads = None if report.stale_uploads is None else [
+        {"key": key, "uploadId": upload_id, "reason": why, "initiated": initiated.isoformat()}
+        for key, upload_id, initiated, why in report.stale_uploads]
     if fmt == "json":
-        click.echo(json.dumps({"dryRun": dry_run, "evicted": rows, "bytesFreed": freed,
-                               "cacheBytes": plan.cache_bytes, "maxSize": plan.max_size,
-                               "expiredRepositories": list(plan.expired_repositories)}, indent=2))
+        result = {"dryRun": dry_run, "evicted": rows, "bytesFreed": freed, "cacheBytes": plan.cache_bytes,
+                  "maxSize": plan.max_size, "expiredRepositories": list(plan.expired_repositories)}
+        if uploads is not None:
+            result["abortedUploads"] = uploads
+        click.echo(json.dumps(result, indent=2))
         return
     _emit(rows, (("DIGEST", "digest"), ("SIZE", "sizeText"), ("REASON", "reason")), fmt)
     verb = "would free" if dry_run else "freed"
     limit = f" (max-size {format_size(plan.max_size)})" if plan.max_size is not None else ""
     click.echo(f"{verb} {format_size(freed)} in {len(plan.candidates)} blob(s); cache "
                f"{format_size(plan.cache_bytes)} -> {format_size(plan.cache_bytes - freed)}{limit}", err=True)
+    if uploads is not None:
+        if uploads:
+            if fmt == "table":
+                click.echo()  # apart from the evicted blobs' table
+            _emit(uploads, (("UPLOAD KEY", "key"), ("REASON", "reason")), fmt)
+        verb = "would abort" if dry_run else "aborted"
+        click.echo(f"{verb} {len(uploads)} stale multipart upload(s) in {report.storage}", err=True)
 
 
 # -- secrets -----------------------------------------------------------------------------------

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from proxy.storage import DEFAULT_PREFIX, S3Storage, StorageConfig
+
 
 def size(n: int | None) -> str:
     if n is None:
@@ -57,3 +59,11 @@ def budget(rate_limit: dict | None) -> str:
     if rate_limit.get("throttled"):
         text += f" ({rate_limit['throttled']}x429)"
     return text
+
+
+def storage(config: StorageConfig) -> str:
+    """``filesystem``, or ``s3 bucket NAME at ENDPOINT`` (with the key prefix when it is not the default)."""
+    if not isinstance(config, S3Storage):
+        return config.kind
+    prefix = f" (prefix {config.prefix}/)" if config.prefix != DEFAULT_PREFIX else ""
+    return f"s3 bucket {config.bucket} at {config.endpoint}{prefix}"

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from proxy.models import CacheRule, CredentialSet, Upstream
+from proxy.storage import S3Storage, StorageConfig
 from proxy.tokens import ClientToken
 from proxy.units import format_duration
 
@@ -157,4 +158,30 @@ def token_resource(token: ClientToken) -> dict[str, Any]:
 TOKEN_COLUMNS: Sequence[Column] = (
     ("NAME", "name"), ("REPOSITORIES", "repositories"), ("STATUS", "status"), ("EXPIRY", "expiry"),
     ("CREATED", "creationDate"), ("LAST USED", "lastUsed"),
+)
+
+
+# -- storage backend -------------------------------------------------------------------------------
+
+def storage_resource(config: StorageConfig) -> dict[str, Any]:
+    """The storage backend: where blobs live and the *ids* of the bucket's secrets, never their values."""
+    if not isinstance(config, S3Storage):
+        return {"kind": config.kind}
+    return {
+        "kind": config.kind,
+        "endpoint": config.endpoint,
+        "bucket": config.bucket,
+        "region": config.region,
+        "addressing": "path" if config.path_style else "virtual",
+        "prefix": config.prefix,
+        "accessKeyIdSecretIdentifier": config.access_key_id,
+        "secretAccessKeySecretIdentifier": config.secret_access_key,
+    }
+
+
+#: (label, key of the storage record), for the table and TSV forms (one line per setting)
+STORAGE_FIELDS: Sequence[Column] = (
+    ("kind", "kind"), ("endpoint", "endpoint"), ("bucket", "bucket"), ("region", "region"),
+    ("addressing", "addressing"), ("prefix", "prefix"), ("access-key-id", "accessKeyIdSecretIdentifier"),
+    ("secret-access-key", "secretAccessKeySecretIdentifier"),
 )

@@ -120,7 +120,7 @@ REFUSALS = [
     pytest.param([], ["credential-set", "create", "-n", "hub-creds", "-l", "docker.io", "-u", "env://U", "-p",
                       "env://P"], "named 'hub-creds' already exists", id="duplicate credential set"),
     pytest.param([], ["credential-set", "create", "-n", "bad-ids", "-l", "docker.io", "-u", "my-username", "-p",
-                      "env://P"], "must be keyring://SERVICE/NAME or env://VARIABLE", id="bad secret id"),
+                      "env://P"], "must be a secret id, keyring://SERVICE/NAME or env://VARIABLE", id="bad secret id"),
     pytest.param([], ["credential-set", "create", "-n", "nowhere", "-l", "nowhere.example", "-u", "env://U",
                       "-p", "env://P"], "unknown login server 'nowhere.example'", id="credential set unknown server"),
     pytest.param([], ["upstream", "remove", "--login-server", "ghcr.io"], "has no URL override",

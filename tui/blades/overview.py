@@ -12,6 +12,7 @@ from textual.widgets import Label, Static
 
 from proxy.models import CacheRule, CredentialSet, HealthStatus
 from proxy.statistics import CacheSize, RecordedEvent, Totals
+from proxy.storage import FilesystemStorage, StorageConfig
 
 from .. import format as fmt
 from .base import Blade
@@ -26,6 +27,7 @@ class OverviewData:
     totals: Totals
     errors: list[RecordedEvent]
     max_size: str = ""
+    storage: StorageConfig = FilesystemStorage()
 
 
 class OverviewBlade(Blade):
@@ -45,7 +47,7 @@ class OverviewBlade(Blade):
             usage = b.stats.rule_usage()
             return OverviewData(b.control.list_rules(), b.control.list_credential_sets(), b.stats.cache_size(),
                                 sum(u.repositories for u in usage.values()), b.stats.totals(),
-                                b.stats.recent_errors(5), b.control.settings()["max-size"])
+                                b.stats.recent_errors(5), b.control.settings()["max-size"], b.control.storage())
 
         data = self.backend.call(read)
         self.app.call_from_thread(self._show, data)
@@ -66,6 +68,7 @@ class OverviewBlade(Blade):
         facts.add_row("Credentials", Text(f"{len(data.credential_sets)}" + (f" ({unhealthy} unhealthy)"
                                                                              if unhealthy else ""),
                                           style="bold red" if unhealthy else ""))
+        facts.add_row("Storage", fmt.storage(data.storage))
         limit = f" of {data.max_size} max" if data.max_size else ""
         facts.add_row("Cache size", f"{fmt.size(data.size.blob_bytes)}{limit} in "
                                     f"{fmt.count(data.size.blobs, 'blob')}, "
