@@ -82,8 +82,8 @@ class RegcacheApp(App[None]):
         except RegcacheError as exc:
             status = ProxyStatus(str(self.proxy.server.address), "stopped", str(exc))
             self.call_from_thread(setattr, self, "proxy_status", status)
-            reason = str(exc).rstrip(".?!")  # the sentence goes on
-            self.call_from_thread(self.notify, f"The proxy is not running: {reason}. Rules and credentials "
+            reason = str(exc) if str(exc).endswith((".", "?", "!")) else f"{exc}."
+            self.call_from_thread(self.notify, f"The proxy is not running: {reason} Rules and credentials "
                                                f"still work.", title="Proxy", severity="error", timeout=15)
             return
         self.call_from_thread(setattr, self, "proxy_status", ProxyStatus(str(address), "running"))
