@@ -193,6 +193,8 @@ class BlobStore:
         self._inflight: dict[str, Download] = {}
         #: completed upstream downloads per digest (tests and the benchmark read it)
         self.downloads = 0
+        #: downloads of this node that finished storing in the bucket (see lookup)
+        self._stored_in_bucket = 0
 
     def path_for(self, digest: str) -> Path:
         algorithm, _, encoded = digest.partition(":")
@@ -229,15 +231,23 @@ class BlobStore:
         """The verified blob on disk or in the bucket; None while a download of it runs here (join it)."""
         if self.objects is None:
             return self.stored(digest)
-        if digest in self._inflight:
-            return None
         key = self.objects.blob_key(digest)
-        try:
-            size = await self.objects.size(key)
-        except StorageError as exc:  # the bucket is down: fetch from the upstream (storing may fail too)
-            log.warning("%s; treating %s as not cached", exc, digest)
-            return None
-        return None if size is None else StoredBlob(digest, None, size, key)
+        for _ in range(2):
+            if digest in self._inflight:
+                return None
+            stored_before = self._stored_in_bucket
+            try:
+                size = await self.objects.size(key)
+            except StorageError as exc:  # the bucket is down: fetch from the upstream (storing may fail too)
+                log.warning("%s; treating %s as not cached", exc, digest)
+                return None
+            if size is not None:
+                return StoredBlob(digest, None, size, key)
+            if self._stored_in_bucket == stored_before:
+                return None
+            # A download of ours finished while we asked, perhaps this very blob: ask once more, so it
+            # is not downloaded a second time
+        return None
 
     def open(self, blob: StoredBlob, start: int, end: int) -> AsyncIterator[bytes]:
         """Bytes ``start`` to ``end`` (exclusive) of a verified blob."""
@@ -348,6 +358,7 @@ class BlobStore:
         # Until here a new request joins this download (the temporary file is complete); from here on
         # it finds the object in the bucket, or (if the upload failed) starts a new download.
         del self._inflight[d.digest]
+        self._stored_in_bucket += 1
         d.done = True
         _unlink(d.tmp_path)
         self.downloads += 1

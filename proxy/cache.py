@@ -39,6 +39,7 @@ from .oci import (
 from .rules import RuleSet
 from .secrets import SecretResolver
 from .shared_index import SharedIndex
+from .single_flight import SingleFlight
 from .store import AsyncStateStore
 from .upstream import (
     Credentials,
@@ -107,6 +108,8 @@ class PullThroughCache:
         self._catalogue = UpstreamCatalogue()
         self._credential_sets: dict[str, CredentialSet] = {}
         self._credentials: dict[str, tuple[float, Credentials]] = {}
+        #: concurrent requests for one manifest share one upstream fetch (as blobs share one download)
+        self._flights: SingleFlight[ServedManifest] = SingleFlight()
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -215,7 +218,8 @@ class PullThroughCache:
         if ":" in reference:
             served = await self._manifest_by_digest(match, reference)
         else:
-            served = await self._manifest_by_tag(match, reference)
+            served = await self._flights.run(("tag", match.rule.name, match.repository, reference),
+                                             lambda: self._manifest_by_tag(match, reference))
             if not _accepts(accept, served.media_type):
                 served = await self._negotiate(match, served, accept)
         if count_pull:
@@ -236,6 +240,10 @@ class PullThroughCache:
             f"the manifest is {served.media_type}, which the client does not accept ({', '.join(accept)})")
 
     async def _manifest_by_digest(self, match: RuleMatch, digest: str) -> ServedManifest:
+        return await self._flights.run(("digest", match.rule.name, match.repository, digest),
+                                       lambda: self._fetch_manifest_by_digest(match, digest))
+
+    async def _fetch_manifest_by_digest(self, match: RuleMatch, digest: str) -> ServedManifest:
         repo = match.repository
         cached, linked = await self.state.run(lambda s: (s.manifest(digest), s.is_linked(repo, digest)))
         if not linked and self.shared is not None:

@@ -225,7 +225,9 @@ def test_concurrent_cold_pulls_share_one_download(regcache, anonymous_registry, 
         assert_pulled(layout, "1", image)
     for digest in image.blobs:
         assert anonymous_registry.count_blob_gets("library/popular", digest) == 1, digest
-    assert regcache.server is not None
+    # the tag's manifest too: one GET however many ask at once (later pulls revalidate with a HEAD)
+    tag_gets = anonymous_registry.requests("GET", path_prefix="/v2/library/popular/manifests/1", status=200)
+    assert len(tag_gets) == 1, tag_gets
 
 
 def test_upstream_down_serves_cached_stale(regcache, anonymous_registry, push_image, skopeo, tmp_path):
