@@ -123,9 +123,11 @@ class Download:
 class BlobStream:
     """A reader of an in-progress download, with its own file descriptor on the temporary file."""
 
-    def __init__(self, download: Download, fd: int) -> None:
+    def __init__(self, download: Download, fd: int, joined: bool = False) -> None:
         self.download = download
         self._fd = fd
+        #: another request started this download (its bytes are fetched once, for that one)
+        self.joined = joined
 
     async def size(self) -> int | None:
         """The blob's size once the upstream answered (None if it sent no Content-Length)."""
@@ -265,6 +267,7 @@ class BlobStore:
         when the temporary file cannot be created (a full disk can refuse even an empty file).
         """
         download = self._inflight.get(digest)
+        joined = download is not None
         if download is None:
             tmp_path = self.tmp / f"{os.getpid()}-{secrets.token_hex(8)}-{digest.replace(':', '-')}"
             try:
@@ -275,7 +278,7 @@ class BlobStore:
             download = Download(digest, tmp_path, fd)
             self._inflight[digest] = download
             self._tg.start_soon(self._download, download, fetch, name=f"download {digest}")
-        return BlobStream(download, os.open(download.tmp_path, os.O_RDONLY))
+        return BlobStream(download, os.open(download.tmp_path, os.O_RDONLY), joined)
 
     async def _fetch(self, d: Download, fetch: BlobFetch) -> None:
         """Write the upstream's bytes to the temporary file, hashing them; raise unless they verify."""

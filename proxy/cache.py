@@ -22,6 +22,7 @@ from .control import ControlPlane
 from .errors import SecretError
 from .metrics import ProxyMetrics
 from .models import (
+    JOINED_DOWNLOAD,
     CacheRule,
     CredentialHealth,
     CredentialSet,
@@ -390,7 +391,7 @@ class PullThroughCache:
         await self.state.run(lambda s: s.link(repo, digest, "blob"))
         if self.shared is not None:
             await self.shared.link(str(match.upstream), digest)
-        return stream, size, "miss", None
+        return stream, size, "miss", JOINED_DOWNLOAD if stream.joined else None
 
     async def _confirm_blob(self, match: RuleMatch, digest: str) -> None:
         """Link a stored blob to this repository once a node or the upstream confirms the repository has it."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from .models import PullEvent
+from .models import JOINED_DOWNLOAD, PullEvent
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 NO_RULE = "-"
@@ -46,7 +46,7 @@ class ProxyMetrics:
             self.hits.labels(rule).inc()
         elif event.result == "miss":
             self.misses.labels(rule).inc()
-            if event.kind == "blob":
+            if event.kind == "blob" and event.detail != JOINED_DOWNLOAD:
                 self.bytes_fetched.labels(rule).inc(event.bytes)
         elif event.result == "stale":
             self.stale.labels(rule).inc()

@@ -152,6 +152,11 @@ class RuleMatch:
     repository: str
 
 
+#: the detail of a blob miss served from a download another request had started: its bytes were
+#: fetched once, for that request, so statistics and metrics do not count them as fetched again
+JOINED_DOWNLOAD = "joined a download already in progress"
+
+
 @dataclass(frozen=True, slots=True)
 class PullEvent:
     """One manifest or blob request as the proxy answered it (the Activity log and statistics)."""

@@ -21,6 +21,7 @@ from sqlite_utils import Database
 from .errors import StateError
 from .migrations import MIGRATIONS
 from .models import (
+    JOINED_DOWNLOAD,
     AuthPolicy,
     CacheRule,
     CredentialHealth,
@@ -363,8 +364,9 @@ class StateStore:
             totals[result] = count
             if result != "error":
                 totals["bytes_served"] += size
-        totals["bytes_fetched"] = self.db.conn.execute(
-            "SELECT COALESCE(SUM(bytes), 0) FROM events WHERE kind = 'blob' AND result = 'miss'").fetchone()[0]
+        totals["bytes_fetched"] = self.db.conn.execute(  # a request that joined a download fetched nothing more
+            "SELECT COALESCE(SUM(bytes), 0) FROM events WHERE kind = 'blob' AND result = 'miss' "
+            "AND (detail IS NULL OR detail != ?)", [JOINED_DOWNLOAD]).fetchone()[0]
         return totals
 
     def rule_usage(self) -> dict[str, tuple[int, int, int]]:

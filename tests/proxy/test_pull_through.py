@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from proxy.statistics import CacheStatistics
 from tests.registries.skopeo import SkopeoError, assert_pulled
 
 from .fronts import CORRUPT, CUT, PASS, REDIRECT, BlobCDN, FaultyFront
@@ -228,6 +229,11 @@ def test_concurrent_cold_pulls_share_one_download(regcache, anonymous_registry, 
     # the tag's manifest too: one GET however many ask at once (later pulls revalidate with a HEAD)
     tag_gets = anonymous_registry.requests("GET", path_prefix="/v2/library/popular/manifests/1", status=200)
     assert len(tag_gets) == 1, tag_gets
+    # statistics count each blob's bytes as fetched once: the requests that joined a download fetched nothing
+    events = [e for e in regcache.events() if e["kind"] == "blob" and e["result"] == "miss"]
+    assert len(events) > len(image.blobs)  # some requests did join
+    assert CacheStatistics(regcache.control.store).totals().bytes_fetched == sum(
+        blob.size for blob in image.blobs.values())
 
 
 def test_upstream_down_serves_cached_stale(regcache, anonymous_registry, push_image, skopeo, tmp_path):

@@ -84,6 +84,7 @@ def test_eight_concurrent_pulls_through_nginx_over_two_nodes(
         assert set(per_blob) == set(image.blobs)
         assert max(per_blob.values()) <= len(NODES), per_blob
         assert front.blob_gets == sum(per_blob.values()) <= len(NODES) * len(image.blobs)
+        assert manifest_gets <= len(NODES)  # per-node single flight for manifests too
     finally:
         outputs = {}
         for name, node in nodes.items():
