@@ -82,7 +82,7 @@ from tests.registries.images import Image, build_image  # noqa: E402
 from tests.registries.server import RegistryServer  # noqa: E402
 from tests.registries.skopeo import OciLayout, assert_pulled  # noqa: E402
 from tests.s3.swift import SwiftError, SwiftS3Server  # noqa: E402
-from tests.scale_out.nodes import blob_key, bucket_keys, configure_node, pending_uploads, s3_env  # noqa: E402
+from tests.scale_out.nodes import configure_node, s3_env, wait_for_image_in_bucket  # noqa: E402
 
 BUCKET_TIMEOUT = 60.0
 TARGET_UPSTREAM_PER_IMAGE = 2.0
@@ -144,14 +144,10 @@ def swift_cpu_seconds(swift: SwiftS3Server) -> float:
 
 def wait_for_bucket(swift: SwiftS3Server, bucket: str, image: Image) -> float:
     """Seconds until the bucket holds every blob of ``image`` and no multipart upload is pending."""
-    started = time.monotonic()
-    wanted = {blob_key(digest) for digest in image.blobs}
-    while True:
-        if wanted <= set(bucket_keys(swift, bucket)) and not pending_uploads(swift, bucket):
-            return time.monotonic() - started
-        if time.monotonic() - started > BUCKET_TIMEOUT:
-            raise BenchError(f"bucket {bucket} did not hold the image's blobs within {BUCKET_TIMEOUT:.0f} s")
-        time.sleep(0.05)
+    try:
+        return wait_for_image_in_bucket(swift, bucket, image.blobs, BUCKET_TIMEOUT)[0]
+    except AssertionError as exc:
+        raise BenchError(str(exc)) from None
 
 
 # -- the figures ---------------------------------------------------------------------------------

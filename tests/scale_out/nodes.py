@@ -8,6 +8,8 @@ S3 keys reach the nodes as ``env://`` secrets, the way a container or a systemd 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,26 @@ def pending_uploads(swift: SwiftS3Server, bucket: str) -> list[dict[str, Any]]:
         return (await client.list_multipart_uploads(Bucket=bucket)).get("Uploads", [])
 
     return _run(swift, call)
+
+
+def wait_for_image_in_bucket(swift: SwiftS3Server, bucket: str, digests: Iterable[str],
+                             timeout: float = 20.0) -> tuple[float, set[str]]:
+    """Seconds until every blob of ``digests`` is in the bucket and no upload is pending, and the keys then.
+
+    Clients get a blob's last byte once it verified; the upload completes moments later. Raises
+    AssertionError (naming what is missing) after ``timeout`` seconds.
+    """
+    started = time.monotonic()
+    wanted = {blob_key(digest) for digest in digests}
+    while True:
+        keys = set(bucket_keys(swift, bucket))
+        pending = pending_uploads(swift, bucket)
+        if wanted <= keys and not pending:
+            return time.monotonic() - started, keys
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"after {timeout:.0f} s bucket {bucket} lacks {sorted(wanted - keys)} "
+                                 f"and has {len(pending)} pending upload(s)")
+        time.sleep(0.05)
 
 
 def blob_key(digest: str, prefix: str = "regcache") -> str:

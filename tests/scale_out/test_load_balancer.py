@@ -16,7 +16,7 @@ from tests.proxy.fronts import PASS, FaultyFront
 from tests.proxy.test_serve import ServeProcess
 from tests.registries.skopeo import OciLayout, assert_pulled
 
-from .nodes import blob_key, bucket_keys, configure_node, pending_uploads, s3_env
+from .nodes import configure_node, s3_env, wait_for_image_in_bucket
 
 MiB = 1024 * 1024
 CLIENTS = 8
@@ -62,15 +62,8 @@ def test_eight_concurrent_pulls_through_nginx_over_two_nodes(
         assert set(blobs_per_node) == {node.host for node in nodes.values()}, blobs_per_node
         assert [e for e in entries if e.status >= 500 or len(e.upstreams) != 1] == [], balancer.error_log()
 
-        # clients get the last byte once it verified; the uploads' completion follows moments later
-        wanted = {blob_key(digest) for digest in image.blobs}
-        deadline = time.monotonic() + 20
-        while not wanted <= (keys := set(bucket_keys(swift_s3, s3_bucket))) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        for digest in image.blobs:
-            assert blob_key(digest) in keys, f"{digest} is not in the bucket"
+        _, keys = wait_for_image_in_bucket(swift_s3, s3_bucket, image.blobs)
         assert f"regcache/manifests/sha256/{image.digest.partition(':')[2]}" in keys
-        assert pending_uploads(swift_s3, s3_bucket) == []
         for home in homes.values():  # the bucket holds the blobs, not the nodes' disks
             assert [p for p in (home / "blobs").rglob("*") if p.is_file()] == []
 

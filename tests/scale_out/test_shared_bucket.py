@@ -17,7 +17,7 @@ from tests.proxy.test_serve import ServeProcess
 from tests.registries.skopeo import assert_pulled
 from tests.tui.test_cli import regcache_executable
 
-from .nodes import blob_key, bucket_keys, configure_node, pending_uploads, s3_env
+from .nodes import blob_key, bucket_keys, configure_node, pending_uploads, s3_env, wait_for_image_in_bucket
 
 MiB = 1024 * 1024
 
@@ -39,15 +39,8 @@ def test_a_pull_through_node_a_is_served_by_node_b_with_the_upstream_stopped(
     node_b = ServeProcess(homes["b"], "--listen", "127.0.0.1:0", env=env)
     try:
         assert_pulled(skopeo.copy_to_oci(f"{node_a.host}/shared:1.0", tmp_path / "via-a", "1.0"), "1.0", image)
-        # clients get the last byte once it verified; the upload's completion follows moments later
-        wanted = {blob_key(digest) for digest in image.blobs}
-        deadline = time.monotonic() + 20
-        while not wanted <= (keys := set(bucket_keys(swift_s3, s3_bucket))) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        for digest in image.blobs:
-            assert blob_key(digest) in keys, f"{digest} is not in the bucket"
+        _, keys = wait_for_image_in_bucket(swift_s3, s3_bucket, image.blobs)
         assert f"regcache/manifests/sha256/{image.digest.partition(':')[2]}" in keys
-        assert pending_uploads(swift_s3, s3_bucket) == []
         # the bucket holds the blobs, not node A's disk
         assert [p for p in (homes["a"] / "blobs").rglob("*") if p.is_file()] == []
 
