@@ -27,7 +27,14 @@ from .rules import RuleSet, check_credentials, check_name, check_new_rule, check
 from .secrets import SecretId, SecretResolver
 from .storage import STORAGE_SETTING, StorageConfig, storage_from_json, storage_to_json
 from .store import StateStore
-from .tokens import ClientToken, generate_password, hash_password, parse_expiry, parse_repositories
+from .tokens import (
+    ClientToken,
+    check_password,
+    generate_password,
+    hash_password,
+    parse_expiry,
+    parse_repositories,
+)
 from .units import format_size, parse_size
 from .upstreams import (
     BUILTIN_UPSTREAMS,
@@ -319,12 +326,14 @@ class ControlPlane:
             raise NotFoundError(f"token {name!r} does not exist (see `regcache token list`)", field="name")
         return token
 
-    def create_token(self, name: str, repositories: Sequence[str],
-                     expiry: str | datetime | None = None) -> tuple[ClientToken, str]:
-        """A new client token and its generated password, which is returned here once and never stored.
+    def create_token(self, name: str, repositories: Sequence[str], expiry: str | datetime | None = None,
+                     password: str | None = None) -> tuple[ClientToken, str]:
+        """A new client token and its password, which is returned here once and never stored.
 
         ``repositories`` are patterns in the cache-rule target grammar (``ubuntu``, ``team/*``, ``*``);
         ``expiry`` an ISO date/datetime (UTC), a duration from now (``30d``) or None (never expires).
+        ``password`` None generates one; a given one (the same token on every node behind a load
+        balancer) must pass :func:`proxy.tokens.check_password` (``ValidationError``, field ``password``).
         """
         check_name(name, "token")
         patterns = parse_repositories(repositories)
@@ -334,10 +343,10 @@ class ControlPlane:
             expires_at = expires_at.replace(tzinfo=timezone.utc)
         if expires_at is not None and expires_at <= now:
             raise ValidationError("the expiry must be in the future", field="expiry")
+        password = generate_password() if password is None else check_password(password)
         if self.store.client_token(name) is not None:  # before the slow hash; checked again below
             raise ConflictError(f"a token named {name!r} already exists; delete it first or choose another name",
                                 field="name")
-        password = generate_password()
         token = ClientToken(name, patterns, hash_password(password), now, expires_at)
         with self.store.transaction():
             if self.store.client_token(name) is not None:

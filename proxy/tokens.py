@@ -1,9 +1,10 @@
 """Client tokens: repository-scoped logins for pulling through regcache (ACR's tokens and scope maps).
 
 A token has a name (the login user name), the repository patterns it may pull (the cache-rule
-target grammar: ``ubuntu``, ``team/*``, ``*``), an optional expiry, and a password generated once
-and shown once. Only a salted scrypt hash of the password is stored; verification recomputes it
-and compares in constant time. Everything here is pure: no I/O, no event loop.
+target grammar: ``ubuntu``, ``team/*``, ``*``), an optional expiry, and a password: generated once
+and shown once, or given by the operator (the same token on every node behind a load balancer) and
+checked by :func:`check_password`. Only a salted scrypt hash of the password is stored; verification
+recomputes it and compares in constant time. Everything here is pure: no I/O, no event loop.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ from .units import parse_duration
 
 #: bytes of randomness in a generated password (43 URL-safe base64 characters, no ':')
 PASSWORD_BYTES = 32
+#: the shortest password an operator may give (the password is all that guards the cache)
+MIN_PASSWORD_LENGTH = 16
+#: the longest (UTF-8 bytes): longer ones would not fit the Authorization header the proxy reads
+MAX_PASSWORD_BYTES = 1024
 #: scrypt cost: 16 MiB and about 50 ms per verification (verifications are cached by the proxy)
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 SALT_BYTES = 16
@@ -37,6 +42,28 @@ def _b64(data: bytes) -> str:
 def generate_password() -> str:
     """A new random password (256 bits)."""
     return secrets.token_urlsafe(PASSWORD_BYTES)
+
+
+def check_password(password: str) -> str:
+    """A password the operator gave, refused unless it is long enough to guard the cache on its own.
+
+    Messages describe the problem, never the password itself.
+    """
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise ValidationError(f"the password has {len(password)} characters; a token's password needs at least "
+                              f"{MIN_PASSWORD_LENGTH}, as it is the only thing between the network and the cache "
+                              f"(e.g. `openssl rand -base64 32`)", field="password")
+    if password != password.strip():
+        raise ValidationError("the password starts or ends with whitespace (a space, tab or extra line break); "
+                              "remove it (only one trailing line break is dropped from stdin)", field="password")
+    if not password.isprintable():
+        raise ValidationError("the password contains a line break, tab or other unprintable character; give a "
+                              "single line (a multi-line secret? pass only its first line, e.g. `head -n 1`)",
+                              field="password")
+    if len(password.encode("utf-8")) > MAX_PASSWORD_BYTES:
+        raise ValidationError(f"the password is longer than {MAX_PASSWORD_BYTES} bytes (UTF-8); clients could not "
+                              f"send it in an Authorization header the proxy accepts", field="password")
+    return password
 
 
 def _scrypt(password: str, salt: bytes, n: int, r: int, p: int, length: int) -> bytes:

@@ -780,6 +780,18 @@ def token() -> None:
     """
 
 
+def _read_token_password(name: str) -> str:
+    """The password of a new token: prompted twice without echo on a terminal, else all of stdin."""
+    if _interactive():
+        return click.prompt(f"Password for token {name}", hide_input=True, confirmation_prompt=True, err=True)
+    try:
+        value = sys.stdin.read()
+    except UnicodeDecodeError:
+        raise Failure("the password on stdin is not valid UTF-8") from None
+    # Only the line break that `echo`, `pass show` or a here-string adds is dropped.
+    return value[:-2] if value.endswith("\r\n") else value[:-1] if value.endswith("\n") else value
+
+
 @token.command("create")
 @name_option
 @click.option("--repository", "repositories", multiple=True, required=True, metavar="PATTERN",
@@ -787,25 +799,41 @@ def token() -> None:
 @click.option("--expiry", metavar="DATE|DURATION",
               help="When the token stops working: an ISO date or datetime in UTC (2026-12-31, 2026-12-31T18:00Z) "
                    "or a duration from now (30d). Default: never.")
+@click.option("--password-stdin", is_flag=True,
+              help="Read the password from stdin (prompted without echo on a terminal) instead of generating one: "
+                   "the same token on every node behind a load balancer. At least 16 characters.")
 @output_option
 @engine_command
 def token_create(control: ControlPlane, name: str, repositories: tuple[str, ...], expiry: str | None,
-                 fmt: str) -> None:
-    """Create a client token and print its generated password, once (only a salted hash is stored)."""
-    created, password = control.create_token(name, repositories, expiry)
+                 password_stdin: bool, fmt: str) -> None:
+    """Create a client token and print its generated password, once (only a salted hash is stored).
+
+    With --password-stdin the password is read from stdin and never printed.
+    """
+    given = _read_token_password(name) if password_stdin else None
+    created, password = control.create_token(name, repositories, expiry, password=given)
     record = token_resource(created)
     if fmt == "json":  # as `az acr token create` shows it
-        record["credentials"] = {"username": created.name, "passwords": [
-            {"name": "password1", "value": password, "creationTime": record["creationDate"],
-             "expiry": record["expiry"]}]}
+        entry = {"name": "password1", "value": password, "creationTime": record["creationDate"],
+                 "expiry": record["expiry"]}
+        if given is not None:
+            del entry["value"]  # the operator has it already; it is not echoed
+        record["credentials"] = {"username": created.name, "passwords": [entry]}
         _emit(record, TOKEN_COLUMNS, fmt)
+    elif given is not None:
+        _emit(record, (("NAME", "name"), ("REPOSITORIES", "repositories"), ("EXPIRY", "expiry")), fmt)
     else:
         record["password"] = password
         _emit(record, (("NAME", "name"), ("REPOSITORIES", "repositories"), ("EXPIRY", "expiry"),
                        ("PASSWORD", "password")), fmt)
-    click.echo(f"Save the password now: it will not be shown again (regcache keeps only a salted hash). Clients "
-               f"log in as {created.name}, e.g. `skopeo copy --src-creds {created.name}:PASSWORD ...` or "
-               f"`docker login HOST:PORT -u {created.name}`.", err=True)
+    login = (f"Clients log in as {created.name}, e.g. `skopeo copy --src-creds {created.name}:PASSWORD ...` or "
+             f"`docker login HOST:PORT -u {created.name}`.")
+    if given is not None:
+        source = "the prompt" if _interactive() else "stdin"
+        click.echo(f"token {created.name} created with the password from {source}. {login}", err=True)
+    else:
+        click.echo(f"Save the password now: it will not be shown again (regcache keeps only a salted hash). "
+                   f"{login}", err=True)
 
 
 @token.command("list")

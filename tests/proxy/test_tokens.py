@@ -299,6 +299,120 @@ def test_token_delete(home, monkeypatch):
     assert json.loads(ok("token", "list", "-o", "json").stdout) == []
 
 
+# -- a password the operator gives (the same token on every node behind a balancer) -----------------------
+
+GIVEN_PASSWORD = "Shared-Ci-Secret-4d1e9b"
+
+
+def _files_holding(home: Path, secret: str) -> list[Path]:
+    """The files under ``home`` (state.db, its WAL, ...) whose bytes contain ``secret``."""
+    return [path for path in home.rglob("*") if path.is_file() and secret.encode() in path.read_bytes()]
+
+
+def test_create_token_with_a_given_password(regcache):
+    token, password = regcache.control.create_token("given-one", ["*"], password=GIVEN_PASSWORD)
+    assert password == GIVEN_PASSWORD and verify_password(GIVEN_PASSWORD, token.password_hash)
+    with regcache.http() as http:
+        assert http.get("/v2/", headers=_auth("given-one", GIVEN_PASSWORD)).status_code == 200
+        assert http.get("/v2/", headers=_auth("given-one", GIVEN_PASSWORD[:-1])).status_code == 401
+    for bad in ("too-short-15chr", " " + GIVEN_PASSWORD, GIVEN_PASSWORD + "\n", "two-line-secret-1\nnotes",
+                "\x00-nul-in-a-long-secret", "x" * 1025):
+        with pytest.raises(ValidationError) as refused:
+            regcache.control.create_token("refused-one", ["*"], password=bad)
+        assert refused.value.field == "password" and bad.strip() not in refused.value.message
+    assert [t.name for t in regcache.control.list_tokens()] == ["given-one"]
+
+
+def test_token_create_password_stdin(home):
+    table = ok("token", "create", "-n", "ci-shared", "--repository", "team/*", "--expiry", "30d", "--password-stdin",
+               input=GIVEN_PASSWORD + "\n")
+    header, _, row = table.stdout.splitlines()
+    assert header.split() == ["NAME", "REPOSITORIES", "EXPIRY"] and row.split()[:2] == ["ci-shared", "team/*"]
+    assert table.stderr.startswith("token ci-shared created with the password from stdin. Clients log in as "
+                                   "ci-shared")
+    as_json = json.loads(ok("token", "create", "-n", "json-shared", "--repository", "*", "--password-stdin",
+                            "-o", "json", input=GIVEN_PASSWORD + "\r\n").stdout)
+    assert as_json["credentials"]["username"] == "json-shared"
+    entry, = as_json["credentials"]["passwords"]
+    assert entry == {"name": "password1", "creationTime": as_json["creationDate"], "expiry": None}
+    tsv = ok("token", "create", "-n", "tsv-shared", "--repository", "*", "--password-stdin", "-o", "tsv",
+             input=GIVEN_PASSWORD)  # no line break at all
+    assert tsv.stdout.rstrip("\n").split("\t")[:2] == ["tsv-shared", "*"]
+
+    control = ControlPlane.open(home)
+    try:
+        for name in ("ci-shared", "json-shared", "tsv-shared"):
+            stored = control.get_token(name).password_hash
+            assert verify_password(GIVEN_PASSWORD, stored) and not verify_password(GIVEN_PASSWORD + "\n", stored)
+    finally:
+        control.close()
+    listed = [ok("token", "list", "-o", fmt) for fmt in ("table", "json", "tsv")]
+    for result in (table, *listed):
+        assert GIVEN_PASSWORD not in result.stdout and GIVEN_PASSWORD not in result.stderr
+    assert GIVEN_PASSWORD not in json.dumps(as_json) and GIVEN_PASSWORD not in tsv.output
+    assert (home / "state.db").is_file() and _files_holding(home, GIVEN_PASSWORD) == []
+
+
+def test_token_create_password_stdin_as_a_subprocess(home, keyring_env):
+    env = {**os.environ, **keyring_env, "REGCACHE_HOME": str(home)}
+    run = subprocess.run([regcache_executable(), "token", "create", "-n", "piped-one", "--repository", "*",
+                          "--password-stdin"], input=GIVEN_PASSWORD + "\n", capture_output=True, text=True,
+                         env=env, timeout=30)
+    assert run.returncode == 0, run.stderr
+    assert "token piped-one created with the password from stdin" in run.stderr
+    assert GIVEN_PASSWORD not in run.stdout + run.stderr
+    assert _files_holding(home, GIVEN_PASSWORD) == []
+    control = ControlPlane.open(home)
+    try:
+        assert verify_password(GIVEN_PASSWORD, control.get_token("piped-one").password_hash)
+    finally:
+        control.close()
+
+
+def test_token_create_password_prompt_does_not_echo(home, monkeypatch):
+    monkeypatch.setattr("tui.cli._interactive", lambda: True)
+    other = "Typo-Ci-Secret-0000000"
+    result = CliRunner().invoke(main, ["token", "create", "-n", "typed-one", "--repository", "*",
+                                       "--password-stdin"],
+                                input=f"{GIVEN_PASSWORD}\n{other}\n{GIVEN_PASSWORD}\n{GIVEN_PASSWORD}\n")
+    assert result.exit_code == 0, result.stderr
+    assert "Password for token typed-one" in result.stderr and "do not match" in result.stderr
+    assert "created with the password from the prompt" in result.stderr
+    assert GIVEN_PASSWORD not in result.output and other not in result.output
+    control = ControlPlane.open(home)
+    try:
+        assert verify_password(GIVEN_PASSWORD, control.get_token("typed-one").password_hash)
+    finally:
+        control.close()
+
+
+PASSWORD_REFUSALS = [
+    ("Sh0rt-Pw-9x\n", "the password has 11 characters; a token's password needs at least 16"),
+    ("", "the password has 0 characters"),
+    ("\n", "the password has 0 characters"),
+    ("  " + GIVEN_PASSWORD + "\n", "starts or ends with whitespace"),
+    (GIVEN_PASSWORD + " \n", "starts or ends with whitespace"),
+    (GIVEN_PASSWORD + "\n\n", "starts or ends with whitespace"),
+    ("First-Line-Secret-77\nurl: https://example\n", "contains a line break, tab or other unprintable"),
+    ("Tabbed\tSecret-Value-1234\n", "contains a line break, tab or other unprintable"),
+    ("Long-" + "z" * 1100 + "\n", "longer than 1024 bytes"),
+]
+
+
+@pytest.mark.parametrize(("stdin", "expected"), PASSWORD_REFUSALS, ids=[repr(s[:24]) for s, _ in PASSWORD_REFUSALS])
+def test_refused_password_stdin_changes_nothing(home, stdin, expected):
+    ok("token", "create", "-n", "existing", "--repository", "*")
+    before = dump_database(home)
+    result = cli("token", "create", "-n", "new-token", "--repository", "*", "--password-stdin", input=stdin)
+    assert result.exit_code == 1 and result.stdout == ""
+    line, = result.stderr.splitlines()
+    assert line.startswith("error: ") and expected in line
+    for part in filter(None, (p.strip() for p in stdin.splitlines())):
+        assert part not in line
+        assert _files_holding(home, part) == []
+    assert dump_database(home) == before
+
+
 # -- regcache serve, pulled through with skopeo ------------------------------------------------------------
 
 
