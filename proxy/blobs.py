@@ -30,6 +30,7 @@ import anyio
 import httpx
 from anyio.abc import TaskGroup
 
+from .errors import unwrap_error
 from .eviction import BUCKET_PATH_PREFIX
 from .objectstore import MultipartUpload, ObjectStore, part_size_for
 from .storage import StorageError
@@ -352,12 +353,18 @@ class BlobStore:
     async def _download_to_bucket(self, d: Download, fetch: BlobFetch, objects: ObjectStore) -> None:
         key = objects.blob_key(d.digest)
         upload = BucketUpload(objects, key, d)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(upload.run, name=f"upload {d.digest}")
-            await self._fetch(d, fetch)
-            d.size = d.written
-            d.verified = True  # readers take the last byte now; the upload finishes the object meanwhile
-            d.notify()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(upload.run, name=f"upload {d.digest}")
+                await self._fetch(d, fetch)
+                d.size = d.written
+                d.verified = True  # readers take the last byte now; the upload finishes the object meanwhile
+                d.notify()
+        except BaseExceptionGroup as group:  # readers and the log need the download's own error
+            inner = unwrap_error(group, (Exception,))
+            if isinstance(inner, Exception) and not isinstance(inner, BaseExceptionGroup):
+                raise inner from None
+            raise
         # Until here a new request joins this download (the temporary file is complete); from here on
         # it finds the object in the bucket, or (if the upload failed) starts a new download.
         del self._inflight[d.digest]

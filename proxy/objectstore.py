@@ -237,20 +237,27 @@ class ObjectStore:
     # -- multipart uploads ---------------------------------------------------------------------
 
     async def start_upload(self, key: str) -> MultipartUpload:
-        """A multipart upload to ``key``, recorded as this process's so gc can tell when it is abandoned."""
-        try:
-            created = await self._client.create_multipart_upload(Bucket=self.config.bucket, Key=key,
-                                                                  ContentType="application/octet-stream")
-        except Exception as exc:
-            raise self.error("start an upload", exc) from None
-        upload = MultipartUpload(self, key, created["UploadId"])
-        owner = {"host": socket.gethostname(), "pid": os.getpid(), "key": key,
-                 "started": datetime.now(timezone.utc).isoformat()}
-        try:
-            await self.write(self._owner_key(upload.upload_id), json.dumps(owner).encode(), "application/json")
-        except BaseException:
-            await upload.abort()
-            raise
+        """A multipart upload to ``key``, recorded as this process's so gc can tell when it is abandoned.
+
+        Shielded from cancellation: a caller cancelled half-way would leave an upload it cannot abort
+        (it never got its id); cancelled, it gets the upload and aborts it at its next await.
+        """
+        import anyio
+
+        with anyio.CancelScope(shield=True):
+            try:
+                created = await self._client.create_multipart_upload(Bucket=self.config.bucket, Key=key,
+                                                                      ContentType="application/octet-stream")
+            except Exception as exc:
+                raise self.error("start an upload", exc) from None
+            upload = MultipartUpload(self, key, created["UploadId"])
+            owner = {"host": socket.gethostname(), "pid": os.getpid(), "key": key,
+                     "started": datetime.now(timezone.utc).isoformat()}
+            try:
+                await self.write(self._owner_key(upload.upload_id), json.dumps(owner).encode(), "application/json")
+            except Exception:
+                await upload.abort()
+                raise
         return upload
 
     async def pending_uploads(self) -> list[PendingUpload]:

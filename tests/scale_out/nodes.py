@@ -62,6 +62,15 @@ def bucket_keys(swift: SwiftS3Server, bucket: str) -> list[str]:
     return _run(swift, call)
 
 
+def write_object(swift: SwiftS3Server, bucket: str, key: str, content: bytes) -> None:
+    """Put ``content`` at ``key`` directly (what a faulty node or a person with the keys could do)."""
+
+    async def call(client) -> None:
+        await client.put_object(Bucket=bucket, Key=key, Body=content)
+
+    _run(swift, call)
+
+
 def pending_uploads(swift: SwiftS3Server, bucket: str) -> list[dict[str, Any]]:
     """The multipart uploads in ``bucket`` neither completed nor aborted."""
 

@@ -11,13 +11,22 @@ import subprocess
 import time
 
 import httpx
+import pytest
 
-from tests.proxy.fronts import PASS, THROTTLE, FaultyFront
+from tests.proxy.fronts import CORRUPT, PASS, THROTTLE, FaultyFront
 from tests.proxy.test_serve import ServeProcess
 from tests.registries.skopeo import assert_pulled
 from tests.tui.test_cli import regcache_executable
 
-from .nodes import blob_key, bucket_keys, configure_node, pending_uploads, s3_env, wait_for_image_in_bucket
+from .nodes import (
+    blob_key,
+    bucket_keys,
+    configure_node,
+    pending_uploads,
+    s3_env,
+    wait_for_image_in_bucket,
+    write_object,
+)
 
 MiB = 1024 * 1024
 
@@ -182,3 +191,57 @@ def test_warm_on_one_node_fills_the_bucket_for_every_node(
     finally:
         code, output = node_b.terminate()
     assert code == 0, output
+
+
+def test_a_corrupted_download_leaves_nothing_in_the_bucket(
+        tmp_path, keyring_env, swift_s3, s3_bucket, anonymous_registry, push_image):
+    image = push_image(anonymous_registry, "acme/corrupt", "1", layers=[12 * MiB])
+    layer = image.layers[0]
+    front = FaultyFront(anonymous_registry.url, CORRUPT).start()  # flips one byte in the middle of each blob
+    home = tmp_path / "node"
+    configure_node(home, swift_s3, s3_bucket, front.host, front.url, {"corrupt": "acme/corrupt"})
+    node = ServeProcess(home, "--listen", "127.0.0.1:0", env=_node_env(keyring_env, swift_s3))
+    try:
+        with httpx.Client(base_url=node.url, timeout=60) as http, \
+                pytest.raises(httpx.RemoteProtocolError):  # cut short: the last byte waits for the digest
+            http.get(f"/v2/corrupt/blobs/{layer.digest}")
+        deadline = time.monotonic() + 10  # the upload of the first part(s) is aborted, not completed
+        while pending_uploads(swift_s3, s3_bucket) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert pending_uploads(swift_s3, s3_bucket) == []
+        assert blob_key(layer.digest) not in bucket_keys(swift_s3, s3_bucket)
+    finally:
+        code, output = node.terminate()
+        front.stop()
+    assert code == 0, output
+    assert "does not match" in output, output.splitlines()
+
+
+def test_manifest_bytes_altered_in_the_bucket_are_never_served(
+        tmp_path, keyring_env, swift_s3, s3_bucket, anonymous_registry, push_image, skopeo):
+    image = push_image(anonymous_registry, "acme/tamper", "1", layers=[50_000])
+    homes = {name: tmp_path / name for name in ("a", "b")}
+    for home in homes.values():
+        configure_node(home, swift_s3, s3_bucket, anonymous_registry.host, anonymous_registry.url,
+                       {"tamper": "acme/tamper"})
+    env = _node_env(keyring_env, swift_s3)
+    node_a = ServeProcess(homes["a"], "--listen", "127.0.0.1:0", env=env)
+    try:
+        assert_pulled(skopeo.copy_to_oci(f"{node_a.host}/tamper:1", tmp_path / "via-a", "1"), "1", image)
+    finally:
+        node_a.terminate()
+    key = f"regcache/manifests/sha256/{image.digest.partition(':')[2]}"
+    forged = image.manifest.replace(b'"schemaVersion"', b'"schemaVersion" ', 1)
+    write_object(swift_s3, s3_bucket, key, forged)
+    anonymous_registry.stop()
+    node_b = ServeProcess(homes["b"], "--listen", "127.0.0.1:0", env=env)
+    try:
+        with httpx.Client(base_url=node_b.url, timeout=30) as http:
+            for reference in ("1", image.digest):
+                response = http.get(f"/v2/tamper/manifests/{reference}", headers={"Accept": image.media_type})
+                assert response.status_code >= 400 and response.content != forged, reference
+                assert response.json()["errors"][0]["code"] in ("UNAVAILABLE", "MANIFEST_UNKNOWN")
+    finally:
+        code, output = node_b.terminate()
+    assert code == 0, output
+    assert "do not match the digest" in output
