@@ -41,6 +41,15 @@ def configure_node(home: Path, swift: SwiftS3Server, bucket: str, upstream_host:
         control.close()
 
 
+def configure_nodes(root: Path, swift: SwiftS3Server, bucket: str, upstream_host: str, upstream_url: str,
+                    rules: dict[str, str], names: Iterable[str] = ("a", "b")) -> dict[str, Path]:
+    """:func:`configure_node` for each of ``names`` (state directories under ``root``); name -> home."""
+    homes = {name: root / name for name in names}
+    for home in homes.values():
+        configure_node(home, swift, bucket, upstream_host, upstream_url, rules)
+    return homes
+
+
 def _run(swift: SwiftS3Server, call) -> Any:
     async def main() -> Any:
         async with s3_client(swift) as client:

@@ -16,7 +16,7 @@ from tests.proxy.fronts import PASS, FaultyFront
 from tests.proxy.test_serve import ServeProcess
 from tests.registries.skopeo import OciLayout, assert_pulled
 
-from .nodes import configure_node, s3_env, wait_for_image_in_bucket
+from .nodes import configure_nodes, s3_env, wait_for_image_in_bucket
 
 MiB = 1024 * 1024
 CLIENTS = 8
@@ -29,9 +29,7 @@ def test_eight_concurrent_pulls_through_nginx_over_two_nodes(
     image = push_image(anonymous_registry, "acme/balanced", "1.0", layers=[12 * MiB, 3 * MiB, 200_000])
     anonymous_registry.clear_log()  # count the pulls' blob GETs only
     front = FaultyFront(anonymous_registry.url, PASS).start()  # counts the blob GETs reaching the upstream
-    homes = {name: tmp_path / name for name in NODES}
-    for home in homes.values():
-        configure_node(home, swift_s3, s3_bucket, front.host, front.url, {"balanced": "acme/balanced"})
+    homes = configure_nodes(tmp_path, swift_s3, s3_bucket, front.host, front.url, {"balanced": "acme/balanced"}, NODES)
     env = {**keyring_env, **s3_env(swift_s3)}
     nodes: dict[str, ServeProcess] = {}
     try:

@@ -22,6 +22,7 @@ from .nodes import (
     blob_key,
     bucket_keys,
     configure_node,
+    configure_nodes,
     pending_uploads,
     s3_env,
     wait_for_image_in_bucket,
@@ -39,10 +40,8 @@ def test_a_pull_through_node_a_is_served_by_node_b_with_the_upstream_stopped(
         tmp_path, keyring_env, swift_s3, s3_bucket, anonymous_registry, push_image, skopeo):
     # one layer over the part size (a multipart upload), one small (a plain PUT), plus the config blob
     image = push_image(anonymous_registry, "acme/shared", "1.0", layers=[20 * MiB, 300_000])
-    homes = {name: tmp_path / name for name in ("a", "b")}
-    for home in homes.values():
-        configure_node(home, swift_s3, s3_bucket, anonymous_registry.host, anonymous_registry.url,
-                       {"shared": "acme/shared"})
+    homes = configure_nodes(tmp_path, swift_s3, s3_bucket, anonymous_registry.host, anonymous_registry.url,
+                            {"shared": "acme/shared"})
     env = _node_env(keyring_env, swift_s3)
     node_a = ServeProcess(homes["a"], "--listen", "127.0.0.1:0", env=env)
     node_b = ServeProcess(homes["b"], "--listen", "127.0.0.1:0", env=env)
@@ -97,9 +96,7 @@ def test_kill_9_mid_upload_leaves_no_object_and_gc_aborts_the_upload(
     layer = image.layers[0]
     front = FaultyFront(anonymous_registry.url, THROTTLE).start()
     front.throttle_chunk = 256 * 1024  # ~12 MB/s: the 30 MB layer takes ~2.5 s
-    homes = {name: tmp_path / name for name in ("a", "b")}
-    for home in homes.values():
-        configure_node(home, swift_s3, s3_bucket, front.host, front.url, {"crashy": "acme/crashy"})
+    homes = configure_nodes(tmp_path, swift_s3, s3_bucket, front.host, front.url, {"crashy": "acme/crashy"})
     env = _node_env(keyring_env, swift_s3)
     node_a = ServeProcess(homes["a"], "--listen", "127.0.0.1:0", env=env)
     node_b: ServeProcess | None = None
@@ -175,10 +172,8 @@ def test_a_bucket_that_fails_while_serving_costs_storage_not_pulls(
 def test_warm_on_one_node_fills_the_bucket_for_every_node(
         tmp_path, keyring_env, swift_s3, s3_bucket, anonymous_registry, push_image, skopeo):
     image = push_image(anonymous_registry, "acme/warmed", "2", layers=[9 * MiB, 70_000])
-    homes = {name: tmp_path / name for name in ("a", "b")}
-    for home in homes.values():
-        configure_node(home, swift_s3, s3_bucket, anonymous_registry.host, anonymous_registry.url,
-                       {"warmed": "acme/warmed"})
+    homes = configure_nodes(tmp_path, swift_s3, s3_bucket, anonymous_registry.host, anonymous_registry.url,
+                            {"warmed": "acme/warmed"})
     env = {**_system_env(), **_node_env(keyring_env, swift_s3)}
     warm = subprocess.run([regcache_executable(), "--home", str(homes["a"]), "warm", "warmed:2"],
                           env=env, capture_output=True, text=True, timeout=120)
@@ -220,10 +215,8 @@ def test_a_corrupted_download_leaves_nothing_in_the_bucket(
 def test_manifest_bytes_altered_in_the_bucket_are_never_served(
         tmp_path, keyring_env, swift_s3, s3_bucket, anonymous_registry, push_image, skopeo):
     image = push_image(anonymous_registry, "acme/tamper", "1", layers=[50_000])
-    homes = {name: tmp_path / name for name in ("a", "b")}
-    for home in homes.values():
-        configure_node(home, swift_s3, s3_bucket, anonymous_registry.host, anonymous_registry.url,
-                       {"tamper": "acme/tamper"})
+    homes = configure_nodes(tmp_path, swift_s3, s3_bucket, anonymous_registry.host, anonymous_registry.url,
+                            {"tamper": "acme/tamper"})
     env = _node_env(keyring_env, swift_s3)
     node_a = ServeProcess(homes["a"], "--listen", "127.0.0.1:0", env=env)
     try:
