@@ -34,8 +34,10 @@ def test_tui_serve_and_cli_share_one_state_directory(home, keyring_env, anonymou
     serve = ServeProcess(home, "--listen", "127.0.0.1:0", env=keyring_env)
     session = f"regcache-writers-{os.getpid()}"
     envs = " ".join(f"{k}={v}" for k, v in keyring_env.items())
+    # remain-on-exit: should the TUI die, its pane (and whatever it printed) stays for the failure report
     tmux("new-session", "-d", "-s", session, "-x", "100", "-y", "30",
-         f"env {envs} TERM=xterm-256color {regcache_executable()} --home {home} tui --listen 127.0.0.1:0")
+         f"env {envs} TERM=xterm-256color {regcache_executable()} --home {home} tui --listen 127.0.0.1:0",
+         ";", "set-option", "-t", session, "remain-on-exit", "on")
     problems: list[str] = []
     requests = {"count": 0}
     lock = threading.Lock()
@@ -89,12 +91,17 @@ def test_tui_serve_and_cli_share_one_state_directory(home, keyring_env, anonymou
             t.start()
         for t in threads:
             t.join()
-        assert "Activity" in screen(session)
+        shown = screen(session)
+        log = home / "regcache.log"
+        assert not _pane_dead(session), (f"the TUI exited during the run; its screen:\n{shown}\nits log:\n"
+                                         f"{log.read_text()[-3000:] if log.exists() else '(none)'}")
+        assert "Activity" in shown
     finally:
         code, serve_output = serve.terminate()
-        keys(session, "q")
+        if not _pane_dead(session):
+            keys(session, "q")
         for _ in range(100):
-            if subprocess.run(["tmux", "has-session", "-t", session], capture_output=True).returncode != 0:
+            if _pane_dead(session):
                 break
             time.sleep(0.2)
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
@@ -110,3 +117,10 @@ def test_tui_serve_and_cli_share_one_state_directory(home, keyring_env, anonymou
         assert control.store.db.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         control.close()
+
+
+def _pane_dead(session: str) -> bool:
+    """Whether the session's program has exited (or the session is gone)."""
+    shown = subprocess.run(["tmux", "display-message", "-p", "-t", session, "#{pane_dead}"], capture_output=True,
+                           text=True)
+    return shown.returncode != 0 or shown.stdout.strip() == "1"
