@@ -32,7 +32,7 @@ from anyio.abc import TaskGroup
 
 from .errors import unwrap_error
 from .eviction import BUCKET_PATH_PREFIX
-from .objectstore import MultipartUpload, ObjectStore, part_size_for
+from .objectstore import SHIELDED_TIMEOUT, MultipartUpload, ObjectStore, part_size_for
 from .storage import StorageError
 from .store import AsyncStateStore
 
@@ -253,10 +253,18 @@ class BlobStore:
         return None
 
     def open(self, blob: StoredBlob, start: int, end: int) -> AsyncIterator[bytes]:
-        """Bytes ``start`` to ``end`` (exclusive) of a verified blob."""
+        """Bytes ``start`` to ``end`` (exclusive) of a verified blob.
+
+        A whole blob read from the bucket is hashed on the way and its last chunk held back until it
+        matches: the bucket is shared, and a node's bug (or anyone holding its keys) must not make
+        this node serve wrong bytes as the digest's.
+        """
+        if end <= start:
+            return _nothing()
         if blob.key is not None:
             assert self.objects is not None
-            return self.objects.chunks(blob.key, start, end)
+            chunks = self.objects.chunks(blob.key, start, end)
+            return _verified(chunks, blob.digest) if (start, end) == (0, blob.size) else chunks
         assert blob.path is not None
         return _file_chunks(blob.path, start, end)
 
@@ -420,11 +428,34 @@ class BucketUpload:
         finally:
             os.close(fd)
             if upload is not None and not self.completed:
-                with anyio.CancelScope(shield=True):
+                with anyio.move_on_after(SHIELDED_TIMEOUT, shield=True):
                     try:
                         await upload.abort()
                     except Exception as exc:  # `regcache gc` aborts it later
                         log.warning("could not abort the upload of %s: %s", d.digest, exc)
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    return
+    yield  # pragma: no cover - makes this an async generator
+
+
+async def _verified(chunks: AsyncIterator[bytes], digest: str) -> AsyncIterator[bytes]:
+    """``chunks`` with the last one held back until all of them hash to ``digest``."""
+    algorithm, _, expected = digest.partition(":")
+    hasher = hashlib.new(algorithm)
+    held: bytes | None = None
+    async for chunk in chunks:
+        hasher.update(chunk)
+        if held is not None:
+            yield held
+        held = chunk
+    if hasher.hexdigest() != expected:
+        log.error("blob %s in the bucket does not match its digest: not served; delete the object so that "
+                  "the next pull fetches it again", digest)
+        raise BlobIntegrityError(f"the stored copy of {digest} is corrupt; nothing more was sent")
+    if held is not None:
+        yield held
 
 
 async def _read_at(fd: int, size: int, offset: int) -> bytes:

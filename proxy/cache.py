@@ -86,6 +86,16 @@ def registry_error(exc: UpstreamError, unknown: RegistryError) -> RegistryError:
     return RegistryError(502, "UNKNOWN", str(exc))
 
 
+def shared_source(match: RuleMatch) -> str:
+    """Whose word a shared link or tag is: the upstream repository *as reached with this rule's access*.
+
+    A node confirmed it with the rule's credential set (or anonymously), so a rule with other (or no)
+    credentials for the same upstream path cannot use it to skip the upstream's own check.
+    """
+    who = f"credential-set/{match.rule.credential_set}" if match.rule.credential_set else "anonymous"
+    return f"{who}/{match.upstream}"
+
+
 def _accepts(accept: list[str], media_type: str) -> bool:
     return not accept or media_type in accept or "*/*" in accept
 
@@ -284,7 +294,7 @@ class PullThroughCache:
                                cached: tuple[str, bytes] | None) -> ServedManifest | None:
         """The manifest from the bucket when another node verified it is in this upstream repository."""
         assert self.shared is not None
-        source = str(match.upstream)
+        source = shared_source(match)
         if not await self.shared.linked(source, digest):
             return None
         found = cached or await self.shared.manifest(digest)
@@ -300,7 +310,7 @@ class PullThroughCache:
         """Tell the other nodes: these manifest bytes, in this upstream repository (under ``tag``)."""
         if self.shared is None:
             return
-        source = str(match.upstream)
+        source = shared_source(match)
         await self.shared.put_manifest(digest, media_type, content)
         await self.shared.link(source, digest)
         if tag is not None:
@@ -315,11 +325,13 @@ class PullThroughCache:
 
         cached_tag, found = await self.state.run(cached_manifest)
         if cached_tag is None and self.shared is not None:
-            shared_tag = await self.shared.tag(str(match.upstream), tag)
+            shared_tag = await self.shared.tag(shared_source(match), tag)
             if shared_tag is not None:
                 shared = await self._shared_manifest(match, shared_tag.digest, None)
                 if shared is not None:  # as if this node had seen the tag when the other one did
                     cached_tag, found = (shared.digest, shared_tag.seen_at), (shared.media_type, shared.content)
+                    # kept here too, so the next pulls within the freshness window stay local
+                    await self.state.run(lambda s: s.set_tag(repo, tag, shared.digest, when=shared_tag.seen_at))
         cached: ServedManifest | None = None
         if cached_tag is not None:
             digest, validated_at = cached_tag
@@ -389,15 +401,15 @@ class PullThroughCache:
             raise RegistryError(502, "UNKNOWN", f"fetching blob {digest} from upstream "
                                                 f"{match.upstream.login_server} failed: {exc}") from None
         await self.state.run(lambda s: s.link(repo, digest, "blob"))
-        if self.shared is not None:
-            await self.shared.link(str(match.upstream), digest)
+        if self.shared is not None and not stream.joined:  # the request that started it already did
+            await self.shared.link(shared_source(match), digest)
         return stream, size, "miss", JOINED_DOWNLOAD if stream.joined else None
 
     async def _confirm_blob(self, match: RuleMatch, digest: str) -> None:
         """Link a stored blob to this repository once a node or the upstream confirms the repository has it."""
         repo = match.repository
         # Stored for another repository: only the upstream (or a node that asked it) can say this one has it.
-        if self.shared is None or not await self.shared.linked(str(match.upstream), digest):
+        if self.shared is None or not await self.shared.linked(shared_source(match), digest):
             creds = await self.credentials(match.rule)
             try:
                 await self.upstream_call(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -201,10 +201,12 @@ def _collect_bucket(config, secrets: SecretResolver | None, keys: list[str], sta
 
 async def evict(state: AsyncStateStore, plan: EvictionPlan, objects: ObjectStore | None = None) -> int:
     """Apply ``plan``: objects in the bucket are deleted first, then every evicted row; returns bytes freed."""
-    if objects is not None:
-        for candidate in plan.candidates:
-            if candidate.path.startswith(BUCKET_PATH_PREFIX):
-                await objects.delete(candidate.path.removeprefix(BUCKET_PATH_PREFIX))
+    in_bucket = [c for c in plan.candidates if c.path.startswith(BUCKET_PATH_PREFIX)]
+    if objects is None and in_bucket:  # keep their rows until the bucket is configured again
+        plan = replace(plan, candidates=tuple(c for c in plan.candidates if c not in in_bucket))
+    elif objects is not None:
+        for candidate in in_bucket:
+            await objects.delete(candidate.path.removeprefix(BUCKET_PATH_PREFIX))
     return await state.run(lambda s: Evictor(s).apply(plan))
 
 

@@ -12,9 +12,10 @@ Keys, under the configured prefix:
 
 * ``blobs/<algorithm>/<2 hex>/<hex>`` -- blob bytes, content-addressed;
 * ``manifests/<algorithm>/<hex>`` -- manifest bytes, their media type as the object's Content-Type;
-* ``links/<upstream source>/<algorithm>/<hex>`` -- the upstream repository has this digest (a node
-  verified it), so another node may serve it from the bucket without asking the upstream;
-* ``tags/<upstream source>/<tag>`` -- the digest a node last saw for the tag (LastModified: when);
+* ``links/<access>/<upstream source>/<algorithm>/<hex>`` -- the upstream repository, reached with
+  that access (``anonymous`` or ``credential-set/<name>``), has this digest (a node verified it), so
+  another node with the same access may serve it from the bucket without asking the upstream;
+* ``tags/<access>/<upstream source>/<tag>`` -- the digest a node last saw for the tag (LastModified: when);
 * ``uploads/<upload id>`` -- who runs a multipart upload (host, pid), for ``regcache gc``.
 """
 
@@ -40,6 +41,9 @@ log = logging.getLogger("regcache.objectstore")
 MIN_PART_SIZE = 8 * 1024 * 1024
 MAX_PARTS = 1000
 READ_CHUNK = 1024 * 1024
+MAX_CONNECTIONS = 256
+#: bucket calls made under a shield (creating, aborting an upload) give up after this long
+SHIELDED_TIMEOUT = 60.0
 #: a multipart upload with no owner record this old is abandoned (the record follows its creation)
 UNOWNED_UPLOAD_AGE = timedelta(minutes=10)
 #: an upload owned by a node on another host is abandoned after this long (its pid cannot be checked)
@@ -90,8 +94,9 @@ class PendingUpload:
         age = now - self.initiated
         if self.owner is None:
             return "no node records owning it" if age > UNOWNED_UPLOAD_AGE else None
-        if self.owner.get("host") == host and not _alive(int(self.owner.get("pid", 0))):
-            return f"its node (pid {self.owner.get('pid')} on this host) is gone"
+        pid = self.owner.get("pid") if isinstance(self.owner, dict) else None
+        if self.owner.get("host") == host and isinstance(pid, int) and not _alive(pid):
+            return f"its node (pid {pid} on this host) is gone"
         if age > stale_after:
             return f"started {age.total_seconds() / 3600:.1f} h ago"
         return None
@@ -123,7 +128,8 @@ class ObjectStore:
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
             retries={"max_attempts": 3, "mode": "standard"},
-            connect_timeout=5, read_timeout=60, max_pool_connections=64)
+            # every client reading a blob from the bucket holds a connection for its whole transfer
+            connect_timeout=5, read_timeout=60, max_pool_connections=MAX_CONNECTIONS)
         session = get_session()
         try:
             self._client = await self._stack.enter_async_context(session.create_client(
@@ -244,7 +250,7 @@ class ObjectStore:
         """
         import anyio
 
-        with anyio.CancelScope(shield=True):
+        with anyio.fail_after(SHIELDED_TIMEOUT, shield=True):
             try:
                 created = await self._client.create_multipart_upload(Bucket=self.config.bucket, Key=key,
                                                                       ContentType="application/octet-stream")
@@ -274,6 +280,8 @@ class ObjectStore:
                         try:
                             owner = json.loads(owner_object.content)
                         except ValueError:
+                            owner = None
+                        if not isinstance(owner, dict):  # not a record of ours: judged as unowned
                             owner = None
                     found.append(PendingUpload(upload["Key"], upload["UploadId"], upload["Initiated"], owner))
                 if not page.get("IsTruncated"):

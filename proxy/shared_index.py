@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from .objectstore import ObjectStore
+from .references import is_digest
 from .storage import StorageError
 
 log = logging.getLogger("regcache.shared")
@@ -72,7 +73,7 @@ class SharedIndex:
         if found is None:
             return None
         digest = found.content.decode("ascii", "replace").strip()
-        if ":" not in digest:
+        if not is_digest(digest) or not digest.startswith("sha256:"):  # what nodes write; anything else is not ours
             return None
         return SharedTag(digest, found.last_modified)
 

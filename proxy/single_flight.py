@@ -37,8 +37,8 @@ class SingleFlight(Generic[T]):
             await flight.done.wait()
             if flight.cancelled:
                 continue
-            if flight.error is not None:
-                raise flight.error
+            if flight.error is not None:  # one object for every waiter: keep its traceback from piling up
+                raise flight.error.with_traceback(None)
             return flight.result
         flight = _Flight()
         self._flights[key] = flight

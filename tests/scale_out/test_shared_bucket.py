@@ -13,12 +13,16 @@ import time
 import httpx
 import pytest
 
+from proxy.control import ControlPlane
+from proxy.storage import make_s3_storage
 from tests.proxy.fronts import CORRUPT, PASS, THROTTLE, FaultyFront
 from tests.proxy.test_serve import ServeProcess
 from tests.registries.skopeo import assert_pulled
 from tests.tui.test_cli import regcache_executable
 
 from .nodes import (
+    ACCESS_KEY_VAR,
+    SECRET_KEY_VAR,
     blob_key,
     bucket_keys,
     configure_node,
@@ -238,3 +242,64 @@ def test_manifest_bytes_altered_in_the_bucket_are_never_served(
         code, output = node_b.terminate()
     assert code == 0, output
     assert "do not match the digest" in output
+
+
+def test_what_one_rules_credentials_fetched_is_not_served_through_a_rule_without_them(
+        tmp_path, keyring_env, swift_s3, s3_bucket, basic_auth_registry, push_image, skopeo):
+    image = push_image(basic_auth_registry, "acme/secret", "1", layers=[60_000])
+    user, password = basic_auth_registry.credentials
+    home = tmp_path / "node"
+    control = ControlPlane.open(home)
+    try:
+        control.add_upstream(basic_auth_registry.host, basic_auth_registry.url, "both")
+        control.set_secret("keyring://regcache-tests/user", user)
+        control.set_secret("keyring://regcache-tests/password", password)
+        control.create_credential_set("acme-login", basic_auth_registry.host, "keyring://regcache-tests/user",
+                                      "keyring://regcache-tests/password")
+        control.create_rule("secret-app", f"{basic_auth_registry.host}/acme/secret", "secret", "acme-login")
+        control.create_rule("open-anonymous", f"{basic_auth_registry.host}/*", "open/*")
+        control.set_storage(make_s3_storage(swift_s3.endpoint, s3_bucket, f"env://{ACCESS_KEY_VAR}",
+                                            f"env://{SECRET_KEY_VAR}", region=swift_s3.region))
+    finally:
+        control.close()
+    node = ServeProcess(home, "--listen", "127.0.0.1:0", env=_node_env(keyring_env, swift_s3))
+    try:
+        assert_pulled(skopeo.copy_to_oci(f"{node.host}/secret:1", tmp_path / "allowed", "1"), "1", image)
+        wait_for_image_in_bucket(swift_s3, s3_bucket, image.blobs)
+        with httpx.Client(base_url=node.url, timeout=30) as http:
+            # the same upstream repository through the anonymous rule: the upstream must decide, and refuses
+            manifest = http.get(f"/v2/open/acme/secret/manifests/{image.digest}", headers={"Accept": image.media_type})
+            assert manifest.status_code == 401, manifest.text
+            layer = image.layers[0]
+            blob = http.get(f"/v2/open/acme/secret/blobs/{layer.digest}")
+            assert blob.status_code == 401 and layer.data not in blob.content, blob.text
+            assert http.get("/v2/open/acme/secret/manifests/1").status_code == 401
+    finally:
+        code, output = node.terminate()
+    assert code == 0, output
+
+
+def test_blob_bytes_altered_in_the_bucket_are_not_served_whole(
+        tmp_path, keyring_env, swift_s3, s3_bucket, anonymous_registry, push_image, skopeo):
+    image = push_image(anonymous_registry, "acme/bitrot", "1", layers=[3 * MiB])
+    layer = image.layers[0]
+    homes = configure_nodes(tmp_path, swift_s3, s3_bucket, anonymous_registry.host, anonymous_registry.url,
+                            {"bitrot": "acme/bitrot"})
+    env = _node_env(keyring_env, swift_s3)
+    node_a = ServeProcess(homes["a"], "--listen", "127.0.0.1:0", env=env)
+    try:
+        assert_pulled(skopeo.copy_to_oci(f"{node_a.host}/bitrot:1", tmp_path / "via-a", "1"), "1", image)
+        wait_for_image_in_bucket(swift_s3, s3_bucket, image.blobs)
+    finally:
+        node_a.terminate()
+    rotten = bytearray(layer.data)
+    rotten[len(rotten) // 2] ^= 0xFF
+    write_object(swift_s3, s3_bucket, blob_key(layer.digest), bytes(rotten))
+    node_b = ServeProcess(homes["b"], "--listen", "127.0.0.1:0", env=env)
+    try:
+        with httpx.Client(base_url=node_b.url, timeout=30) as http, pytest.raises(httpx.RemoteProtocolError):
+            http.get(f"/v2/bitrot/blobs/{layer.digest}")  # cut short: the last chunk waits for the digest
+    finally:
+        code, output = node_b.terminate()
+    assert code == 0, output
+    assert "does not match its digest" in output
