@@ -32,10 +32,12 @@ class EventLog:
             self._metrics.observe(event)
         try:
             self._send.send_nowait(event)
-        except anyio.WouldBlock:
+        except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
             self.dropped += 1
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            self.dropped += 1
+            if self._metrics is not None:
+                self._metrics.events_dropped.inc()
+            if self.dropped == 1 or self.dropped % 10_000 == 0:  # said, not repeated for each one
+                log.warning("%d pull event(s) not logged: the event writer fell behind", self.dropped)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Write events until ``close()``; what is queued at close is still written."""

@@ -32,6 +32,8 @@ class ProxyMetrics:
                                      registry=r)
         self.upstream_errors = Counter("regcache_upstream_errors", "Failed upstream requests",
                                        ["rule", "upstream", "kind"], registry=r)
+        self.events_dropped = Counter("regcache_events_dropped", "Pull events not logged: the writer fell behind "
+                                      "(the Activity log and statistics miss them)", registry=r)
         self.latency = Histogram("regcache_request_duration_seconds", "Time to answer a request",
                                  ["rule", "kind"], registry=r,
                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
