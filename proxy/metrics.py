@@ -32,6 +32,8 @@ class ProxyMetrics:
                                      registry=r)
         self.upstream_errors = Counter("regcache_upstream_errors", "Failed upstream requests",
                                        ["rule", "upstream", "kind"], registry=r)
+        self.bucket_errors = Counter("regcache_bucket_errors", "Failed calls to the shared bucket (s3 storage); "
+                                     "failed uploads mean blobs are not stored", ["action"], registry=r)
         self.events_dropped = Counter("regcache_events_dropped", "Pull events not logged: the writer fell behind "
                                       "(the Activity log and statistics miss them)", registry=r)
         self.latency = Histogram("regcache_request_duration_seconds", "Time to answer a request",
@@ -57,6 +59,9 @@ class ProxyMetrics:
 
     def upstream_error(self, rule: str, upstream: str, kind: str) -> None:
         self.upstream_errors.labels(rule, upstream, kind).inc()
+
+    def bucket_error(self, action: str) -> None:
+        self.bucket_errors.labels(action).inc()
 
     def set_cache_size(self, blob_bytes: int, blobs: int) -> None:
         self.cache_bytes.set(blob_bytes)

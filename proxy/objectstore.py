@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -105,9 +105,12 @@ class PendingUpload:
 class ObjectStore:
     """One bucket of an S3-compatible store, through one aiobotocore client; use as an async context."""
 
-    def __init__(self, config: S3Storage, secrets: SecretResolver | None = None) -> None:
+    def __init__(self, config: S3Storage, secrets: SecretResolver | None = None,
+                 on_error: Callable[[str], None] | None = None) -> None:
         self.config = config
         self._secrets = secrets or SecretResolver()
+        #: told the action of every failed call (the proxy counts them in /metrics)
+        self._on_error = on_error
         self._stack = AsyncExitStack()
         self._client: Any = None
         self.prefix = config.prefix.strip("/") + "/"
@@ -153,6 +156,8 @@ class ObjectStore:
 
     def error(self, action: str, exc: Exception) -> StorageError:
         """What a failure of the store means for the operator (botocore messages carry no secret)."""
+        if self._on_error is not None:
+            self._on_error(action)
         code = _code(exc)
         if code in _AUTH_CODES:
             return StorageError(
@@ -314,7 +319,8 @@ class ObjectStore:
 
 
 @asynccontextmanager
-async def configured_object_store(store: StateStore, secrets: SecretResolver | None = None
+async def configured_object_store(store: StateStore, secrets: SecretResolver | None = None,
+                                  on_error: Callable[[str], None] | None = None
                                   ) -> AsyncIterator[ObjectStore | None]:
     """The bucket the storage setting names, checked usable (None for the filesystem backend)."""
     import anyio
@@ -323,7 +329,7 @@ async def configured_object_store(store: StateStore, secrets: SecretResolver | N
     if not isinstance(config, S3Storage):
         yield None
         return
-    async with ObjectStore(config, secrets) as objects:
+    async with ObjectStore(config, secrets, on_error) as objects:
         await objects.check()
         yield objects
 

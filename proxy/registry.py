@@ -409,7 +409,7 @@ def create_app(home: Path, *, secrets: SecretResolver | None = None,
             async with anyio.create_task_group() as writer_group:
                 await writer_group.start(events.run)
                 try:
-                    async with configured_object_store(store, secrets) as objects, \
+                    async with configured_object_store(store, secrets, metrics.bucket_error) as objects, \
                             anyio.create_task_group() as downloads:
                         blobs = BlobStore(home, state, downloads, objects)
                         removed = blobs.remove_stale_temp_files()

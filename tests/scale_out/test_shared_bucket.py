@@ -165,6 +165,11 @@ def test_a_bucket_that_fails_while_serving_costs_storage_not_pulls(
         deadline = time.monotonic() + 10
         while not any("could not store" in line for line in node.lines) and time.monotonic() < deadline:
             time.sleep(0.1)
+        metrics = httpx.get(f"{node.url}/metrics").text  # operators alert on this, not on log lines
+        failed = {line.split("}")[0] for line in metrics.splitlines()
+                  if line.startswith("regcache_bucket_errors_total{") and not line.endswith(" 0.0")}
+        assert 'regcache_bucket_errors_total{action="start an upload"' in failed or \
+            'regcache_bucket_errors_total{action="write an object"' in failed, failed
     finally:
         code, output = node.terminate()
     assert code == 0, output
