@@ -126,7 +126,7 @@ class PullThroughCache:
 
     async def refresh(self) -> None:
         """Reload rules, upstreams and credential sets when another connection changed them."""
-        version = await self.state.run(lambda s: s.data_version())
+        version = await self.state.data_version()
         if version == self._version:
             return
         rules, custom, overrides, sets = await self.state.run(

@@ -74,7 +74,7 @@ class ClientAuth:
 
     async def refresh(self) -> None:
         """Reload the token table when another connection committed a change."""
-        version = await self.state.run(lambda s: s.data_version())
+        version = await self.state.data_version()
         if version != self._version:
             version, tokens = await self.state.run(lambda s: (s.data_version(), s.client_tokens()))
             self._tokens = {t.name: t for t in tokens}

@@ -141,6 +141,10 @@ class Registry:
         self.auth = auth
 
     async def __call__(self, request: Request) -> Response:
+        async with self.cache.state.one_version_check():  # one configuration check for auth and rules
+            return await self._answer(request)
+
+    async def _answer(self, request: Request) -> Response:
         # client tokens: authenticate first (401 + Basic challenge), authorize once the name is known
         token = await self.auth.authenticate(request) if self.auth is not None else None
         # The path as sent after /v2/, not the route's parameter: its '$' matches before a final line break, which

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -497,3 +498,24 @@ class AsyncStateStore:
         import anyio
 
         return await anyio.to_thread.run_sync(lambda: fn(self.store, *args), limiter=self._limiter)
+
+    async def data_version(self) -> int:
+        """``PRAGMA data_version``: the one read in :meth:`one_version_check` while inside it, else a new one."""
+        pinned = _DATA_VERSION.get()
+        if pinned is not None:
+            return pinned
+        return await self.run(lambda s: s.data_version())
+
+    @asynccontextmanager
+    async def one_version_check(self) -> AsyncIterator[None]:
+        """Within the block (one request), every "did another connection change the configuration?"
+        check reuses one reading: each is a worker-thread hop, and the answer cannot matter twice."""
+        token = _DATA_VERSION.set(await self.run(lambda s: s.data_version()))
+        try:
+            yield
+        finally:
+            _DATA_VERSION.reset(token)
+
+
+#: the data_version read for the current request (a task's context), see AsyncStateStore.one_version_check
+_DATA_VERSION: ContextVar[int | None] = ContextVar("regcache_data_version", default=None)

@@ -51,11 +51,12 @@ def test_max_size_evicts_least_recently_pulled(regcache, anonymous_registry, pus
 
 def test_retention_expires_a_rules_repositories(regcache, anonymous_registry, push_image, skopeo, tmp_path):
     server = regcache.add_upstream(anonymous_registry)
-    regcache.control.create_rule("short-lived", f"{server}/library/*", "evict/*", retention=1)
+    # 3 s: room for a gc process on a loaded machine (1 s once failed the "pulled just now" check)
+    regcache.control.create_rule("short-lived", f"{server}/library/*", "evict/*", retention=3)
     image = push_image(anonymous_registry, "library/brief", "1", layers=[10_000])
     pulled(regcache, skopeo, tmp_path, "brief")
     assert gc(regcache.home, "--dry-run")["evicted"] == []  # pulled just now
-    time.sleep(2.1)
+    time.sleep(3.2)
     done = gc(regcache.home)
     assert done["expiredRepositories"] == ["evict/brief"]
     assert {e["digest"] for e in done["evicted"]} == set(image.blobs)
