@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 
+from proxy.models import JOINED_DOWNLOAD
 from proxy.statistics import CacheStatistics
 from tests.registries.skopeo import SkopeoError, assert_pulled
 
-from .fronts import CORRUPT, CUT, PASS, REDIRECT, BlobCDN, FaultyFront
+from .fronts import CORRUPT, CUT, PASS, REDIRECT, THROTTLE, BlobCDN, FaultyFront
+from .test_metrics import sample
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
@@ -229,11 +232,36 @@ def test_concurrent_cold_pulls_share_one_download(regcache, anonymous_registry, 
     # the tag's manifest too: one GET however many ask at once (later pulls revalidate with a HEAD)
     tag_gets = anonymous_registry.requests("GET", path_prefix="/v2/library/popular/manifests/1", status=200)
     assert len(tag_gets) == 1, tag_gets
-    # statistics count each blob's bytes as fetched once: the requests that joined a download fetched nothing
-    events = [e for e in regcache.events() if e["kind"] == "blob" and e["result"] == "miss"]
-    assert len(events) > len(image.blobs)  # some requests did join
+    # statistics count each blob's bytes as fetched once, however the pulls overlapped
     assert CacheStatistics(regcache.control.store).totals().bytes_fetched == sum(
         blob.size for blob in image.blobs.values())
+
+
+def test_requests_that_join_a_download_are_misses_whose_bytes_count_as_fetched_once(
+        regcache, anonymous_registry, push_image):
+    image = push_image(anonymous_registry, "library/joined", "1", layers=[4_000_000])
+    layer = image.layers[0]
+    front = FaultyFront(anonymous_registry.url, THROTTLE).start()  # ~1 s for the layer: the requests overlap
+    try:
+        server = regcache.add_upstream(front)
+        regcache.control.create_rule("joined-lib", f"{server}/library/joined", "joined")
+
+        def get(_: int) -> bytes:
+            with regcache.http() as http:
+                return http.get(f"/v2/joined/blobs/{layer.digest}").content
+
+        with ThreadPoolExecutor(3) as pool:
+            bodies = list(pool.map(get, range(3)))
+    finally:
+        front.stop()
+    assert bodies == [layer.data] * 3
+    assert front.blob_gets == 1
+    events = [e for e in regcache.events() if e["kind"] == "blob"]
+    assert sorted((e["result"], e["detail"] or "") for e in events) == [
+        ("miss", ""), ("miss", JOINED_DOWNLOAD), ("miss", JOINED_DOWNLOAD)]
+    assert CacheStatistics(regcache.control.store).totals().bytes_fetched == layer.size
+    metrics = httpx.get(f"{regcache.url}/metrics").text
+    assert sample(metrics, "regcache_bytes_fetched_total", rule="joined-lib") == layer.size
 
 
 def test_upstream_down_serves_cached_stale(regcache, anonymous_registry, push_image, skopeo, tmp_path):

@@ -14,11 +14,19 @@ SIZES = [(80, 24), (120, 40)]
 
 
 async def settle(pilot) -> None:
-    """Wait until the blades' loading workers finished and the screen caught up."""
+    """Wait until the blades' loading workers finished and the screen caught up.
+
+    A DataTable sizes its columns to the rows on a later refresh: on a loaded machine (a CI run) a
+    snapshot taken right after the rows arrived once showed the columns at their headers' widths.
+    """
     await pilot.pause()
     await pilot.app.workers.wait_for_complete()
     await pilot.pause()
     await pilot.wait_for_scheduled_animations()
+    await pilot.pause(0.1)
+    await pilot.pause()
+
+
 BLADES = [("overview", "1"), ("rules", "2"), ("credentials", "3"), ("activity", "4"), ("upstreams", "5")]
 
 
