@@ -109,7 +109,9 @@ class Evictor:
                 self.store.forget_repository(name)
         for candidate in plan.candidates:
             if candidate.path.startswith(BUCKET_PATH_PREFIX):
-                self.store.delete_blob(candidate.digest)
+                # The object went first; a download that stored it again meanwhile keeps its row (else
+                # its object would be in the bucket with nothing left to account for or evict it).
+                self.store.delete_blob(candidate.digest, unless_accessed_since=candidate.last_access)
                 freed += candidate.size
                 continue
             path = home / candidate.path

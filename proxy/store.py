@@ -300,8 +300,15 @@ class StateStore:
         self.db.conn.execute("UPDATE blobs SET last_access = ? WHERE digest = ?",
                              [_ts(datetime.now(timezone.utc)), digest])
 
-    def delete_blob(self, digest: str) -> None:
-        self.db.conn.execute("DELETE FROM blobs WHERE digest = ?", [digest])
+    def delete_blob(self, digest: str, *, unless_accessed_since: datetime | None = None) -> bool:
+        """Forget a blob; with ``unless_accessed_since`` (its last access when eviction chose it) only if
+        nothing pulled or stored it again meanwhile. Whether a row was deleted."""
+        if unless_accessed_since is None:
+            cursor = self.db.conn.execute("DELETE FROM blobs WHERE digest = ?", [digest])
+        else:
+            cursor = self.db.conn.execute("DELETE FROM blobs WHERE digest = ? AND last_access IS ?",
+                                          [digest, _ts(unless_accessed_since)])
+        return cursor.rowcount > 0
 
     def repository_pulls(self) -> list[tuple[str, str, datetime | None]]:
         """(repository, rule, last pull) of every cached repository."""

@@ -86,3 +86,26 @@ def test_temporary_files_are_never_candidates(regcache):
     regcache.control.set_setting("max-size", "0")
     assert gc(regcache.home)["evicted"] == []
     assert (tmp / "12345-abcd-sha256-0000").exists()
+
+
+def test_a_blob_stored_again_while_being_evicted_keeps_its_row(home):
+    """The bucket's object is deleted before the row: a download finishing in between must keep its row."""
+    from datetime import datetime, timezone
+
+    from proxy.eviction import Evictor
+    from proxy.store import StateStore
+
+    store = StateStore(home)
+    try:
+        digest, path = "sha256:" + "d" * 64, "s3:regcache/blobs/sha256/dd/" + "d" * 64
+        store.put_blob(digest, 100, path, datetime(2026, 1, 1, tzinfo=timezone.utc))
+        store.set_setting("max-size", "10")
+        plan = Evictor(store, min_idle=0).plan()
+        assert [c.digest for c in plan.candidates] == [digest]
+        store.put_blob(digest, 100, path)  # stored again meanwhile: a new download's upload
+        Evictor(store, min_idle=0).apply(plan)
+        assert digest in store.blob_usage()
+        assert Evictor(store, min_idle=0).apply(Evictor(store, min_idle=0).plan()) == 100  # the next round
+        assert digest not in store.blob_usage()
+    finally:
+        store.close()
