@@ -42,6 +42,8 @@ MIN_PART_SIZE = 8 * 1024 * 1024
 MAX_PARTS = 1000
 READ_CHUNK = 1024 * 1024
 MAX_CONNECTIONS = 256
+#: lookups, small reads and writes, and uploads: never queued behind clients reading blobs
+CONTROL_CONNECTIONS = 64
 #: bucket calls made under a shield (creating, aborting an upload) give up after this long
 SHIELDED_TIMEOUT = 60.0
 #: a multipart upload with no owner record this old is abandoned (the record follows its creation)
@@ -113,6 +115,8 @@ class ObjectStore:
         self._on_error = on_error
         self._stack = AsyncExitStack()
         self._client: Any = None
+        self._reader: Any = None
+        self._reader_lock: Any = None
         self.prefix = config.prefix.strip("/") + "/"
 
     @property
@@ -126,21 +130,37 @@ class ObjectStore:
 
         access_key = self._secrets.get(self.config.access_key_id)
         secret_key = self._secrets.get(self.config.secret_access_key)
-        config = Config(
-            s3={"addressing_style": "path" if self.config.path_style else "virtual"},
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            retries={"max_attempts": 3, "mode": "standard"},
-            # every client reading a blob from the bucket holds a connection for its whole transfer
-            connect_timeout=5, read_timeout=60, max_pool_connections=MAX_CONNECTIONS)
         session = get_session()
-        try:
-            self._client = await self._stack.enter_async_context(session.create_client(
-                "s3", endpoint_url=self.config.endpoint, region_name=self.config.region,
-                aws_access_key_id=access_key, aws_secret_access_key=secret_key, config=config))
-        except Exception as exc:
-            raise StorageError(f"cannot use the object store at {self.config.endpoint}: {exc}") from None
+
+        async def client(pool: int) -> Any:
+            config = Config(
+                s3={"addressing_style": "path" if self.config.path_style else "virtual"},
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+                retries={"max_attempts": 3, "mode": "standard"},
+                connect_timeout=5, read_timeout=60, max_pool_connections=pool)
+            try:
+                return await self._stack.enter_async_context(session.create_client(
+                    "s3", endpoint_url=self.config.endpoint, region_name=self.config.region,
+                    aws_access_key_id=access_key, aws_secret_access_key=secret_key, config=config))
+            except Exception as exc:
+                raise StorageError(f"cannot use the object store at {self.config.endpoint}: {exc}") from None
+
+        import anyio
+
+        self._client = await client(CONTROL_CONNECTIONS)
+        self._open_reader = lambda: client(MAX_CONNECTIONS)
+        self._reader_lock = anyio.Lock()
         return self
+
+    async def _blob_reader(self) -> Any:
+        """The client that streams blobs to clients, with a pool of its own: a client reading slowly
+        holds a connection for its whole transfer, and must not starve lookups and uploads."""
+        if self._reader is None:
+            async with self._reader_lock:
+                if self._reader is None:
+                    self._reader = await self._open_reader()
+        return self._reader
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self._stack.aclose()
@@ -224,8 +244,9 @@ class ObjectStore:
         kwargs: dict[str, Any] = {}
         if start or end is not None:
             kwargs["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+        reader = await self._blob_reader()
         try:
-            response = await self._client.get_object(Bucket=self.config.bucket, Key=key, **kwargs)
+            response = await reader.get_object(Bucket=self.config.bucket, Key=key, **kwargs)
         except Exception as exc:
             raise self.error("read a blob", exc) from None
         async with response["Body"] as body:
