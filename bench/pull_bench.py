@@ -53,7 +53,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Protocol
+from typing import Any, Protocol
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # `tests` is not installed; it is importable from the root
@@ -560,13 +560,13 @@ def render(figures: dict[str, Figures], bench: Bench, repeat: int, concurrency: 
              f"{os.cpu_count()} CPUs ({busy} busy before start), regcache {git_revision()}")
     out = [title,
            fmt_line(header), fmt_line(["-" * w for w in widths]), *map(fmt_line, lines),
-           "samples (s): cold anchor " + _samples(anchor.cold) + "; cold regcache " + _samples(regcache.cold),
-           "             warm anchor " + _samples(anchor.warm) + "; warm regcache " + _samples(regcache.warm),
+           f"samples (s): cold anchor {format_samples(anchor.cold)}; cold regcache {format_samples(regcache.cold)}",
+           f"             warm anchor {format_samples(anchor.warm)}; warm regcache {format_samples(regcache.warm)}",
            f"upstream registry peak RSS: {bench.monitor.peak_mb('upstream'):.0f} MB"]
     return "\n".join(out)
 
 
-def _samples(values: Sequence[float]) -> str:
+def format_samples(values: Sequence[float]) -> str:
     return "[" + " ".join(f"{v:.2f}" for v in values) + "]"
 
 
@@ -581,8 +581,19 @@ def git_revision() -> str:
     return result.stdout.strip() + ("+dirty proxy/" if dirty else "") if result.returncode == 0 else "(no git)"
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop the servers
+def exit_on_signal(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM handler: unwind through the finally blocks that stop the servers."""
+    raise SystemExit(128 + signum)
+
+
+def stop_all(started: Sequence[Any], root: Path, bench_name: str) -> None:
+    """Stop what a benchmark started, newest first, whatever fails, and remove its directory."""
+    for server in reversed(started):
+        try:
+            server.stop()
+        except Exception as exc:  # noqa: BLE001 - whatever it is, keep stopping the others
+            print(f"{bench_name}: stopping {server!r}: {exc}", file=sys.stderr)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -594,7 +605,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.size_mb < 1 or args.concurrency < 1 or args.repeat < 1:
         parser.error("--size-mb, --concurrency and --repeat must be at least 1")
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, exit_on_signal)
     busy = machine_busy()
 
     root = Path(tempfile.mkdtemp(prefix="regcache-pull-bench-"))
@@ -631,12 +642,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         monitor.stop()
-        for server in reversed(started):
-            try:
-                server.stop()
-            except Exception as exc:  # noqa: BLE001 - whatever it is, keep stopping the others
-                print(f"pull_bench: stopping {server!r}: {exc}", file=sys.stderr)
-        shutil.rmtree(root, ignore_errors=True)
+        stop_all(started, root, "pull_bench")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import statistics
 import sys
@@ -68,12 +67,15 @@ from bench.pull_bench import (  # noqa: E402
     RegcacheServer,
     RssMonitor,
     cpu_seconds,
+    exit_on_signal,
+    format_samples,
     git_revision,
     layer_sizes,
     machine_busy,
     pid_of,
     progress,
     pull_timeout,
+    stop_all,
     timed_pulls,
     upstream_blob_bytes,
 )
@@ -330,14 +332,10 @@ def render(single: dict[str, Single], out: ScaleOut, image: Image, repeat: int, 
     sizes = " + ".join(f"{layer.size / MB:.0f}" for layer in image.layers)
     title = (f"s3_bench: image {size / MB:.0f} MB in {len(image.layers)} layers ({sizes} MB), "
              f"{os.cpu_count()} CPUs ({busy} busy before start), regcache {git_revision()}")
-    samples = [f"samples (s): cold fs {_samples(fs.cold_s)}; cold s3 {_samples(s3.cold_s)}",
-               f"             warm fs {_samples(fs.warm_s)}; warm s3 {_samples(s3.warm_s)}"]
+    samples = [f"samples (s): cold fs {format_samples(fs.cold_s)}; cold s3 {format_samples(s3.cold_s)}",
+               f"             warm fs {format_samples(fs.warm_s)}; warm s3 {format_samples(s3.warm_s)}"]
     failures = [f"FAILED: {failure}" for failure in out.failures]
     return "\n".join([title, *first, *samples, "", *second, *failures])
-
-
-def _samples(values: Sequence[float]) -> str:
-    return "[" + " ".join(f"{v:.2f}" for v in values) + "]"
 
 
 def _rounded(value: object) -> object:
@@ -374,10 +372,6 @@ def as_json(single: dict[str, Single], out: ScaleOut, image: Image, args: argpar
 # -- main ----------------------------------------------------------------------------------------
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop the servers
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -389,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.size_mb < 1 or args.repeat < 1 or args.concurrency < 2:
         parser.error("--size-mb and --repeat must be at least 1, --concurrency at least 2")
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, exit_on_signal)
     began = time.monotonic()
     busy = machine_busy()
 
@@ -448,12 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         monitor.stop()
-        for server in reversed(started):
-            try:
-                server.stop()
-            except Exception as exc:  # noqa: BLE001 - whatever it is, keep stopping the others
-                print(f"s3_bench: stopping {server!r}: {exc}", file=sys.stderr)
-        shutil.rmtree(root, ignore_errors=True)
+        stop_all(started, root, "s3_bench")
 
 
 if __name__ == "__main__":
