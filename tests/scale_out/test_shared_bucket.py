@@ -147,6 +147,17 @@ def test_kill_9_mid_upload_leaves_no_object_and_gc_aborts_the_upload(
         front.stop()
 
 
+def _fill_the_bucket_through(home, env: dict[str, str], reference: str, image, skopeo, tmp_path, swift, bucket) -> None:
+    """Pull ``reference`` through a node on ``home`` (verified), wait until the bucket holds it, stop the node."""
+    node = ServeProcess(home, "--listen", "127.0.0.1:0", env=env)
+    try:
+        tag = reference.rpartition(":")[2]
+        assert_pulled(skopeo.copy_to_oci(f"{node.host}/{reference}", tmp_path / "filled", tag), tag, image)
+        wait_for_image_in_bucket(swift, bucket, image.blobs)
+    finally:
+        node.terminate()
+
+
 def _system_env() -> dict[str, str]:
     import os
 
@@ -227,11 +238,7 @@ def test_manifest_bytes_altered_in_the_bucket_are_never_served(
     homes = configure_nodes(tmp_path, swift_s3, s3_bucket, anonymous_registry.host, anonymous_registry.url,
                             {"tamper": "acme/tamper"})
     env = _node_env(keyring_env, swift_s3)
-    node_a = ServeProcess(homes["a"], "--listen", "127.0.0.1:0", env=env)
-    try:
-        assert_pulled(skopeo.copy_to_oci(f"{node_a.host}/tamper:1", tmp_path / "via-a", "1"), "1", image)
-    finally:
-        node_a.terminate()
+    _fill_the_bucket_through(homes["a"], env, "tamper:1", image, skopeo, tmp_path, swift_s3, s3_bucket)
     key = f"regcache/manifests/sha256/{image.digest.partition(':')[2]}"
     forged = image.manifest.replace(b'"schemaVersion"', b'"schemaVersion" ', 1)
     write_object(swift_s3, s3_bucket, key, forged)
@@ -291,12 +298,7 @@ def test_blob_bytes_altered_in_the_bucket_are_not_served_whole(
     homes = configure_nodes(tmp_path, swift_s3, s3_bucket, anonymous_registry.host, anonymous_registry.url,
                             {"bitrot": "acme/bitrot"})
     env = _node_env(keyring_env, swift_s3)
-    node_a = ServeProcess(homes["a"], "--listen", "127.0.0.1:0", env=env)
-    try:
-        assert_pulled(skopeo.copy_to_oci(f"{node_a.host}/bitrot:1", tmp_path / "via-a", "1"), "1", image)
-        wait_for_image_in_bucket(swift_s3, s3_bucket, image.blobs)
-    finally:
-        node_a.terminate()
+    _fill_the_bucket_through(homes["a"], env, "bitrot:1", image, skopeo, tmp_path, swift_s3, s3_bucket)
     rotten = bytearray(layer.data)
     rotten[len(rotten) // 2] ^= 0xFF
     write_object(swift_s3, s3_bucket, blob_key(layer.digest), bytes(rotten))
