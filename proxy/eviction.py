@@ -170,19 +170,18 @@ def collect_garbage(store: StateStore, secrets: SecretResolver | None = None, mi
     evictor = Evictor(store, min_idle)
     plan = plan_if_configured(store, min_idle) if only_if_configured else evictor.plan()
     plan = plan or EvictionPlan((), (), 0, None)
-    keys = [c.path.removeprefix(BUCKET_PATH_PREFIX) for c in plan.candidates if c.path.startswith(BUCKET_PATH_PREFIX)]
     config = storage_from_json(store.setting("storage"))
     stale: list[tuple[str, str, datetime, str]] | None = None
     if isinstance(config, S3Storage):
-        stale = _collect_bucket(config, secrets, keys, stale_uploads_after, dry_run)
-    elif keys and not dry_run:
+        stale = _collect_bucket(config, secrets, plan, stale_uploads_after, dry_run)
+    elif _bucket_keys(plan) and not dry_run:
         raise StorageError("blobs to evict are in a bucket, but the storage setting is no longer s3: set it "
                            "back with `regcache storage set s3` to evict them")
     freed = plan.bytes_freed if dry_run else evictor.apply(plan)
     return CollectionReport(plan, freed, stale, config.describe())
 
 
-def _collect_bucket(config, secrets: SecretResolver | None, keys: list[str], stale_after: timedelta | None,
+def _collect_bucket(config, secrets: SecretResolver | None, plan: EvictionPlan, stale_after: timedelta | None,
                     dry_run: bool) -> list[tuple[str, str, datetime, str]]:
     import anyio
 
@@ -192,8 +191,7 @@ def _collect_bucket(config, secrets: SecretResolver | None, keys: list[str], sta
         async with ObjectStore(config, secrets) as objects:
             stale = await objects.stale_uploads(stale_after or DEFAULT_STALE_UPLOAD_AGE)
             if not dry_run:
-                for key in keys:
-                    await objects.delete(key)
+                await _delete_from_bucket(objects, plan)
                 for upload, _ in stale:
                     await objects.abort_upload(upload.key, upload.upload_id)
         return [(upload.key, upload.upload_id, upload.initiated, why) for upload, why in stale]
@@ -201,14 +199,22 @@ def _collect_bucket(config, secrets: SecretResolver | None, keys: list[str], sta
     return anyio.run(run)
 
 
+def _bucket_keys(plan: EvictionPlan) -> list[str]:
+    """The object keys of the planned blobs that live in the bucket."""
+    return [c.path.removeprefix(BUCKET_PATH_PREFIX) for c in plan.candidates if c.path.startswith(BUCKET_PATH_PREFIX)]
+
+
+async def _delete_from_bucket(objects: ObjectStore, plan: EvictionPlan) -> None:
+    for key in _bucket_keys(plan):
+        await objects.delete(key)
+
+
 async def evict(state: AsyncStateStore, plan: EvictionPlan, objects: ObjectStore | None = None) -> int:
     """Apply ``plan``: objects in the bucket are deleted first, then every evicted row; returns bytes freed."""
-    in_bucket = [c for c in plan.candidates if c.path.startswith(BUCKET_PATH_PREFIX)]
-    if objects is None and in_bucket:  # keep their rows until the bucket is configured again
-        plan = replace(plan, candidates=tuple(c for c in plan.candidates if c not in in_bucket))
-    elif objects is not None:
-        for candidate in in_bucket:
-            await objects.delete(candidate.path.removeprefix(BUCKET_PATH_PREFIX))
+    if objects is not None:
+        await _delete_from_bucket(objects, plan)
+    elif _bucket_keys(plan):  # keep their rows until the bucket is configured again
+        plan = replace(plan, candidates=tuple(c for c in plan.candidates if not c.path.startswith(BUCKET_PATH_PREFIX)))
     return await state.run(lambda s: Evictor(s).apply(plan))
 
 
