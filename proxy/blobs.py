@@ -259,8 +259,6 @@ class BlobStore:
         matches: the bucket is shared, and a node's bug (or anyone holding its keys) must not make
         this node serve wrong bytes as the digest's.
         """
-        if end <= start:
-            return _nothing()
         if blob.key is not None:
             assert self.objects is not None
             chunks = self.objects.chunks(blob.key, start, end)
@@ -433,11 +431,6 @@ class BucketUpload:
                         await upload.abort()
                     except Exception as exc:  # `regcache gc` aborts it later
                         log.warning("could not abort the upload of %s: %s", d.digest, exc)
-
-
-async def _nothing() -> AsyncIterator[bytes]:
-    return
-    yield  # pragma: no cover - makes this an async generator
 
 
 async def _verified(chunks: AsyncIterator[bytes], digest: str) -> AsyncIterator[bytes]:

@@ -241,6 +241,8 @@ class ObjectStore:
 
     async def chunks(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Bytes ``start`` to ``end`` (exclusive) of an object as they arrive."""
+        if end is not None and end <= start:  # an empty range cannot be asked for ("bytes=0--1")
+            return
         kwargs: dict[str, Any] = {}
         if start or end is not None:
             kwargs["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
