@@ -15,10 +15,10 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from proxy.control import ControlPlane
-from proxy.models import CacheRule
-from proxy.rules import MAX_RULES, RuleSet, check_new_rule
-from proxy.upstreams import UpstreamCatalogue
+from regcache.proxy.config.control import ControlPlane
+from regcache.proxy.core.catalogue import UpstreamCatalogue
+from regcache.proxy.core.models import CacheRule
+from regcache.proxy.core.rules import MAX_RULES, RuleSet, check_new_rule
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

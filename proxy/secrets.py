@@ -13,15 +13,11 @@ There is never a silent plaintext fallback: with no usable keyring backend, read
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Protocol
 
-from .errors import KeyringUnavailableError, SecretError, ValidationError
-
-_KEYRING_RE = re.compile(r"keyring://([^/\s]+)/(\S+)")
-_ENV_RE = re.compile(r"env://([A-Za-z_][A-Za-z0-9_]*)")
+from regcache.proxy.core.errors import KeyringUnavailableError, SecretError, ValidationError
+from regcache.proxy.core.secret_ids import SecretId
 
 NO_KEYRING_HELP = (
     "no usable keyring backend on this host: enable a Secret Service (e.g. gnome-keyring or KeePassXC "
@@ -29,31 +25,6 @@ NO_KEYRING_HELP = (
     "pip install keyrings.alt; PYTHON_KEYRING_BACKEND=keyrings.alt.file.EncryptedKeyring), "
     "or use env://VAR secret ids; regcache never falls back to storing secrets in plain text"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class SecretId:
-    """A parsed secret URI."""
-
-    scheme: str  # "keyring" or "env"
-    service: str  # keyring service; empty for env
-    name: str  # keyring username / environment variable
-
-    def __str__(self) -> str:
-        return f"keyring://{self.service}/{self.name}" if self.scheme == "keyring" else f"env://{self.name}"
-
-    @classmethod
-    def parse(cls, value: str, field: str | None = None) -> SecretId:
-        value = value.strip()
-        if m := _KEYRING_RE.fullmatch(value):
-            return cls("keyring", m.group(1), m.group(2))
-        if m := _ENV_RE.fullmatch(value):
-            return cls("env", "", m.group(1))
-        # never quoted back: what was typed may be the secret itself, pasted where its id belongs
-        raise ValidationError(
-            f"{field or 'a secret id'} must be a secret id, keyring://SERVICE/NAME or env://VARIABLE, not a value: "
-            f"store the value with `regcache secret set keyring://regcache/NAME`", field=field
-        )
 
 
 class SecretStore(Protocol):

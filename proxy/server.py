@@ -24,10 +24,10 @@ import uvicorn
 from anyio.abc import TaskStatus
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .errors import RegcacheError, unwrap_error
-from .oci import API_VERSION_HEADER, RegistryError
-from .registry import check_storage, create_app, create_metrics_app
-from .secrets import SecretResolver
+from regcache.proxy.core.errors import RegcacheError, unwrap_error
+from regcache.proxy.core.oci import API_VERSION_HEADER, RegistryError
+from regcache.proxy.http.registry import check_storage, create_app, create_metrics_app
+from regcache.proxy.secrets import SecretResolver
 
 log = logging.getLogger("regcache.server")
 
@@ -134,7 +134,7 @@ def check_exposure(home: Path, address: ListenAddress, allow_anonymous: bool) ->
     """Refuse a non-loopback address while no client token exists, unless anonymous pulls are allowed."""
     if allow_anonymous or is_loopback(address.host):
         return
-    from .store import StateStore
+    from regcache.proxy.state.store import StateStore
 
     store = StateStore(home)
     try:

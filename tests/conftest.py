@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,18 +57,3 @@ def no_keyring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict
     _reset_keyring()
     yield env
     _reset_keyring()
-
-
-def dump_database(home: Path) -> list[str]:
-    """Every schema statement and row of ``state.db``, to compare before and after a command."""
-    conn = sqlite3.connect(home / "state.db")
-    try:
-        return list(conn.iterdump())
-    finally:
-        conn.close()
-
-
-def subprocess_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(extra)
-    return env

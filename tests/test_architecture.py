@@ -1,34 +1,77 @@
-"""Layering contracts (import-linter): the engine never imports the UI or Textual."""
+"""Layering contracts (import-linter): the engine never imports the UI or Textual, its layers only import
+downwards, and nothing imports a bare ``proxy`` or ``tui`` package."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
+BARE_IMPORT = re.compile(r"^\s*(from|import)\s+(proxy|tui)(\.|\s|$)", re.M)
 
 
-def lint_imports(cwd: Path) -> subprocess.CompletedProcess[str]:
+def lint_imports(tree: Path) -> subprocess.CompletedProcess[str]:
+    """Run lint-imports on ``tree``, laid out as installed: ``tree/regcache/proxy`` and ``tree/regcache/tui``."""
     exe = shutil.which("lint-imports") or str(Path(sys.executable).parent / "lint-imports")
-    return subprocess.run([exe, "--config", "pyproject.toml", "--no-cache"], cwd=cwd, capture_output=True,
-                          text=True, timeout=120, env={"PYTHONPATH": str(cwd), "PATH": "/usr/bin:/bin"})
+    return subprocess.run([exe, "--config", str(ROOT / "pyproject.toml"), "--no-cache"], cwd=tree,
+                          capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"})
 
 
-def test_contracts_are_kept():
-    result = lint_imports(ROOT)
+def installed_layout(tmp_path: Path) -> Path:
+    for part in ("proxy", "tui"):
+        shutil.copytree(ROOT / part, tmp_path / "regcache" / part, ignore=shutil.ignore_patterns("__pycache__"))
+    return tmp_path
+
+
+def test_contracts_are_kept(tmp_path):
+    result = lint_imports(installed_layout(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "2 kept, 0 broken" in result.stdout
+    assert "3 kept, 0 broken" in result.stdout
 
 
 def test_contract_catches_the_engine_importing_textual(tmp_path):
-    for part in ("proxy", "tui"):
-        shutil.copytree(ROOT / part, tmp_path / part, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "pyproject.toml", tmp_path)
-    with open(tmp_path / "proxy" / "rules.py", "a") as f:
+    tree = installed_layout(tmp_path)
+    with open(tree / "regcache" / "proxy" / "core" / "rules.py", "a") as f:
         f.write("\nimport textual  # a violation\n")
-    result = lint_imports(tmp_path)
+    result = lint_imports(tree)
     assert result.returncode != 0
     assert "The engine never imports the UI BROKEN" in result.stdout
-    assert "proxy.rules -> textual" in result.stdout
+    assert "regcache.proxy.core.rules -> textual" in result.stdout
+
+
+@pytest.mark.parametrize(("module", "upward"), [
+    ("core/models.py", "regcache.proxy.state.store"),  # the pure core reaching for SQL
+    ("storage/blobs.py", "regcache.proxy.jobs.eviction"),  # a store importing a job for a constant
+    ("pull/cache.py", "regcache.proxy.config.control"),  # the data plane calling the control plane
+])
+def test_layers_contract_catches_an_upward_import(tmp_path, module, upward):
+    tree = installed_layout(tmp_path)
+    with open(tree / "regcache" / "proxy" / module, "a") as f:
+        f.write(f"\nimport {upward}  # a violation\n")
+    result = lint_imports(tree)
+    assert result.returncode != 0
+    assert "The engine's layers only import downwards BROKEN" in result.stdout
+    dotted = "regcache.proxy." + module.removesuffix(".py").replace("/", ".")
+    assert f"{dotted} -> {upward}" in result.stdout
+
+
+def test_no_bare_proxy_or_tui_imports():
+    """The packages install as regcache.proxy / regcache.tui; a bare ``proxy`` is another PyPI project."""
+    offenders = [f"{path.relative_to(ROOT)}:{text[:m.start()].count(chr(10)) + 1}"
+                 for part in ("proxy", "tui", "tests", "bench")
+                 for path in sorted((ROOT / part).rglob("*.py"))
+                 for text in [path.read_text()]
+                 for m in BARE_IMPORT.finditer(text)]
+    assert offenders == []
+
+
+def test_bare_import_rule_sees_one():
+    assert BARE_IMPORT.search("x = 1\nfrom proxy.core import rules\n")
+    assert BARE_IMPORT.search("    import tui\n")
+    assert not BARE_IMPORT.search("from regcache.proxy import ControlPlane\nimport proxyish\n")

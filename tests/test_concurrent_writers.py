@@ -15,10 +15,9 @@ import time
 
 import httpx
 
-from proxy.control import ControlPlane
-from tests.proxy.test_serve import ServeProcess
-from tests.tui.test_cli import regcache_executable
-from tests.tui.test_tmux import keys, screen, tmux, wait_for_text
+from regcache.proxy.config.control import ControlPlane
+from tests.helpers.commands import ServeProcess, regcache_executable
+from tests.helpers.tmux import keys, screen, tmux, wait_for_text
 
 DURATION = 60.0
 

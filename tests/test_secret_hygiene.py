@@ -8,11 +8,10 @@ import subprocess
 
 import pytest
 
-from proxy.control import ControlPlane
-from tests.proxy.test_serve import ServeProcess
+from regcache.proxy.config.control import ControlPlane
+from tests.helpers.commands import ServeProcess, regcache_executable
+from tests.helpers.tmux import keys, screen, tmux, wait_for_text
 from tests.registries.skopeo import SkopeoError
-from tests.tui.test_cli import regcache_executable
-from tests.tui.test_tmux import keys, screen, tmux, wait_for_text
 
 
 def test_no_secret_anywhere(home, keyring_env, basic_auth_registry, token_registry, push_image, skopeo, tmp_path):

@@ -14,7 +14,7 @@ from textual.screen import Screen
 from textual.widgets import ContentSwitcher, Footer, Header
 from textual.worker import Worker, WorkerState
 
-from proxy.errors import RegcacheError
+from regcache.proxy.core.errors import RegcacheError
 
 from .backend import Backend, ProxyStatus
 from .blades.activity import ActivityBlade
@@ -159,8 +159,8 @@ class RegcacheApp(App[None]):
 
     @work(thread=True, exclusive=True, group="gc")
     def evict_now(self) -> None:
-        from proxy.eviction import collect_garbage
-        from proxy.units import format_size
+        from regcache.proxy.core.units import format_size
+        from regcache.proxy.jobs.eviction import collect_garbage
 
         freed = self.backend.call(lambda b: collect_garbage(b.control.store, b.control.secrets,
                                                             only_if_configured=True).bytes_freed)
@@ -180,8 +180,8 @@ def run_app(home: str | Path | None = None, listen: str = "127.0.0.1:5000", allo
     """Open the TUI on the state directory ``home`` with the proxy listening on ``listen``."""
     import logging
 
-    from proxy.server import EmbeddedProxy, ProxyServer
-    from proxy.store import resolve_home
+    from regcache.proxy.server import EmbeddedProxy, ProxyServer
+    from regcache.proxy.state.store import resolve_home
 
     backend = Backend.open(home)
     state_dir = resolve_home(home)

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from proxy.control import ControlPlane
-from proxy.secrets import SecretResolver
-from proxy.statistics import CacheStatistics
+from regcache.proxy.config.control import ControlPlane
+from regcache.proxy.secrets import SecretResolver
+from regcache.proxy.state.statistics import CacheStatistics
 
 T = TypeVar("T")
 

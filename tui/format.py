@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from proxy.storage import DEFAULT_PREFIX, S3Storage, StorageConfig
+from regcache.proxy.core.settings import DEFAULT_PREFIX, S3Storage, StorageConfig
 
 
 def size(n: int | None) -> str:

@@ -7,10 +7,10 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from proxy.models import CacheRule, CredentialSet, Upstream
-from proxy.storage import S3Storage, StorageConfig
-from proxy.tokens import ClientToken
-from proxy.units import format_duration
+from regcache.proxy.core.models import CacheRule, CredentialSet, Upstream
+from regcache.proxy.core.settings import S3Storage, StorageConfig
+from regcache.proxy.core.tokens import ClientToken
+from regcache.proxy.core.units import format_duration
 
 FORMATS = ("table", "json", "tsv")
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from proxy.control import ControlPlane
-from proxy.server import EmbeddedProxy, ProxyServer
+from regcache.proxy.config.control import ControlPlane
+from regcache.proxy.server import EmbeddedProxy, ProxyServer
 
 
 @dataclass
@@ -78,7 +78,7 @@ def regcache(home: Path, keyring_env) -> Iterator[Regcache]:
 @pytest.fixture
 def serve(home: Path, keyring_env) -> Iterator:
     """Start `regcache serve` on ``home`` (default 127.0.0.1:0) with extra arguments; all are killed after."""
-    from .test_serve import ServeProcess
+    from tests.helpers.commands import ServeProcess
 
     started: list[ServeProcess] = []
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.auth import TokenCache, basic_header, parse_challenge
+from regcache.proxy.upstream.auth import TokenCache, basic_header, parse_challenge
 
 
 def test_bearer_challenge():

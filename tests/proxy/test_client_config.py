@@ -6,8 +6,8 @@ import json
 
 from click.testing import CliRunner
 
+from regcache.tui.cli import main
 from tests.registries.skopeo import OciLayout, assert_pulled
-from tui.cli import main
 
 
 def run(home, *args: str):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tui.cli import main
+from regcache.tui.cli import main
 
 
 @pytest.fixture

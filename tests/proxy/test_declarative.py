@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from proxy.control import ControlPlane
-from proxy.declarative import apply_document, export_document, plan_document
-from proxy.errors import ValidationError
-from tests.conftest import dump_database
-from tui.cli import main
+from regcache.proxy.config.control import ControlPlane
+from regcache.proxy.config.declarative import apply_document, export_document, plan_document
+from regcache.proxy.core.errors import ValidationError
+from regcache.tui.cli import main
+from tests.helpers.state import dump_database
 
 
 @pytest.fixture

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from proxy.events import EventLog
-from proxy.metrics import ProxyMetrics
-from proxy.models import PullEvent
+from regcache.proxy.core.models import PullEvent
+from regcache.proxy.pull.events import EventLog
+from regcache.proxy.pull.metrics import ProxyMetrics
 
 
 def _event(n: int) -> PullEvent:

@@ -7,8 +7,8 @@ import time
 
 from click.testing import CliRunner
 
+from regcache.tui.cli import main
 from tests.registries.skopeo import assert_pulled
-from tui.cli import main
 
 
 def gc(home, *args: str) -> dict:
@@ -92,8 +92,8 @@ def test_a_blob_stored_again_while_being_evicted_keeps_its_row(home):
     """The bucket's object is deleted before the row: a download finishing in between must keep its row."""
     from datetime import datetime, timezone
 
-    from proxy.eviction import Evictor
-    from proxy.store import StateStore
+    from regcache.proxy.jobs.eviction import Evictor
+    from regcache.proxy.state.store import StateStore
 
     store = StateStore(home)
     try:

@@ -19,7 +19,7 @@ from typing import TypeVar
 import httpx
 import pytest
 
-from proxy.control import ControlPlane
+from regcache.proxy.config.control import ControlPlane
 from tests.registries.images import PushedImage
 from tests.registries.skopeo import SkopeoError, assert_pulled
 

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from proxy.objectstore import MAX_PARTS, MIN_PART_SIZE, PendingUpload, part_size_for
+from regcache.proxy.storage.objectstore import MAX_PARTS, MIN_PART_SIZE, PendingUpload, part_size_for
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB

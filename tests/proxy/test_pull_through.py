@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from proxy.models import JOINED_DOWNLOAD
-from proxy.statistics import CacheStatistics
+from regcache.proxy.core.models import JOINED_DOWNLOAD
+from regcache.proxy.state.statistics import CacheStatistics
 from tests.registries.skopeo import SkopeoError, assert_pulled
 
 from .fronts import CORRUPT, CUT, PASS, REDIRECT, THROTTLE, BlobCDN, FaultyFront

@@ -7,7 +7,7 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.references import (
+from regcache.proxy.core.references import (
     PATH_COMPONENT,
     Reference,
     is_digest,

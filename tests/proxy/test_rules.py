@@ -6,16 +6,16 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from proxy.errors import ConflictError, LimitError, ValidationError
-from proxy.models import CacheRule, CredentialSet
-from proxy.rules import (
+from regcache.proxy.core.catalogue import UpstreamCatalogue
+from regcache.proxy.core.errors import ConflictError, LimitError, ValidationError
+from regcache.proxy.core.models import CacheRule, CredentialSet
+from regcache.proxy.core.rules import (
     MAX_RULES,
     RuleSet,
     check_credentials,
     check_name,
     check_new_rule,
 )
-from proxy.upstreams import UpstreamCatalogue
 
 CATALOGUE = UpstreamCatalogue()
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)

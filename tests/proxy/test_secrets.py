@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.errors import KeyringUnavailableError, SecretError, ValidationError
-from proxy.secrets import EnvSecretStore, KeyringSecretStore, SecretId, SecretResolver
+from regcache.proxy.core.errors import KeyringUnavailableError, SecretError, ValidationError
+from regcache.proxy.secrets import EnvSecretStore, KeyringSecretStore, SecretId, SecretResolver
 
 
 @pytest.mark.parametrize(

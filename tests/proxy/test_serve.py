@@ -3,60 +3,15 @@
 from __future__ import annotations
 
 import os
-import re
-import signal
 import socket
 import subprocess
-import threading
-import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from proxy.control import ControlPlane
+from regcache.proxy.config.control import ControlPlane
+from tests.helpers.commands import regcache_executable
 from tests.registries.skopeo import assert_pulled
-from tests.tui.test_cli import regcache_executable
-
-
-class ServeProcess:
-    def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen([regcache_executable(), "--home", str(home), "serve", *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env={**os.environ, **(env or {})})
-        self.lines: list[str] = []
-        self.url = self._wait_ready()
-        # Keep reading: a full pipe would block the server on its next log line.
-        self._reader = threading.Thread(target=self._drain, daemon=True)
-        self._reader.start()
-
-    def _drain(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    def _wait_ready(self, timeout: float = 20) -> str:
-        deadline = time.monotonic() + timeout
-        assert self.proc.stdout is not None
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            self.lines.append(line)
-            if m := re.search(r"serving (https?://\S+)", line):
-                return m.group(1)
-        self.proc.kill()
-        raise AssertionError("regcache serve did not start:\n" + "".join(self.lines))
-
-    @property
-    def host(self) -> str:
-        return self.url.split("://", 1)[1]
-
-    def terminate(self, timeout: float = 20) -> tuple[int, str]:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=timeout)
-        self._reader.join(timeout)
-        return self.proc.returncode, "".join(self.lines)
 
 
 def test_serve_pulls_cleans_stale_temp_files_and_stops_on_sigterm(home, serve, anonymous_registry, push_image,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from proxy.single_flight import SingleFlight
+from regcache.proxy.pull.single_flight import SingleFlight
 
 pytestmark = pytest.mark.anyio
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from proxy.control import ControlPlane
-from proxy.errors import ConflictError, StateError
-from proxy.migrations import MIGRATIONS
-from proxy.store import StateStore, resolve_home
+from regcache.proxy.config.control import ControlPlane
+from regcache.proxy.core.errors import ConflictError, StateError
+from regcache.proxy.state.migrations import MIGRATIONS
+from regcache.proxy.state.store import StateStore, resolve_home
 
 
 def test_home_resolution(tmp_path, monkeypatch):
@@ -52,7 +52,7 @@ def test_a_new_migration_is_applied_once(home, monkeypatch):
         calls.append(1)
         db["example"].create({"id": int}, pk="id")
 
-    monkeypatch.setattr("proxy.store.MIGRATIONS", [*MIGRATIONS, m999_example])
+    monkeypatch.setattr("regcache.proxy.state.store.MIGRATIONS", [*MIGRATIONS, m999_example])
     for _ in range(2):
         store = StateStore.open(home)
         assert store.applied_migrations()[-1] == "m999_example"

@@ -8,9 +8,9 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from proxy.errors import ValidationError
-from proxy.tagsync import TagFilter
-from tui.cli import main
+from regcache.proxy.core.errors import ValidationError
+from regcache.proxy.core.tagfilter import TagFilter
+from regcache.tui.cli import main
 
 
 @pytest.mark.parametrize(("spec", "tags", "expected"), [

@@ -18,15 +18,15 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from proxy.client_auth import parse_basic
-from proxy.control import ControlPlane
-from proxy.errors import ValidationError
-from proxy.server import ListenError, ProxyServer, is_loopback
-from proxy.tokens import RepositoryScope, hash_password, parse_expiry, parse_repositories, verify_password
-from tests.conftest import dump_database
+from regcache.proxy.config.control import ControlPlane
+from regcache.proxy.core.errors import ValidationError
+from regcache.proxy.core.tokens import RepositoryScope, hash_password, parse_expiry, parse_repositories, verify_password
+from regcache.proxy.http.client_auth import parse_basic
+from regcache.proxy.server import ListenError, ProxyServer, is_loopback
+from regcache.tui.cli import main
+from tests.helpers.commands import regcache_executable
+from tests.helpers.state import dump_database
 from tests.registries.skopeo import SkopeoError, assert_pulled
-from tests.tui.test_cli import regcache_executable
-from tui.cli import main
 
 # -- pure parts ------------------------------------------------------------------------------------
 
@@ -138,10 +138,10 @@ def test_registry_requires_a_token_once_one_exists(regcache, monkeypatch):
         assert http.get("/v2/", headers={"Authorization": "Bearer abc"}).status_code == 401
 
         calls = []
-        import proxy.client_auth
+        from regcache.proxy.http import client_auth
 
-        real_verify = proxy.client_auth.verify_password
-        monkeypatch.setattr(proxy.client_auth, "verify_password",
+        real_verify = client_auth.verify_password
+        monkeypatch.setattr(client_auth, "verify_password",
                             lambda *args: calls.append(1) or real_verify(*args))
         creds = _auth("team-only", password)
         assert http.get("/v2/", headers=creds).status_code == 200
@@ -189,7 +189,7 @@ def test_an_expired_token_is_refused_even_while_its_verification_is_cached(regca
 def test_exposed_server_is_refused_without_a_token_and_stays_closed_when_the_last_goes(home, keyring_env):
     import anyio
 
-    from proxy.server import EmbeddedProxy
+    from regcache.proxy.server import EmbeddedProxy
 
     with pytest.raises(ListenError, match="create a token with `regcache token create"):
         anyio.run(ProxyServer(home, "0.0.0.0:0", allow_anonymous=False).serve)
@@ -289,7 +289,7 @@ def test_refused_token_commands_change_nothing(home, command, expected):
 def test_token_delete(home, monkeypatch):
     ok("token", "create", "-n", "first-one", "--repository", "*")
     ok("token", "create", "-n", "second-one", "--repository", "*")
-    monkeypatch.setattr("tui.cli._interactive", lambda: True)
+    monkeypatch.setattr("regcache.tui.cli.common.interactive", lambda: True)
     declined = CliRunner().invoke(main, ["token", "delete", "-n", "first-one"], input="n\n")
     assert declined.exit_code == 1 and "cancelled" in declined.stderr
     accepted = CliRunner().invoke(main, ["token", "delete", "-n", "first-one"], input="y\n")
@@ -370,7 +370,7 @@ def test_token_create_password_stdin_as_a_subprocess(home, keyring_env):
 
 
 def test_token_create_password_prompt_does_not_echo(home, monkeypatch):
-    monkeypatch.setattr("tui.cli._interactive", lambda: True)
+    monkeypatch.setattr("regcache.tui.cli.common.interactive", lambda: True)
     other = "Typo-Ci-Secret-0000000"
     result = CliRunner().invoke(main, ["token", "create", "-n", "typed-one", "--repository", "*",
                                        "--password-stdin"],

@@ -7,8 +7,8 @@ import base64
 import httpx
 import pytest
 
-from proxy.models import AuthPolicy, Upstream
-from proxy.upstream import (
+from regcache.proxy.core.models import AuthPolicy, Upstream
+from regcache.proxy.upstream.client import (
     Credentials,
     UpstreamAuthError,
     UpstreamClient,
@@ -153,6 +153,6 @@ async def test_connection_refused_is_unavailable():
 def test_httpcore_still_has_the_read_size_we_tune():
     import httpcore
 
-    from proxy.upstream import UPSTREAM_READ_BYTES
+    from regcache.proxy.upstream.client import UPSTREAM_READ_BYTES
 
     assert httpcore.AsyncHTTP11Connection.READ_NUM_BYTES == UPSTREAM_READ_BYTES

@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from proxy.control import ControlPlane
-from proxy.storage import make_s3_storage
+from regcache.proxy.config.control import ControlPlane
+from regcache.proxy.core.settings import make_s3_storage
 from tests.s3.client import s3_client
 from tests.s3.swift import SwiftS3Server
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timezone
 
-from proxy.eviction import Evictor, evict
-from proxy.objectstore import ObjectStore
-from proxy.secrets import SecretResolver
-from proxy.storage import make_s3_storage
-from proxy.store import AsyncStateStore, StateStore
+from regcache.proxy.core.settings import make_s3_storage
+from regcache.proxy.jobs.eviction import Evictor, evict
+from regcache.proxy.secrets import SecretResolver
+from regcache.proxy.state.store import AsyncStateStore, StateStore
+from regcache.proxy.storage.objectstore import ObjectStore
 
 from .nodes import ACCESS_KEY_VAR, SECRET_KEY_VAR, bucket_keys, s3_env, write_object
 

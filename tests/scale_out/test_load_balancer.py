@@ -12,8 +12,8 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+from tests.helpers.commands import ServeProcess
 from tests.proxy.fronts import PASS, FaultyFront
-from tests.proxy.test_serve import ServeProcess
 from tests.registries.skopeo import OciLayout, assert_pulled
 
 from .nodes import configure_nodes, s3_env, wait_for_image_in_bucket

@@ -13,12 +13,11 @@ import time
 import httpx
 import pytest
 
-from proxy.control import ControlPlane
-from proxy.storage import make_s3_storage
+from regcache.proxy.config.control import ControlPlane
+from regcache.proxy.core.settings import make_s3_storage
+from tests.helpers.commands import ServeProcess, regcache_executable
 from tests.proxy.fronts import CORRUPT, PASS, THROTTLE, FaultyFront
-from tests.proxy.test_serve import ServeProcess
 from tests.registries.skopeo import assert_pulled
-from tests.tui.test_cli import regcache_executable
 
 from .nodes import (
     ACCESS_KEY_VAR,

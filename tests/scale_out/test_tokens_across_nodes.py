@@ -15,9 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.proxy.test_serve import ServeProcess
+from tests.helpers.commands import ServeProcess, regcache_executable
 from tests.registries.skopeo import SkopeoError, assert_pulled
-from tests.tui.test_cli import regcache_executable
 
 from .nodes import configure_node, s3_env
 

@@ -7,15 +7,15 @@ from datetime import datetime, timezone
 
 import pytest
 
-from proxy.models import (
+from regcache.proxy.core.models import (
     CacheRule,
     CredentialHealth,
     CredentialSet,
     HealthStatus,
     PullEvent,
 )
-from tui.app import RegcacheApp
-from tui.backend import Backend, ProxyStatus
+from regcache.tui.app import RegcacheApp
+from regcache.tui.backend import Backend, ProxyStatus
 
 T0 = datetime(2026, 3, 14, 9, 26, 53, tzinfo=timezone.utc)
 RUNNING = ProxyStatus("127.0.0.1:5000", "running")
@@ -31,7 +31,7 @@ def backend(home, keyring_env) -> Iterator[Backend]:
 def populate(backend: Backend) -> None:
     """Fixed rules, credential sets, cached repositories and pull events (for snapshots)."""
     store = backend.control.store
-    from proxy.models import AuthPolicy
+    from regcache.proxy.core.models import AuthPolicy
 
     with store.transaction():
         store.upsert_upstream("harbor.internal:8443", "https://harbor.internal:8443", AuthPolicy.BOTH, "custom")
@@ -67,7 +67,7 @@ def populate(backend: Backend) -> None:
         PullEvent("10.0.0.9", "GET", "manifest", "team/web", "2.0", "error", 401, "team-ghcr", 0, 48.0,
                   "upstream ghcr.io: refused the credentials of credential set 'ghcr-creds'", T0),
     ]
-    from proxy.events import event_row
+    from regcache.proxy.pull.events import event_row
 
     store.insert_events([event_row(e) for e in events])
 

@@ -6,8 +6,8 @@ import anyio
 import pytest
 from textual.widgets import DataTable
 
-from proxy.server import EmbeddedProxy, ProxyServer
-from tui.app import RegcacheApp
+from regcache.proxy.server import EmbeddedProxy, ProxyServer
+from regcache.tui.app import RegcacheApp
 
 from .test_app import wait_for
 
@@ -53,7 +53,7 @@ async def test_activity_shows_a_miss_then_a_hit(backend, home, anonymous_registr
         assert "hit" in results()
 
         # the Overview counts the same pulls
-        from tui.blades.overview import OverviewBlade
+        from regcache.tui.blades.overview import OverviewBlade
 
         await pilot.press("1")
         overview = app.query_one(OverviewBlade)

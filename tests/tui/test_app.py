@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from textual.widgets import DataTable, Input, Select, Static
 
-from proxy.secrets import SecretResolver
-from tui.screens.confirm import ConfirmScreen
-from tui.screens.rule_form import RuleForm
+from regcache.proxy.secrets import SecretResolver
+from regcache.tui.screens.confirm import ConfirmScreen
+from regcache.tui.screens.rule_form import RuleForm
 
 from .conftest import make_app
 
@@ -220,8 +220,8 @@ async def test_command_palette_has_every_action(filled_backend):
 async def test_port_taken_is_said_plainly_and_rules_still_work(backend, home):
     import socket
 
-    from proxy.server import EmbeddedProxy, ProxyServer
-    from tui.app import RegcacheApp
+    from regcache.proxy.server import EmbeddedProxy, ProxyServer
+    from regcache.tui.app import RegcacheApp
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +11,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from proxy.control import ControlPlane
-from proxy.rules import MAX_RULES
-from tests.conftest import dump_database
-from tui.cli import main
+from regcache.proxy.config.control import ControlPlane
+from regcache.proxy.core.rules import MAX_RULES
+from regcache.tui.cli import main
+from tests.helpers.commands import regcache_executable
+from tests.helpers.state import dump_database
 
 HUB_USER = "hub-user-4e1f"
 HUB_TOKEN = "dckr_pat_Zx9-SECRET-VALUE-51a7"
@@ -49,7 +49,7 @@ def seed_1000_rules(home: Path) -> None:
     control = ControlPlane.open(home)
     try:
         with control.store.transaction():
-            from proxy.models import CacheRule
+            from regcache.proxy.core.models import CacheRule
 
             for i in range(MAX_RULES):
                 control.store.insert_cache_rule(CacheRule(f"rule-{i:04d}", f"ghcr.io/acme/app{i}", f"app{i}"))
@@ -202,7 +202,7 @@ def test_rule_lifecycle_and_output_formats(configured):
 
 def test_delete_asks_when_interactive(configured, monkeypatch):
     ok("cache", "create", "-n", "my-app", "-s", "ghcr.io/acme/app", "-t", "app")
-    monkeypatch.setattr("tui.cli._interactive", lambda: True)
+    monkeypatch.setattr("regcache.tui.cli.common.interactive", lambda: True)
     declined = CliRunner().invoke(main, ["cache", "delete", "-n", "my-app"], input="n\n")
     assert declined.exit_code == 1 and "cancelled" in declined.stderr
     assert len(json.loads(ok("cache", "list", "-o", "json").stdout)) == 1
@@ -212,12 +212,12 @@ def test_delete_asks_when_interactive(configured, monkeypatch):
 
 
 def test_secret_prompt_does_not_echo(home, keyring_env, monkeypatch):
-    monkeypatch.setattr("tui.cli._interactive", lambda: True)
+    monkeypatch.setattr("regcache.tui.cli.common.interactive", lambda: True)
     result = CliRunner().invoke(main, ["secret", "set", "keyring://regcache/tok"], input="pa55-value\npa55-value\n")
     assert result.exit_code == 0, result.stderr
     assert "pa55-value" not in result.output
     assert "Secret value" in result.stderr
-    from proxy.secrets import SecretResolver
+    from regcache.proxy.secrets import SecretResolver
 
     assert SecretResolver().get("keyring://regcache/tok") == "pa55-value"
 
@@ -319,12 +319,6 @@ def test_upstreams(home):
     ok("upstream", "remove", "--login-server", "docker.io")
     hub = next(u for u in json.loads(ok("upstream", "list", "-o", "json").stdout) if u["loginServer"] == "docker.io")
     assert hub["url"] == "https://registry-1.docker.io" and hub["defaultUrl"] is None
-
-
-def regcache_executable() -> str:
-    found = shutil.which("regcache") or str(Path(sys.executable).parent / "regcache")
-    assert Path(found).exists(), "the regcache command is not installed: pip install -e '.[test]'"
-    return found
 
 
 def test_installed_command_as_a_subprocess(home, keyring_env):

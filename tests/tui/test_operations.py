@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from textual.widgets import DataTable, Input, Static, TextArea
 
-from tui.screens.config_files import ClientConfigScreen, RulesFileScreen
-from tui.screens.image_action import ImageActionScreen
-from tui.screens.rule_settings import RuleSettingsForm
+from regcache.tui.screens.config_files import ClientConfigScreen, RulesFileScreen
+from regcache.tui.screens.image_action import ImageActionScreen
+from regcache.tui.screens.rule_settings import RuleSettingsForm
 
 from .conftest import make_app
 from .test_app import table_keys, type_into, wait_for
@@ -99,7 +99,7 @@ async def test_client_config_and_rules_file(filled_backend, tmp_path, monkeypatc
         assert "+ cache rule all-mcr-renamed" in files.text, str(status.render())
         assert [r.name for r in filled_backend.control.list_rules()] == ["ubuntu", "all-mcr", "team-ghcr"]
         await pilot.press("ctrl+y")
-        from tui.screens.confirm import ConfirmScreen
+        from regcache.tui.screens.confirm import ConfirmScreen
 
         await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
         await pilot.press("y")

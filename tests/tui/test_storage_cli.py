@@ -20,12 +20,12 @@ from typing import Any
 import anyio
 import pytest
 
-from proxy.control import ControlPlane
-from proxy.storage import make_s3_storage
-from tests.conftest import dump_database
+from regcache.proxy.config.control import ControlPlane
+from regcache.proxy.core.settings import make_s3_storage
+from regcache.tui.backend import Backend
+from tests.helpers.state import dump_database
 from tests.s3.client import s3_client
 from tests.s3.swift import SwiftS3Server
-from tui.backend import Backend
 
 from .conftest import make_app
 from .test_cli import cli, ok

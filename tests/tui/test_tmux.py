@@ -10,11 +10,8 @@ import time
 
 import pytest
 
-from tests.tui.test_cli import regcache_executable
-
-
-def tmux(*args: str) -> str:
-    return subprocess.run(["tmux", *args], capture_output=True, text=True, check=True, timeout=30).stdout
+from tests.helpers.commands import regcache_executable
+from tests.helpers.tmux import keys, screen, tmux, wait_for_text
 
 
 @pytest.fixture
@@ -27,26 +24,6 @@ def session(home, keyring_env):
     tmux("new-session", "-d", "-s", name, "-x", "80", "-y", "24", command)
     yield name
     subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True, timeout=30)
-
-
-def screen(session: str) -> str:
-    return tmux("capture-pane", "-p", "-t", session)
-
-
-def wait_for_text(session: str, text: str, timeout: float = 30) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        shown = screen(session)
-        if text in shown:
-            return shown
-        time.sleep(0.2)
-    raise AssertionError(f"{text!r} never appeared; the screen shows:\n{screen(session)}")
-
-
-def keys(session: str, *names: str) -> None:
-    for name in names:
-        tmux("send-keys", "-t", session, name)
-        time.sleep(0.15)
 
 
 def test_create_a_rule_by_typing(session, home, keyring_env):

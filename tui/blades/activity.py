@@ -8,7 +8,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Input, Label, Static
 
-from proxy.statistics import RecordedEvent, Totals
+from regcache.proxy.state.statistics import RecordedEvent, Totals
 
 from .. import format as fmt
 from .base import Blade

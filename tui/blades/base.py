@@ -8,7 +8,7 @@ from textual import work
 from textual.containers import Vertical
 from textual.widgets import DataTable
 
-from proxy.errors import RegcacheError
+from regcache.proxy.core.errors import RegcacheError
 
 from ..backend import Backend
 from ..messages import ConfigurationChanged

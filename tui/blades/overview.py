@@ -10,9 +10,9 @@ from textual import work
 from textual.app import ComposeResult
 from textual.widgets import Label, Static
 
-from proxy.models import CacheRule, CredentialSet, HealthStatus
-from proxy.statistics import CacheSize, RecordedEvent, Totals
-from proxy.storage import FilesystemStorage, StorageConfig
+from regcache.proxy.core.models import CacheRule, CredentialSet, HealthStatus
+from regcache.proxy.core.settings import FilesystemStorage, StorageConfig
+from regcache.proxy.state.statistics import CacheSize, RecordedEvent, Totals
 
 from .. import format as fmt
 from .base import Blade

@@ -10,8 +10,8 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Label, Static
 
-from proxy.models import CacheRule, CredentialSet, HealthStatus, Upstream
-from proxy.statistics import RuleUsage
+from regcache.proxy.core.models import CacheRule, CredentialSet, HealthStatus, Upstream
+from regcache.proxy.state.statistics import RuleUsage
 
 from ..screens.image_action import ImageActionScreen
 from ..screens.rule_credentials import RuleCredentialsForm
@@ -169,8 +169,8 @@ def _sync_now(backend, rule: CacheRule) -> list:
     """Run a tag sync of ``rule`` on this worker thread (its own event loop)."""
     import anyio
 
-    from proxy.prefetch import pull_through
-    from proxy.tagsync import sync_rule
+    from regcache.proxy.jobs.prefetch import pull_through
+    from regcache.proxy.jobs.tagsync import sync_rule
 
     async def run() -> list:
         async with pull_through(backend.home, backend.control.secrets) as cache:

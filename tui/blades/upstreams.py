@@ -7,7 +7,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Label, Static
 
-from proxy.models import ANONYMOUS, Upstream
+from regcache.proxy.core.models import ANONYMOUS, Upstream
 
 from .. import format as fmt
 from ..screens.upstream_form import UpstreamForm

@@ -11,7 +11,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, Input, Label, Select, Static, TextArea
 
-from proxy.errors import RegcacheError
+from regcache.proxy.core.errors import RegcacheError
 
 from ..messages import ConfigurationChanged
 from ..widgets.form_row import FormRow
@@ -68,7 +68,7 @@ class ClientConfigScreen(_FileScreen):
 
     @work(thread=True, exclusive=True, group="client-config")
     def _generate(self, client: str, address: str) -> None:
-        from proxy import client_config
+        from regcache.proxy.config import client_config
 
         def build(b) -> dict[str, str]:
             rules = b.control.list_rules()
@@ -134,7 +134,7 @@ class RulesFileScreen(_FileScreen):
     @work(thread=True, exclusive=True, group="rules-file")
     def _confirm_apply(self, path: Path) -> None:
         """Show the plan and ask before a bulk change: apply only on yes."""
-        from proxy.declarative import plan_document
+        from regcache.proxy.config.declarative import plan_document
 
         try:
             text = path.read_text()
@@ -160,7 +160,7 @@ class RulesFileScreen(_FileScreen):
 
     @work(thread=True, exclusive=True, group="rules-file")
     def _file_action(self, action: str, path: Path) -> None:
-        from proxy.declarative import apply_document, plan_document
+        from regcache.proxy.config.declarative import apply_document, plan_document
 
         try:
             if action == "export":
@@ -184,6 +184,6 @@ class RulesFileScreen(_FileScreen):
 
 
 def export_document_of(backend) -> str:
-    from proxy.declarative import export_document
+    from regcache.proxy.config.declarative import export_document
 
     return export_document(backend.control)

@@ -6,8 +6,8 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Label, Select, Static
 
-from proxy.errors import RegcacheError
-from proxy.models import AuthPolicy, CredentialSet, Upstream
+from regcache.proxy.core.errors import RegcacheError
+from regcache.proxy.core.models import AuthPolicy, CredentialSet, Upstream
 
 from ..backend import Backend
 from ..widgets.credential_fields import CredentialFields

@@ -11,7 +11,7 @@ from textual.binding import Binding
 from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, Static
 
-from proxy.errors import RegcacheError
+from regcache.proxy.core.errors import RegcacheError
 
 from ..backend import Backend
 

@@ -12,10 +12,10 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, Input, Label, Static
 
-from proxy.errors import RegcacheError, unwrap_error
-from proxy.models import CacheRule
-from proxy.oci import RegistryError
-from proxy.units import format_size
+from regcache.proxy.core.errors import RegcacheError, unwrap_error
+from regcache.proxy.core.models import CacheRule
+from regcache.proxy.core.oci import RegistryError
+from regcache.proxy.core.units import format_size
 
 from ..widgets.form_row import FormRow
 
@@ -73,7 +73,7 @@ class ImageActionScreen(ModalScreen[None]):
         backend = self.app.backend  # type: ignore[attr-defined]
         try:
             if self.mode == "warm":
-                from proxy.prefetch import warm
+                from regcache.proxy.jobs.prefetch import warm
 
                 result = anyio.run(lambda: warm(backend.home, image, None if platform == "all" else platform or None,
                                                 secrets=backend.control.secrets))
@@ -81,7 +81,7 @@ class ImageActionScreen(ModalScreen[None]):
                         f"{format_size(result.bytes_fetched)} from the upstream, {format_size(result.bytes_cached)} "
                         f"already cached")
             else:
-                from proxy.prefetch import probe_rule
+                from regcache.proxy.jobs.prefetch import probe_rule
 
                 probe = anyio.run(lambda: probe_rule(backend.home, self.rule.name, image, backend.control.secrets))
                 fields = dataclasses.asdict(probe)

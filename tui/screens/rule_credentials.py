@@ -6,7 +6,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, Label, Select, Static
 
-from proxy.models import CacheRule, CredentialSet
+from regcache.proxy.core.models import CacheRule, CredentialSet
 
 from ..backend import Backend
 from ..widgets.form_row import FormRow

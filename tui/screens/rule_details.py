@@ -9,9 +9,9 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Label, Static
 
-from proxy.models import CacheRule
-from proxy.statistics import CachedRepository
-from proxy.units import format_duration
+from regcache.proxy.core.models import CacheRule
+from regcache.proxy.core.units import format_duration
+from regcache.proxy.state.statistics import CachedRepository
 
 from .. import format as fmt
 

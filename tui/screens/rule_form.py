@@ -15,8 +15,8 @@ from textual.widgets import (
     Static,
 )
 
-from proxy.errors import RegcacheError
-from proxy.models import AuthPolicy, CacheRule, CredentialSet, Upstream
+from regcache.proxy.core.errors import RegcacheError
+from regcache.proxy.core.models import AuthPolicy, CacheRule, CredentialSet, Upstream
 
 from ..backend import Backend
 from ..widgets.credential_fields import CredentialFields

@@ -8,8 +8,8 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, Checkbox, Input, Label, Static
 
-from proxy.models import CacheRule
-from proxy.units import format_duration, parse_duration
+from regcache.proxy.core.models import CacheRule
+from regcache.proxy.core.units import format_duration, parse_duration
 
 from ..backend import Backend
 from ..widgets.form_row import FormRow

@@ -6,7 +6,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, Input, Label, Select, Static
 
-from proxy.models import AuthPolicy, Upstream
+from regcache.proxy.core.models import AuthPolicy, Upstream
 
 from ..backend import Backend
 from ..widgets.form_row import FormRow
@@ -45,7 +45,7 @@ class UpstreamForm(FormScreen[Upstream | None]):
         auth = str(self.query_one("#auth", Select).value)
 
         def save(backend: Backend) -> Upstream:
-            from proxy.upstreams import BUILTIN_UPSTREAMS
+            from regcache.proxy.core.catalogue import BUILTIN_UPSTREAMS
 
             builtin = server.strip().lower() in BUILTIN_UPSTREAMS
             return backend.control.add_upstream(server, url, None if builtin else auth)

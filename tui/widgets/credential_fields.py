@@ -13,8 +13,8 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Input, Label, RadioButton, RadioSet, Static
 
-from proxy.control import ControlPlane
-from proxy.models import CredentialSet
+from regcache.proxy.config.control import ControlPlane
+from regcache.proxy.core.models import CredentialSet
 
 from .form_row import FormRow
 

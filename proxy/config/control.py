@@ -1,0 +1,372 @@
+"""The control plane: what the CLI and the TUI call to read and change configuration.
+
+Each change validates against the current state inside one write transaction, through the same
+pure checks in :mod:`proxy.rules`, so the CLI and the TUI refuse exactly the same inputs and a
+refused input leaves the database untouched.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime, timezone
+from typing import Any
+
+from regcache.proxy.core.catalogue import (
+    BUILTIN_UPSTREAMS,
+    UpstreamCatalogue,
+    normalize_base_url,
+    normalize_login_server,
+)
+from regcache.proxy.core.errors import ConflictError, NotFoundError, SecretError, ValidationError
+from regcache.proxy.core.models import (
+    AuthPolicy,
+    CacheRule,
+    CredentialHealth,
+    CredentialSet,
+    Upstream,
+    utc_now,
+)
+from regcache.proxy.core.rules import RuleSet, check_credentials, check_name, check_new_rule, check_settings
+from regcache.proxy.core.secret_ids import SecretId
+from regcache.proxy.core.settings import (
+    MAX_SIZE_SETTING,
+    STORAGE_SETTING,
+    StorageConfig,
+    storage_from_json,
+    storage_to_json,
+)
+from regcache.proxy.core.tokens import (
+    ClientToken,
+    check_password,
+    generate_password,
+    hash_password,
+    parse_expiry,
+    parse_repositories,
+)
+from regcache.proxy.core.units import format_size, parse_size
+from regcache.proxy.secrets import SecretResolver
+from regcache.proxy.state.store import StateStore
+
+#: settings of the whole cache: key -> (parse, format, description)
+SETTINGS = {
+    MAX_SIZE_SETTING: (parse_size, format_size,
+                       "cache size limit; least recently pulled blobs are evicted above it (e.g. 50GiB)"),
+}
+
+RULE_SETTINGS = ("freshness", "retention", "serve_stale_on_error", "serve_stale_if_deleted", "sync_tags",
+                 "sync_interval")
+
+
+def _check_setting_names(settings: dict[str, Any]) -> None:
+    unknown = set(settings) - set(RULE_SETTINGS)
+    if unknown:
+        raise TypeError(f"unknown cache-rule settings: {', '.join(sorted(unknown))}")
+
+
+def _no_credential_set(name: str) -> NotFoundError:
+    return NotFoundError(f"credential set {name!r} does not exist (see `regcache credential-set list`)", field="name")
+
+
+class ControlPlane:
+    """Configuration of one state directory: cache rules, credential sets, upstreams, secrets."""
+
+    def __init__(self, store: StateStore, secrets: SecretResolver | None = None) -> None:
+        self.store = store
+        self.secrets = secrets or SecretResolver()
+
+    @classmethod
+    def open(cls, home: str | os.PathLike[str] | None = None, secrets: SecretResolver | None = None) -> ControlPlane:
+        return cls(StateStore.open(home), secrets)
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def catalogue(self) -> UpstreamCatalogue:
+        return UpstreamCatalogue(self.store.custom_upstreams(), self.store.upstream_overrides())
+
+    def list_rules(self) -> list[CacheRule]:
+        return self.store.cache_rules()
+
+    def get_rule(self, name: str) -> CacheRule:
+        rule = self.store.cache_rule(name)
+        if rule is None:
+            raise NotFoundError(f"cache rule {name!r} does not exist (see `regcache cache list`)", field="name")
+        return rule
+
+    def list_credential_sets(self) -> list[CredentialSet]:
+        return self.store.credential_sets()
+
+    def get_credential_set(self, name: str) -> CredentialSet:
+        cs = self.store.credential_set(name)
+        if cs is None:
+            raise _no_credential_set(name)
+        return cs
+
+    def list_upstreams(self) -> list[Upstream]:
+        return list(self.catalogue())
+
+    # -- cache rules ---------------------------------------------------------------------------
+
+    def create_rule(self, name: str, source: str, target: str, credential_set: str | None = None,
+                    **settings: Any) -> CacheRule:
+        """Validate and store a new cache rule; raises ValidationError (with ``field``) when refused.
+
+        ``settings`` are the CacheRule fields beyond ACR's: ``freshness``, ``retention``,
+        ``serve_stale_on_error``, ``serve_stale_if_deleted``.
+        """
+        _check_setting_names(settings)
+        candidate = CacheRule(name, source, target, credential_set or None, utc_now(), **settings)
+        with self.store.transaction():
+            existing = RuleSet(self.store.cache_rules())
+            sets = {cs.name: cs for cs in self.store.credential_sets()}
+            rule = check_new_rule(candidate, existing, sets, self.catalogue())
+            self.store.insert_cache_rule(rule)
+        return rule
+
+    def update_rule(self, name: str, credential_set: str | None = None, remove_credential_set: bool = False,
+                    **settings: Any) -> CacheRule:
+        """Attach another credential set or remove it (not both), and/or change settings."""
+        _check_setting_names(settings)
+        if credential_set is not None and remove_credential_set or (
+                credential_set is None and not remove_credential_set and not settings):
+            raise ValidationError("give exactly one of --cred-set/-c NAME and --remove-cred-set, or a setting "
+                                  "to change (--freshness, --retention, --serve-stale, --serve-stale-if-deleted)",
+                                  field="credential_set")
+        with self.store.transaction():
+            rule = self.get_rule(name)
+            if credential_set is not None or remove_credential_set:
+                new = None if remove_credential_set else credential_set
+                sets = {cs.name: cs for cs in self.store.credential_sets()}
+                check_credentials(rule.source_login_server, new, sets, self.catalogue())
+                rule = replace(rule, credential_set=new)
+            rule = replace(rule, **settings)
+            check_settings(rule)
+            self.store.update_cache_rule(rule)
+        return rule
+
+    def delete_rule(self, name: str) -> CacheRule:
+        """Delete a rule; what it cached stays until eviction."""
+        with self.store.transaction():
+            rule = self.get_rule(name)
+            self.store.delete_cache_rule(name)
+        return rule
+
+    # -- credential sets -----------------------------------------------------------------------
+
+    def check_health(self, cs: CredentialSet) -> CredentialHealth:
+        """Whether both secrets of ``cs`` can be read now (the upstream login is checked on pulls)."""
+        try:
+            for secret_id in (cs.username_secret_id, cs.password_secret_id):
+                self.secrets.get(secret_id)
+        except SecretError as exc:
+            return CredentialHealth.unhealthy(exc.code, exc.message)
+        return CredentialHealth.healthy()
+
+    def check_new_credential_set_name(self, name: str) -> None:
+        """Refuse a bad or taken name before anything (such as a secret) is stored under it."""
+        check_name(name, "credential set")
+        if self.store.credential_set(name) is not None:
+            raise ConflictError(f"a credential set named {name!r} already exists", field="name")
+
+    def create_credential_set(self, name: str, login_server: str, username_id: str, password_id: str) -> CredentialSet:
+        check_name(name, "credential set")
+        server = normalize_login_server(login_server)
+        username = str(SecretId.parse(username_id, field="username_secret_id"))
+        password = str(SecretId.parse(password_id, field="password_secret_id"))
+        cs = CredentialSet(name, server, username, password, created_at=utc_now())
+        cs = replace(cs, health=self.check_health(cs))
+        with self.store.transaction():
+            if self.store.credential_set(name) is not None:
+                raise ConflictError(f"a credential set named {name!r} already exists", field="name")
+            try:
+                upstream = self.catalogue().get(server)
+            except NotFoundError as exc:
+                raise ValidationError(exc.message, field="login_server") from None
+            if upstream.auth_policy is AuthPolicy.ANONYMOUS:
+                raise ValidationError(
+                    f"{server} supports {upstream.auth_policy.description}; a credential set for it "
+                    f"could never be used", field="login_server")
+            self.store.upsert_credential_set(cs)
+        return cs
+
+    def update_credential_set(self, name: str, username_id: str | None = None,
+                              password_id: str | None = None) -> CredentialSet:
+        if username_id is None and password_id is None:
+            raise ValidationError("give -u USERNAME_ID and/or -p PASSWORD_ID to change", field="username_secret_id")
+        username = str(SecretId.parse(username_id, field="username_secret_id")) if username_id else None
+        password = str(SecretId.parse(password_id, field="password_secret_id")) if password_id else None
+        with self.store.transaction():
+            cs = self.get_credential_set(name)
+            cs = replace(cs, username_secret_id=username or cs.username_secret_id,
+                         password_secret_id=password or cs.password_secret_id)
+            cs = replace(cs, health=self.check_health(cs))
+            self.store.upsert_credential_set(cs)
+        return cs
+
+    def refresh_credential_set(self, name: str) -> CredentialSet:
+        """Re-check that the secrets can be read, and store the health."""
+        cs = self.get_credential_set(name)
+        return self.record_health(name, self.check_health(cs))
+
+    def record_health(self, name: str, health: CredentialHealth) -> CredentialSet:
+        """Store a health result (the proxy records ``UpstreamAuthFailed`` here)."""
+        cs = self.store.record_credential_health(name, health)
+        if cs is None:
+            raise _no_credential_set(name)
+        return cs
+
+    def delete_credential_set(self, name: str) -> CredentialSet:
+        with self.store.transaction():
+            cs = self.get_credential_set(name)
+            users = self.store.rules_using_credential_set(name)
+            if users:
+                raise ConflictError(
+                    f"credential set {name!r} is used by cache rule(s) {', '.join(users)}; "
+                    f"remove it from them first (`regcache cache update -n RULE --remove-cred-set`)",
+                    field="name")
+            self.store.delete_credential_set(name)
+        return cs
+
+    # -- upstreams -----------------------------------------------------------------------------
+
+    def add_upstream(self, login_server: str, url: str, auth: str | None = None) -> Upstream:
+        """Add a custom upstream, or override the base URL of a built-in one."""
+        server = normalize_login_server(login_server)
+        base_url = normalize_base_url(url)
+        with self.store.transaction():
+            if server in BUILTIN_UPSTREAMS:
+                builtin = BUILTIN_UPSTREAMS[server]
+                if auth is not None and AuthPolicy(auth) is not builtin.auth_policy:
+                    raise ValidationError(
+                        f"{server} is built in with the policy {builtin.auth_policy.value!r}; only its URL "
+                        f"can be overridden", field="auth")
+                self.store.upsert_upstream(server, base_url, None, "override")
+            else:
+                policy = AuthPolicy(auth) if auth else AuthPolicy.BOTH
+                for rule in self.store.cache_rules():
+                    if rule.source_login_server == server:
+                        check_credentials(server, rule.credential_set,
+                                          {cs.name: cs for cs in self.store.credential_sets()},
+                                          UpstreamCatalogue([Upstream(server, base_url, policy)]))
+                self.store.upsert_upstream(server, base_url, policy, "custom")
+            return self.catalogue().get(server)
+
+    def remove_upstream(self, login_server: str) -> Upstream:
+        """Remove a custom upstream (refused while rules use it), or a built-in's URL override."""
+        server = login_server.strip().lower()
+        with self.store.transaction():
+            upstream = self.catalogue().get(server)
+            if upstream.builtin and not upstream.overridden:
+                raise ValidationError(f"{server} is built in and has no URL override to remove",
+                                      field="login_server")
+            if not upstream.builtin:
+                users = self.store.rules_with_source_on(server)
+                if users:
+                    raise ConflictError(f"upstream {server} is the source of cache rule(s) {', '.join(users)}; "
+                                        f"delete them first", field="login_server")
+                sets = [cs.name for cs in self.store.credential_sets() if cs.login_server == server]
+                if sets:
+                    raise ConflictError(f"upstream {server} has credential set(s) {', '.join(sets)}; "
+                                        f"delete them first", field="login_server")
+            self.store.delete_upstream(server)
+        return upstream
+
+    def rate_limits(self) -> dict[tuple[str, str], dict]:
+        """Every recorded budget, by (login server, credential set name or ANONYMOUS)."""
+        return {(r["login_server"], r["identity"]): r for r in self.store.rate_limits()}
+
+    def rate_limit(self, login_server: str, identity: str) -> dict | None:
+        """The last rate-limit budget recorded for a credential set (or ANONYMOUS pulls) on an upstream."""
+        return next((r for r in self.store.rate_limits()
+                     if (r["login_server"], r["identity"]) == (login_server, identity)), None)
+
+    # -- settings ------------------------------------------------------------------------------
+
+    def settings(self) -> dict[str, str]:
+        """Every known setting, formatted ('' when unset)."""
+        result = {}
+        for key, (_, fmt, _) in SETTINGS.items():
+            raw = self.store.setting(key)
+            result[key] = fmt(int(raw)) if raw else ""
+        return result
+
+    def set_setting(self, key: str, value: str) -> str:
+        if key not in SETTINGS:
+            raise ValidationError(f"unknown setting {key!r}; known: {', '.join(SETTINGS)}", field="key")
+        parse, fmt, _ = SETTINGS[key]
+        parsed = parse(value, field="value")
+        self.store.set_setting(key, str(parsed))
+        return fmt(parsed)
+
+    def unset_setting(self, key: str) -> None:
+        if key not in SETTINGS:
+            raise ValidationError(f"unknown setting {key!r}; known: {', '.join(SETTINGS)}", field="key")
+        self.store.delete_setting(key)
+
+    # -- storage backend -----------------------------------------------------------------------
+
+    def storage(self) -> StorageConfig:
+        """Where blobs and manifests are kept (``filesystem`` unless set to an S3 bucket)."""
+        return storage_from_json(self.store.setting(STORAGE_SETTING))
+
+    def set_storage(self, config: StorageConfig) -> StorageConfig:
+        """Use ``config`` from the next start of the proxy on (it holds secret ids, never values)."""
+        self.store.set_setting(STORAGE_SETTING, storage_to_json(config))
+        return config
+
+    # -- secrets -------------------------------------------------------------------------------
+
+    def set_secret(self, secret_id: str, value: str) -> None:
+        """Store a secret value in the keyring (never in the state database)."""
+        self.secrets.set(secret_id, value)
+
+    # -- client tokens -------------------------------------------------------------------------
+
+    def list_tokens(self) -> list[ClientToken]:
+        return self.store.client_tokens()
+
+    def get_token(self, name: str) -> ClientToken:
+        token = self.store.client_token(name)
+        if token is None:
+            raise NotFoundError(f"token {name!r} does not exist (see `regcache token list`)", field="name")
+        return token
+
+    def create_token(self, name: str, repositories: Sequence[str], expiry: str | datetime | None = None,
+                     password: str | None = None) -> tuple[ClientToken, str]:
+        """A new client token and its password, which is returned here once and never stored.
+
+        ``repositories`` are patterns in the cache-rule target grammar (``ubuntu``, ``team/*``, ``*``);
+        ``expiry`` an ISO date/datetime (UTC), a duration from now (``30d``) or None (never expires).
+        ``password`` None generates one; a given one (the same token on every node behind a load
+        balancer) must pass :func:`proxy.tokens.check_password` (``ValidationError``, field ``password``).
+        """
+        check_name(name, "token")
+        patterns = parse_repositories(repositories)
+        now = utc_now()
+        expires_at = parse_expiry(expiry, now) if isinstance(expiry, str) else expiry
+        if expires_at is not None and expires_at.tzinfo is None:
+            expires_at = expires_at.replace(tzinfo=timezone.utc)
+        if expires_at is not None and expires_at <= now:
+            raise ValidationError("the expiry must be in the future", field="expiry")
+        password = generate_password() if password is None else check_password(password)
+        if self.store.client_token(name) is not None:  # before the slow hash; checked again below
+            raise ConflictError(f"a token named {name!r} already exists; delete it first or choose another name",
+                                field="name")
+        token = ClientToken(name, patterns, hash_password(password), now, expires_at)
+        with self.store.transaction():
+            if self.store.client_token(name) is not None:
+                raise ConflictError(f"a token named {name!r} already exists; delete it first or choose another "
+                                    f"name", field="name")
+            self.store.insert_client_token(token)
+        return token, password
+
+    def delete_token(self, name: str) -> ClientToken:
+        """Delete a token; clients using it are refused from their next request."""
+        with self.store.transaction():
+            token = self.get_token(name)
+            self.store.delete_client_token(name)
+        return token

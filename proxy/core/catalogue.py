@@ -1,0 +1,111 @@
+"""The upstream catalogue: ACR's supported registries, plus custom upstreams and URL overrides."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from urllib.parse import urlsplit
+
+from regcache.proxy.core.errors import NotFoundError, ValidationError
+from regcache.proxy.core.models import AuthPolicy, Upstream
+from regcache.proxy.core.references import is_login_server
+
+DOCKER_HUB = "docker.io"
+
+#: The "Source" drop-down: login server -> built-in entry (DESIGN 1).
+BUILTIN_UPSTREAMS: Mapping[str, Upstream] = {
+    u.login_server: u
+    for u in (
+        Upstream(DOCKER_HUB, "https://registry-1.docker.io", AuthPolicy.CREDENTIALS, True, "Docker Hub"),
+        Upstream("mcr.microsoft.com", "https://mcr.microsoft.com", AuthPolicy.ANONYMOUS, True,
+                 "Microsoft Artifact Registry"),
+        Upstream("public.ecr.aws", "https://public.ecr.aws", AuthPolicy.ANONYMOUS, True,
+                 "AWS ECR Public Gallery"),
+        Upstream("ghcr.io", "https://ghcr.io", AuthPolicy.BOTH, True, "GitHub Container Registry"),
+        Upstream("quay.io", "https://quay.io", AuthPolicy.BOTH, True, "Quay"),
+        Upstream("registry.k8s.io", "https://registry.k8s.io", AuthPolicy.BOTH, True, "Kubernetes"),
+        Upstream("gcr.io", "https://gcr.io", AuthPolicy.BOTH, True, "Google Container Registry"),
+    )
+}
+
+
+def normalize_login_server(server: str) -> str:
+    """Lower-case a login server and refuse anything that is not ``host[:port]``."""
+    server = server.strip().lower()
+    if not is_login_server(server):
+        raise ValidationError(
+            f"login server {server!r} is not a host name with an optional port (e.g. ghcr.io, 127.0.0.1:5001)",
+            field="login_server",
+        )
+    return server
+
+
+def normalize_base_url(url: str) -> str:
+    """An upstream API base URL: https unless ``http://`` is written out; no path, query or fragment."""
+    raw = url.strip()
+    if "://" not in raw:
+        raw = "https://" + raw
+    parts = urlsplit(raw)
+    if parts.scheme not in ("https", "http"):
+        raise ValidationError(f"URL {url!r} must use https:// (or http:// when asked for explicitly)", field="url")
+    if not parts.hostname:
+        raise ValidationError(f"URL {url!r} has no host", field="url")
+    if parts.username or parts.password:
+        raise ValidationError(
+            "the URL must not carry a username or password; attach a credential set to the rule instead",
+            field="url",
+        )
+    if parts.query or parts.fragment or parts.path not in ("", "/"):
+        raise ValidationError(f"URL {url!r} must be a registry root such as https://host:port, without a path",
+                              field="url")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValidationError(f"URL {url!r} has an invalid port", field="url") from None
+    netloc = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    if port is not None:
+        netloc += f":{port}"
+    return f"{parts.scheme}://{netloc}"
+
+
+class UpstreamCatalogue:
+    """Every upstream regcache knows: built-ins (possibly with an overridden URL) and custom ones."""
+
+    def __init__(self, custom: Iterable[Upstream] = (), overrides: Mapping[str, str] | None = None) -> None:
+        entries: dict[str, Upstream] = {}
+        overrides = overrides or {}
+        for server, builtin in BUILTIN_UPSTREAMS.items():
+            if server in overrides:
+                builtin = replace(builtin, base_url=overrides[server], default_url=builtin.base_url)
+            entries[server] = builtin
+        for upstream in custom:
+            entries[upstream.login_server] = upstream
+        self._entries = entries
+
+    def __contains__(self, login_server: object) -> bool:
+        return login_server in self._entries
+
+    def __iter__(self):
+        return iter(self._entries.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, login_server: str) -> Upstream:
+        """The upstream for ``login_server``, or a NotFoundError that lists the known ones."""
+        try:
+            return self._entries[login_server]
+        except KeyError:
+            known = ", ".join(sorted(self._entries))
+            raise NotFoundError(
+                f"unknown login server {login_server!r}; known: {known} "
+                f"(add one with `regcache upstream add --login-server HOST --url URL`)",
+                field="source",
+            ) from None
+
+
+def normalize_repository_path(login_server: str, path: str) -> str:
+    """Docker Hub's one-component names live under ``library/`` (``ubuntu`` = ``library/ubuntu``)."""
+    if login_server == DOCKER_HUB and path and "/" not in path and path != "*":
+        return f"library/{path}"
+    return path

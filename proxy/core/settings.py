@@ -1,0 +1,127 @@
+"""The storage backend setting: where verified blobs and manifests live.
+
+``filesystem`` (the default) keeps them under the state directory. ``s3`` keeps them in a bucket of an
+S3-compatible object store that several regcache nodes share (docs/scale-out.md): the setting holds
+the endpoint, bucket, region, addressing style and the *ids* of the two secrets (``keyring://`` or
+``env://``); the access key and secret key themselves never enter the state database.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from urllib.parse import urlsplit
+
+from regcache.proxy.core.errors import RegcacheError, ValidationError
+from regcache.proxy.core.secret_ids import SecretId
+
+#: the cache size limit (`regcache config set max-size 50GiB`)
+MAX_SIZE_SETTING = "max-size"
+STORAGE_SETTING = "storage"
+FILESYSTEM = "filesystem"
+S3 = "s3"
+DEFAULT_REGION = "us-east-1"
+DEFAULT_PREFIX = "regcache"
+
+# S3 bucket naming rules: 3-63 characters, lower case letters, digits, dots and hyphens
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_REGION_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_PREFIX_RE = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
+
+
+class StorageError(RegcacheError):
+    """The configured object store cannot be used (unreachable, wrong credentials, no such bucket)."""
+
+
+@dataclass(frozen=True, slots=True)
+class S3Storage:
+    """An S3-compatible bucket shared by regcache nodes; secrets by id only."""
+
+    endpoint: str
+    bucket: str
+    access_key_id: str  # secret id of the access key id
+    secret_access_key: str  # secret id of the secret access key
+    region: str = DEFAULT_REGION
+    path_style: bool = True
+    prefix: str = DEFAULT_PREFIX
+
+    @property
+    def kind(self) -> str:
+        return S3
+
+    def describe(self) -> str:
+        """One line for people: where the blobs are (no secret, not even an id)."""
+        return f"s3 bucket {self.bucket} at {self.endpoint} (prefix {self.prefix}/)"
+
+    def to_json(self) -> dict[str, object]:
+        return {"kind": S3, **asdict(self)}
+
+
+@dataclass(frozen=True, slots=True)
+class FilesystemStorage:
+    """Blobs under the state directory (the default)."""
+
+    @property
+    def kind(self) -> str:
+        return FILESYSTEM
+
+    def describe(self) -> str:
+        return "filesystem (blobs under the state directory)"
+
+    def to_json(self) -> dict[str, object]:
+        return {"kind": FILESYSTEM}
+
+
+StorageConfig = FilesystemStorage | S3Storage
+
+
+def check_endpoint(value: str) -> str:
+    value = value.strip().rstrip("/")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError(f"endpoint {value!r} must be an http:// or https:// URL, e.g. https://s3.example.com",
+                              field="endpoint")
+    if parts.username or parts.password:
+        raise ValidationError("the endpoint must not contain credentials: give them as secret ids",
+                              field="endpoint")
+    if parts.query or parts.fragment:
+        raise ValidationError(f"endpoint {value!r} must not have a query or fragment", field="endpoint")
+    return value
+
+
+def make_s3_storage(endpoint: str, bucket: str, access_key_id: str, secret_access_key: str,
+                    region: str | None = None, path_style: bool = True, prefix: str | None = None) -> S3Storage:
+    """A validated :class:`S3Storage`; raises ValidationError naming the field at fault."""
+    bucket = bucket.strip()
+    if not _BUCKET_RE.fullmatch(bucket) or ".." in bucket:
+        raise ValidationError(f"bucket name {bucket!r} is not valid: 3-63 lower-case letters, digits, dots and "
+                              f"hyphens, starting and ending with a letter or digit", field="bucket")
+    region = (region or DEFAULT_REGION).strip()
+    if not _REGION_RE.fullmatch(region):
+        raise ValidationError(f"region {region!r} is not valid, e.g. us-east-1", field="region")
+    prefix = (prefix or DEFAULT_PREFIX).strip().strip("/")
+    if not _PREFIX_RE.fullmatch(prefix) or any(part in (".", "..") for part in prefix.split("/")):
+        raise ValidationError(f"prefix {prefix!r} must be path segments of letters, digits, '.', '_' and '-'",
+                              field="prefix")
+    return S3Storage(
+        endpoint=check_endpoint(endpoint), bucket=bucket,
+        access_key_id=str(SecretId.parse(access_key_id, field="access_key_id")),
+        secret_access_key=str(SecretId.parse(secret_access_key, field="secret_access_key")),
+        region=region, path_style=path_style, prefix=prefix)
+
+
+def storage_from_json(text: str | None) -> StorageConfig:
+    """The stored setting (None: never set) as a config object."""
+    if not text:
+        return FilesystemStorage()
+    data = json.loads(text)
+    if data.get("kind") == S3:
+        return S3Storage(endpoint=data["endpoint"], bucket=data["bucket"], access_key_id=data["access_key_id"],
+                         secret_access_key=data["secret_access_key"], region=data.get("region", DEFAULT_REGION),
+                         path_style=bool(data.get("path_style", True)), prefix=data.get("prefix", DEFAULT_PREFIX))
+    return FilesystemStorage()
+
+
+def storage_to_json(config: StorageConfig) -> str:
+    return json.dumps(config.to_json(), sort_keys=True)

@@ -1,0 +1,477 @@
+"""The registry API (OCI distribution, pull side) as a Starlette app; errors are OCI error JSON.
+
+Names contain slashes, so one route takes everything under ``/v2/`` and the endpoint is parsed
+from the end of the path, as the distribution registry does.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import httpx
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from regcache.proxy.core.models import PullEvent, RuleMatch
+from regcache.proxy.core.oci import API_VERSION_HEADER, OCI_INDEX, RegistryError, unsupported
+from regcache.proxy.core.references import is_digest, is_repository_name, is_tag
+from regcache.proxy.core.tokens import ClientToken
+from regcache.proxy.http.client_auth import ClientAuth
+from regcache.proxy.jobs.eviction import run_eviction
+from regcache.proxy.jobs.tagsync import run_tag_sync
+from regcache.proxy.pull.cache import PullThroughCache
+from regcache.proxy.pull.events import EventLog
+from regcache.proxy.pull.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from regcache.proxy.pull.metrics import ProxyMetrics
+from regcache.proxy.secrets import SecretResolver
+from regcache.proxy.state.store import AsyncStateStore, StateStore
+from regcache.proxy.storage.blobs import BlobStorageError, BlobStore, BlobStream, StoredBlob
+from regcache.proxy.storage.objectstore import configured_object_store
+from regcache.proxy.upstream.client import UpstreamClient
+
+log = logging.getLogger("regcache.registry")
+
+_ENDPOINT = re.compile(
+    r"(?P<name>.+)/(?:(?P<manifests>manifests)/(?P<ref>[^/]+)|(?P<uploads>blobs/uploads)(?:/.*)?|"
+    r"(?P<blobs>blobs)/(?P<digest>[^/]+)|(?P<tags>tags/list)|(?P<referrers>referrers)/(?P<subject>[^/]+))",
+    re.DOTALL,
+)
+READ_METHODS = ("GET", "HEAD")
+MAX_PAGE = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class ByteRange:
+    start: int
+    end: int  # exclusive
+
+
+#: byte positions with more digits than this are past the end of any blob (and int() refuses 4,300+ digits)
+_MAX_POSITION_DIGITS = 18
+
+
+def _position(digits: str) -> int:
+    """A byte position from the ASCII digits of a Range header; absurdly long ones are clamped, not parsed."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= _MAX_POSITION_DIGITS else 10 ** _MAX_POSITION_DIGITS
+
+
+def parse_range(header: str | None, size: int | None) -> ByteRange | None:
+    """A single ``bytes=`` range; None for no header; RANGE errors (416) for what cannot be served."""
+    if header is None:
+        return None
+    m = re.fullmatch(r"\s*bytes\s*=\s*([0-9]*)\s*-\s*([0-9]*)\s*", header)
+    if not m or (not m.group(1) and not m.group(2)):
+        raise RegistryError(416, "RANGE_INVALID", "Range must be a single 'bytes=START-END' range",
+                            headers={"Content-Range": f"bytes */{size}"} if size is not None else None)
+    first, last = m.group(1), m.group(2)
+    if size is None:
+        raise RegistryError(416, "RANGE_INVALID", "the blob's size is not known yet; retry without Range")
+    if not first:  # suffix: the last N bytes
+        n = _position(last)
+        if n == 0:
+            raise RegistryError(416, "RANGE_INVALID", "an empty suffix range", {"size": size},
+                                headers={"Content-Range": f"bytes */{size}"})
+        return ByteRange(max(size - n, 0), size)
+    start = _position(first)
+    end = min(_position(last) + 1, size) if last else size
+    if start >= size or (last and _position(last) < start):
+        raise RegistryError(416, "RANGE_INVALID",
+                            f"range {header.strip()[:100]!r} is outside the blob of {size} bytes", {"size": size},
+                            headers={"Content-Range": f"bytes */{size}"})
+    return ByteRange(start, end)
+
+
+def _page_size(request: Request) -> int | None:
+    """The ``n`` query parameter (at most MAX_PAGE), None without one; PAGINATION_NUMBER_INVALID if malformed."""
+    value = request.query_params.get("n")
+    if value is None:
+        return None
+    # ASCII digits only: str.isdigit() also accepts '²', which int() refuses
+    if re.fullmatch(r"[0-9]+", value) is None:
+        raise RegistryError(400, "PAGINATION_NUMBER_INVALID",
+                            f"n must be a non-negative integer (a page size, at most {MAX_PAGE:,}), not {value[:50]!r}")
+    digits = value.lstrip("0") or "0"
+    return MAX_PAGE if len(digits) > len(str(MAX_PAGE)) else min(int(digits), MAX_PAGE)
+
+
+def _accept_list(request: Request) -> list[str]:
+    types: list[str] = []
+    for value in request.headers.getlist("accept"):
+        for part in value.split(","):
+            media_type = part.split(";")[0].strip()
+            if media_type:
+                types.append(media_type)
+        if len(types) > 100:
+            break
+    return types[:100]
+
+
+def _read_only_error() -> RegistryError:
+    return RegistryError(405, "UNSUPPORTED", "regcache is a pull-through cache: only GET and HEAD are supported",
+                         headers={"Allow": "GET, HEAD"})
+
+
+def _error_response(exc: RegistryError, method: str) -> Response:
+    body = exc.body()
+    headers = {**API_VERSION_HEADER, **exc.headers}
+    if method == "HEAD":
+        return Response(b"", exc.status, headers={**headers, "Content-Length": str(len(body)),
+                                                  "Content-Type": "application/json"})
+    return Response(body, exc.status, headers=headers, media_type="application/json")
+
+
+class Registry:
+    """Request handlers over a PullThroughCache; records a pull event for every manifest and blob request."""
+
+    def __init__(self, cache: PullThroughCache, events: EventLog, auth: ClientAuth | None = None) -> None:
+        self.cache = cache
+        self.events = events
+        self.auth = auth
+
+    async def __call__(self, request: Request) -> Response:
+        async with self.cache.state.one_version_check():  # one configuration check for auth and rules
+            return await self._answer(request)
+
+    async def _answer(self, request: Request) -> Response:
+        # client tokens: authenticate first (401 + Basic challenge), authorize once the name is known
+        token = await self.auth.authenticate(request) if self.auth is not None else None
+        # The path as sent after /v2/, not the route's parameter: its '$' matches before a final line break, which
+        # would drop a trailing '%0a' and serve 'NAME/manifests/TAG%0a' as TAG.
+        path = request.scope["path"][len("/v2/"):]
+        method = request.method
+        if path in ("", "/"):
+            if method not in READ_METHODS:
+                raise unsupported("this registry is a read-only cache")
+            return JSONResponse({}, headers=API_VERSION_HEADER)
+        if path == "_catalog":
+            self._read_only(method)
+            return await self.catalog(request, token)
+        m = _ENDPOINT.fullmatch(path)
+        if m is None:
+            raise RegistryError(404, "NOT_FOUND", f"no registry API endpoint at /v2/{path[:200]}")
+        if m.group("uploads"):
+            raise unsupported("regcache is a pull-through cache: pushes are not supported")
+        self._read_only(method)
+        name = m.group("name")
+        if not is_repository_name(name):
+            raise RegistryError(400, "NAME_INVALID", "invalid repository name", {"name": name[:300]})
+        if token is not None:
+            await self._authorize(request, token, name)
+        if m.group("manifests"):
+            return await self.manifest(request, name, m.group("ref"))
+        if m.group("blobs"):
+            return await self.blob(request, name, m.group("digest"))
+        if m.group("tags"):
+            return await self.tags(request, name)
+        return await self.referrers(request, name, m.group("subject"))
+
+    @staticmethod
+    def _read_only(method: str) -> None:
+        if method not in READ_METHODS:
+            raise _read_only_error()
+
+    async def _authorize(self, request: Request, token: ClientToken, name: str) -> None:
+        """403 DENIED unless ``token`` covers the repository; in mirror mode (``?ns=``) the target name it maps to."""
+        assert self.auth is not None
+        repository = name
+        if request.query_params.get("ns"):
+            try:
+                repository = (await self.cache.resolve(name, request.query_params.get("ns"))).repository
+            except RegistryError:
+                pass  # no rule: the handler answers NAME_UNKNOWN, if the token covers the name as sent
+        self.auth.authorize(token, repository)
+
+    def _event(self, request: Request, kind: str, repository: str, reference: str, result: str, status: int,
+               started: float, match: RuleMatch | None = None, size: int = 0, detail: str | None = None) -> None:
+        client = request.client.host if request.client else ""
+        # in mirror mode (?ns=) the client's name is the upstream's: log the name it is cached under
+        repository = match.repository if match is not None else repository
+        self.events.record(PullEvent(client, request.method, kind, repository, reference[:200], result, status,
+                                     match.rule.name if match else None, size,
+                                     round((time.perf_counter() - started) * 1000, 3), detail))
+
+    async def manifest(self, request: Request, name: str, reference: str) -> Response:
+        started = time.perf_counter()
+        match = None
+        try:
+            if not (is_tag(reference) or is_digest(reference)):
+                raise RegistryError(400, "MANIFEST_INVALID" if ":" not in reference else "DIGEST_INVALID",
+                                    "the reference is neither a valid tag nor a supported digest",
+                                    {"reference": reference[:200]})
+            match = await self.cache.resolve(name, request.query_params.get("ns"))
+            served = await self.cache.manifest(match, reference, _accept_list(request),
+                                               count_pull=request.method == "GET")
+        except RegistryError as exc:
+            self._event(request, "manifest", name, reference, "error", exc.status, started, match,
+                        detail=exc.message)
+            raise
+        headers = {**API_VERSION_HEADER, "Docker-Content-Digest": served.digest,
+                   "Content-Type": served.media_type}
+        if served.result == "stale":
+            headers["X-Regcache-Stale"] = "1"
+        self._event(request, "manifest", name, reference, served.result, 200, started, match, len(served.content),
+                    served.detail)
+        if request.method == "HEAD":
+            return Response(b"", 200, headers={**headers, "Content-Length": str(len(served.content))})
+        return Response(served.content, 200, headers=headers)
+
+    async def blob(self, request: Request, name: str, digest: str) -> Response:
+        started = time.perf_counter()
+        match = None
+        try:
+            if not is_digest(digest):
+                raise RegistryError(400, "DIGEST_INVALID", "invalid or unsupported digest", {"digest": digest[:200]})
+            match = await self.cache.resolve(name, request.query_params.get("ns"))
+            if request.method == "HEAD":
+                size, result = await self.cache.blob_size(match, digest)
+                self._event(request, "blob", name, digest, result, 200, started, match)
+                return Response(b"", 200, headers={**API_VERSION_HEADER, "Docker-Content-Digest": digest,
+                                                   "Content-Length": str(size), "Accept-Ranges": "bytes",
+                                                   "Content-Type": "application/octet-stream"})
+            try:
+                source, size, result, detail = await self.cache.blob(match, digest)
+            except BlobStorageError as exc:
+                # Not even the temporary file could be created: the cache's disk failed, not the
+                # upstream, so say so (507 when it is full) instead of an internal error.
+                raise RegistryError(507 if exc.disk_full else 503, "UNAVAILABLE", str(exc)) from None
+            try:
+                byte_range = parse_range(request.headers.get("range"), size)
+            except RegistryError:
+                if isinstance(source, BlobStream):
+                    source.close()
+                raise
+        except RegistryError as exc:
+            self._event(request, "blob", name, digest, "error", exc.status, started, match, detail=exc.message)
+            raise
+        headers = {**API_VERSION_HEADER, "Docker-Content-Digest": digest, "Accept-Ranges": "bytes",
+                   "Content-Type": "application/octet-stream"}
+        if result == "stale":
+            headers["X-Regcache-Stale"] = "1"
+        status = 200
+        start, end = 0, size
+        if byte_range is not None:
+            status = 206
+            start, end = byte_range.start, byte_range.end
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+        if end is not None:
+            headers["Content-Length"] = str(end - start)
+        if isinstance(source, StoredBlob):
+            chunks = self.cache.blobs.open(source, start, end)
+        else:
+            chunks = source.chunks(start, end if byte_range is not None else None)
+        body = self._counted(request, chunks, name, digest, result, status, started, match, detail)
+        return StreamingResponse(body, status, headers=headers)
+
+    async def _counted(self, request: Request, chunks: AsyncIterator[bytes], name: str, digest: str, result: str,
+                       status: int, started: float, match: RuleMatch | None,
+                       detail: str | None) -> AsyncIterator[bytes]:
+        """Stream ``chunks`` and record the event once it ended: complete, failed or cut by the client."""
+        sent = 0
+        outcome, why = result, detail
+        try:
+            async for chunk in chunks:
+                sent += len(chunk)
+                yield chunk
+        except Exception as exc:
+            outcome, why = "error", f"the transfer failed after {sent} bytes: {exc}"
+            log.warning("blob %s for %s: %s", digest, request.client.host if request.client else "?", why)
+            raise
+        except BaseException:
+            outcome, why = result, f"the client went away after {sent} bytes"
+            raise
+        finally:
+            self._event(request, "blob", name, digest, outcome, status if outcome != "error" else 502, started,
+                        match, sent, why)
+
+    async def tags(self, request: Request, name: str) -> Response:
+        n = _page_size(request)  # a bad n is refused before the upstream is asked
+        match = await self.cache.resolve(name, request.query_params.get("ns"))
+        tags, stale = await self.cache.tags(match)
+        last = request.query_params.get("last")
+        if last:
+            tags = [t for t in tags if t > last]
+        headers = dict(API_VERSION_HEADER)
+        if n is not None and len(tags) > n:
+            tags = tags[:n]
+            if tags:
+                headers["Link"] = f'</v2/{name}/tags/list?n={n}&last={tags[-1]}>; rel="next"'
+        if stale:
+            headers["X-Regcache-Stale"] = "1"
+        return JSONResponse({"name": name, "tags": tags}, headers=headers)
+
+    async def catalog(self, request: Request, token: ClientToken | None = None) -> Response:
+        """Cached repositories; with a client token, only those it may pull."""
+        n = _page_size(request)
+        n = MAX_PAGE if n is None else n
+        last = request.query_params.get("last")
+        if token is None or token.scope.allows_all:
+            names = await self.cache.state.run(lambda s: s.repository_names(last, n + 1))
+        else:
+            names = [r for r in await self.cache.state.run(lambda s: s.repository_names(last))
+                     if token.allows(r)][:n + 1]
+        headers = dict(API_VERSION_HEADER)
+        if len(names) > n:
+            names = names[:n]
+            if names:
+                headers["Link"] = f'</v2/_catalog?n={n}&last={names[-1]}>; rel="next"'
+        return JSONResponse({"repositories": names}, headers=headers)
+
+    async def referrers(self, request: Request, name: str, subject: str) -> Response:
+        if not is_digest(subject):
+            raise RegistryError(400, "DIGEST_INVALID", "invalid or unsupported digest", {"digest": subject[:200]})
+        match = await self.cache.resolve(name, request.query_params.get("ns"))
+        found = await self.cache.referrers(match, subject)
+        if found is None:
+            return JSONResponse({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []},
+                                headers=API_VERSION_HEADER, media_type=OCI_INDEX)
+        content, media_type = found
+        return Response(content, 200, headers=API_VERSION_HEADER, media_type=media_type)
+
+
+class ApiVersionHeader:
+    """Puts ``Docker-Distribution-API-Version`` on every response, errors from the framework included."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                name = b"docker-distribution-api-version"
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != name]
+                headers.append((name, b"registry/2.0"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
+
+
+async def _metrics(app: Starlette) -> Response:
+    """The Prometheus exposition of ``app``'s proxy, with the cache size read now."""
+    metrics: ProxyMetrics = app.state.metrics
+    state: AsyncStateStore | None = getattr(app.state, "state_store", None)
+    if state is not None:
+        blob_bytes, blobs, _ = await state.run(lambda s: s.cache_size())
+        metrics.set_cache_size(blob_bytes, blobs)
+    return Response(metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
+
+
+def create_metrics_app(registry_app: Starlette) -> Starlette:
+    """A separate app serving only ``/metrics`` of ``registry_app`` (for ``--metrics-listen``)."""
+
+    async def endpoint(request: Request) -> Response:
+        return await _metrics(registry_app)
+
+    return Starlette(routes=[Route("/metrics", endpoint)])
+
+
+async def check_storage(home: Path, secrets: SecretResolver | None = None) -> None:
+    """Raise StorageError unless the configured storage can be used (before a server starts listening)."""
+    store = StateStore(home)
+    try:
+        async with configured_object_store(store, secrets):
+            pass
+    finally:
+        store.close()
+
+
+def create_app(home: Path, *, secrets: SecretResolver | None = None,
+               transport: httpx.AsyncBaseTransport | None = None, freshness: float = 0.0,
+               serve_metrics: bool = True, require_auth: bool = False) -> Starlette:
+    """The registry ASGI app for the state directory ``home``; its lifespan owns every background task.
+
+    ``/metrics`` is served beside ``/v2/`` unless ``serve_metrics`` is False (metrics on their own address).
+    Once a client token exists every ``/v2/`` request needs one; ``require_auth`` refuses anonymous
+    requests even while none exists (a server exposed beyond loopback).
+    """
+    metrics = ProxyMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        store = StateStore(home)
+        state = AsyncStateStore(store)
+        upstream = UpstreamClient(transport)
+        events = EventLog(state, metrics=metrics)
+        app.state.state_store = state
+        try:
+            async with anyio.create_task_group() as writer_group:
+                await writer_group.start(events.run)
+                try:
+                    async with configured_object_store(store, secrets, metrics.bucket_error) as objects, \
+                            anyio.create_task_group() as downloads:
+                        blobs = BlobStore(home, state, downloads, objects)
+                        removed = blobs.remove_stale_temp_files()
+                        if removed:
+                            log.info("removed %d stale temporary file(s)", removed)
+                        cache = PullThroughCache(state, upstream, blobs, secrets, freshness, metrics)
+                        downloads.start_soon(run_eviction, state, objects, name="eviction")
+                        downloads.start_soon(run_tag_sync, cache, name="tag sync")
+                        app.state.registry = Registry(cache, events, ClientAuth(state, require=require_auth))
+                        try:
+                            yield
+                        finally:
+                            downloads.cancel_scope.cancel()
+                finally:
+                    events.close()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await upstream.aclose()
+            store.close()
+
+    async def handle(request: Request) -> Response:
+        return await request.app.state.registry(request)
+
+    async def registry_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RegistryError)
+        return _error_response(exc, request.method)
+
+    async def unexpected_error(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error answering %s %s", request.method, request.url.path[:300])
+        return _error_response(RegistryError(500, "UNKNOWN", "internal error; see the regcache log"), request.method)
+
+    async def framework_error(request: Request, exc: Exception) -> Response:
+        """Starlette's own refusals: no route for the path (outside /v2/, or a name with a line break), or a
+        method no route takes (TRACE, PROPFIND, lower-case names)."""
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            error = RegistryError(404, "NOT_FOUND", f"no registry API endpoint at {request.url.path[:200]!r}; "
+                                                    f"the OCI distribution API is under /v2/")
+        elif exc.status_code == 405:
+            error = _read_only_error()
+        else:
+            error = RegistryError(exc.status_code, "UNSUPPORTED" if exc.status_code < 500 else "UNKNOWN", exc.detail,
+                                  headers=dict(exc.headers or {}))
+        return _error_response(error, request.method)
+
+    async def metrics_endpoint(request: Request) -> Response:
+        return await _metrics(request.app)
+
+    methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    routes = [Route("/v2/{path:path}", handle, methods=methods), Route("/v2", handle, methods=methods)]
+    if serve_metrics:
+        routes.append(Route("/metrics", metrics_endpoint))
+    app = Starlette(
+        routes=routes,
+        exception_handlers={RegistryError: registry_error, HTTPException: framework_error,
+                            Exception: unexpected_error},
+        lifespan=lifespan,
+    )
+    app.add_middleware(ApiVersionHeader)
+    app.state.metrics = metrics
+    return app

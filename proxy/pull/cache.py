@@ -1,0 +1,462 @@
+"""PullThroughCache: what the proxy serves for a client's name and reference (DESIGN section 2).
+
+It matches the name to a cache rule (never an open proxy), answers from the local cache when it
+can, revalidates tags with a HEAD upstream when they are older than the freshness window, fetches
+what is missing, and serves cached content stale when the upstream is unreachable, failing or
+rate-limiting. HTTP concerns live in :mod:`proxy.registry`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+
+import anyio
+
+from regcache.proxy.core.catalogue import UpstreamCatalogue
+from regcache.proxy.core.errors import SecretError
+from regcache.proxy.core.models import (
+    JOINED_DOWNLOAD,
+    CacheRule,
+    CredentialHealth,
+    CredentialSet,
+    HealthStatus,
+    RuleMatch,
+    Upstream,
+)
+from regcache.proxy.core.oci import (
+    INDEX_TYPES,
+    RegistryError,
+    blob_unknown,
+    manifest_unknown,
+    name_unknown,
+)
+from regcache.proxy.core.rules import RuleSet
+from regcache.proxy.pull.metrics import ProxyMetrics
+from regcache.proxy.pull.single_flight import SingleFlight
+from regcache.proxy.secrets import SecretResolver
+from regcache.proxy.state.store import AsyncStateStore
+from regcache.proxy.storage.blobs import BlobStorageError, BlobStore, BlobStream, StoredBlob
+from regcache.proxy.storage.shared_index import SharedIndex
+from regcache.proxy.upstream.client import (
+    Credentials,
+    UpstreamAuthError,
+    UpstreamClient,
+    UpstreamError,
+    UpstreamNotFound,
+    UpstreamUnavailable,
+)
+
+log = logging.getLogger("regcache.cache")
+
+#: how long resolved secrets are reused before the keyring is asked again
+CREDENTIALS_TTL = 60.0
+#: containerd's ?ns= for Docker Hub may name its API host rather than its login server
+NS_ALIASES = {"registry-1.docker.io": "docker.io", "index.docker.io": "docker.io"}
+
+
+@dataclass(frozen=True, slots=True)
+class ServedManifest:
+    digest: str
+    media_type: str
+    content: bytes
+    result: str  # "hit", "miss" or "stale"
+    detail: str | None = None
+
+
+def compute_digest(content: bytes, algorithm: str = "sha256") -> str:
+    return f"{algorithm}:{hashlib.new(algorithm, content).hexdigest()}"
+
+
+def registry_error(exc: UpstreamError, unknown: RegistryError) -> RegistryError:
+    """The OCI error a client gets for an upstream failure (``unknown`` for a 404 upstream)."""
+    if isinstance(exc, UpstreamNotFound):
+        return unknown
+    if isinstance(exc, UpstreamAuthError):
+        return RegistryError(401, "UNAUTHORIZED", str(exc))
+    if isinstance(exc, UpstreamUnavailable):
+        if exc.status == 429:
+            return RegistryError(429, "TOOMANYREQUESTS", f"{exc}; nothing is cached to serve instead")
+        return RegistryError(503, "UNAVAILABLE", f"{exc}; nothing is cached to serve instead")
+    return RegistryError(502, "UNKNOWN", str(exc))
+
+
+def shared_source(match: RuleMatch) -> str:
+    """Whose word a shared link or tag is: the upstream repository *as reached with this rule's access*.
+
+    A node confirmed it with the rule's credential set (or anonymously), so a rule with other (or no)
+    credentials for the same upstream path cannot use it to skip the upstream's own check.
+    """
+    who = f"credential-set/{match.rule.credential_set}" if match.rule.credential_set else "anonymous"
+    return f"{who}/{match.upstream}"
+
+
+def _accepts(accept: list[str], media_type: str) -> bool:
+    return not accept or media_type in accept or "*/*" in accept
+
+
+class PullThroughCache:
+    """Serves manifests, blobs and tag lists for rule-matched names, from cache or upstream."""
+
+    def __init__(self, state: AsyncStateStore, upstream: UpstreamClient, blobs: BlobStore,
+                 secrets: SecretResolver | None = None, freshness: float = 0.0,
+                 metrics: ProxyMetrics | None = None) -> None:
+        self.state = state
+        self.metrics = metrics
+        self.upstream = upstream
+        self.blobs = blobs
+        self.secrets = secrets or SecretResolver()
+        self.freshness = freshness
+        #: manifests, tags and links shared with other nodes through the bucket (s3 storage only)
+        self.shared = SharedIndex(blobs.objects) if blobs.objects is not None else None
+        self._version: int | None = None
+        self._rules = RuleSet()
+        self._catalogue = UpstreamCatalogue()
+        self._credential_sets: dict[str, CredentialSet] = {}
+        self._credentials: dict[str, tuple[float, Credentials]] = {}
+        #: concurrent requests for one manifest share one upstream fetch (as blobs share one download)
+        self._flights: SingleFlight[ServedManifest] = SingleFlight()
+
+    # -- configuration -------------------------------------------------------------------------
+
+    async def refresh(self) -> None:
+        """Reload rules, upstreams and credential sets when another connection changed them."""
+        version = await self.state.data_version()
+        if version == self._version:
+            return
+        rules, custom, overrides, sets = await self.state.run(
+            lambda s: (s.cache_rules(), s.custom_upstreams(), s.upstream_overrides(), s.credential_sets()))
+        self._rules = RuleSet(rules)
+        self._catalogue = UpstreamCatalogue(custom, overrides)
+        self._credential_sets = {cs.name: cs for cs in sets}
+        self._credentials.clear()
+        self._version = version
+
+    async def resolve(self, name: str, ns: str | None = None) -> RuleMatch:
+        """The rule serving ``name`` (or, in mirror mode, ``ns/name``); NAME_UNKNOWN when none does."""
+        await self.refresh()
+        if ns:
+            registry = NS_ALIASES.get(ns.lower(), ns.lower())
+            match = self._rules.match_source(registry, name)
+            if match is None:
+                raise name_unknown(
+                    f"no cache rule has a source covering {registry}/{name}; create one, e.g. "
+                    f"`regcache cache create -n RULE -s {registry}/{name} -t {name}`")
+            return match
+        match = self._rules.match(name)
+        if match is None:
+            raise name_unknown(
+                f"no cache rule covers repository {name!r}; create one, e.g. "
+                f"`regcache cache create -n RULE -s LOGIN_SERVER/PATH -t {name}`")
+        return match
+
+    def upstream_of(self, match: RuleMatch) -> Upstream:
+        try:
+            return self._catalogue.get(match.upstream.login_server)
+        except Exception:
+            raise RegistryError(503, "UNAVAILABLE", f"rule {match.rule.name!r} names upstream "
+                                                    f"{match.upstream.login_server}, which is no longer "
+                                                    f"configured") from None
+
+    async def credentials(self, rule: CacheRule) -> Credentials | None:
+        name = rule.credential_set
+        if name is None:
+            return None
+        cached = self._credentials.get(name)
+        if cached and cached[0] > time.monotonic():
+            return cached[1]
+        cs = self._credential_sets.get(name)
+        if cs is None:
+            raise RegistryError(503, "UNAVAILABLE", f"credential set {name!r} of rule {rule.name!r} is gone")
+        try:
+            username, password = await anyio.to_thread.run_sync(
+                lambda: (self.secrets.get(cs.username_secret_id), self.secrets.get(cs.password_secret_id)))
+        except SecretError as exc:
+            await self._record_health(name, CredentialHealth.unhealthy(exc.code, exc.message))
+            raise RegistryError(503, "UNAVAILABLE", f"credential set {name!r} cannot be used: {exc}") from None
+        creds = Credentials(name, username, password)
+        self._credentials[name] = (time.monotonic() + CREDENTIALS_TTL, creds)
+        return creds
+
+    async def _record_health(self, name: str, health: CredentialHealth) -> None:
+        cs = self._credential_sets.get(name)
+        if cs is not None and (cs.health.status, cs.health.error_code) == (health.status, health.error_code):
+            return
+        try:
+            updated = await self.state.run(lambda s: s.record_credential_health(name, health))
+        except Exception as exc:
+            log.warning("could not record the health of credential set %s: %s", name, exc)
+            return
+        if updated is not None:  # None: the set was deleted meanwhile
+            self._credential_sets[name] = updated
+
+    async def upstream_call(self, match: RuleMatch, creds: Credentials | None, call):
+        """Run ``call(upstream)``, keeping the credential set's health in step with the outcome."""
+        upstream = self.upstream_of(match)
+        try:
+            result = await call(upstream)
+        except UpstreamError as exc:
+            await self._save_rate_limits()
+            if self.metrics is not None and not isinstance(exc, UpstreamNotFound):
+                self.metrics.upstream_error(match.rule.name, upstream.login_server, type(exc).__name__)
+            if isinstance(exc, UpstreamAuthError) and creds is not None:
+                self._credentials.pop(creds.identity, None)
+                await self._record_health(creds.identity, CredentialHealth.unhealthy("UpstreamAuthFailed", str(exc)))
+            raise
+        await self._save_rate_limits()
+        if creds is not None:
+            cs = self._credential_sets.get(creds.identity)
+            if cs is not None and cs.health.status is not HealthStatus.HEALTHY:
+                await self._record_health(creds.identity, CredentialHealth.healthy())
+        return result
+
+    async def _save_rate_limits(self) -> None:
+        changes = self.upstream.take_rate_limit_changes()
+        if changes:
+            await self.state.run(lambda s: [s.record_rate_limit(server, identity, budget.limit, budget.remaining,
+                                                                new_429s)
+                                            for (server, identity), (budget, new_429s) in changes.items()])
+
+    # -- manifests -----------------------------------------------------------------------------
+
+    async def manifest(self, match: RuleMatch, reference: str, accept: list[str],
+                       count_pull: bool = True) -> ServedManifest:
+        """The manifest for a tag or digest, negotiated against the client's ``Accept`` list."""
+        if ":" in reference:
+            served = await self._manifest_by_digest(match, reference)
+        else:
+            served = await self._flights.run(("tag", match.rule.name, match.repository, reference),
+                                             lambda: self._manifest_by_tag(match, reference))
+            if not _accepts(accept, served.media_type):
+                served = await self._negotiate(match, served, accept)
+        if count_pull:
+            await self.state.run(lambda s: s.record_repository(match.repository, match.rule.name,
+                                                                 str(match.upstream)))
+        return served
+
+    async def _negotiate(self, match: RuleMatch, served: ServedManifest, accept: list[str]) -> ServedManifest:
+        """A client that cannot read an index gets its linux/amd64 image, as the distribution registry does."""
+        if served.media_type in INDEX_TYPES:
+            for entry in json.loads(served.content).get("manifests", []):
+                platform = entry.get("platform") or {}
+                if platform.get("os") == "linux" and platform.get("architecture") == "amd64":
+                    child = await self._manifest_by_digest(match, entry["digest"])
+                    if _accepts(accept, child.media_type):
+                        return child
+        raise manifest_unknown(
+            f"the manifest is {served.media_type}, which the client does not accept ({', '.join(accept)})")
+
+    async def _manifest_by_digest(self, match: RuleMatch, digest: str) -> ServedManifest:
+        return await self._flights.run(("digest", match.rule.name, match.repository, digest),
+                                       lambda: self._fetch_manifest_by_digest(match, digest))
+
+    async def _fetch_manifest_by_digest(self, match: RuleMatch, digest: str) -> ServedManifest:
+        repo = match.repository
+        cached, linked = await self.state.run(lambda s: (s.manifest(digest), s.is_linked(repo, digest)))
+        if not linked and self.shared is not None:
+            shared = await self._shared_manifest(match, digest, cached)
+            if shared is not None:
+                return shared
+        creds = await self.credentials(match.rule)
+        path = match.upstream.path
+        if cached is not None:
+            media_type, content = cached
+            if linked:
+                return ServedManifest(digest, media_type, content, "hit")
+            # Known bytes, but not yet known to be in this repository: the upstream must confirm, or
+            # anyone who knows a digest could read it through any rule whose upstream is down.
+            try:
+                await self.upstream_call(match, creds, lambda up: self.upstream.manifest(up, path, digest, creds,
+                                                                                          method="HEAD"))
+            except UpstreamError as exc:
+                raise registry_error(exc, manifest_unknown(f"manifest {digest} is not in {repo}")) from None
+            await self.state.run(lambda s: s.link(repo, digest, "manifest"))
+            return ServedManifest(digest, media_type, content, "hit")
+        try:
+            got = await self.upstream_call(match, creds, lambda up: self.upstream.manifest(up, path, digest, creds))
+        except UpstreamError as exc:
+            raise registry_error(exc, manifest_unknown(f"manifest {digest} is not in {repo} "
+                                                       f"(upstream {match.upstream})")) from None
+        algorithm = digest.partition(":")[0]
+        if compute_digest(got.content, algorithm) != digest:
+            raise RegistryError(502, "MANIFEST_INVALID",
+                                f"upstream {match.upstream.login_server} sent a manifest that does not match {digest}")
+        await self.state.run(lambda s: (s.put_manifest(digest, got.media_type, got.content),
+                                        s.link(repo, digest, "manifest")))
+        await self._share_manifest(match, digest, got.media_type, got.content)
+        return ServedManifest(digest, got.media_type, got.content, "miss")
+
+    async def _shared_manifest(self, match: RuleMatch, digest: str,
+                               cached: tuple[str, bytes] | None) -> ServedManifest | None:
+        """The manifest from the bucket when another node verified it is in this upstream repository."""
+        assert self.shared is not None
+        source = shared_source(match)
+        if not await self.shared.linked(source, digest):
+            return None
+        found = cached or await self.shared.manifest(digest)
+        if found is None:
+            return None
+        media_type, content = found
+        repo = match.repository
+        await self.state.run(lambda s: (s.put_manifest(digest, media_type, content), s.link(repo, digest, "manifest")))
+        return ServedManifest(digest, media_type, content, "hit", "from the shared store")
+
+    async def _share_manifest(self, match: RuleMatch, digest: str, media_type: str, content: bytes,
+                              tag: str | None = None) -> None:
+        """Tell the other nodes: these manifest bytes, in this upstream repository (under ``tag``)."""
+        if self.shared is None:
+            return
+        source = shared_source(match)
+        await self.shared.put_manifest(digest, media_type, content)
+        await self.shared.link(source, digest)
+        if tag is not None:
+            await self.shared.set_tag(source, tag, digest)
+
+    async def _manifest_by_tag(self, match: RuleMatch, tag: str) -> ServedManifest:
+        repo = match.repository
+        path = match.upstream.path
+        def cached_manifest(s):
+            found_tag = s.tag(repo, tag)
+            return found_tag, (s.manifest(found_tag[0]) if found_tag is not None else None)
+
+        cached_tag, found = await self.state.run(cached_manifest)
+        if cached_tag is None and self.shared is not None:
+            shared_tag = await self.shared.tag(shared_source(match), tag)
+            if shared_tag is not None:
+                shared = await self._shared_manifest(match, shared_tag.digest, None)
+                if shared is not None:  # as if this node had seen the tag when the other one did
+                    cached_tag, found = (shared.digest, shared_tag.seen_at), (shared.media_type, shared.content)
+                    # kept here too, so the next pulls within the freshness window stay local
+                    await self.state.run(lambda s: s.set_tag(repo, tag, shared.digest, when=shared_tag.seen_at))
+        cached: ServedManifest | None = None
+        if cached_tag is not None:
+            digest, validated_at = cached_tag
+            if found is not None:
+                cached = ServedManifest(digest, found[0], found[1], "hit")
+                age = (datetime.now(timezone.utc) - validated_at).total_seconds()
+                freshness = match.rule.freshness if match.rule.freshness is not None else self.freshness
+                if age < freshness:
+                    return cached
+        try:
+            creds = await self.credentials(match.rule)
+            if cached is not None:
+                head = await self.upstream_call(
+                    match, creds, lambda up: self.upstream.manifest(up, path, tag, creds, method="HEAD"))
+                if head.digest == cached.digest:
+                    await self.state.run(lambda s: s.set_tag(repo, tag, cached.digest))
+                    return cached
+            got = await self.upstream_call(match, creds, lambda up: self.upstream.manifest(up, path, tag, creds))
+        except UpstreamUnavailable as exc:
+            if cached is not None and match.rule.serve_stale_on_error:
+                log.warning("serving %s:%s stale: %s", repo, tag, exc)
+                return replace(cached, result="stale", detail=str(exc))
+            raise registry_error(exc, manifest_unknown("")) from None
+        except UpstreamNotFound as exc:
+            if cached is not None and match.rule.serve_stale_if_deleted:
+                log.warning("serving %s:%s stale: %s", repo, tag, exc)
+                return replace(cached, result="stale", detail=f"{exc} (the rule serves deleted tags stale)")
+            raise registry_error(exc, manifest_unknown(
+                f"upstream {match.upstream} has no tag {tag!r}")) from None
+        except UpstreamError as exc:
+            raise registry_error(exc, manifest_unknown(
+                f"upstream {match.upstream} has no tag {tag!r}")) from None
+        digest = compute_digest(got.content)
+        if got.digest and got.digest != digest and got.digest.startswith("sha256:"):
+            raise RegistryError(502, "MANIFEST_INVALID",
+                                f"upstream {match.upstream.login_server} sent a manifest whose bytes do not match "
+                                f"its Docker-Content-Digest {got.digest}")
+        await self.state.run(lambda s: (s.put_manifest(digest, got.media_type, got.content),
+                                        s.link(repo, digest, "manifest"), s.set_tag(repo, tag, digest)))
+        await self._share_manifest(match, digest, got.media_type, got.content, tag)
+        return ServedManifest(digest, got.media_type, got.content, "miss")
+
+    # -- blobs ---------------------------------------------------------------------------------
+
+    async def blob(self, match: RuleMatch, digest: str) -> tuple[StoredBlob | BlobStream, int | None, str, str | None]:
+        """A stored blob (hit) or a stream of its single-flight download (miss); its size, result and detail."""
+        repo = match.repository
+        path = match.upstream.path
+        stored = await self.blobs.lookup(digest)
+        if stored is not None:
+            result, detail = "hit", None
+            if not await self.state.run(lambda s: (s.touch_blob(digest), s.is_linked(repo, digest))[1]):
+                await self._confirm_blob(match, digest)
+            return stored, stored.size, result, detail
+        creds = await self.credentials(match.rule)
+        upstream = self.upstream_of(match)
+        stream = self.blobs.stream(digest, lambda: self.upstream.blob(upstream, path, digest, creds))
+        try:
+            size = await stream.size()
+        except UpstreamError as exc:
+            if isinstance(exc, UpstreamAuthError) and creds is not None:
+                await self._record_health(creds.identity, CredentialHealth.unhealthy("UpstreamAuthFailed", str(exc)))
+            raise registry_error(exc, blob_unknown(f"upstream {match.upstream} has no blob {digest}")) from None
+        except BlobStorageError as exc:  # our disk, not the upstream: say so
+            raise RegistryError(507 if exc.disk_full else 503, "UNAVAILABLE", str(exc)) from None
+        except Exception as exc:
+            raise RegistryError(502, "UNKNOWN", f"fetching blob {digest} from upstream "
+                                                f"{match.upstream.login_server} failed: {exc}") from None
+        await self.state.run(lambda s: s.link(repo, digest, "blob"))
+        if self.shared is not None and not stream.joined:  # the request that started it already did
+            await self.shared.link(shared_source(match), digest)
+        return stream, size, "miss", JOINED_DOWNLOAD if stream.joined else None
+
+    async def _confirm_blob(self, match: RuleMatch, digest: str) -> None:
+        """Link a stored blob to this repository once a node or the upstream confirms the repository has it."""
+        repo = match.repository
+        # Stored for another repository: only the upstream (or a node that asked it) can say this one has it.
+        if self.shared is None or not await self.shared.linked(shared_source(match), digest):
+            creds = await self.credentials(match.rule)
+            try:
+                await self.upstream_call(
+                    match, creds, lambda up: self.upstream.blob_size(up, match.upstream.path, digest, creds))
+            except UpstreamError as exc:
+                raise registry_error(exc, blob_unknown(f"blob {digest} is not in {repo}")) from None
+        await self.state.run(lambda s: s.link(repo, digest, "blob"))
+
+    async def blob_size(self, match: RuleMatch, digest: str) -> tuple[int, str]:
+        """For HEAD: the blob's size from the store, else from the upstream (nothing downloaded)."""
+        stored = await self.blobs.lookup(digest)
+        if stored is not None:
+            if not await self.state.run(lambda s: s.is_linked(match.repository, digest)):
+                await self._confirm_blob(match, digest)
+            return stored.size, "hit"
+        creds = await self.credentials(match.rule)
+        try:
+            size = await self.upstream_call(
+                match, creds, lambda up: self.upstream.blob_size(up, match.upstream.path, digest, creds))
+        except UpstreamUnavailable as exc:
+            raise registry_error(exc, blob_unknown("")) from None
+        except UpstreamError as exc:
+            raise registry_error(exc, blob_unknown(f"upstream {match.upstream} has no blob {digest}")) from None
+        return size, "miss"
+
+    # -- tags and referrers --------------------------------------------------------------------
+
+    async def tags(self, match: RuleMatch) -> tuple[list[str], bool]:
+        """Every tag (from the upstream, or the cached ones when it is unavailable) and whether stale."""
+        creds = await self.credentials(match.rule)
+        try:
+            tags = await self.upstream_call(
+                match, creds, lambda up: self.upstream.tags(up, match.upstream.path, creds))
+            return sorted(set(tags)), False
+        except UpstreamUnavailable as exc:
+            cached = await self.state.run(lambda s: s.tags(match.repository))
+            if cached:
+                return cached, True
+            raise registry_error(exc, name_unknown("")) from None
+        except UpstreamError as exc:
+            raise registry_error(exc, name_unknown(
+                f"upstream {match.upstream} has no repository {match.upstream.path}")) from None
+
+    async def referrers(self, match: RuleMatch, digest: str) -> tuple[bytes, str] | None:
+        creds = await self.credentials(match.rule)
+        try:
+            return await self.upstream_call(
+                match, creds, lambda up: self.upstream.referrers(up, match.upstream.path, digest, creds))
+        except UpstreamError:
+            return None

@@ -1,0 +1,71 @@
+"""Prometheus metrics of one proxy: requests, hits, misses, stale serves, bytes, upstream errors, latency.
+
+Each proxy has its own CollectorRegistry (no process-global state), exposed at ``/metrics`` on the
+registry's address, or on its own address with ``--metrics-listen``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from regcache.proxy.core.models import JOINED_DOWNLOAD, PullEvent
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+NO_RULE = "-"
+
+
+class ProxyMetrics:
+    """The proxy's counters; ``observe`` takes every pull event."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("regcache_requests", "Manifest and blob requests answered",
+                                ["rule", "kind", "result"], registry=r)
+        self.hits = Counter("regcache_hits", "Requests served from the cache", ["rule"], registry=r)
+        self.misses = Counter("regcache_misses", "Requests fetched from the upstream", ["rule"], registry=r)
+        self.stale = Counter("regcache_stale_serves", "Cached tags served while the upstream failed",
+                             ["rule"], registry=r)
+        self.bytes_served = Counter("regcache_bytes_served", "Bytes sent to clients", ["rule"], registry=r)
+        self.bytes_fetched = Counter("regcache_bytes_fetched", "Blob bytes fetched from upstreams", ["rule"],
+                                     registry=r)
+        self.upstream_errors = Counter("regcache_upstream_errors", "Failed upstream requests",
+                                       ["rule", "upstream", "kind"], registry=r)
+        self.bucket_errors = Counter("regcache_bucket_errors", "Failed calls to the shared bucket (s3 storage); "
+                                     "failed uploads mean blobs are not stored", ["action"], registry=r)
+        self.events_dropped = Counter("regcache_events_dropped", "Pull events not logged: the writer fell behind "
+                                      "(the Activity log and statistics miss them)", registry=r)
+        self.latency = Histogram("regcache_request_duration_seconds", "Time to answer a request",
+                                 ["rule", "kind"], registry=r,
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+        self.cache_bytes = Gauge("regcache_cache_size_bytes", "Bytes of blobs in the cache", registry=r)
+        self.cache_blobs = Gauge("regcache_cached_blobs", "Blobs in the cache", registry=r)
+
+    def observe(self, event: PullEvent) -> None:
+        rule = event.rule or NO_RULE
+        self.requests.labels(rule, event.kind, event.result).inc()
+        self.latency.labels(rule, event.kind).observe(event.duration_ms / 1000)
+        if event.result == "hit":
+            self.hits.labels(rule).inc()
+        elif event.result == "miss":
+            self.misses.labels(rule).inc()
+            if event.kind == "blob" and event.detail != JOINED_DOWNLOAD:
+                self.bytes_fetched.labels(rule).inc(event.bytes)
+        elif event.result == "stale":
+            self.stale.labels(rule).inc()
+        if event.result != "error":
+            self.bytes_served.labels(rule).inc(event.bytes)
+
+    def upstream_error(self, rule: str, upstream: str, kind: str) -> None:
+        self.upstream_errors.labels(rule, upstream, kind).inc()
+
+    def bucket_error(self, action: str) -> None:
+        self.bucket_errors.labels(action).inc()
+
+    def set_cache_size(self, blob_bytes: int, blobs: int) -> None:
+        self.cache_bytes.set(blob_bytes)
+        self.cache_blobs.set(blobs)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,539 @@
+"""The state directory and its SQLite database: the only module that speaks SQL.
+
+One state directory (``--home``, ``$REGCACHE_HOME`` or ``$XDG_DATA_HOME/regcache``) holds
+``state.db`` and ``blobs/``. Several processes (the TUI, ``regcache serve``, CLI commands) share it:
+the database runs in WAL mode with a busy timeout, and every read-validate-write sequence runs in
+one ``BEGIN IMMEDIATE`` transaction so two writers cannot both pass a validation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from regcache.proxy.core.errors import StateError
+from regcache.proxy.core.models import (
+    JOINED_DOWNLOAD,
+    AuthPolicy,
+    CacheRule,
+    CredentialHealth,
+    CredentialSet,
+    HealthStatus,
+    Upstream,
+    utc_now,
+)
+from regcache.proxy.core.tokens import ClientToken
+from regcache.proxy.state.migrations import MIGRATIONS
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
+    """The state directory: ``home`` if given, else ``$REGCACHE_HOME``, else the XDG data dir."""
+    if home:
+        return Path(home).expanduser()
+    if env := os.environ.get("REGCACHE_HOME"):
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(xdg) / "regcache"
+
+
+def _ts(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _rule(row: dict) -> CacheRule:
+    return CacheRule(row["name"], row["source_repository"], row["target_repository"],
+                     row["credential_set"], _dt(row["created_at"]), row["freshness_seconds"],
+                     bool(row["serve_stale_on_error"]), bool(row["serve_stale_if_deleted"]),
+                     row["retention_seconds"], row["sync_tags"], row["sync_interval_seconds"])
+
+
+def _rule_settings(rule: CacheRule) -> dict:
+    return {"freshness_seconds": rule.freshness, "serve_stale_on_error": int(rule.serve_stale_on_error),
+            "serve_stale_if_deleted": int(rule.serve_stale_if_deleted), "retention_seconds": rule.retention,
+            "sync_tags": rule.sync_tags, "sync_interval_seconds": rule.sync_interval}
+
+
+def _credential_set(row: dict) -> CredentialSet:
+    health = CredentialHealth(
+        HealthStatus(row["health_status"]), row["health_error_code"], row["health_message"],
+        _dt(row["health_checked_at"]),
+    )
+    return CredentialSet(row["name"], row["login_server"], row["username_secret_id"],
+                         row["password_secret_id"], health, _dt(row["created_at"]))
+
+
+class StateStore:
+    """The SQLite state of one state directory. One instance per thread."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.path = home / "state.db"
+        try:
+            home.mkdir(parents=True, exist_ok=True, mode=0o700)
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                                   check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise StateError(f"cannot open the state database {self.path}: {exc}") from None
+        self.db = Database(conn, execute_plugins=False)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StateError(f"the state database {self.path} cannot be used: {exc}") from None
+
+    @classmethod
+    def open(cls, home: str | os.PathLike[str] | None = None) -> StateStore:
+        return cls(resolve_home(home))
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """A write transaction that holds the write lock from its first statement.
+
+        Nested uses join the outer transaction, so several control-plane changes (a rules file)
+        commit together or not at all.
+        """
+        conn = self.db.conn
+        if conn.in_transaction:
+            yield
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        with self.transaction():
+            self.db["migrations"].create({"name": str, "applied_at": str}, pk="name", if_not_exists=True)
+            applied = {row["name"] for row in self.db["migrations"].rows}
+            for fn in MIGRATIONS:
+                if fn.__name__ not in applied:
+                    fn(self.db)
+                    self.db["migrations"].insert({"name": fn.__name__, "applied_at": _ts(utc_now())})
+
+    def applied_migrations(self) -> list[str]:
+        return [row["name"] for row in self.db["migrations"].rows_where(order_by="rowid")]
+
+    # -- cache rules ---------------------------------------------------------------------------
+
+    def cache_rules(self) -> list[CacheRule]:
+        return [_rule(r) for r in self.db["cache_rules"].rows_where(order_by="created_at, rowid")]
+
+    def cache_rule(self, name: str) -> CacheRule | None:
+        rows = list(self.db["cache_rules"].rows_where("name = ?", [name]))
+        return _rule(rows[0]) if rows else None
+
+    def insert_cache_rule(self, rule: CacheRule) -> None:
+        self.db["cache_rules"].insert({
+            "name": rule.name, "source_repository": rule.source_repository,
+            "target_repository": rule.target_repository, "credential_set": rule.credential_set,
+            "created_at": _ts(rule.created_at), **_rule_settings(rule),
+        })
+
+    def update_cache_rule(self, rule: CacheRule) -> None:
+        """Store what an update may change: the credential set and the settings."""
+        self.db["cache_rules"].update(rule.name, {"credential_set": rule.credential_set, **_rule_settings(rule)})
+
+    def delete_cache_rule(self, name: str) -> None:
+        self.db["cache_rules"].delete(name)
+
+    def rules_using_credential_set(self, credential_set: str) -> list[str]:
+        return [r["name"] for r in self.db["cache_rules"].rows_where(
+            "credential_set = ?", [credential_set], select="name", order_by="name")]
+
+    def rules_with_source_on(self, login_server: str) -> list[str]:
+        return [r["name"] for r in self.db["cache_rules"].rows_where(
+            "source_repository LIKE ? ESCAPE '\\'", [login_server.replace("_", "\\_").replace("%", "\\%") + "/%"],
+            select="name", order_by="name")]
+
+    # -- credential sets -----------------------------------------------------------------------
+
+    def credential_sets(self) -> list[CredentialSet]:
+        return [_credential_set(r) for r in self.db["credential_sets"].rows_where(order_by="created_at, rowid")]
+
+    def credential_set(self, name: str) -> CredentialSet | None:
+        rows = list(self.db["credential_sets"].rows_where("name = ?", [name]))
+        return _credential_set(rows[0]) if rows else None
+
+    def upsert_credential_set(self, cs: CredentialSet) -> None:
+        self.db["credential_sets"].upsert({
+            "name": cs.name, "login_server": cs.login_server,
+            "username_secret_id": cs.username_secret_id, "password_secret_id": cs.password_secret_id,
+            "health_status": cs.health.status.value, "health_error_code": cs.health.error_code,
+            "health_message": cs.health.message, "health_checked_at": _ts(cs.health.checked_at),
+            "created_at": _ts(cs.created_at),
+        }, pk="name")
+
+    def record_credential_health(self, name: str, health: CredentialHealth) -> CredentialSet | None:
+        """Store a health result on a credential set; None when the set no longer exists."""
+        with self.transaction():
+            cs = self.credential_set(name)
+            if cs is None:
+                return None
+            cs = replace(cs, health=health)
+            self.upsert_credential_set(cs)
+        return cs
+
+    def delete_credential_set(self, name: str) -> None:
+        self.db["credential_sets"].delete(name)
+
+    # -- upstreams -----------------------------------------------------------------------------
+
+    def custom_upstreams(self) -> list[Upstream]:
+        return [
+            Upstream(r["login_server"], r["base_url"], AuthPolicy(r["auth_policy"]), False, "custom")
+            for r in self.db["upstreams"].rows_where("kind = 'custom'", order_by="login_server")
+        ]
+
+    def upstream_overrides(self) -> dict[str, str]:
+        return {r["login_server"]: r["base_url"] for r in self.db["upstreams"].rows_where("kind = 'override'")}
+
+    def upsert_upstream(self, login_server: str, base_url: str, auth_policy: AuthPolicy | None, kind: str) -> None:
+        self.db["upstreams"].upsert({
+            "login_server": login_server, "base_url": base_url,
+            "auth_policy": auth_policy.value if auth_policy else None, "kind": kind,
+            "created_at": _ts(utc_now()),
+        }, pk="login_server")
+
+    def delete_upstream(self, login_server: str) -> bool:
+        existed = bool(list(self.db["upstreams"].rows_where("login_server = ?", [login_server])))
+        if existed:
+            self.db["upstreams"].delete(login_server)
+        return existed
+
+    # -- settings ------------------------------------------------------------------------------
+
+    def setting(self, key: str, default: str | None = None) -> str | None:
+        rows = list(self.db["settings"].rows_where("key = ?", [key]))
+        return rows[0]["value"] if rows else default
+
+    def set_setting(self, key: str, value: str) -> None:
+        self.db["settings"].upsert({"key": key, "value": value}, pk="key")
+
+    # -- cache: manifests, tags, blobs, repositories ---------------------------------------------
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits: a cheap "reload the rules?" check."""
+        return self.db.conn.execute("PRAGMA data_version").fetchone()[0]
+
+    def manifest(self, digest: str) -> tuple[str, bytes] | None:
+        row = self.db.conn.execute("SELECT media_type, content FROM manifests WHERE digest = ?",
+                                   [digest]).fetchone()
+        return (row[0], bytes(row[1])) if row else None
+
+    def put_manifest(self, digest: str, media_type: str, content: bytes) -> None:
+        now = _ts(utc_now())
+        self.db.conn.execute(
+            "INSERT OR IGNORE INTO manifests (digest, media_type, size, content, created_at, last_access) "
+            "VALUES (?, ?, ?, ?, ?, ?)", [digest, media_type, len(content), content, now, now])
+
+    def tag(self, repository: str, tag: str) -> tuple[str, datetime] | None:
+        """The cached digest of ``repository:tag`` and when the upstream last confirmed it."""
+        row = self.db.conn.execute("SELECT digest, validated_at FROM tags WHERE repository = ? AND tag = ?",
+                                   [repository, tag]).fetchone()
+        return (row[0], _dt(row[1])) if row else None
+
+    def set_tag(self, repository: str, tag: str, digest: str, when: datetime | None = None) -> None:
+        now = _ts(when or utc_now())
+        self.db.conn.execute(
+            "INSERT INTO tags (repository, tag, digest, fetched_at, validated_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (repository, tag) DO UPDATE SET validated_at = excluded.validated_at, "
+            "fetched_at = CASE WHEN tags.digest = excluded.digest THEN tags.fetched_at ELSE excluded.fetched_at END, "
+            "digest = excluded.digest", [repository, tag, digest, now, now])
+
+    def tags(self, repository: str) -> list[str]:
+        return [r[0] for r in self.db.conn.execute("SELECT tag FROM tags WHERE repository = ? ORDER BY tag",
+                                                   [repository])]
+
+    def link(self, repository: str, digest: str, kind: str) -> None:
+        self.db.conn.execute("INSERT OR IGNORE INTO repository_contents (repository, digest, kind) VALUES (?, ?, ?)",
+                             [repository, digest, kind])
+
+    def is_linked(self, repository: str, digest: str) -> bool:
+        return self.db.conn.execute("SELECT 1 FROM repository_contents WHERE repository = ? AND digest = ?",
+                                    [repository, digest]).fetchone() is not None
+
+    def record_repository(self, name: str, rule: str, upstream: str, when: datetime | None = None) -> None:
+        now = _ts(when or utc_now())
+        self.db.conn.execute(
+            "INSERT INTO repositories (name, rule, upstream, first_pull, last_pull, pulls) VALUES (?, ?, ?, ?, ?, 1) "
+            "ON CONFLICT (name) DO UPDATE SET rule = excluded.rule, upstream = excluded.upstream, "
+            "last_pull = excluded.last_pull, pulls = repositories.pulls + 1", [name, rule, upstream, now, now])
+
+    def repository_names(self, last: str | None = None, limit: int | None = None) -> list[str]:
+        sql = "SELECT name FROM repositories WHERE name > ? ORDER BY name"
+        args: list = [last or ""]
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [r[0] for r in self.db.conn.execute(sql, args)]
+
+    def blob(self, digest: str) -> tuple[int, str] | None:
+        """Size and path (relative to the state directory) of a stored blob."""
+        row = self.db.conn.execute("SELECT size, path FROM blobs WHERE digest = ?", [digest]).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def put_blob(self, digest: str, size: int, path: str, when: datetime | None = None) -> None:
+        # full precision: eviction orders blobs by when they were last pulled
+        now = _ts(when or datetime.now(timezone.utc))
+        self.db.conn.execute(
+            "INSERT INTO blobs (digest, size, path, first_access, last_access) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (digest) DO UPDATE SET size = excluded.size, path = excluded.path, "
+            "last_access = excluded.last_access", [digest, size, path, now, now])
+
+    def touch_blob(self, digest: str) -> None:
+        self.db.conn.execute("UPDATE blobs SET last_access = ? WHERE digest = ?",
+                             [_ts(datetime.now(timezone.utc)), digest])
+
+    def delete_blob(self, digest: str, *, unless_accessed_since: datetime | None = None) -> bool:
+        """Forget a blob; with ``unless_accessed_since`` (its last access when eviction chose it) only if
+        nothing pulled or stored it again meanwhile. Whether a row was deleted."""
+        if unless_accessed_since is None:
+            cursor = self.db.conn.execute("DELETE FROM blobs WHERE digest = ?", [digest])
+        else:
+            cursor = self.db.conn.execute("DELETE FROM blobs WHERE digest = ? AND last_access IS ?",
+                                          [digest, _ts(unless_accessed_since)])
+        return cursor.rowcount > 0
+
+    def repository_pulls(self) -> list[tuple[str, str, datetime | None]]:
+        """(repository, rule, last pull) of every cached repository."""
+        return [(name, rule, _dt(last or first)) for name, rule, first, last in self.db.conn.execute(
+            "SELECT name, rule, first_pull, last_pull FROM repositories")]
+
+    def blob_usage(self) -> dict[str, tuple[int, str, datetime | None, list[str]]]:
+        """Per stored blob: size, path, last access, and the repositories that contain it."""
+        usage: dict[str, tuple[int, str, datetime | None, list[str]]] = {}
+        for digest, size, path, last_access in self.db.conn.execute(
+                "SELECT digest, size, path, last_access FROM blobs"):
+            usage[digest] = (size, path, _dt(last_access), [])
+        for repository, digest in self.db.conn.execute(
+                "SELECT repository, digest FROM repository_contents WHERE kind = 'blob'"):
+            if digest in usage:
+                usage[digest][3].append(repository)
+        return usage
+
+    def forget_repository(self, name: str) -> None:
+        """Drop a repository's tags, links and record (retention expired); manifests nobody links go too."""
+        self.db.conn.execute("DELETE FROM tags WHERE repository = ?", [name])
+        self.db.conn.execute("DELETE FROM repository_contents WHERE repository = ?", [name])
+        self.db.conn.execute("DELETE FROM repositories WHERE name = ?", [name])
+        self.db.conn.execute("DELETE FROM manifests WHERE digest NOT IN "
+                             "(SELECT digest FROM repository_contents WHERE kind = 'manifest')")
+
+    def delete_setting(self, key: str) -> bool:
+        existed = self.setting(key) is not None
+        self.db.conn.execute("DELETE FROM settings WHERE key = ?", [key])
+        return existed
+
+    # -- events ------------------------------------------------------------------------------------
+
+    EVENT_COLUMNS = ("ts", "client", "method", "kind", "repository", "reference", "rule", "result", "status",
+                     "bytes", "duration_ms", "detail")
+
+    def insert_events(self, events: list[dict]) -> None:
+        cols = self.EVENT_COLUMNS
+        self.db.conn.executemany(
+            f"INSERT INTO events ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+            [[e.get(c) for c in cols] for e in events])
+
+    def events(self, after_id: int = 0, limit: int = 1000) -> list[dict]:
+        cur = self.db.conn.execute("SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", [after_id, limit])
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row)) for row in cur]
+
+    # -- statistics ----------------------------------------------------------------------------------
+
+    def cache_size(self) -> tuple[int, int, int]:
+        """(bytes of blobs, number of blobs, number of manifests)."""
+        blob_bytes, blobs = self.db.conn.execute("SELECT COALESCE(SUM(size), 0), COUNT(*) FROM blobs").fetchone()
+        manifests = self.db.conn.execute("SELECT COUNT(*) FROM manifests").fetchone()[0]
+        return blob_bytes, blobs, manifests
+
+    def event_totals(self) -> dict[str, int]:
+        """Counts per result, bytes served to clients and bytes fetched from upstreams (blob misses)."""
+        totals = {"hit": 0, "miss": 0, "stale": 0, "error": 0, "bytes_served": 0, "bytes_fetched": 0}
+        for result, count, size in self.db.conn.execute(
+                "SELECT result, COUNT(*), COALESCE(SUM(bytes), 0) FROM events GROUP BY result"):
+            totals[result] = count
+            if result != "error":
+                totals["bytes_served"] += size
+        totals["bytes_fetched"] = self.db.conn.execute(  # a request that joined a download fetched nothing more
+            "SELECT COALESCE(SUM(bytes), 0) FROM events WHERE kind = 'blob' AND result = 'miss' "
+            "AND (detail IS NULL OR detail != ?)", [JOINED_DOWNLOAD]).fetchone()[0]
+        return totals
+
+    def rule_usage(self) -> dict[str, tuple[int, int, int]]:
+        """Per rule: (cached repositories, hits, misses)."""
+        usage: dict[str, list[int]] = {}
+        for rule, repos in self.db.conn.execute("SELECT rule, COUNT(*) FROM repositories GROUP BY rule"):
+            usage.setdefault(rule, [0, 0, 0])[0] = repos
+        for rule, result, count in self.db.conn.execute(
+                "SELECT rule, result, COUNT(*) FROM events WHERE rule IS NOT NULL AND result IN ('hit', 'miss') "
+                "GROUP BY rule, result"):
+            usage.setdefault(rule, [0, 0, 0])[1 if result == "hit" else 2] = count
+        return {rule: (v[0], v[1], v[2]) for rule, v in usage.items()}
+
+    def rule_repositories(self, rule: str) -> list[dict]:
+        """The repositories a rule cached: tags, stored bytes, pulls, last pull, hits and misses."""
+        rows = []
+        for name, upstream, last_pull, pulls in self.db.conn.execute(
+                "SELECT name, upstream, last_pull, pulls FROM repositories WHERE rule = ? ORDER BY name", [rule]):
+            tags = [r[0] for r in self.db.conn.execute(
+                "SELECT tag FROM tags WHERE repository = ? ORDER BY tag", [name])]
+            size = self.db.conn.execute(
+                "SELECT COALESCE(SUM(b.size), 0) FROM repository_contents c JOIN blobs b ON b.digest = c.digest "
+                "WHERE c.repository = ? AND c.kind = 'blob'", [name]).fetchone()[0]
+            hits, misses = self.db.conn.execute(
+                "SELECT COALESCE(SUM(result = 'hit'), 0), COALESCE(SUM(result = 'miss'), 0) FROM events "
+                "WHERE repository = ?", [name]).fetchone()
+            rows.append({"name": name, "upstream": upstream, "tags": tags, "size": size, "pulls": pulls,
+                         "last_pull": _dt(last_pull), "hits": hits, "misses": misses})
+        return rows
+
+    def last_event_id(self) -> int:
+        return self.db.conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
+
+    def recent_errors(self, limit: int = 5) -> list[dict]:
+        cur = self.db.conn.execute("SELECT * FROM events WHERE result = 'error' ORDER BY id DESC LIMIT ?", [limit])
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row)) for row in cur]
+
+    # -- tag sync ----------------------------------------------------------------------------------------
+
+    def repositories_of_rule(self, rule: str) -> list[str]:
+        return [r[0] for r in self.db.conn.execute("SELECT name FROM repositories WHERE rule = ? ORDER BY name",
+                                                   [rule])]
+
+    def record_tag_sync(self, rule: str, repository: str, result: str, fetched: int, detail: str) -> None:
+        self.db.conn.execute(
+            "INSERT INTO tag_syncs (rule, repository, synced_at, result, fetched, detail) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (rule, repository) DO UPDATE SET synced_at = excluded.synced_at, "
+            "result = excluded.result, fetched = excluded.fetched, detail = excluded.detail",
+            [rule, repository, _ts(utc_now()), result, fetched, detail])
+
+    def tag_syncs(self, rule: str | None = None) -> list[dict]:
+        sql = "SELECT * FROM tag_syncs" + (" WHERE rule = ?" if rule else "") + " ORDER BY rule, repository"
+        cur = self.db.conn.execute(sql, [rule] if rule else [])
+        names = [d[0] for d in cur.description]
+        rows = [dict(zip(names, row)) for row in cur]
+        for row in rows:
+            row["synced_at"] = _dt(row["synced_at"])
+        return rows
+
+    # -- rate limits ---------------------------------------------------------------------------------
+
+    def record_rate_limit(self, login_server: str, identity: str, limit: str | None, remaining: str | None,
+                          throttled: int) -> None:
+        self.db.conn.execute(
+            "INSERT INTO rate_limits (login_server, identity, limit_value, remaining, throttled, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (login_server, identity) DO UPDATE SET "
+            "limit_value = excluded.limit_value, remaining = excluded.remaining, "
+            "throttled = rate_limits.throttled + excluded.throttled, updated_at = excluded.updated_at",
+            [login_server, identity, limit, remaining, throttled, _ts(utc_now())])
+
+    def rate_limits(self) -> list[dict]:
+        cur = self.db.conn.execute("SELECT * FROM rate_limits ORDER BY login_server, identity")
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row)) for row in cur]
+
+    # -- client tokens -------------------------------------------------------------------------------
+
+    _TOKEN_COLUMNS = "name, repositories, password_hash, created_at, expires_at, last_used"
+
+    @staticmethod
+    def _client_token(row: tuple) -> ClientToken:
+        name, repositories, password_hash, created_at, expires_at, last_used = row
+        return ClientToken(name, tuple(json.loads(repositories)), password_hash, _dt(created_at), _dt(expires_at),
+                           _dt(last_used))
+
+    def client_tokens(self) -> list[ClientToken]:
+        return [self._client_token(r) for r in self.db.conn.execute(
+            f"SELECT {self._TOKEN_COLUMNS} FROM client_tokens ORDER BY created_at, rowid")]
+
+    def client_token(self, name: str) -> ClientToken | None:
+        row = self.db.conn.execute(f"SELECT {self._TOKEN_COLUMNS} FROM client_tokens WHERE name = ?",
+                                   [name]).fetchone()
+        return self._client_token(row) if row else None
+
+    def has_client_tokens(self) -> bool:
+        return self.db.conn.execute("SELECT 1 FROM client_tokens LIMIT 1").fetchone() is not None
+
+    def insert_client_token(self, token: ClientToken) -> None:
+        self.db.conn.execute(
+            f"INSERT INTO client_tokens ({self._TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+            [token.name, json.dumps(list(token.repositories)), token.password_hash, _ts(token.created_at),
+             _ts(token.expires_at), _ts(token.last_used)])
+
+    def delete_client_token(self, name: str) -> None:
+        self.db.conn.execute("DELETE FROM client_tokens WHERE name = ?", [name])
+
+    def touch_client_token(self, name: str, when: datetime) -> None:
+        """Record when a token was last used (the proxy calls this lazily, not on every request)."""
+        self.db.conn.execute("UPDATE client_tokens SET last_used = ? WHERE name = ?", [_ts(when), name])
+
+
+class AsyncStateStore:
+    """A StateStore for async code: each call runs on a worker thread, one at a time.
+
+    SQLite calls block, so they never run on the event loop; the limiter of one keeps the single
+    connection's statements (and transactions) from interleaving.
+    """
+
+    def __init__(self, store: StateStore) -> None:
+        import anyio
+
+        self.store = store
+        self._limiter = anyio.CapacityLimiter(1)
+
+    async def run(self, fn, *args):
+        """Run ``fn(store, *args)`` on a worker thread and return its result."""
+        import anyio
+
+        return await anyio.to_thread.run_sync(lambda: fn(self.store, *args), limiter=self._limiter)
+
+    async def data_version(self) -> int:
+        """``PRAGMA data_version``: the one read in :meth:`one_version_check` while inside it, else a new one."""
+        pinned = _DATA_VERSION.get()
+        if pinned is not None:
+            return pinned
+        return await self.run(lambda s: s.data_version())
+
+    @asynccontextmanager
+    async def one_version_check(self) -> AsyncIterator[None]:
+        """Within the block (one request), every "did another connection change the configuration?"
+        check reuses one reading: each is a worker-thread hop, and the answer cannot matter twice."""
+        token = _DATA_VERSION.set(await self.run(lambda s: s.data_version()))
+        try:
+            yield
+        finally:
+            _DATA_VERSION.reset(token)
+
+
+#: the data_version read for the current request (a task's context), see AsyncStateStore.one_version_check
+_DATA_VERSION: ContextVar[int | None] = ContextVar("regcache_data_version", default=None)

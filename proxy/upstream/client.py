@@ -1,0 +1,321 @@
+"""UpstreamClient: every request regcache makes to an upstream registry, through one httpx.AsyncClient.
+
+It answers ``WWW-Authenticate`` challenges (Basic with the rule's credential set; Bearer with a
+token fetched anonymously or with the credential set, cached until it expires) and follows
+redirects itself so that ``Authorization`` is never sent to another host (blob CDNs).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import httpcore
+import httpx
+
+from regcache.proxy.core.models import ANONYMOUS, Upstream
+from regcache.proxy.core.oci import MANIFEST_TYPES, media_type_of
+from regcache.proxy.upstream.auth import Challenge, TokenCache, basic_header, parse_challenge
+
+# httpcore reads HTTP/1.1 bodies 64 KiB at a time and offers no setting for it; at blob sizes the
+# per-read overhead (timeouts, scheduling, copies) was a fifth of the proxy's CPU in
+# bench/pull_bench.py. A read returns what is available, so small responses are unaffected.
+# tests/proxy/test_upstream.py checks that the attribute still exists.
+UPSTREAM_READ_BYTES = 1024 * 1024
+httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = UPSTREAM_READ_BYTES
+
+REDIRECTS = (301, 302, 303, 307, 308)
+MAX_REDIRECTS = 5
+DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=30.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """An upstream login resolved from a credential set; ``repr`` never shows the secrets."""
+
+    identity: str  # the credential set's name
+    username: str
+    password: str
+
+    def __repr__(self) -> str:
+        return f"Credentials({self.identity!r})"
+
+
+class UpstreamError(Exception):
+    """An upstream request failed; ``str()`` names the upstream and the cause, never a secret."""
+
+    def __init__(self, login_server: str, message: str, status: int | None = None) -> None:
+        super().__init__(f"upstream {login_server}: {message}")
+        self.login_server = login_server
+        self.status = status
+
+
+class UpstreamUnavailable(UpstreamError):
+    """Unreachable, timed out, 5xx or 429: a cached copy may be served stale."""
+
+
+class UpstreamAuthError(UpstreamError):
+    """The upstream refused our (anonymous or credential-set) login."""
+
+
+class UpstreamNotFound(UpstreamError):
+    """The upstream has no such repository, manifest or blob."""
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The upstream answered something we cannot use."""
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """What an upstream said of our pull budget: ``100;w=21600`` style values, and 429s seen."""
+
+    limit: str | None
+    remaining: str | None
+    throttled: int
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamManifest:
+    digest: str | None  # Docker-Content-Digest, when the upstream sent one
+    media_type: str
+    size: int
+    content: bytes | None  # None for HEAD
+
+
+def _cause(exc: Exception) -> str:
+    kind = {
+        httpx.ConnectError: "unreachable (connection failed)",
+        httpx.ConnectTimeout: "unreachable (connect timed out)",
+        httpx.ReadTimeout: "timed out waiting for data",
+        httpx.RemoteProtocolError: "closed the connection",
+    }
+    for cls, text in kind.items():
+        if isinstance(exc, cls):
+            return text
+    return f"request failed ({type(exc).__name__})"
+
+
+class UpstreamClient:
+    """One long-lived HTTP client for all upstreams; pass ``transport`` for socket-free tests."""
+
+    def __init__(self, transport: httpx.AsyncBaseTransport | None = None,
+                 timeout: httpx.Timeout = DEFAULT_TIMEOUT) -> None:
+        self._client = httpx.AsyncClient(
+            transport=transport, timeout=timeout, follow_redirects=False,
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            headers={"User-Agent": "regcache"},
+        )
+        self.tokens = TokenCache()
+        #: token requests made, per realm: tests and metrics read it
+        self.token_requests = 0
+        #: the last rate-limit budget per (login server, credential set or ANONYMOUS)
+        self.rate_limits: dict[tuple[str, str], RateLimit] = {}
+        self._rate_limits_changed: dict[tuple[str, str], int] = {}
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    async def _send_following_redirects(self, upstream: Upstream, method: str, url: str,
+                                        headers: dict[str, str], stream: bool) -> httpx.Response:
+        origin = httpx.URL(url)
+        target = origin
+        for _ in range(MAX_REDIRECTS + 1):
+            request = self._client.build_request(method, target, headers=headers)
+            try:
+                response = await self._client.send(request, stream=stream)
+            except httpx.HTTPError as exc:
+                raise UpstreamUnavailable(upstream.login_server, f"{_cause(exc)} at {target.host}") from None
+            location = response.headers.get("location")
+            if response.status_code not in REDIRECTS or not location:
+                return response
+            await response.aclose()
+            target = response.url.join(location)
+            if (target.scheme, target.host, target.port) != (origin.scheme, origin.host, origin.port):
+                # A redirect to another host (a blob CDN) must not carry our upstream login.
+                headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+        raise UpstreamProtocolError(upstream.login_server, f"more than {MAX_REDIRECTS} redirects")
+
+    async def _authorize(self, upstream: Upstream, challenge: Challenge | None, scope: str,
+                         creds: Credentials | None) -> tuple[str, float]:
+        """The Authorization header answering ``challenge``, and how long it may be reused."""
+        server = upstream.login_server
+        who = f"credential set {creds.identity!r}" if creds else "anonymous pulls"
+        if challenge is None or challenge.scheme not in ("basic", "bearer"):
+            raise UpstreamAuthError(server, f"asks for authentication regcache does not support "
+                                            f"({challenge.scheme if challenge else 'no challenge'})", 401)
+        if challenge.scheme == "basic":
+            if creds is None:
+                raise UpstreamAuthError(server, "requires a login: attach a credential set to the cache rule", 401)
+            return basic_header(creds.username, creds.password), 3600.0
+        realm = challenge.realm
+        if not realm:
+            raise UpstreamProtocolError(server, "sent a Bearer challenge without a realm")
+        params = {k: v for k, v in (("service", challenge.params.get("service")),
+                                    ("scope", challenge.params.get("scope") or scope)) if v}
+        headers = {"Authorization": basic_header(creds.username, creds.password)} if creds else {}
+        self.token_requests += 1
+        try:
+            response = await self._client.get(realm, params=params, headers=headers)
+        except httpx.HTTPError as exc:
+            raise UpstreamUnavailable(server, f"token service {httpx.URL(realm).host} {_cause(exc)}") from None
+        if response.status_code in (401, 403):
+            raise UpstreamAuthError(server, f"token service refused {who} (HTTP {response.status_code})",
+                                    response.status_code)
+        if response.status_code >= 500 or response.status_code == 429:
+            raise UpstreamUnavailable(server, f"token service answered HTTP {response.status_code}",
+                                      response.status_code)
+        try:
+            body = response.json()
+            token = body.get("token") or body.get("access_token")
+            expires_in = float(body.get("expires_in") or 60)
+        except (ValueError, AttributeError, TypeError):
+            token = None
+        if response.status_code != 200 or not isinstance(token, str) or not token:
+            raise UpstreamProtocolError(server, f"token service answered HTTP {response.status_code} "
+                                                f"without a token")
+        return f"Bearer {token}", expires_in
+
+    async def _request(self, upstream: Upstream, repository: str, method: str, url: str,
+                       creds: Credentials | None, headers: dict[str, str] | None = None,
+                       stream: bool = False) -> httpx.Response:
+        """Send with the cached login, answering one 401 challenge; errors for 401/403/429/5xx."""
+        key = (upstream.login_server, repository, creds.identity if creds else None)
+        scope = f"repository:{repository}:pull"
+        auth = self.tokens.get(key)
+        for attempt in (1, 2):
+            send_headers = dict(headers or {})
+            if auth:
+                send_headers["Authorization"] = auth
+            response = await self._send_following_redirects(upstream, method, url, send_headers, stream)
+            if response.status_code != 401 or attempt == 2:
+                break
+            challenge = parse_challenge(response.headers.get("www-authenticate", ""))
+            await response.aclose()
+            auth, lifetime = await self._authorize(upstream, challenge, scope, creds)
+            self.tokens.put(key, auth, lifetime)
+        status = response.status_code
+        self._observe_rate_limit(upstream, creds, response)
+        if status in (401, 403):
+            await response.aclose()
+            self.tokens.forget(key)
+            who = f"the credentials of credential set {creds.identity!r}" if creds else "anonymous access"
+            raise UpstreamAuthError(upstream.login_server, f"refused {who} to {repository} (HTTP {status})", status)
+        if status == 429 or status >= 500:
+            await response.aclose()
+            what = "is rate-limiting (HTTP 429)" if status == 429 else f"answered HTTP {status}"
+            raise UpstreamUnavailable(upstream.login_server, what, status)
+        return response
+
+    def _observe_rate_limit(self, upstream: Upstream, creds: Credentials | None, response: httpx.Response) -> None:
+        """Keep the budget the upstream announced (Docker Hub's ratelimit-* headers) and count its 429s."""
+        limit = response.headers.get("ratelimit-limit")
+        remaining = response.headers.get("ratelimit-remaining")
+        throttled = response.status_code == 429
+        if limit is None and remaining is None and not throttled:
+            return
+        key = (upstream.login_server, creds.identity if creds else ANONYMOUS)
+        previous = self.rate_limits.get(key)
+        self.rate_limits[key] = RateLimit(
+            limit if limit is not None else previous.limit if previous else None,
+            remaining if remaining is not None else previous.remaining if previous else None,
+            (previous.throttled if previous else 0) + int(throttled))
+        self._rate_limits_changed[key] = self._rate_limits_changed.get(key, 0) + int(throttled)
+
+    def take_rate_limit_changes(self) -> dict[tuple[str, str], tuple[RateLimit, int]]:
+        """Budgets that changed since the last call, with the 429s seen since then (for the state database)."""
+        changed = {key: (self.rate_limits[key], new_429s) for key, new_429s in self._rate_limits_changed.items()}
+        self._rate_limits_changed.clear()
+        return changed
+
+    def _url(self, upstream: Upstream, repository: str, suffix: str) -> str:
+        return f"{upstream.base_url}/v2/{repository}/{suffix}"
+
+    # -- the registry API ----------------------------------------------------------------------
+
+    async def manifest(self, upstream: Upstream, repository: str, reference: str, creds: Credentials | None,
+                       method: str = "GET") -> UpstreamManifest:
+        """GET or HEAD a manifest by tag or digest, accepting every manifest type we can store."""
+        response = await self._request(upstream, repository, method,
+                                       self._url(upstream, repository, f"manifests/{reference}"), creds,
+                                       {"Accept": ", ".join(MANIFEST_TYPES)})
+        if response.status_code == 404:
+            raise UpstreamNotFound(upstream.login_server, f"has no manifest {repository}:{reference}", 404)
+        if response.status_code != 200:
+            raise UpstreamProtocolError(upstream.login_server, f"answered HTTP {response.status_code} for "
+                                                               f"manifest {repository}:{reference}",
+                                        response.status_code)
+        content = response.content if method == "GET" else None
+        declared = response.headers.get("content-type")
+        size = len(content) if content is not None else int(response.headers.get("content-length") or 0)
+        media_type = media_type_of(content, declared) if content is not None else (
+            (declared or "").split(";")[0].strip())
+        return UpstreamManifest(response.headers.get("docker-content-digest"), media_type, size, content)
+
+    @asynccontextmanager
+    async def blob(self, upstream: Upstream, repository: str, digest: str,
+                   creds: Credentials | None) -> AsyncIterator[httpx.Response]:
+        """A streaming GET of a blob (redirects to a CDN followed without our login)."""
+        response = await self._request(upstream, repository, "GET", self._url(upstream, repository,
+                                                                             f"blobs/{digest}"), creds,
+                                       stream=True)
+        try:
+            if response.status_code == 404:
+                raise UpstreamNotFound(upstream.login_server, f"has no blob {digest} in {repository}", 404)
+            if response.status_code != 200:
+                raise UpstreamProtocolError(upstream.login_server,
+                                            f"answered HTTP {response.status_code} for blob {digest}",
+                                            response.status_code)
+            yield response
+        finally:
+            await response.aclose()
+
+    async def blob_size(self, upstream: Upstream, repository: str, digest: str,
+                        creds: Credentials | None) -> int:
+        """HEAD a blob: its size, or UpstreamNotFound."""
+        response = await self._request(upstream, repository, "HEAD",
+                                       self._url(upstream, repository, f"blobs/{digest}"), creds)
+        if response.status_code == 404:
+            raise UpstreamNotFound(upstream.login_server, f"has no blob {digest} in {repository}", 404)
+        if response.status_code != 200:
+            raise UpstreamProtocolError(upstream.login_server, f"answered HTTP {response.status_code} "
+                                                               f"for blob {digest}", response.status_code)
+        return int(response.headers.get("content-length") or 0)
+
+    async def tags(self, upstream: Upstream, repository: str, creds: Credentials | None) -> list[str]:
+        """Every tag of ``repository``, following the upstream's ``Link`` pagination."""
+        url: str | None = self._url(upstream, repository, "tags/list")
+        tags: list[str] = []
+        for _ in range(1000):
+            if url is None:
+                break
+            response = await self._request(upstream, repository, "GET", url, creds)
+            if response.status_code == 404:
+                raise UpstreamNotFound(upstream.login_server, f"has no repository {repository}", 404)
+            if response.status_code != 200:
+                raise UpstreamProtocolError(upstream.login_server, f"answered HTTP {response.status_code} "
+                                                                   f"for the tag list", response.status_code)
+            try:
+                tags.extend(response.json().get("tags") or [])
+            except (ValueError, AttributeError):
+                raise UpstreamProtocolError(upstream.login_server, "sent a tag list that is not JSON") from None
+            next_link = response.links.get("next", {}).get("url")
+            url = str(response.url.join(next_link)) if next_link else None
+        return tags
+
+    async def referrers(self, upstream: Upstream, repository: str, digest: str,
+                        creds: Credentials | None) -> tuple[bytes, str] | None:
+        """The upstream's referrers index for ``digest``, or None where it has no referrers API."""
+        response = await self._request(upstream, repository, "GET",
+                                       self._url(upstream, repository, f"referrers/{digest}"), creds)
+        if response.status_code != 200:
+            return None
+        try:
+            json.loads(response.content)
+        except ValueError:
+            return None
+        return response.content, response.headers.get("content-type", "application/vnd.oci.image.index.v1+json")

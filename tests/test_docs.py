@@ -1,0 +1,40 @@
+"""The documents name real files: every repository path that README.md, docs/ and bench/README.md cite
+(the guarantees table names the tests that verify each promise) exists."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCUMENTS = [ROOT / "README.md", ROOT / "bench" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+#: a path inside the repository, in backticks: starts with one of its top-level directories
+CITED = re.compile(r"`((?:tests|proxy|tui|bench|docs)/[A-Za-z0-9_./-]*)`")
+
+
+def cited_paths(text: str) -> list[str]:
+    return CITED.findall(text)
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_cited_path_exists(document):
+    missing = [path for path in cited_paths(document.read_text()) if not (ROOT / path).exists()]
+    assert missing == []
+
+
+def test_readme_guarantees_cite_their_tests_or_benchmarks():
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("### Guarantees"):text.index("## Operations beyond ACR")]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| guarantee")
+            and not line.startswith("|---")]
+    assert rows
+    for row in rows:
+        assert any(path.startswith(("tests/", "bench/")) for path in cited_paths(row)), row
+
+
+def test_a_missing_path_is_seen():
+    assert cited_paths("see `tests/proxy/nope.py` and `proxy/pull/cache.py`") == [
+        "tests/proxy/nope.py", "proxy/pull/cache.py"]
+    assert not (ROOT / "tests/proxy/nope.py").exists()

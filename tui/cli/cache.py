@@ -1,0 +1,226 @@
+"""`regcache cache ...` (az acr cache) and `regcache warm`."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from regcache.proxy.config.control import ControlPlane
+from regcache.tui.cli.common import (
+    CONTEXT_SETTINGS,
+    Failure,
+    camel,
+    confirmed_delete,
+    emit,
+    engine_command,
+    name_option,
+    output_option,
+)
+from regcache.tui.output import (
+    RULE_COLUMNS,
+    rule_resource,
+)
+
+
+def _rule_settings(freshness: str | None, retention: str | None, serve_stale: bool | None,
+                   serve_stale_if_deleted: bool | None, sync_tags: str | None = None,
+                   sync_interval: str | None = None) -> dict[str, Any]:
+    """The settings given on the command line, parsed ("none" clears retention and tag sync)."""
+    from regcache.proxy.core.units import parse_duration
+
+    settings: dict[str, Any] = {}
+    if sync_tags is not None:
+        settings["sync_tags"] = None if sync_tags.lower() in ("none", "off") else sync_tags
+    if sync_interval is not None:
+        settings["sync_interval"] = parse_duration(sync_interval, "sync_interval")
+    if freshness is not None:
+        settings["freshness"] = parse_duration(freshness, field="freshness")
+    if retention is not None:
+        settings["retention"] = None if retention.lower() in ("none", "off") else parse_duration(retention,
+                                                                                                  "retention")
+    if serve_stale is not None:
+        settings["serve_stale_on_error"] = serve_stale
+    if serve_stale_if_deleted is not None:
+        settings["serve_stale_if_deleted"] = serve_stale_if_deleted
+    return settings
+
+
+def rule_setting_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The per-rule operations settings, shared by `cache create` and `cache update`."""
+    options = [
+        click.option("--freshness", metavar="DURATION",
+                     help="Serve a cached tag this long without asking the upstream (e.g. 10m; default 0: "
+                          "revalidate with a HEAD on every pull)."),
+        click.option("--retention", metavar="DURATION",
+                     help="Evict what the rule cached once not pulled for this long (e.g. 30d; none: keep)."),
+        click.option("--serve-stale/--no-serve-stale", default=None,
+                     help="Serve cached tags while the upstream fails or rate-limits (default on)."),
+        click.option("--serve-stale-if-deleted/--no-serve-stale-if-deleted", default=None,
+                     help="Serve cached tags the upstream deleted (default off)."),
+        click.option("--sync-tags", metavar="FILTER",
+                     help="Fetch new or moved tags in the background: 'semver:>=1.2,<2' or a regex such as "
+                          "'^3\\.' (none: off)."),
+        click.option("--sync-interval", metavar="DURATION", help="How often tags are synced (default 1h)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+# -- cache rules -------------------------------------------------------------------------------
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+def cache() -> None:
+    """Manage cache rules (az acr cache)."""
+
+
+@cache.command("create")
+@name_option
+@click.option("-s", "--source-repo", "source", required=True,
+              help="Source repository, LOGIN_SERVER/PATH, e.g. docker.io/library/ubuntu or ghcr.io/acme/*.")
+@click.option("-t", "--target-repo", "target", required=True,
+              help="Target repository clients pull, e.g. ubuntu, team/* or *.")
+@click.option("-c", "--cred-set", "cred_set", help="Credential set for the source registry.")
+@rule_setting_options
+@output_option
+@engine_command
+def cache_create(control: ControlPlane, name: str, source: str, target: str, cred_set: str | None,
+                 freshness: str | None, retention: str | None, serve_stale: bool | None,
+                 serve_stale_if_deleted: bool | None, sync_tags: str | None, sync_interval: str | None,
+                 fmt: str) -> None:
+    """Create a cache rule."""
+    settings = _rule_settings(freshness, retention, serve_stale, serve_stale_if_deleted, sync_tags, sync_interval)
+    emit(rule_resource(control.create_rule(name, source, target, cred_set, **settings)), RULE_COLUMNS, fmt)
+
+
+@cache.command("update")
+@name_option
+@click.option("-c", "--cred-set", "cred_set", help="Attach this credential set.")
+@click.option("--remove-cred-set", is_flag=True, help="Remove the credential set.")
+@rule_setting_options
+@output_option
+@engine_command
+def cache_update(control: ControlPlane, name: str, cred_set: str | None, remove_cred_set: bool,
+                 freshness: str | None, retention: str | None, serve_stale: bool | None,
+                 serve_stale_if_deleted: bool | None, sync_tags: str | None, sync_interval: str | None,
+                 fmt: str) -> None:
+    """Change the credential set of a cache rule (-c NAME or --remove-cred-set) and/or its settings."""
+    settings = _rule_settings(freshness, retention, serve_stale, serve_stale_if_deleted, sync_tags, sync_interval)
+    emit(rule_resource(control.update_rule(name, cred_set, remove_cred_set, **settings)), RULE_COLUMNS, fmt)
+
+
+@cache.command("show")
+@name_option
+@output_option
+@engine_command
+def cache_show(control: ControlPlane, name: str, fmt: str) -> None:
+    """Show a cache rule."""
+    emit(rule_resource(control.get_rule(name)), RULE_COLUMNS, fmt)
+
+
+@cache.command("list")
+@output_option
+@engine_command
+def cache_list(control: ControlPlane, fmt: str) -> None:
+    """List cache rules."""
+    emit([rule_resource(r) for r in control.list_rules()], RULE_COLUMNS, fmt)
+
+
+@cache.command("delete")
+@name_option
+@click.option("-y", "--yes", is_flag=True, help="Do not prompt for confirmation.")
+@engine_command
+def cache_delete(control: ControlPlane, name: str, yes: bool) -> None:
+    """Delete a cache rule (what it cached stays until evicted)."""
+    confirmed_delete("cache rule", name, yes, control.get_rule, control.delete_rule)
+
+
+@cache.command("sync")
+@name_option
+@output_option
+@engine_command
+def cache_sync(control: ControlPlane, name: str, fmt: str) -> None:
+    """Sync the rule's tags now (fetch new or moved tags that match its --sync-tags filter)."""
+    import dataclasses
+
+    import anyio
+
+    from regcache.proxy.jobs.prefetch import pull_through
+    from regcache.proxy.jobs.tagsync import sync_rule
+
+    rule = control.get_rule(name)
+
+    async def run() -> list:
+        async with pull_through(control.store.home, control.secrets) as cache:
+            return await sync_rule(cache, rule)
+
+    outcomes = anyio.run(run)
+    emit([dataclasses.asdict(o) for o in outcomes],
+          (("REPOSITORY", "repository"), ("RESULT", "result"), ("FETCHED", "fetched"), ("DETAIL", "detail")), fmt)
+    failed = [o for o in outcomes if o.result != "ok"]
+    if not outcomes:
+        click.echo(f"rule {name} has no repositories to sync yet (a wildcard rule syncs what it has cached)",
+                   err=True)
+    if failed:
+        raise Failure(f"tag sync failed for {', '.join(o.repository for o in failed)}: {failed[0].detail}")
+
+
+@cache.command("test")
+@name_option
+@click.option("--image", required=True, help="What a client would pull: TARGET_REPO:TAG or TARGET_REPO@DIGEST.")
+@output_option
+@engine_command
+def cache_test(control: ControlPlane, name: str, image: str, fmt: str) -> None:
+    """Show the upstream reference an image maps to, whether the credentials work, and the upstream digest.
+
+    Nothing is cached.
+    """
+    import dataclasses
+
+    import anyio
+
+    from regcache.proxy.jobs.prefetch import probe_rule
+
+    result = anyio.run(lambda: probe_rule(control.store.home, name, image, control.secrets))
+    record = {camel(k): v for k, v in dataclasses.asdict(result).items()}
+    emit(record, (("RULE", "rule"), ("UPSTREAM", "upstreamReference"), ("CREDENTIALS", "credentialsValid"),
+                   ("DIGEST", "digest"), ("ERROR", "error")), fmt)
+    if result.error:
+        raise Failure(result.error)
+
+
+@click.command()
+@click.argument("image")
+@click.option("--platform", default="linux/amd64", show_default=True,
+              help="The image of an index to fetch (os/arch[/variant]), or 'all'.")
+@engine_command
+def warm(control: ControlPlane, image: str, platform: str) -> None:
+    """Pull IMAGE (TARGET_REPO:TAG) into the cache without a client, with a progress bar."""
+    import anyio
+
+    from regcache.proxy.core.units import format_size
+    from regcache.proxy.jobs.prefetch import warm as warm_image
+
+    bar_holder: dict[str, Any] = {}
+
+    def on_total(total: int) -> None:
+        bar_holder["bar"] = click.progressbar(length=total, label=f"warming {image}", file=sys.stderr,
+                                              show_pos=False, show_percent=True, show_eta=True)
+        bar_holder["bar"].__enter__()
+
+    def on_progress(n: int) -> None:
+        if "bar" in bar_holder:
+            bar_holder["bar"].update(n)
+
+    try:
+        result = anyio.run(lambda: warm_image(control.store.home, image, None if platform == "all" else platform,
+                                              on_total=on_total, on_progress=on_progress, secrets=control.secrets))
+    finally:
+        if "bar" in bar_holder:
+            bar_holder["bar"].__exit__(None, None, None)
+    click.echo(f"{result.repository}@{result.digest}: {result.blobs} blob(s), fetched "
+               f"{format_size(result.bytes_fetched)} from the upstream, {format_size(result.bytes_cached)} "
+               f"already cached", err=True)

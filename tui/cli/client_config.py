@@ -1,0 +1,47 @@
+"""`regcache client-config`: configuration that points container runtimes at regcache."""
+
+from __future__ import annotations
+
+import click
+
+from regcache.proxy.config.control import ControlPlane
+from regcache.tui.cli.common import (
+    engine_command,
+)
+
+
+@click.command("client-config")
+@click.argument("client", type=click.Choice(["containerd", "docker", "podman"]))
+@click.option("--address", default="localhost:5000", show_default=True,
+              help="HOST:PORT where clients reach regcache.")
+@click.option("--tls", is_flag=True, help="regcache serves TLS (--tls-cert); default: plain http, marked insecure.")
+@click.option("-d", "--output-dir", type=click.Path(file_okay=False),
+              help="Write the files here (e.g. /etc/containerd/certs.d); default: print them.")
+@engine_command
+def client_config(control: ControlPlane, client: str, address: str, tls: bool, output_dir: str | None) -> None:
+    """Configuration that points CLIENT at regcache, from the cache rules.
+
+    containerd: hosts.toml per upstream registry (set config_path to the directory);
+    docker: daemon.json registry-mirrors (needs the rule * => docker.io/*);
+    podman: registries.conf mirrors (also for skopeo, buildah, CRI-O).
+    """
+    from pathlib import Path
+
+    from regcache.proxy.config import client_config as generate
+
+    rules_ = control.list_rules()
+    if client == "containerd":
+        files = generate.containerd(address, rules_, control.catalogue(), insecure=not tls)
+    elif client == "docker":
+        files = generate.docker(address, rules_, insecure=not tls)
+    else:
+        files = generate.registries_conf(address, rules_, insecure=not tls)
+    if output_dir is None:
+        for name, text in files.items():
+            click.echo(f"# --- {name}\n{text}", nl=False)
+        return
+    for name, text in files.items():
+        path = Path(output_dir) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        click.echo(f"wrote {path}", err=True)

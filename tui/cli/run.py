@@ -1,0 +1,79 @@
+"""`regcache tui` and `regcache serve`: the proxy, with or without the screen."""
+
+from __future__ import annotations
+
+import click
+
+from regcache.proxy.core.errors import RegcacheError, unwrap_error
+from regcache.tui.cli.common import (
+    Failure,
+    allow_anonymous_option,
+)
+
+
+@click.command("tui")
+@click.option("--listen", default="127.0.0.1:5000", show_default=True, help="Proxy address, HOST:PORT.")
+@allow_anonymous_option
+@click.pass_context
+def tui_command(ctx: click.Context, listen: str = "127.0.0.1:5000", allow_anonymous: bool = False) -> None:
+    """Open the TUI with the embedded proxy."""
+    from regcache.proxy.server import ListenAddress, check_exposure
+    from regcache.proxy.state.store import resolve_home
+    from regcache.tui.app import run_app  # Textual loads only here: the other commands stay fast
+
+    home = ctx.find_root().obj.get("home")
+    try:
+        check_exposure(resolve_home(home), ListenAddress.parse(listen), allow_anonymous)  # before the screen opens
+        run_app(home=home, listen=listen, allow_anonymous=allow_anonymous)
+    except RegcacheError as exc:
+        raise Failure(str(exc)) from None
+
+
+@click.command()
+@click.option("--listen", default="127.0.0.1:5000", show_default=True, help="Address to serve on, HOST:PORT.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="TLS certificate (PEM).")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="TLS private key (PEM).")
+@click.option("--metrics-listen", metavar="HOST:PORT",
+              help="Serve Prometheus /metrics on this address instead of beside the registry API.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True)
+@allow_anonymous_option
+@click.pass_context
+def serve(ctx: click.Context, listen: str, tls_cert: str | None, tls_key: str | None, metrics_listen: str | None,
+          log_level: str, allow_anonymous: bool = False) -> None:
+    """Run the registry proxy in the foreground (stops cleanly on SIGTERM or Ctrl-C)."""
+    import logging
+    import signal
+
+    import anyio
+
+    from regcache.proxy.server import ProxyServer
+    from regcache.proxy.state.store import resolve_home
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if log_level != "debug":  # httpx logs every upstream request at INFO: the event log has them
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+    home = resolve_home(ctx.find_root().obj.get("home"))
+
+    async def run() -> None:
+        server = ProxyServer(home, listen, tls_cert=tls_cert, tls_key=tls_key, metrics_listen=metrics_listen,
+                             allow_anonymous=allow_anonymous)
+        async with anyio.create_task_group() as tg:
+            await tg.start(server.serve)  # a taken port raises here
+            click.echo(f"regcache: serving {server.url} (state: {home})", err=True)
+            if server.metrics_address is not None:
+                click.echo(f"regcache: metrics on http://{server.metrics_address}/metrics", err=True)
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    logging.getLogger("regcache").info("%s: finishing in-flight requests",
+                                                       signal.Signals(signum).name)
+                    server.stop()
+                    break
+
+    try:
+        anyio.run(run)
+    except BaseException as exc:
+        inner = unwrap_error(exc)
+        if isinstance(inner, RegcacheError):
+            raise Failure(str(inner)) from None
+        raise
