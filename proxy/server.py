@@ -1,7 +1,9 @@
 """Running the registry app: as the main loop of `regcache serve`, or embedded on its own thread.
 
 ``ProxyServer.serve`` binds the socket before it reports readiness through ``task_status``, so a
-port that is taken is an error for the caller, not a log line.
+port that is taken is an error for the caller, not a log line. The app's engine (cache, downloads,
+event log, background jobs) runs apart from its listener (:meth:`ProxyServer.running`): the TUI's
+embedded proxy keeps it, and the jobs the TUI starts in it, when its port cannot be bound.
 """
 
 from __future__ import annotations
@@ -14,22 +16,28 @@ import os
 import re
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 import h11
 import uvicorn
 from anyio.abc import TaskStatus
+from anyio.from_thread import BlockingPortal
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from regcache.proxy.core.errors import RegcacheError, unwrap_error
-from regcache.proxy.core.oci import API_VERSION_HEADER, RegistryError
+from regcache.proxy.http.errors import API_VERSION_HEADER, RegistryError
 from regcache.proxy.http.registry import check_storage, create_app, create_metrics_app
+from regcache.proxy.jobs.operations import Operations
 from regcache.proxy.secrets import SecretResolver
 
 log = logging.getLogger("regcache.server")
+
+T = TypeVar("T")
 
 DEFAULT_LISTEN = "127.0.0.1:5000"
 
@@ -179,9 +187,20 @@ class ProxyServer:
         """Serve until ``stop()``; reports the bound address (its real port if 0 was asked) when ready."""
         await anyio.to_thread.run_sync(check_exposure, self.home, self.address, self.allow_anonymous)
         await check_storage(self.home, self._secrets)  # a wrong bucket or key fails here, in one clear line
+        async with self.running():
+            await self.listen(task_status=task_status)
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Operations]:
+        """The app's engine (its lifespan: cache, downloads, event log, eviction, tag sync), no listener."""
+        async with self.app.router.lifespan_context(self.app):
+            yield self.app.state.operations
+
+    async def listen(self, *, task_status: TaskStatus[ListenAddress] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Answer on the address until ``stop()``, inside :meth:`running`."""
         sock = bind(self.address)
         self.address = ListenAddress(self.address.host, sock.getsockname()[1])
-        config = uvicorn.Config(self.app, lifespan="on", log_config=None, access_log=False,
+        config = uvicorn.Config(self.app, lifespan="off", log_config=None, access_log=False,
                                 ssl_certfile=self._tls[0], ssl_keyfile=self._tls[1],
                                 timeout_graceful_shutdown=10, server_header=False,
                                 http=_H11Protocol, h11_max_incomplete_event_size=MAX_REQUEST_HEAD)
@@ -225,16 +244,27 @@ class ProxyServer:
 
 
 class EmbeddedProxy:
-    """A ProxyServer on its own thread and event loop (the TUI's), so transfers never stall the UI."""
+    """A ProxyServer on its own thread and event loop (the TUI's), so transfers never stall the UI.
+
+    The engine runs whether or not the port could be bound; ``operations`` (warm, rule test, tag sync,
+    gc) run in its loop through ``call``, from any other thread.
+    """
 
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
+        self._portal: BlockingPortal | None = None
+        self._stop: anyio.Event | None = None
+        self.operations: Operations | None = None
+        #: why the proxy is not listening (its engine may still run), or why it stopped
         self.error: BaseException | None = None
 
     def start(self, timeout: float = 30.0) -> ListenAddress:
-        """Start and wait until it listens; raises ListenError (e.g. port taken) instead."""
+        """Start and wait until it listens; raises ListenError (e.g. port taken) instead.
+
+        After a ListenError the engine still runs (``engine_running``): jobs keep working.
+        """
         self._thread = threading.Thread(target=self._run, name="regcache-proxy", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout):
@@ -245,9 +275,23 @@ class EmbeddedProxy:
 
     def _run(self) -> None:
         async def main() -> None:
-            async with anyio.create_task_group() as tg:
-                await tg.start(self.server.serve)
-                self._ready.set()
+            self._stop = anyio.Event()
+            async with BlockingPortal() as portal, self.server.running() as operations:
+                self._portal, self.operations = portal, operations
+                try:
+                    async with anyio.create_task_group() as tg:
+                        try:
+                            await tg.start(self.server.listen)
+                        except Exception as exc:  # no listener; the engine (and the TUI's jobs) go on
+                            inner = unwrap_error(exc)
+                            self.error = inner if isinstance(inner, RegcacheError) else ListenError(
+                                f"the proxy could not listen: {inner}")
+                        self._ready.set()
+                        await self._stop.wait()
+                        self.server.stop()  # the listener finishes in-flight requests
+                finally:
+                    self._portal = None
+                    await portal.stop(cancel_remaining=True)  # a running job does not hold up quitting
 
         try:
             anyio.run(main)
@@ -257,13 +301,32 @@ class EmbeddedProxy:
             if not isinstance(exc, RegcacheError):
                 log.exception("the embedded proxy stopped")
         finally:
+            self._portal = None
             self._ready.set()
+
+    def call(self, fn: Callable[[Operations], Awaitable[T]]) -> T:
+        """Run ``fn(operations)`` in the proxy's event loop and wait for it (call from another thread)."""
+        portal, operations = self._portal, self.operations
+        if portal is None or operations is None:
+            raise ListenError(f"the proxy's engine is not running: {self.error or 'it has not started'}")
+        return portal.call(fn, operations)
 
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def engine_running(self) -> bool:
+        """Whether jobs can run: the engine's loop is up, with or without a listener."""
+        return self.running and self._portal is not None
+
     def stop(self, timeout: float = 15.0) -> None:
+        portal, stop = self._portal, self._stop
+        if portal is not None and stop is not None:
+            try:
+                portal.call(stop.set)
+            except RuntimeError:  # the loop is already finishing
+                pass
         self.server.stop()
         if self._thread is not None:
             self._thread.join(timeout)

@@ -1,5 +1,5 @@
 """Layering contracts (import-linter): the engine never imports the UI or Textual, its layers only import
-downwards, and nothing imports a bare ``proxy`` or ``tui`` package."""
+downwards, its core does no I/O, and nothing imports a bare ``proxy`` or ``tui`` package."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def installed_layout(tmp_path: Path) -> Path:
 def test_contracts_are_kept(tmp_path):
     result = lint_imports(installed_layout(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "3 kept, 0 broken" in result.stdout
+    assert "4 kept, 0 broken" in result.stdout
 
 
 def test_contract_catches_the_engine_importing_textual(tmp_path):
@@ -43,6 +43,16 @@ def test_contract_catches_the_engine_importing_textual(tmp_path):
     assert result.returncode != 0
     assert "The engine never imports the UI BROKEN" in result.stdout
     assert "regcache.proxy.core.rules -> textual" in result.stdout
+
+
+def test_contract_catches_io_in_the_pure_core(tmp_path):
+    tree = installed_layout(tmp_path)
+    with open(tree / "regcache" / "proxy" / "core" / "units.py", "a") as f:
+        f.write("\nimport sqlite3  # a violation\n")
+    result = lint_imports(tree)
+    assert result.returncode != 0
+    assert "The core is pure: no I/O library, no concurrency, no storage BROKEN" in result.stdout
+    assert "regcache.proxy.core.units -> sqlite3" in result.stdout
 
 
 @pytest.mark.parametrize(("module", "upward"), [
@@ -75,3 +85,11 @@ def test_bare_import_rule_sees_one():
     assert BARE_IMPORT.search("x = 1\nfrom proxy.core import rules\n")
     assert BARE_IMPORT.search("    import tui\n")
     assert not BARE_IMPORT.search("from regcache.proxy import ControlPlane\nimport proxyish\n")
+
+
+def test_test_modules_import_helpers_not_other_test_modules():
+    """Shared test code lives in tests/helpers (or a conftest), so a test module can move or go alone."""
+    imports_a_test = re.compile(r"^\s*from\s+(tests\.\S*\.|\.+)test_\w+\s+import", re.M)
+    offenders = [str(path.relative_to(ROOT)) for path in sorted((ROOT / "tests").rglob("*.py"))
+                 if imports_a_test.search(path.read_text())]
+    assert offenders == []

@@ -5,9 +5,11 @@ draws the TUI."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -30,7 +32,12 @@ def tree_files() -> set[str]:
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dist")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)],
+    source = tmp_path_factory.mktemp("source")  # setuptools writes build/ into the tree it builds
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source)
+    for part in PACKAGES:
+        shutil.copytree(ROOT / part, source / part, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(source)],
                    check=True, timeout=600, capture_output=True)
     return next(out.glob("regcache-*.whl"))
 
@@ -108,3 +115,56 @@ def test_installed_tui_draws_the_cache_rules_blade(installed, tmp_path):
         raise AssertionError("the installed TUI did not draw:\n" + screen(name)) from None
     finally:
         subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True, timeout=30)
+
+
+MYPY = Path(sys.executable).parent / "mypy"
+
+
+def stub_requirements() -> list[str]:
+    """The stub packages of the test extras (types-PyYAML, ...): mypy looks for them only in the environment
+    it checks, so the type check installs them there."""
+    test_extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
+    names = {req: re.split(r"[\s\[<>=!~;]", req, maxsplit=1)[0].lower() for req in test_extras}
+    return [req for req, name in names.items() if name.startswith("types-") or name.endswith("-stubs")]
+
+
+@pytest.mark.slow
+def test_types_check_against_the_installed_wheel(installed, tmp_path):
+    stubs = stub_requirements()
+    assert stubs, "the test extras name no stub packages"
+    result = subprocess.run([str(installed / "pip"), "install", "-q", *stubs], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    result = run_installed(installed, str(MYPY), "--config-file", str(ROOT / "pyproject.toml"),
+                           "--python-executable", str(installed / "python"), "-p", "regcache.proxy", "-p",
+                           "regcache.tui", cwd=tmp_path)
+    assert result.returncode == 0, "mypy found errors in the installed package:\n" + result.stdout + result.stderr
+    assert "Success: no issues found" in result.stdout
+
+
+@pytest.mark.slow
+def test_strict_type_check_covers_core_and_only_core(installed, tmp_path):
+    """pyproject.toml spells out strict mode's flags for regcache.proxy.core (``strict = true`` in an override
+    would turn them on everywhere): an unannotated function fails the check in core, and passes elsewhere."""
+    site_tree = next((installed.parent / "lib").glob("python3.*/site-packages/regcache"))
+    src = tmp_path / "src"
+    shutil.copytree(site_tree, src / "regcache", ignore=shutil.ignore_patterns("__pycache__"))
+    untyped = "\n\ndef untyped(x):\n    return x\n"
+    for module in ("proxy/core/units.py", "tui/format.py"):
+        with open(src / "regcache" / module, "a") as f:
+            f.write(untyped)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    # The dev venv as the environment: mypy cannot see its editable install, so the copy on MYPYPATH is the
+    # only regcache (next to an installed one, mypy would check that instead).
+    result = subprocess.run(
+        [str(MYPY), "--config-file", str(ROOT / "pyproject.toml"), "--python-executable", sys.executable,
+         "-p", "regcache.proxy.core", "-m", "regcache.tui.format"],
+        capture_output=True, text=True, timeout=120, cwd=cwd,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(cwd), "MYPYPATH": str(src)})
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    errors = [line for line in result.stdout.splitlines() if ": error: " in line]
+    assert len(errors) == 1, output
+    assert errors[0].startswith(f"{src}/regcache/proxy/core/units.py:"), output
+    assert "[no-untyped-def]" in errors[0], output

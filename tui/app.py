@@ -49,6 +49,7 @@ class RegcacheApp(App[None]):
         super().__init__()
         self.backend = backend
         self.proxy = proxy
+        backend.proxy = proxy
         if status is not None:
             self.set_reactive(RegcacheApp.proxy_status, status)
         elif proxy is not None:
@@ -160,10 +161,8 @@ class RegcacheApp(App[None]):
     @work(thread=True, exclusive=True, group="gc")
     def evict_now(self) -> None:
         from regcache.proxy.core.units import format_size
-        from regcache.proxy.jobs.eviction import collect_garbage
 
-        freed = self.backend.call(lambda b: collect_garbage(b.control.store, b.control.secrets,
-                                                            only_if_configured=True).bytes_freed)
+        freed = self.backend.run_job(lambda ops: ops.collect_garbage(only_if_configured=True)).bytes_freed
         self.call_from_thread(self.notify, f"Eviction freed {format_size(freed)}" if freed else
                               "Nothing to evict (no max-size exceeded, no retention expired)")
 

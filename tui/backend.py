@@ -8,14 +8,18 @@ proxy status, so screens render deterministic data.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from regcache.proxy.config.control import ControlPlane
 from regcache.proxy.secrets import SecretResolver
 from regcache.proxy.state.statistics import CacheStatistics
+
+if TYPE_CHECKING:
+    from regcache.proxy.jobs.operations import Operations
+    from regcache.proxy.server import EmbeddedProxy
 
 T = TypeVar("T")
 
@@ -28,6 +32,8 @@ class Backend:
         self.stats = CacheStatistics(control.store)
         self.home: Path = control.store.home
         self._lock = threading.Lock()
+        #: the embedded proxy whose engine runs the jobs (None: each job opens an engine of its own)
+        self.proxy: EmbeddedProxy | None = None
 
     @classmethod
     def open(cls, home: str | Path | None = None, secrets: SecretResolver | None = None) -> Backend:
@@ -37,6 +43,25 @@ class Backend:
         """Run ``fn(self)`` holding the lock: call it from a worker thread, never the UI loop."""
         with self._lock:
             return fn(self)
+
+    def run_job(self, fn: Callable[[Operations], Awaitable[T]]) -> T:
+        """Run ``fn(operations)`` (warm, rule test, tag sync, gc) and wait for it: call from a worker thread.
+
+        With the embedded proxy's engine running, the job runs in its loop (sharing its downloads);
+        without it (tests, or an engine that failed to start), on an engine of its own. Never under the
+        lock that :meth:`call` holds, so the screens stay live while a job runs.
+        """
+        if self.proxy is not None and self.proxy.engine_running:
+            return self.proxy.call(fn)
+        import anyio
+
+        from regcache.proxy.jobs.operations import Operations
+
+        async def standalone() -> T:
+            async with Operations.open(self.home, self.control.secrets) as operations:
+                return await fn(operations)
+
+        return anyio.run(standalone)
 
     def close(self) -> None:
         with self._lock:

@@ -32,6 +32,7 @@ from regcache.proxy.core.rules import RuleSet, check_credentials, check_name, ch
 from regcache.proxy.core.secret_ids import SecretId
 from regcache.proxy.core.settings import (
     MAX_SIZE_SETTING,
+    RULE_SETTINGS,
     STORAGE_SETTING,
     StorageConfig,
     storage_from_json,
@@ -55,8 +56,6 @@ SETTINGS = {
                        "cache size limit; least recently pulled blobs are evicted above it (e.g. 50GiB)"),
 }
 
-RULE_SETTINGS = ("freshness", "retention", "serve_stale_on_error", "serve_stale_if_deleted", "sync_tags",
-                 "sync_interval")
 
 
 def _check_setting_names(settings: dict[str, Any]) -> None:

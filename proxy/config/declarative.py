@@ -16,7 +16,8 @@ from regcache.proxy.config.control import ControlPlane
 from regcache.proxy.core.catalogue import normalize_base_url
 from regcache.proxy.core.errors import ValidationError
 from regcache.proxy.core.models import CacheRule, CredentialSet, Upstream
-from regcache.proxy.core.units import format_duration, parse_duration
+from regcache.proxy.core.settings import parse_rule_settings
+from regcache.proxy.core.units import format_duration
 
 HEADER = "# regcache configuration: apply with `regcache rules apply -f FILE` (dry run), then `--yes`\n"
 
@@ -129,15 +130,18 @@ def parse_document(text: str) -> dict[str, list[dict]]:
     }
 
 
+#: a rules file's setting keys -> the engine's
+_SETTING_KEYS = {"freshness": "freshness", "retention": "retention", "serveStaleOnError": "serve_stale_on_error",
+                 "serveStaleIfDeleted": "serve_stale_if_deleted", "syncTags": "sync_tags",
+                 "syncInterval": "sync_interval"}
+
+
 def _rule_settings(entry: dict) -> dict[str, Any]:
-    return {
-        "freshness": parse_duration(entry["freshness"], "freshness") if "freshness" in entry else None,
-        "retention": parse_duration(entry["retention"], "retention") if "retention" in entry else None,
-        "serve_stale_on_error": entry.get("serveStaleOnError", True),
-        "serve_stale_if_deleted": entry.get("serveStaleIfDeleted", False),
-        "sync_tags": entry.get("syncTags"),
-        "sync_interval": parse_duration(entry["syncInterval"], "syncInterval") if "syncInterval" in entry else None,
-    }
+    """The rule's settings as the file wants them: what it leaves out is the default."""
+    settings: dict[str, Any] = {"freshness": None, "retention": None, "serve_stale_on_error": True,
+                                "serve_stale_if_deleted": False, "sync_tags": None, "sync_interval": None}
+    settings.update(parse_rule_settings({_SETTING_KEYS[k]: v for k, v in entry.items() if k in _SETTING_KEYS}))
+    return settings
 
 
 # -- plan and apply -----------------------------------------------------------------------------------
@@ -197,23 +201,24 @@ def _run(control: ControlPlane, doc: dict[str, list[dict]], execute: bool) -> li
     # rules: delete the gone and the re-pointed first (their targets become free), then update, create
     wanted_rules = {e["name"]: e for e in doc["cacheRules"]}
     for name, rule in rules.items():
-        entry = wanted_rules.get(name)
-        moved = entry is not None and (entry["sourceRepository"], entry["targetRepository"]) != (
+        wanted = wanted_rules.get(name)
+        moved = wanted is not None and (wanted["sourceRepository"], wanted["targetRepository"]) != (
             rule.source_repository, rule.target_repository)
-        if entry is None or moved:
+        if wanted is None or moved:
             changes.append(Change("-", "cache rule", name, f"{rule.target_repository} => {rule.source_repository}"))
             if execute:
                 control.delete_rule(name)
     for name, entry in wanted_rules.items():
-        rule = rules.get(name)
-        if rule is not None and (entry["sourceRepository"], entry["targetRepository"]) == (
-                rule.source_repository, rule.target_repository):
-            diffs = _differences(rule, entry)
+        existing = rules.get(name)
+        if existing is not None and (entry["sourceRepository"], entry["targetRepository"]) == (
+                existing.source_repository, existing.target_repository):
+            diffs = _differences(existing, entry)
             if diffs:
                 changes.append(Change("~", "cache rule", name, "; ".join(diffs)))
                 if execute:
                     cred = entry.get("credentialSet")
-                    control.update_rule(name, cred, remove_credential_set=cred is None and bool(rule.credential_set),
+                    control.update_rule(name, cred,
+                                        remove_credential_set=cred is None and bool(existing.credential_set),
                                         **_rule_settings(entry))
             continue
         changes.append(Change("+", "cache rule", name, f"{entry['targetRepository']} => {entry['sourceRepository']}"))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from urllib.parse import urlsplit
 
@@ -85,7 +85,7 @@ class UpstreamCatalogue:
     def __contains__(self, login_server: object) -> bool:
         return login_server in self._entries
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Upstream]:
         return iter(self._entries.values())
 
     def __len__(self) -> int:

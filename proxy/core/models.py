@@ -157,6 +157,15 @@ class RuleMatch:
 JOINED_DOWNLOAD = "joined a download already in progress"
 
 
+class Result(enum.StrEnum):
+    """How a request was answered: from the cache, from the upstream, stale, or not at all."""
+
+    HIT = "hit"
+    MISS = "miss"
+    STALE = "stale"
+    ERROR = "error"
+
+
 @dataclass(frozen=True, slots=True)
 class PullEvent:
     """One manifest or blob request as the proxy answered it (the Activity log and statistics)."""
@@ -166,7 +175,7 @@ class PullEvent:
     kind: str  # "manifest", "blob", "tags"
     repository: str
     reference: str
-    result: str  # "hit", "miss", "stale", "error"
+    result: Result
     status: int
     rule: str | None = None
     bytes: int = 0

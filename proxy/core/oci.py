@@ -1,4 +1,4 @@
-"""OCI distribution constants: media types and the error codes of the registry API."""
+"""OCI distribution constants: manifest media types, and a manifest's type from its content."""
 
 from __future__ import annotations
 
@@ -13,43 +13,6 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 MANIFEST_TYPES = (OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST)
 INDEX_TYPES = (OCI_INDEX, DOCKER_MANIFEST_LIST)
 
-API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
-
-
-class RegistryError(Exception):
-    """An error answered to a registry client as OCI error JSON with an HTTP status."""
-
-    def __init__(self, status: int, code: str, message: str, detail: object = None,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.detail = detail
-        self.headers = headers or {}
-
-    def body(self) -> bytes:
-        error: dict[str, object] = {"code": self.code, "message": self.message}
-        if self.detail is not None:
-            error["detail"] = self.detail
-        return json.dumps({"errors": [error]}).encode()
-
-
-def name_unknown(message: str, detail: object = None) -> RegistryError:
-    return RegistryError(404, "NAME_UNKNOWN", message, detail)
-
-
-def manifest_unknown(message: str, detail: object = None) -> RegistryError:
-    return RegistryError(404, "MANIFEST_UNKNOWN", message, detail)
-
-
-def blob_unknown(message: str, detail: object = None) -> RegistryError:
-    return RegistryError(404, "BLOB_UNKNOWN", message, detail)
-
-
-def unsupported(message: str) -> RegistryError:
-    return RegistryError(405, "UNSUPPORTED", message)
-
 
 def media_type_of(content: bytes, declared: str | None) -> str:
     """The manifest's media type: the upstream's Content-Type, else its ``mediaType`` field."""
@@ -62,8 +25,9 @@ def media_type_of(content: bytes, declared: str | None) -> str:
     except ValueError:
         return declared or "application/octet-stream"
     if isinstance(doc, dict):
-        if isinstance(doc.get("mediaType"), str):
-            return doc["mediaType"]
+        media_type = doc.get("mediaType")
+        if isinstance(media_type, str):
+            return media_type
         if "manifests" in doc:
             return OCI_INDEX
         if "config" in doc:

@@ -228,9 +228,9 @@ def check_new_rule(
                     field="target",
                 )
     else:
-        other = existing.static_rule_for(normalized_target)
-        if other is not None:
-            raise ConflictError(f"target {normalized_target!r} is already the target of rule {_describe(other)}",
+        static = existing.static_rule_for(normalized_target)
+        if static is not None:
+            raise ConflictError(f"target {normalized_target!r} is already the target of rule {_describe(static)}",
                                 field="target")
     check_credentials(server, rule.credential_set, credential_sets, catalogue)
     check_settings(rule)

@@ -1,5 +1,6 @@
-"""The storage backend setting: where verified blobs and manifests live.
+"""Settings: the storage backend, the cache-wide setting keys, and the operations settings of cache rules.
 
+Storage is where verified blobs and manifests live.
 ``filesystem`` (the default) keeps them under the state directory. ``s3`` keeps them in a bucket of an
 S3-compatible object store that several regcache nodes share (docs/scale-out.md): the setting holds
 the endpoint, bucket, region, addressing style and the *ids* of the two secrets (``keyring://`` or
@@ -10,11 +11,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from regcache.proxy.core.errors import RegcacheError, ValidationError
 from regcache.proxy.core.secret_ids import SecretId
+from regcache.proxy.core.units import parse_duration
 
 #: the cache size limit (`regcache config set max-size 50GiB`)
 MAX_SIZE_SETTING = "max-size"
@@ -125,3 +129,39 @@ def storage_from_json(text: str | None) -> StorageConfig:
 
 def storage_to_json(config: StorageConfig) -> str:
     return json.dumps(config.to_json(), sort_keys=True)
+
+
+# -- cache-rule settings (beyond ACR) ---------------------------------------------------------------
+
+#: the operations settings of a cache rule, as ControlPlane.update_rule takes them
+RULE_SETTINGS = ("freshness", "retention", "serve_stale_on_error", "serve_stale_if_deleted", "sync_tags",
+                 "sync_interval")
+#: what clears a setting that can be off (retention, tag sync, sync interval)
+_OFF = ("", "none", "off")
+
+
+def parse_rule_settings(given: Mapping[str, object]) -> dict[str, Any]:
+    """The rule settings an operator gave (CLI options, form fields, a rules file), parsed; keys left out
+    are not in the result. One grammar for every face: durations as ``10m`` or ``30d``; an empty value,
+    ``none`` or ``off`` turns retention, tag sync and the sync interval off (and an empty freshness is 0).
+    """
+    unknown = set(given) - set(RULE_SETTINGS)
+    if unknown:
+        raise ValidationError(f"unknown cache-rule settings: {', '.join(sorted(unknown))}")
+    settings: dict[str, Any] = {}
+    for key, value in given.items():
+        if key in ("serve_stale_on_error", "serve_stale_if_deleted"):
+            if not isinstance(value, bool):
+                raise ValidationError(f"{key} must be true or false, not {value!r}", field=key)
+            settings[key] = value
+            continue
+        text = "" if value is None else str(value).strip()
+        if key == "freshness":
+            settings[key] = parse_duration(text, key) if text else 0.0
+        elif text.lower() in _OFF:
+            settings[key] = None
+        elif key == "sync_tags":
+            settings[key] = text  # checked as a tag filter with the whole rule (check_settings)
+        else:
+            settings[key] = parse_duration(text, key)
+    return settings

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import overload
 
 from regcache.proxy.core.errors import ValidationError
 
@@ -44,6 +45,10 @@ def parse_size(text: str, field: str | None = None) -> int:
     return int(float(m.group(1)) * _SIZE_UNITS[unit])
 
 
+@overload
+def format_size(n: int) -> str: ...
+@overload
+def format_size(n: None) -> None: ...
 def format_size(n: int | None) -> str | None:
     if n is None:
         return None

@@ -23,8 +23,8 @@ from datetime import datetime, timezone
 import anyio
 from starlette.requests import Request
 
-from regcache.proxy.core.oci import RegistryError
 from regcache.proxy.core.tokens import ClientToken, verify_password
+from regcache.proxy.http.errors import RegistryError
 from regcache.proxy.state.store import AsyncStateStore
 
 log = logging.getLogger("regcache.auth")

@@ -11,7 +11,6 @@ import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -23,12 +22,16 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from regcache.proxy.core.models import PullEvent, RuleMatch
-from regcache.proxy.core.oci import API_VERSION_HEADER, OCI_INDEX, RegistryError, unsupported
+from regcache.proxy.core.errors import NameUnknown, PullError
+from regcache.proxy.core.models import PullEvent, Result, RuleMatch
+from regcache.proxy.core.oci import OCI_INDEX
 from regcache.proxy.core.references import is_digest, is_repository_name, is_tag
 from regcache.proxy.core.tokens import ClientToken
 from regcache.proxy.http.client_auth import ClientAuth
+from regcache.proxy.http.errors import API_VERSION_HEADER, RegistryError, oci_error, unsupported
+from regcache.proxy.http.ranges import parse_range
 from regcache.proxy.jobs.eviction import run_eviction
+from regcache.proxy.jobs.operations import Operations
 from regcache.proxy.jobs.tagsync import run_tag_sync
 from regcache.proxy.pull.cache import PullThroughCache
 from regcache.proxy.pull.events import EventLog
@@ -36,8 +39,8 @@ from regcache.proxy.pull.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from regcache.proxy.pull.metrics import ProxyMetrics
 from regcache.proxy.secrets import SecretResolver
 from regcache.proxy.state.store import AsyncStateStore, StateStore
-from regcache.proxy.storage.blobs import BlobStorageError, BlobStore, BlobStream, StoredBlob
-from regcache.proxy.storage.objectstore import configured_object_store
+from regcache.proxy.storage.backend import open_backend
+from regcache.proxy.storage.blobs import BlobStore
 from regcache.proxy.upstream.client import UpstreamClient
 
 log = logging.getLogger("regcache.registry")
@@ -49,48 +52,6 @@ _ENDPOINT = re.compile(
 )
 READ_METHODS = ("GET", "HEAD")
 MAX_PAGE = 10_000
-
-
-@dataclass(frozen=True, slots=True)
-class ByteRange:
-    start: int
-    end: int  # exclusive
-
-
-#: byte positions with more digits than this are past the end of any blob (and int() refuses 4,300+ digits)
-_MAX_POSITION_DIGITS = 18
-
-
-def _position(digits: str) -> int:
-    """A byte position from the ASCII digits of a Range header; absurdly long ones are clamped, not parsed."""
-    digits = digits.lstrip("0") or "0"
-    return int(digits) if len(digits) <= _MAX_POSITION_DIGITS else 10 ** _MAX_POSITION_DIGITS
-
-
-def parse_range(header: str | None, size: int | None) -> ByteRange | None:
-    """A single ``bytes=`` range; None for no header; RANGE errors (416) for what cannot be served."""
-    if header is None:
-        return None
-    m = re.fullmatch(r"\s*bytes\s*=\s*([0-9]*)\s*-\s*([0-9]*)\s*", header)
-    if not m or (not m.group(1) and not m.group(2)):
-        raise RegistryError(416, "RANGE_INVALID", "Range must be a single 'bytes=START-END' range",
-                            headers={"Content-Range": f"bytes */{size}"} if size is not None else None)
-    first, last = m.group(1), m.group(2)
-    if size is None:
-        raise RegistryError(416, "RANGE_INVALID", "the blob's size is not known yet; retry without Range")
-    if not first:  # suffix: the last N bytes
-        n = _position(last)
-        if n == 0:
-            raise RegistryError(416, "RANGE_INVALID", "an empty suffix range", {"size": size},
-                                headers={"Content-Range": f"bytes */{size}"})
-        return ByteRange(max(size - n, 0), size)
-    start = _position(first)
-    end = min(_position(last) + 1, size) if last else size
-    if start >= size or (last and _position(last) < start):
-        raise RegistryError(416, "RANGE_INVALID",
-                            f"range {header.strip()[:100]!r} is outside the blob of {size} bytes", {"size": size},
-                            headers={"Content-Range": f"bytes */{size}"})
-    return ByteRange(start, end)
 
 
 def _page_size(request: Request) -> int | None:
@@ -189,11 +150,11 @@ class Registry:
         if request.query_params.get("ns"):
             try:
                 repository = (await self.cache.resolve(name, request.query_params.get("ns"))).repository
-            except RegistryError:
+            except NameUnknown:
                 pass  # no rule: the handler answers NAME_UNKNOWN, if the token covers the name as sent
         self.auth.authorize(token, repository)
 
-    def _event(self, request: Request, kind: str, repository: str, reference: str, result: str, status: int,
+    def _event(self, request: Request, kind: str, repository: str, reference: str, result: Result, status: int,
                started: float, match: RuleMatch | None = None, size: int = 0, detail: str | None = None) -> None:
         client = request.client.host if request.client else ""
         # in mirror mode (?ns=) the client's name is the upstream's: log the name it is cached under
@@ -213,13 +174,14 @@ class Registry:
             match = await self.cache.resolve(name, request.query_params.get("ns"))
             served = await self.cache.manifest(match, reference, _accept_list(request),
                                                count_pull=request.method == "GET")
-        except RegistryError as exc:
-            self._event(request, "manifest", name, reference, "error", exc.status, started, match,
-                        detail=exc.message)
-            raise
+        except (RegistryError, PullError) as exc:
+            answer = oci_error(exc)
+            self._event(request, "manifest", name, reference, Result.ERROR, answer.status, started, match,
+                        detail=answer.message)
+            raise answer from None
         headers = {**API_VERSION_HEADER, "Docker-Content-Digest": served.digest,
                    "Content-Type": served.media_type}
-        if served.result == "stale":
+        if served.result is Result.STALE:
             headers["X-Regcache-Stale"] = "1"
         self._event(request, "manifest", name, reference, served.result, 200, started, match, len(served.content),
                     served.detail)
@@ -240,41 +202,32 @@ class Registry:
                 return Response(b"", 200, headers={**API_VERSION_HEADER, "Docker-Content-Digest": digest,
                                                    "Content-Length": str(size), "Accept-Ranges": "bytes",
                                                    "Content-Type": "application/octet-stream"})
+            blob = await self.cache.blob(match, digest)
             try:
-                source, size, result, detail = await self.cache.blob(match, digest)
-            except BlobStorageError as exc:
-                # Not even the temporary file could be created: the cache's disk failed, not the
-                # upstream, so say so (507 when it is full) instead of an internal error.
-                raise RegistryError(507 if exc.disk_full else 503, "UNAVAILABLE", str(exc)) from None
-            try:
-                byte_range = parse_range(request.headers.get("range"), size)
+                byte_range = parse_range(request.headers.get("range"), blob.size)
             except RegistryError:
-                if isinstance(source, BlobStream):
-                    source.close()
+                blob.close()
                 raise
-        except RegistryError as exc:
-            self._event(request, "blob", name, digest, "error", exc.status, started, match, detail=exc.message)
-            raise
+        except (RegistryError, PullError) as exc:
+            answer = oci_error(exc)
+            self._event(request, "blob", name, digest, Result.ERROR, answer.status, started, match,
+                        detail=answer.message)
+            raise answer from None
         headers = {**API_VERSION_HEADER, "Docker-Content-Digest": digest, "Accept-Ranges": "bytes",
                    "Content-Type": "application/octet-stream"}
-        if result == "stale":
-            headers["X-Regcache-Stale"] = "1"
         status = 200
-        start, end = 0, size
+        start, end = 0, blob.size
         if byte_range is not None:
             status = 206
             start, end = byte_range.start, byte_range.end
-            headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{blob.size}"
         if end is not None:
             headers["Content-Length"] = str(end - start)
-        if isinstance(source, StoredBlob):
-            chunks = self.cache.blobs.open(source, start, end)
-        else:
-            chunks = source.chunks(start, end if byte_range is not None else None)
-        body = self._counted(request, chunks, name, digest, result, status, started, match, detail)
+        chunks = blob.chunks(start, end if byte_range is not None else None)
+        body = self._counted(request, chunks, name, digest, blob.result, status, started, match, blob.detail)
         return StreamingResponse(body, status, headers=headers)
 
-    async def _counted(self, request: Request, chunks: AsyncIterator[bytes], name: str, digest: str, result: str,
+    async def _counted(self, request: Request, chunks: AsyncIterator[bytes], name: str, digest: str, result: Result,
                        status: int, started: float, match: RuleMatch | None,
                        detail: str | None) -> AsyncIterator[bytes]:
         """Stream ``chunks`` and record the event once it ended: complete, failed or cut by the client."""
@@ -285,14 +238,14 @@ class Registry:
                 sent += len(chunk)
                 yield chunk
         except Exception as exc:
-            outcome, why = "error", f"the transfer failed after {sent} bytes: {exc}"
+            outcome, why = Result.ERROR, f"the transfer failed after {sent} bytes: {exc}"
             log.warning("blob %s for %s: %s", digest, request.client.host if request.client else "?", why)
             raise
         except BaseException:
             outcome, why = result, f"the client went away after {sent} bytes"
             raise
         finally:
-            self._event(request, "blob", name, digest, outcome, status if outcome != "error" else 502, started,
+            self._event(request, "blob", name, digest, outcome, status if outcome is not Result.ERROR else 502, started,
                         match, sent, why)
 
     async def tags(self, request: Request, name: str) -> Response:
@@ -385,7 +338,7 @@ async def check_storage(home: Path, secrets: SecretResolver | None = None) -> No
     """Raise StorageError unless the configured storage can be used (before a server starts listening)."""
     store = StateStore(home)
     try:
-        async with configured_object_store(store, secrets):
+        async with open_backend(home, store, secrets):
             pass
     finally:
         store.close()
@@ -413,16 +366,17 @@ def create_app(home: Path, *, secrets: SecretResolver | None = None,
             async with anyio.create_task_group() as writer_group:
                 await writer_group.start(events.run)
                 try:
-                    async with configured_object_store(store, secrets, metrics.bucket_error) as objects, \
+                    async with open_backend(home, store, secrets, metrics.bucket_error) as backend, \
                             anyio.create_task_group() as downloads:
-                        blobs = BlobStore(home, state, downloads, objects)
+                        blobs = BlobStore(home, state, downloads, backend)
                         removed = blobs.remove_stale_temp_files()
                         if removed:
                             log.info("removed %d stale temporary file(s)", removed)
                         cache = PullThroughCache(state, upstream, blobs, secrets, freshness, metrics)
-                        downloads.start_soon(run_eviction, state, objects, name="eviction")
+                        downloads.start_soon(run_eviction, state, backend, name="eviction")
                         downloads.start_soon(run_tag_sync, cache, name="tag sync")
                         app.state.registry = Registry(cache, events, ClientAuth(state, require=require_auth))
+                        app.state.operations = Operations(cache, home, secrets)
                         try:
                             yield
                         finally:
@@ -440,6 +394,10 @@ def create_app(home: Path, *, secrets: SecretResolver | None = None,
     async def registry_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RegistryError)
         return _error_response(exc, request.method)
+
+    async def pull_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, PullError)
+        return _error_response(oci_error(exc), request.method)
 
     async def unexpected_error(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error answering %s %s", request.method, request.url.path[:300])
@@ -468,7 +426,7 @@ def create_app(home: Path, *, secrets: SecretResolver | None = None,
         routes.append(Route("/metrics", metrics_endpoint))
     app = Starlette(
         routes=routes,
-        exception_handlers={RegistryError: registry_error, HTTPException: framework_error,
+        exception_handlers={RegistryError: registry_error, PullError: pull_error, HTTPException: framework_error,
                             Exception: unexpected_error},
         lifespan=lifespan,
     )

@@ -18,12 +18,11 @@ from typing import TYPE_CHECKING
 
 from regcache.proxy.core.settings import MAX_SIZE_SETTING
 from regcache.proxy.state.store import StateStore
-from regcache.proxy.storage.blobs import BUCKET_PATH_PREFIX
+from regcache.proxy.storage.backend import BUCKET_PATH_PREFIX, BlobBackend
 
 if TYPE_CHECKING:
     from regcache.proxy.secrets import SecretResolver
     from regcache.proxy.state.store import AsyncStateStore
-    from regcache.proxy.storage.objectstore import ObjectStore
 
 log = logging.getLogger("regcache.eviction")
 
@@ -184,13 +183,14 @@ def _collect_bucket(config, secrets: SecretResolver | None, plan: EvictionPlan, 
                     dry_run: bool) -> list[tuple[str, str, datetime, str]]:
     import anyio
 
+    from regcache.proxy.storage.backend import BucketBackend
     from regcache.proxy.storage.objectstore import DEFAULT_STALE_UPLOAD_AGE, ObjectStore
 
     async def run() -> list[tuple[str, str, datetime, str]]:
         async with ObjectStore(config, secrets) as objects:
             stale = await objects.stale_uploads(stale_after or DEFAULT_STALE_UPLOAD_AGE)
             if not dry_run:
-                await _delete_from_bucket(objects, plan)
+                await BucketBackend(objects).release([c.path for c in plan.candidates])
                 for upload, _ in stale:
                     await objects.abort_upload(upload.key, upload.upload_id)
         return [(upload.key, upload.upload_id, upload.initiated, why) for upload, why in stale]
@@ -203,21 +203,14 @@ def _bucket_keys(plan: EvictionPlan) -> list[str]:
     return [c.path.removeprefix(BUCKET_PATH_PREFIX) for c in plan.candidates if c.path.startswith(BUCKET_PATH_PREFIX)]
 
 
-async def _delete_from_bucket(objects: ObjectStore, plan: EvictionPlan) -> None:
-    for key in _bucket_keys(plan):
-        await objects.delete(key)
-
-
-async def evict(state: AsyncStateStore, plan: EvictionPlan, objects: ObjectStore | None = None) -> int:
-    """Apply ``plan``: objects in the bucket are deleted first, then every evicted row; returns bytes freed."""
-    if objects is not None:
-        await _delete_from_bucket(objects, plan)
-    elif _bucket_keys(plan):  # keep their rows until the bucket is configured again
-        plan = replace(plan, candidates=tuple(c for c in plan.candidates if not c.path.startswith(BUCKET_PATH_PREFIX)))
+async def evict(state: AsyncStateStore, plan: EvictionPlan, backend: BlobBackend) -> int:
+    """Apply ``plan``: the backend releases what it holds first, then the rows go; returns bytes freed."""
+    releasable = set(await backend.release([c.path for c in plan.candidates]))
+    plan = replace(plan, candidates=tuple(c for c in plan.candidates if c.path in releasable))
     return await state.run(lambda s: Evictor(s).apply(plan))
 
 
-async def run_eviction(state: AsyncStateStore, objects: ObjectStore | None = None, interval: float = 60.0) -> None:
+async def run_eviction(state: AsyncStateStore, backend: BlobBackend, interval: float = 60.0) -> None:
     """Evict every ``interval`` seconds, for as long as the proxy serves (its owner cancels it)."""
     import anyio
 
@@ -226,6 +219,6 @@ async def run_eviction(state: AsyncStateStore, objects: ObjectStore | None = Non
         try:
             plan = await state.run(plan_if_configured)
             if plan is not None:
-                await evict(state, plan, objects)
+                await evict(state, plan, backend)
         except Exception:  # eviction must not take the proxy down; the next round tries again
             log.exception("eviction failed")

@@ -1,8 +1,9 @@
-"""Work on the cache without a client: warm an image into it, or test what a rule would fetch.
+"""Warm an image into the cache, or test what a rule would fetch, through a PullThroughCache.
 
-Both run the proxy's own pull-through code in-process on the state directory, so a `regcache
-serve` or a TUI using the same directory sees the result (blobs are content-addressed and renamed
-into place atomically; temporary files carry the writer's pid).
+Both use the proxy's own pull-through code; :class:`regcache.proxy.jobs.operations.Operations` runs
+them on the embedded proxy's cache (the TUI) or on one of their own (the CLI), and a `regcache serve`
+using the same state directory sees the result (blobs are content-addressed and renamed into place
+atomically; temporary files carry the writer's pid).
 """
 
 from __future__ import annotations
@@ -11,20 +12,21 @@ import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import anyio
 
-from regcache.proxy.core.errors import ValidationError
-from regcache.proxy.core.models import RuleMatch
-from regcache.proxy.core.oci import INDEX_TYPES, RegistryError
+from regcache.proxy.core.errors import NameUnknown, PullError, ValidationError
+from regcache.proxy.core.models import Result, RuleMatch
+from regcache.proxy.core.oci import INDEX_TYPES
 from regcache.proxy.core.references import is_digest, is_repository_name, is_tag
 from regcache.proxy.core.rules import RuleSet
 from regcache.proxy.pull.cache import PullThroughCache, compute_digest
 from regcache.proxy.secrets import SecretResolver
 from regcache.proxy.state.store import AsyncStateStore, StateStore
-from regcache.proxy.storage.blobs import BlobStore, BlobStream
-from regcache.proxy.storage.objectstore import configured_object_store
+from regcache.proxy.storage.backend import open_backend
+from regcache.proxy.storage.blobs import BlobStore
 from regcache.proxy.upstream.client import UpstreamAuthError, UpstreamClient, UpstreamError
 
 Progress = Callable[[int], None]
@@ -53,8 +55,8 @@ async def pull_through(home: Path, secrets: SecretResolver | None = None) -> Asy
     state = AsyncStateStore(store)
     upstream = UpstreamClient()
     try:
-        async with configured_object_store(store, secrets) as objects, anyio.create_task_group() as downloads:
-            yield PullThroughCache(state, upstream, BlobStore(home, state, downloads, objects), secrets)
+        async with open_backend(home, store, secrets) as backend, anyio.create_task_group() as downloads:
+            yield PullThroughCache(state, upstream, BlobStore(home, state, downloads, backend), secrets)
     finally:
         with anyio.CancelScope(shield=True):
             await upstream.aclose()
@@ -70,16 +72,6 @@ class WarmResult:
     blobs: int
     bytes_fetched: int  # downloaded from the upstream now
     bytes_cached: int  # already in the cache
-
-
-async def warm(home: Path, image: str, platform: str | None = "linux/amd64", *,
-               on_total: Callable[[int], None] | None = None, on_progress: Progress | None = None,
-               secrets: SecretResolver | None = None) -> WarmResult:
-    """Pull ``image`` (one platform of an index, or every one with ``platform=None``) into the cache."""
-    repository, reference = parse_image(image)
-    async with pull_through(home, secrets) as cache:
-        match = await cache.resolve(repository)
-        return await warm_image(cache, match, reference, platform, on_total=on_total, on_progress=on_progress)
 
 
 async def warm_image(cache: PullThroughCache, match: RuleMatch, reference: str, platform: str | None = "linux/amd64",
@@ -109,7 +101,7 @@ async def warm_image(cache: PullThroughCache, match: RuleMatch, reference: str, 
     fetched = cached = 0
     for digest in digests:
         result, size = await _fetch_blob(cache, match, digest, on_progress)
-        if result == "miss":
+        if result is Result.MISS:
             fetched += size
         else:
             cached += size
@@ -118,18 +110,18 @@ async def warm_image(cache: PullThroughCache, match: RuleMatch, reference: str, 
 
 
 async def _fetch_blob(cache: PullThroughCache, match: RuleMatch, digest: str,
-                      on_progress: Progress | None) -> tuple[str, int]:
-    source, size, result, _ = await cache.blob(match, digest)
-    if isinstance(source, BlobStream):
+                      on_progress: Progress | None) -> tuple[Result, int]:
+    blob = await cache.blob(match, digest)
+    if blob.downloading:
         total = 0
-        async for chunk in source.chunks():
+        async for chunk in blob.chunks():
             total += len(chunk)
             if on_progress:
                 on_progress(len(chunk))
-        return result, total
+        return blob.result, total
     if on_progress:
-        on_progress(size or 0)
-    return result, size or 0
+        on_progress(blob.size or 0)
+    return blob.result, blob.size or 0
 
 
 def _platform(entry: dict) -> str:
@@ -153,41 +145,40 @@ class RuleProbe:
     error: str | None = None
 
 
-async def probe_rule(home: Path, rule_name: str, image: str, secrets: SecretResolver | None = None) -> RuleProbe:
+async def probe_rule(cache: PullThroughCache, rule_name: str, image: str) -> RuleProbe:
     """Map ``image`` through rule ``rule_name``, check the credentials and ask the upstream for the digest."""
     repository, reference = parse_image(image)
-    async with pull_through(home, secrets) as cache:
-        state = cache.state
-        rule = await state.run(lambda s: s.cache_rule(rule_name))
-        if rule is None:
-            raise ValidationError(f"cache rule {rule_name!r} does not exist (see `regcache cache list`)",
-                                  field="name")
-        match = RuleSet([rule]).match(repository)
-        if match is None:
-            raise ValidationError(f"rule {rule_name!r} does not cover {repository!r}: its target is "
-                                  f"{rule.target_repository}", field="image")
-        try:
-            served_by = (await cache.resolve(repository)).rule.name
-        except RegistryError:
-            served_by = rule_name
-        cached = await state.run(lambda s: s.tag(match.repository, reference)) if ":" not in reference else None
-        base = dict(rule=rule_name, image=image, upstream_reference=_ref(str(match.upstream), reference),
+    await cache.refresh()  # rules, upstreams and credential sets as configured now
+    state = cache.state
+    rule = await state.run(lambda s: s.cache_rule(rule_name))
+    if rule is None:
+        raise ValidationError(f"cache rule {rule_name!r} does not exist (see `regcache cache list`)",
+                              field="name")
+    match = RuleSet([rule]).match(repository)
+    if match is None:
+        raise ValidationError(f"rule {rule_name!r} does not cover {repository!r}: its target is "
+                              f"{rule.target_repository}", field="image")
+    try:
+        served_by = (await cache.resolve(repository)).rule.name
+    except NameUnknown:
+        served_by = rule_name
+    cached = await state.run(lambda s: s.tag(match.repository, reference)) if ":" not in reference else None
+    probe = partial(RuleProbe, rule=rule_name, image=image, upstream_reference=_ref(str(match.upstream), reference),
                     credential_set=rule.credential_set, served_by=served_by,
                     cached_digest=cached[0] if cached else None)
-        try:
-            creds = await cache.credentials(rule)
-            await cache.refresh()
-            got = await cache.upstream_call(
-                match, creds, lambda up: cache.upstream.manifest(up, match.upstream.path, reference, creds))
-        except RegistryError as exc:
-            return RuleProbe(**base, credentials_valid=False, digest=None, media_type=None, error=exc.message)
-        except UpstreamAuthError as exc:
-            return RuleProbe(**base, credentials_valid=False, digest=None, media_type=None, error=str(exc))
-        except UpstreamError as exc:
-            return RuleProbe(**base, credentials_valid=None if creds is None else True, digest=None,
-                            media_type=None, error=str(exc))
-        return RuleProbe(**base, credentials_valid=None if creds is None else True,
-                        digest=compute_digest(got.content), media_type=got.media_type)
+    try:
+        creds = await cache.credentials(rule)
+        got = await cache.upstream_call(
+            match, creds, lambda up: cache.upstream.manifest(up, match.upstream.path, reference, creds))
+    except PullError as exc:
+        return probe(credentials_valid=False, digest=None, media_type=None, error=exc.message)
+    except UpstreamAuthError as exc:
+        return probe(credentials_valid=False, digest=None, media_type=None, error=str(exc))
+    except UpstreamError as exc:
+        return probe(credentials_valid=None if creds is None else True, digest=None,
+                     media_type=None, error=str(exc))
+    return probe(credentials_valid=None if creds is None else True,
+                 digest=compute_digest(got.content), media_type=got.media_type)
 
 
 def _ref(repository: str, reference: str) -> str:

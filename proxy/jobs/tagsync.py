@@ -13,12 +13,12 @@ from datetime import datetime, timedelta, timezone
 
 import anyio
 
-from regcache.proxy.core.errors import RegcacheError, ValidationError
+from regcache.proxy.core.errors import RegcacheError, UpstreamUnavailable, ValidationError
 from regcache.proxy.core.models import CacheRule
-from regcache.proxy.core.oci import RegistryError
 from regcache.proxy.core.rules import RuleSet
 from regcache.proxy.core.tagfilter import TagFilter
 from regcache.proxy.pull.cache import PullThroughCache
+from regcache.proxy.state.store import StateStore
 
 log = logging.getLogger("regcache.tagsync")
 
@@ -53,22 +53,22 @@ async def sync_rule(cache: PullThroughCache, rule: CacheRule) -> list[SyncOutcom
         try:
             tags, stale = await cache.tags(match)
             if stale:
-                raise RegistryError(503, "UNAVAILABLE", f"upstream {match.upstream.login_server} is unavailable; "
-                                                        f"the tag list is the cached one")
+                raise UpstreamUnavailable(f"upstream {match.upstream.login_server} is unavailable; "
+                                          f"the tag list is the cached one")
             wanted = [t for t in tags if tag_filter.matches(t)]
             fetched = 0
             for tag in wanted:
-                before = await cache.state.run(lambda s, t=tag: s.tag(match.repository, t))
+                before = await cache.state.run(StateStore.tag, match.repository, tag)
                 result = await warm_image(cache, match, tag)
                 if before is None or before[0] != result.digest:
                     fetched += 1
             outcome = SyncOutcome(rule.name, repository, "ok", fetched,
                                   f"{len(wanted)} of {len(tags)} tags match; {fetched} new or moved fetched")
-        except (RegistryError, RegcacheError) as exc:
+        except RegcacheError as exc:
             outcome = SyncOutcome(rule.name, repository, "error", 0, str(exc))
         outcomes.append(outcome)
-        await cache.state.run(lambda s, o=outcome: s.record_tag_sync(o.rule, o.repository, o.result, o.fetched,
-                                                                    o.detail))
+        await cache.state.run(StateStore.record_tag_sync, outcome.rule, outcome.repository, outcome.result,
+                              outcome.fetched, outcome.detail)
         log.info("tag sync %s %s: %s (%s)", rule.name, repository, outcome.result, outcome.detail)
     return outcomes
 

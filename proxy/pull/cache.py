@@ -3,7 +3,8 @@
 It matches the name to a cache rule (never an open proxy), answers from the local cache when it
 can, revalidates tags with a HEAD upstream when they are older than the freshness window, fetches
 what is missing, and serves cached content stale when the upstream is unreachable, failing or
-rate-limiting. HTTP concerns live in :mod:`proxy.registry`.
+rate-limiting. It answers in domain terms: a ServedManifest, a ServedBlob, or a PullError
+(:mod:`regcache.proxy.core.errors`); only the HTTP layer gives them statuses and OCI error codes.
 """
 
 from __future__ import annotations
@@ -12,43 +13,54 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 import anyio
+import httpx
 
 from regcache.proxy.core.catalogue import UpstreamCatalogue
-from regcache.proxy.core.errors import SecretError
+from regcache.proxy.core.errors import (
+    BlobUnknown,
+    CacheUnavailable,
+    ManifestInvalid,
+    ManifestUnknown,
+    NameUnknown,
+    PullError,
+    SecretError,
+    StorageFull,
+    UpstreamAuthFailed,
+    UpstreamBadContent,
+    UpstreamRateLimited,
+    UpstreamUnavailable,
+)
 from regcache.proxy.core.models import (
     JOINED_DOWNLOAD,
     CacheRule,
     CredentialHealth,
     CredentialSet,
     HealthStatus,
+    Result,
     RuleMatch,
     Upstream,
 )
-from regcache.proxy.core.oci import (
-    INDEX_TYPES,
-    RegistryError,
-    blob_unknown,
-    manifest_unknown,
-    name_unknown,
-)
+from regcache.proxy.core.oci import INDEX_TYPES
 from regcache.proxy.core.rules import RuleSet
 from regcache.proxy.pull.metrics import ProxyMetrics
 from regcache.proxy.pull.single_flight import SingleFlight
 from regcache.proxy.secrets import SecretResolver
-from regcache.proxy.state.store import AsyncStateStore
-from regcache.proxy.storage.blobs import BlobStorageError, BlobStore, BlobStream, StoredBlob
-from regcache.proxy.storage.shared_index import SharedIndex
+from regcache.proxy.state.store import AsyncStateStore, StateStore
+from regcache.proxy.storage.blobs import BlobStore
+from regcache.proxy.storage.download import BlobStorageError, BlobStream, StoredBlob
 from regcache.proxy.upstream.client import (
     Credentials,
     UpstreamAuthError,
     UpstreamClient,
     UpstreamError,
     UpstreamNotFound,
-    UpstreamUnavailable,
+    UpstreamUnreachable,
 )
 
 log = logging.getLogger("regcache.cache")
@@ -61,28 +73,59 @@ NS_ALIASES = {"registry-1.docker.io": "docker.io", "index.docker.io": "docker.io
 
 @dataclass(frozen=True, slots=True)
 class ServedManifest:
+    """A manifest to answer with: its bytes, and how it was served."""
+
     digest: str
     media_type: str
     content: bytes
-    result: str  # "hit", "miss" or "stale"
+    result: Result
     detail: str | None = None
+
+
+@dataclass(slots=True)
+class ServedBlob:
+    """A blob to answer with: verified bytes on disk or in the bucket (hit), or its single-flight download (miss).
+
+    ``size`` is None when the upstream sent no Content-Length. Read it with :meth:`chunks`; a blob whose
+    bytes are not read (a refused range) must be closed, so the download is not kept waiting on it.
+    """
+
+    digest: str
+    size: int | None
+    result: Result
+    detail: str | None
+    _store: BlobStore
+    _source: StoredBlob | BlobStream
+
+    @property
+    def downloading(self) -> bool:
+        return isinstance(self._source, BlobStream)
+
+    def chunks(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Bytes ``start`` to ``end`` (exclusive; None: to the end)."""
+        if isinstance(self._source, StoredBlob):
+            return self._store.open(self._source, start, self._source.size if end is None else end)
+        return self._source.chunks(start, end)
+
+    def close(self) -> None:
+        if isinstance(self._source, BlobStream):
+            self._source.close()
 
 
 def compute_digest(content: bytes, algorithm: str = "sha256") -> str:
     return f"{algorithm}:{hashlib.new(algorithm, content).hexdigest()}"
 
 
-def registry_error(exc: UpstreamError, unknown: RegistryError) -> RegistryError:
-    """The OCI error a client gets for an upstream failure (``unknown`` for a 404 upstream)."""
+def pull_error(exc: UpstreamError, unknown: PullError) -> PullError:
+    """What a client is told for an upstream failure (``unknown`` for a 404 upstream)."""
     if isinstance(exc, UpstreamNotFound):
         return unknown
     if isinstance(exc, UpstreamAuthError):
-        return RegistryError(401, "UNAUTHORIZED", str(exc))
-    if isinstance(exc, UpstreamUnavailable):
-        if exc.status == 429:
-            return RegistryError(429, "TOOMANYREQUESTS", f"{exc}; nothing is cached to serve instead")
-        return RegistryError(503, "UNAVAILABLE", f"{exc}; nothing is cached to serve instead")
-    return RegistryError(502, "UNKNOWN", str(exc))
+        return UpstreamAuthFailed(str(exc))
+    if isinstance(exc, UpstreamUnreachable):
+        kind = UpstreamRateLimited if exc.status == 429 else UpstreamUnavailable
+        return kind(f"{exc}; nothing is cached to serve instead")
+    return UpstreamBadContent(str(exc))
 
 
 def shared_source(match: RuleMatch) -> str:
@@ -99,6 +142,15 @@ def _accepts(accept: list[str], media_type: str) -> bool:
     return not accept or media_type in accept or "*/*" in accept
 
 
+def _store_manifest(s: StateStore, repository: str, digest: str, media_type: str, content: bytes,
+                    tag: str | None) -> None:
+    """Keep manifest bytes, link them to ``repository`` and, given a ``tag``, point it at them."""
+    s.put_manifest(digest, media_type, content)
+    s.link(repository, digest, "manifest")
+    if tag is not None:
+        s.set_tag(repository, tag, digest)
+
+
 class PullThroughCache:
     """Serves manifests, blobs and tag lists for rule-matched names, from cache or upstream."""
 
@@ -112,7 +164,7 @@ class PullThroughCache:
         self.secrets = secrets or SecretResolver()
         self.freshness = freshness
         #: manifests, tags and links shared with other nodes through the bucket (s3 storage only)
-        self.shared = SharedIndex(blobs.objects) if blobs.objects is not None else None
+        self.shared = blobs.backend.shared
         self._version: int | None = None
         self._rules = RuleSet()
         self._catalogue = UpstreamCatalogue()
@@ -143,13 +195,13 @@ class PullThroughCache:
             registry = NS_ALIASES.get(ns.lower(), ns.lower())
             match = self._rules.match_source(registry, name)
             if match is None:
-                raise name_unknown(
+                raise NameUnknown(
                     f"no cache rule has a source covering {registry}/{name}; create one, e.g. "
                     f"`regcache cache create -n RULE -s {registry}/{name} -t {name}`")
             return match
         match = self._rules.match(name)
         if match is None:
-            raise name_unknown(
+            raise NameUnknown(
                 f"no cache rule covers repository {name!r}; create one, e.g. "
                 f"`regcache cache create -n RULE -s LOGIN_SERVER/PATH -t {name}`")
         return match
@@ -158,9 +210,8 @@ class PullThroughCache:
         try:
             return self._catalogue.get(match.upstream.login_server)
         except Exception:
-            raise RegistryError(503, "UNAVAILABLE", f"rule {match.rule.name!r} names upstream "
-                                                    f"{match.upstream.login_server}, which is no longer "
-                                                    f"configured") from None
+            raise CacheUnavailable(f"rule {match.rule.name!r} names upstream {match.upstream.login_server}, "
+                                   f"which is no longer configured") from None
 
     async def credentials(self, rule: CacheRule) -> Credentials | None:
         name = rule.credential_set
@@ -171,13 +222,13 @@ class PullThroughCache:
             return cached[1]
         cs = self._credential_sets.get(name)
         if cs is None:
-            raise RegistryError(503, "UNAVAILABLE", f"credential set {name!r} of rule {rule.name!r} is gone")
+            raise CacheUnavailable(f"credential set {name!r} of rule {rule.name!r} is gone")
         try:
             username, password = await anyio.to_thread.run_sync(
                 lambda: (self.secrets.get(cs.username_secret_id), self.secrets.get(cs.password_secret_id)))
         except SecretError as exc:
             await self._record_health(name, CredentialHealth.unhealthy(exc.code, exc.message))
-            raise RegistryError(503, "UNAVAILABLE", f"credential set {name!r} cannot be used: {exc}") from None
+            raise CacheUnavailable(f"credential set {name!r} cannot be used: {exc}") from None
         creds = Credentials(name, username, password)
         self._credentials[name] = (time.monotonic() + CREDENTIALS_TTL, creds)
         return creds
@@ -217,9 +268,11 @@ class PullThroughCache:
     async def _save_rate_limits(self) -> None:
         changes = self.upstream.take_rate_limit_changes()
         if changes:
-            await self.state.run(lambda s: [s.record_rate_limit(server, identity, budget.limit, budget.remaining,
-                                                                new_429s)
-                                            for (server, identity), (budget, new_429s) in changes.items()])
+            def record(s: StateStore) -> None:
+                for (server, identity), (budget, new_429s) in changes.items():
+                    s.record_rate_limit(server, identity, budget.limit, budget.remaining, new_429s)
+
+            await self.state.run(record)
 
     # -- manifests -----------------------------------------------------------------------------
 
@@ -247,7 +300,7 @@ class PullThroughCache:
                     child = await self._manifest_by_digest(match, entry["digest"])
                     if _accepts(accept, child.media_type):
                         return child
-        raise manifest_unknown(
+        raise ManifestUnknown(
             f"the manifest is {served.media_type}, which the client does not accept ({', '.join(accept)})")
 
     async def _manifest_by_digest(self, match: RuleMatch, digest: str) -> ServedManifest:
@@ -266,29 +319,28 @@ class PullThroughCache:
         if cached is not None:
             media_type, content = cached
             if linked:
-                return ServedManifest(digest, media_type, content, "hit")
+                return ServedManifest(digest, media_type, content, Result.HIT)
             # Known bytes, but not yet known to be in this repository: the upstream must confirm, or
             # anyone who knows a digest could read it through any rule whose upstream is down.
             try:
                 await self.upstream_call(match, creds, lambda up: self.upstream.manifest(up, path, digest, creds,
                                                                                           method="HEAD"))
             except UpstreamError as exc:
-                raise registry_error(exc, manifest_unknown(f"manifest {digest} is not in {repo}")) from None
+                raise pull_error(exc, ManifestUnknown(f"manifest {digest} is not in {repo}")) from None
             await self.state.run(lambda s: s.link(repo, digest, "manifest"))
-            return ServedManifest(digest, media_type, content, "hit")
+            return ServedManifest(digest, media_type, content, Result.HIT)
         try:
             got = await self.upstream_call(match, creds, lambda up: self.upstream.manifest(up, path, digest, creds))
         except UpstreamError as exc:
-            raise registry_error(exc, manifest_unknown(f"manifest {digest} is not in {repo} "
-                                                       f"(upstream {match.upstream})")) from None
+            raise pull_error(exc, ManifestUnknown(f"manifest {digest} is not in {repo} "
+                                                  f"(upstream {match.upstream})")) from None
         algorithm = digest.partition(":")[0]
         if compute_digest(got.content, algorithm) != digest:
-            raise RegistryError(502, "MANIFEST_INVALID",
-                                f"upstream {match.upstream.login_server} sent a manifest that does not match {digest}")
-        await self.state.run(lambda s: (s.put_manifest(digest, got.media_type, got.content),
-                                        s.link(repo, digest, "manifest")))
+            raise ManifestInvalid(f"upstream {match.upstream.login_server} sent a manifest that does not match "
+                                  f"{digest}")
+        await self.state.run(_store_manifest, repo, digest, got.media_type, got.content, None)
         await self._share_manifest(match, digest, got.media_type, got.content)
-        return ServedManifest(digest, got.media_type, got.content, "miss")
+        return ServedManifest(digest, got.media_type, got.content, Result.MISS)
 
     async def _shared_manifest(self, match: RuleMatch, digest: str,
                                cached: tuple[str, bytes] | None) -> ServedManifest | None:
@@ -302,8 +354,8 @@ class PullThroughCache:
             return None
         media_type, content = found
         repo = match.repository
-        await self.state.run(lambda s: (s.put_manifest(digest, media_type, content), s.link(repo, digest, "manifest")))
-        return ServedManifest(digest, media_type, content, "hit", "from the shared store")
+        await self.state.run(_store_manifest, repo, digest, media_type, content, None)
+        return ServedManifest(digest, media_type, content, Result.HIT, "from the shared store")
 
     async def _share_manifest(self, match: RuleMatch, digest: str, media_type: str, content: bytes,
                               tag: str | None = None) -> None:
@@ -319,7 +371,7 @@ class PullThroughCache:
     async def _manifest_by_tag(self, match: RuleMatch, tag: str) -> ServedManifest:
         repo = match.repository
         path = match.upstream.path
-        def cached_manifest(s):
+        def cached_manifest(s: StateStore) -> tuple[tuple[str, datetime] | None, tuple[str, bytes] | None]:
             found_tag = s.tag(repo, tag)
             return found_tag, (s.manifest(found_tag[0]) if found_tag is not None else None)
 
@@ -336,7 +388,7 @@ class PullThroughCache:
         if cached_tag is not None:
             digest, validated_at = cached_tag
             if found is not None:
-                cached = ServedManifest(digest, found[0], found[1], "hit")
+                cached = ServedManifest(digest, found[0], found[1], Result.HIT)
                 age = (datetime.now(timezone.utc) - validated_at).total_seconds()
                 freshness = match.rule.freshness if match.rule.freshness is not None else self.freshness
                 if age < freshness:
@@ -350,60 +402,67 @@ class PullThroughCache:
                     await self.state.run(lambda s: s.set_tag(repo, tag, cached.digest))
                     return cached
             got = await self.upstream_call(match, creds, lambda up: self.upstream.manifest(up, path, tag, creds))
-        except UpstreamUnavailable as exc:
+        except UpstreamUnreachable as exc:
             if cached is not None and match.rule.serve_stale_on_error:
                 log.warning("serving %s:%s stale: %s", repo, tag, exc)
-                return replace(cached, result="stale", detail=str(exc))
-            raise registry_error(exc, manifest_unknown("")) from None
+                return replace(cached, result=Result.STALE, detail=str(exc))
+            raise pull_error(exc, ManifestUnknown("")) from None
         except UpstreamNotFound as exc:
             if cached is not None and match.rule.serve_stale_if_deleted:
                 log.warning("serving %s:%s stale: %s", repo, tag, exc)
-                return replace(cached, result="stale", detail=f"{exc} (the rule serves deleted tags stale)")
-            raise registry_error(exc, manifest_unknown(
-                f"upstream {match.upstream} has no tag {tag!r}")) from None
+                return replace(cached, result=Result.STALE, detail=f"{exc} (the rule serves deleted tags stale)")
+            raise pull_error(exc, ManifestUnknown(f"upstream {match.upstream} has no tag {tag!r}")) from None
         except UpstreamError as exc:
-            raise registry_error(exc, manifest_unknown(
-                f"upstream {match.upstream} has no tag {tag!r}")) from None
+            raise pull_error(exc, ManifestUnknown(f"upstream {match.upstream} has no tag {tag!r}")) from None
         digest = compute_digest(got.content)
         if got.digest and got.digest != digest and got.digest.startswith("sha256:"):
-            raise RegistryError(502, "MANIFEST_INVALID",
-                                f"upstream {match.upstream.login_server} sent a manifest whose bytes do not match "
-                                f"its Docker-Content-Digest {got.digest}")
-        await self.state.run(lambda s: (s.put_manifest(digest, got.media_type, got.content),
-                                        s.link(repo, digest, "manifest"), s.set_tag(repo, tag, digest)))
+            raise ManifestInvalid(f"upstream {match.upstream.login_server} sent a manifest whose bytes do not "
+                                  f"match its Docker-Content-Digest {got.digest}")
+        await self.state.run(_store_manifest, repo, digest, got.media_type, got.content, tag)
         await self._share_manifest(match, digest, got.media_type, got.content, tag)
-        return ServedManifest(digest, got.media_type, got.content, "miss")
+        return ServedManifest(digest, got.media_type, got.content, Result.MISS)
 
     # -- blobs ---------------------------------------------------------------------------------
 
-    async def blob(self, match: RuleMatch, digest: str) -> tuple[StoredBlob | BlobStream, int | None, str, str | None]:
-        """A stored blob (hit) or a stream of its single-flight download (miss); its size, result and detail."""
+    async def blob(self, match: RuleMatch, digest: str) -> ServedBlob:
+        """A stored blob (hit) or a stream of its single-flight download (miss)."""
         repo = match.repository
         path = match.upstream.path
         stored = await self.blobs.lookup(digest)
         if stored is not None:
-            result, detail = "hit", None
-            if not await self.state.run(lambda s: (s.touch_blob(digest), s.is_linked(repo, digest))[1]):
+            def touch_and_check_link(s: StateStore) -> bool:
+                s.touch_blob(digest)
+                return s.is_linked(repo, digest)
+
+            if not await self.state.run(touch_and_check_link):
                 await self._confirm_blob(match, digest)
-            return stored, stored.size, result, detail
+            return ServedBlob(digest, stored.size, Result.HIT, None, self.blobs, stored)
         creds = await self.credentials(match.rule)
-        upstream = self.upstream_of(match)
-        stream = self.blobs.stream(digest, lambda: self.upstream.blob(upstream, path, digest, creds))
+
+        @asynccontextmanager
+        async def fetch() -> AsyncIterator[httpx.Response]:
+            # entering the upstream's response goes through the same bookkeeping as every other call
+            async with AsyncExitStack() as stack:
+                yield await self.upstream_call(
+                    match, creds, lambda up: stack.enter_async_context(self.upstream.blob(up, path, digest, creds)))
+
+        try:
+            stream = self.blobs.stream(digest, fetch)
+        except BlobStorageError as exc:  # not even the temporary file could be made: our disk, not the upstream
+            raise (StorageFull if exc.disk_full else CacheUnavailable)(str(exc)) from None
         try:
             size = await stream.size()
         except UpstreamError as exc:
-            if isinstance(exc, UpstreamAuthError) and creds is not None:
-                await self._record_health(creds.identity, CredentialHealth.unhealthy("UpstreamAuthFailed", str(exc)))
-            raise registry_error(exc, blob_unknown(f"upstream {match.upstream} has no blob {digest}")) from None
+            raise pull_error(exc, BlobUnknown(f"upstream {match.upstream} has no blob {digest}")) from None
         except BlobStorageError as exc:  # our disk, not the upstream: say so
-            raise RegistryError(507 if exc.disk_full else 503, "UNAVAILABLE", str(exc)) from None
+            raise (StorageFull if exc.disk_full else CacheUnavailable)(str(exc)) from None
         except Exception as exc:
-            raise RegistryError(502, "UNKNOWN", f"fetching blob {digest} from upstream "
-                                                f"{match.upstream.login_server} failed: {exc}") from None
+            raise UpstreamBadContent(f"fetching blob {digest} from upstream {match.upstream.login_server} "
+                                     f"failed: {exc}") from None
         await self.state.run(lambda s: s.link(repo, digest, "blob"))
         if self.shared is not None and not stream.joined:  # the request that started it already did
             await self.shared.link(shared_source(match), digest)
-        return stream, size, "miss", JOINED_DOWNLOAD if stream.joined else None
+        return ServedBlob(digest, size, Result.MISS, JOINED_DOWNLOAD if stream.joined else None, self.blobs, stream)
 
     async def _confirm_blob(self, match: RuleMatch, digest: str) -> None:
         """Link a stored blob to this repository once a node or the upstream confirms the repository has it."""
@@ -415,25 +474,25 @@ class PullThroughCache:
                 await self.upstream_call(
                     match, creds, lambda up: self.upstream.blob_size(up, match.upstream.path, digest, creds))
             except UpstreamError as exc:
-                raise registry_error(exc, blob_unknown(f"blob {digest} is not in {repo}")) from None
+                raise pull_error(exc, BlobUnknown(f"blob {digest} is not in {repo}")) from None
         await self.state.run(lambda s: s.link(repo, digest, "blob"))
 
-    async def blob_size(self, match: RuleMatch, digest: str) -> tuple[int, str]:
+    async def blob_size(self, match: RuleMatch, digest: str) -> tuple[int, Result]:
         """For HEAD: the blob's size from the store, else from the upstream (nothing downloaded)."""
         stored = await self.blobs.lookup(digest)
         if stored is not None:
             if not await self.state.run(lambda s: s.is_linked(match.repository, digest)):
                 await self._confirm_blob(match, digest)
-            return stored.size, "hit"
+            return stored.size, Result.HIT
         creds = await self.credentials(match.rule)
         try:
             size = await self.upstream_call(
                 match, creds, lambda up: self.upstream.blob_size(up, match.upstream.path, digest, creds))
-        except UpstreamUnavailable as exc:
-            raise registry_error(exc, blob_unknown("")) from None
+        except UpstreamUnreachable as exc:
+            raise pull_error(exc, BlobUnknown("")) from None
         except UpstreamError as exc:
-            raise registry_error(exc, blob_unknown(f"upstream {match.upstream} has no blob {digest}")) from None
-        return size, "miss"
+            raise pull_error(exc, BlobUnknown(f"upstream {match.upstream} has no blob {digest}")) from None
+        return size, Result.MISS
 
     # -- tags and referrers --------------------------------------------------------------------
 
@@ -444,13 +503,13 @@ class PullThroughCache:
             tags = await self.upstream_call(
                 match, creds, lambda up: self.upstream.tags(up, match.upstream.path, creds))
             return sorted(set(tags)), False
-        except UpstreamUnavailable as exc:
+        except UpstreamUnreachable as exc:
             cached = await self.state.run(lambda s: s.tags(match.repository))
             if cached:
                 return cached, True
-            raise registry_error(exc, name_unknown("")) from None
+            raise pull_error(exc, NameUnknown("")) from None
         except UpstreamError as exc:
-            raise registry_error(exc, name_unknown(
+            raise pull_error(exc, NameUnknown(
                 f"upstream {match.upstream} has no repository {match.upstream.path}")) from None
 
     async def referrers(self, match: RuleMatch, digest: str) -> tuple[bytes, str] | None:

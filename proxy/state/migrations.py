@@ -24,7 +24,7 @@ def migration(fn: Migration) -> Migration:
 @migration
 def m001_configuration(db: Database) -> None:
     """What an operator configures: upstreams, credential sets, cache rules, settings."""
-    db["upstreams"].create(
+    db.table("upstreams").create(
         {
             "login_server": str,
             "base_url": str,
@@ -36,7 +36,7 @@ def m001_configuration(db: Database) -> None:
         pk="login_server",
         not_null={"base_url", "kind", "created_at"},
     )
-    db["credential_sets"].create(
+    db.table("credential_sets").create(
         {
             "name": str,
             "login_server": str,
@@ -51,7 +51,7 @@ def m001_configuration(db: Database) -> None:
         pk="name",
         not_null={"login_server", "username_secret_id", "password_secret_id", "health_status", "created_at"},
     )
-    db["cache_rules"].create(
+    db.table("cache_rules").create(
         {
             "name": str,
             "source_repository": str,
@@ -64,41 +64,41 @@ def m001_configuration(db: Database) -> None:
         foreign_keys=[("credential_set", "credential_sets", "name")],
     )
     # Static targets are unique and wildcard targets never overlap, so no two rules share a target.
-    db["cache_rules"].create_index(["target_repository"], unique=True)
-    db["settings"].create({"key": str, "value": str}, pk="key")
+    db.table("cache_rules").create_index(["target_repository"], unique=True)
+    db.table("settings").create({"key": str, "value": str}, pk="key")
 
 
 @migration
 def m002_cache(db: Database) -> None:
     """What the proxy caches and records: manifests, tags, blobs, repositories, pull events."""
-    db["manifests"].create(
+    db.table("manifests").create(
         {"digest": str, "media_type": str, "size": int, "content": bytes, "created_at": str,
          "last_access": str},
         pk="digest",
         not_null={"media_type", "size", "content", "created_at"},
     )
-    db["repositories"].create(
+    db.table("repositories").create(
         {"name": str, "rule": str, "upstream": str, "first_pull": str, "last_pull": str, "pulls": int},
         pk="name",
         not_null={"upstream", "first_pull"},
     )
     # tag -> digest per (client-side) repository, with when the upstream last confirmed it
-    db["tags"].create(
+    db.table("tags").create(
         {"repository": str, "tag": str, "digest": str, "fetched_at": str, "validated_at": str},
         pk=("repository", "tag"),
         not_null={"digest", "fetched_at", "validated_at"},
     )
     # manifests and blobs a repository has been shown to contain (upstream confirmed)
-    db["repository_contents"].create(
+    db.table("repository_contents").create(
         {"repository": str, "digest": str, "kind": str},
         pk=("repository", "digest"),
     )
-    db["blobs"].create(
+    db.table("blobs").create(
         {"digest": str, "size": int, "path": str, "first_access": str, "last_access": str},
         pk="digest",
         not_null={"size", "path", "first_access"},
     )
-    db["events"].create(
+    db.table("events").create(
         {
             "id": int, "ts": str, "client": str, "method": str, "kind": str, "repository": str,
             "reference": str, "rule": str, "result": str, "status": int, "bytes": int,
@@ -107,13 +107,13 @@ def m002_cache(db: Database) -> None:
         pk="id",
         not_null={"ts", "kind", "result"},
     )
-    db["events"].create_index(["ts"])
+    db.table("events").create_index(["ts"])
 
 
 @migration
 def m003_rule_settings(db: Database) -> None:
     """Per-rule freshness window, stale-serving policies and retention (operations beyond ACR)."""
-    table = db["cache_rules"]
+    table = db.table("cache_rules")
     table.add_column("freshness_seconds", float)
     table.add_column("serve_stale_on_error", int, not_null_default=1)
     table.add_column("serve_stale_if_deleted", int, not_null_default=0)
@@ -123,15 +123,15 @@ def m003_rule_settings(db: Database) -> None:
 @migration
 def m004_tag_sync_and_rate_limits(db: Database) -> None:
     """Tag sync per rule (filter, interval, last result) and upstream rate-limit budgets."""
-    table = db["cache_rules"]
+    table = db.table("cache_rules")
     table.add_column("sync_tags", str)  # a regex, or a semver range such as ">=1.2,<2"
     table.add_column("sync_interval_seconds", float)
-    db["tag_syncs"].create(
+    db.table("tag_syncs").create(
         {"rule": str, "repository": str, "synced_at": str, "result": str, "fetched": int, "detail": str},
         pk=("rule", "repository"),
     )
     # the last ratelimit-limit / ratelimit-remaining an upstream sent, per credential set or anonymous
-    db["rate_limits"].create(
+    db.table("rate_limits").create(
         {"login_server": str, "identity": str, "limit_value": str, "remaining": str, "throttled": int,
          "updated_at": str},
         pk=("login_server", "identity"),
@@ -141,7 +141,7 @@ def m004_tag_sync_and_rate_limits(db: Database) -> None:
 @migration
 def m005_client_tokens(db: Database) -> None:
     """Repository-scoped client tokens (ACR tokens and scope maps): a salted password hash, never the password."""
-    db["client_tokens"].create(
+    db.table("client_tokens").create(
         {
             "name": str,
             "repositories": str,  # a JSON list of patterns in the target grammar: "ubuntu", "team/*", "*"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from regcache.proxy.core.models import PullEvent
+from regcache.proxy.core.models import PullEvent, Result
 from regcache.proxy.state.store import StateStore
 
 
@@ -68,7 +68,7 @@ class RecordedEvent:
 def _event(row: dict) -> RecordedEvent:
     return RecordedEvent(row["id"], PullEvent(
         row["client"] or "", row["method"] or "", row["kind"], row["repository"] or "", row["reference"] or "",
-        row["result"], row["status"] or 0, row["rule"], row["bytes"] or 0, row["duration_ms"] or 0.0,
+        Result(row["result"]), row["status"] or 0, row["rule"], row["bytes"] or 0, row["duration_ms"] or 0.0,
         row["detail"], datetime.fromisoformat(row["ts"])))
 
 

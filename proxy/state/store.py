@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TypeVar, TypeVarTuple
 
 from sqlite_utils import Database
 
@@ -35,6 +36,9 @@ from regcache.proxy.core.tokens import ClientToken
 from regcache.proxy.state.migrations import MIGRATIONS
 
 BUSY_TIMEOUT_MS = 30_000
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 
 def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
@@ -55,9 +59,18 @@ def _dt(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
+def _required_dt(value: str | None, column: str, key: str) -> datetime:
+    """A timestamp from a NOT NULL column; a damaged database gets a StateError naming the column and row."""
+    when = _dt(value)
+    if when is None:
+        raise StateError(f"the state database has no {column} for {key!r}")
+    return when
+
+
 def _rule(row: dict) -> CacheRule:
     return CacheRule(row["name"], row["source_repository"], row["target_repository"],
-                     row["credential_set"], _dt(row["created_at"]), row["freshness_seconds"],
+                     row["credential_set"], _required_dt(row["created_at"], "cache_rules.created_at", row["name"]),
+                     row["freshness_seconds"],
                      bool(row["serve_stale_on_error"]), bool(row["serve_stale_if_deleted"]),
                      row["retention_seconds"], row["sync_tags"], row["sync_interval_seconds"])
 
@@ -74,7 +87,8 @@ def _credential_set(row: dict) -> CredentialSet:
         _dt(row["health_checked_at"]),
     )
     return CredentialSet(row["name"], row["login_server"], row["username_secret_id"],
-                         row["password_secret_id"], health, _dt(row["created_at"]))
+                         row["password_secret_id"], health,
+                         _required_dt(row["created_at"], "credential_sets.created_at", row["name"]))
 
 
 class StateStore:
@@ -130,27 +144,27 @@ class StateStore:
 
     def _migrate(self) -> None:
         with self.transaction():
-            self.db["migrations"].create({"name": str, "applied_at": str}, pk="name", if_not_exists=True)
-            applied = {row["name"] for row in self.db["migrations"].rows}
+            self.db.table("migrations").create({"name": str, "applied_at": str}, pk="name", if_not_exists=True)
+            applied = {row["name"] for row in self.db.table("migrations").rows}
             for fn in MIGRATIONS:
                 if fn.__name__ not in applied:
                     fn(self.db)
-                    self.db["migrations"].insert({"name": fn.__name__, "applied_at": _ts(utc_now())})
+                    self.db.table("migrations").insert({"name": fn.__name__, "applied_at": _ts(utc_now())})
 
     def applied_migrations(self) -> list[str]:
-        return [row["name"] for row in self.db["migrations"].rows_where(order_by="rowid")]
+        return [row["name"] for row in self.db.table("migrations").rows_where(order_by="rowid")]
 
     # -- cache rules ---------------------------------------------------------------------------
 
     def cache_rules(self) -> list[CacheRule]:
-        return [_rule(r) for r in self.db["cache_rules"].rows_where(order_by="created_at, rowid")]
+        return [_rule(r) for r in self.db.table("cache_rules").rows_where(order_by="created_at, rowid")]
 
     def cache_rule(self, name: str) -> CacheRule | None:
-        rows = list(self.db["cache_rules"].rows_where("name = ?", [name]))
+        rows = list(self.db.table("cache_rules").rows_where("name = ?", [name]))
         return _rule(rows[0]) if rows else None
 
     def insert_cache_rule(self, rule: CacheRule) -> None:
-        self.db["cache_rules"].insert({
+        self.db.table("cache_rules").insert({
             "name": rule.name, "source_repository": rule.source_repository,
             "target_repository": rule.target_repository, "credential_set": rule.credential_set,
             "created_at": _ts(rule.created_at), **_rule_settings(rule),
@@ -158,31 +172,31 @@ class StateStore:
 
     def update_cache_rule(self, rule: CacheRule) -> None:
         """Store what an update may change: the credential set and the settings."""
-        self.db["cache_rules"].update(rule.name, {"credential_set": rule.credential_set, **_rule_settings(rule)})
+        self.db.table("cache_rules").update(rule.name, {"credential_set": rule.credential_set, **_rule_settings(rule)})
 
     def delete_cache_rule(self, name: str) -> None:
-        self.db["cache_rules"].delete(name)
+        self.db.table("cache_rules").delete(name)
 
     def rules_using_credential_set(self, credential_set: str) -> list[str]:
-        return [r["name"] for r in self.db["cache_rules"].rows_where(
+        return [r["name"] for r in self.db.table("cache_rules").rows_where(
             "credential_set = ?", [credential_set], select="name", order_by="name")]
 
     def rules_with_source_on(self, login_server: str) -> list[str]:
-        return [r["name"] for r in self.db["cache_rules"].rows_where(
+        return [r["name"] for r in self.db.table("cache_rules").rows_where(
             "source_repository LIKE ? ESCAPE '\\'", [login_server.replace("_", "\\_").replace("%", "\\%") + "/%"],
             select="name", order_by="name")]
 
     # -- credential sets -----------------------------------------------------------------------
 
     def credential_sets(self) -> list[CredentialSet]:
-        return [_credential_set(r) for r in self.db["credential_sets"].rows_where(order_by="created_at, rowid")]
+        return [_credential_set(r) for r in self.db.table("credential_sets").rows_where(order_by="created_at, rowid")]
 
     def credential_set(self, name: str) -> CredentialSet | None:
-        rows = list(self.db["credential_sets"].rows_where("name = ?", [name]))
+        rows = list(self.db.table("credential_sets").rows_where("name = ?", [name]))
         return _credential_set(rows[0]) if rows else None
 
     def upsert_credential_set(self, cs: CredentialSet) -> None:
-        self.db["credential_sets"].upsert({
+        self.db.table("credential_sets").upsert({
             "name": cs.name, "login_server": cs.login_server,
             "username_secret_id": cs.username_secret_id, "password_secret_id": cs.password_secret_id,
             "health_status": cs.health.status.value, "health_error_code": cs.health.error_code,
@@ -201,40 +215,40 @@ class StateStore:
         return cs
 
     def delete_credential_set(self, name: str) -> None:
-        self.db["credential_sets"].delete(name)
+        self.db.table("credential_sets").delete(name)
 
     # -- upstreams -----------------------------------------------------------------------------
 
     def custom_upstreams(self) -> list[Upstream]:
         return [
             Upstream(r["login_server"], r["base_url"], AuthPolicy(r["auth_policy"]), False, "custom")
-            for r in self.db["upstreams"].rows_where("kind = 'custom'", order_by="login_server")
+            for r in self.db.table("upstreams").rows_where("kind = 'custom'", order_by="login_server")
         ]
 
     def upstream_overrides(self) -> dict[str, str]:
-        return {r["login_server"]: r["base_url"] for r in self.db["upstreams"].rows_where("kind = 'override'")}
+        return {r["login_server"]: r["base_url"] for r in self.db.table("upstreams").rows_where("kind = 'override'")}
 
     def upsert_upstream(self, login_server: str, base_url: str, auth_policy: AuthPolicy | None, kind: str) -> None:
-        self.db["upstreams"].upsert({
+        self.db.table("upstreams").upsert({
             "login_server": login_server, "base_url": base_url,
             "auth_policy": auth_policy.value if auth_policy else None, "kind": kind,
             "created_at": _ts(utc_now()),
         }, pk="login_server")
 
     def delete_upstream(self, login_server: str) -> bool:
-        existed = bool(list(self.db["upstreams"].rows_where("login_server = ?", [login_server])))
+        existed = bool(list(self.db.table("upstreams").rows_where("login_server = ?", [login_server])))
         if existed:
-            self.db["upstreams"].delete(login_server)
+            self.db.table("upstreams").delete(login_server)
         return existed
 
     # -- settings ------------------------------------------------------------------------------
 
     def setting(self, key: str, default: str | None = None) -> str | None:
-        rows = list(self.db["settings"].rows_where("key = ?", [key]))
+        rows = list(self.db.table("settings").rows_where("key = ?", [key]))
         return rows[0]["value"] if rows else default
 
     def set_setting(self, key: str, value: str) -> None:
-        self.db["settings"].upsert({"key": key, "value": value}, pk="key")
+        self.db.table("settings").upsert({"key": key, "value": value}, pk="key")
 
     # -- cache: manifests, tags, blobs, repositories ---------------------------------------------
 
@@ -257,7 +271,7 @@ class StateStore:
         """The cached digest of ``repository:tag`` and when the upstream last confirmed it."""
         row = self.db.conn.execute("SELECT digest, validated_at FROM tags WHERE repository = ? AND tag = ?",
                                    [repository, tag]).fetchone()
-        return (row[0], _dt(row[1])) if row else None
+        return (row[0], _required_dt(row[1], "tags.validated_at", f"{repository}:{tag}")) if row else None
 
     def set_tag(self, repository: str, tag: str, digest: str, when: datetime | None = None) -> None:
         now = _ts(when or utc_now())
@@ -511,8 +525,11 @@ class AsyncStateStore:
         self.store = store
         self._limiter = anyio.CapacityLimiter(1)
 
-    async def run(self, fn, *args):
-        """Run ``fn(store, *args)`` on a worker thread and return its result."""
+    async def run(self, fn: Callable[[StateStore, *Ts], T], *args: *Ts) -> T:
+        """Run ``fn(store, *args)`` on a worker thread and return its result.
+
+        ``fn`` is typically a lambda (``run(lambda s: s.tags(repo))``) or an unbound method with its
+        arguments (``run(StateStore.tag, repo, tag)``); either way the result keeps ``fn``'s type."""
         import anyio
 
         return await anyio.to_thread.run_sync(lambda: fn(self.store, *args), limiter=self._limiter)

@@ -26,14 +26,13 @@ import logging
 import os
 import socket
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from regcache.proxy.core.settings import STORAGE_SETTING, S3Storage, StorageError, storage_from_json
+from regcache.proxy.core.settings import S3Storage, StorageError
 from regcache.proxy.secrets import SecretResolver
-from regcache.proxy.state.store import StateStore
 
 log = logging.getLogger("regcache.objectstore")
 
@@ -125,15 +124,15 @@ class ObjectStore:
         return f"bucket {self.config.bucket} at {self.config.endpoint}"
 
     async def __aenter__(self) -> ObjectStore:
+        from aiobotocore.config import AioConfig
         from aiobotocore.session import get_session
-        from botocore.config import Config
 
         access_key = self._secrets.get(self.config.access_key_id)
         secret_key = self._secrets.get(self.config.secret_access_key)
         session = get_session()
 
         async def client(pool: int) -> Any:
-            config = Config(
+            config = AioConfig(
                 s3={"addressing_style": "path" if self.config.path_style else "virtual"},
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
@@ -339,22 +338,6 @@ class ObjectStore:
             if why is not None:
                 result.append((upload, why))
         return result
-
-
-@asynccontextmanager
-async def configured_object_store(store: StateStore, secrets: SecretResolver | None = None,
-                                  on_error: Callable[[str], None] | None = None
-                                  ) -> AsyncIterator[ObjectStore | None]:
-    """The bucket the storage setting names, checked usable (None for the filesystem backend)."""
-    import anyio
-
-    config = await anyio.to_thread.run_sync(lambda: storage_from_json(store.setting(STORAGE_SETTING)))
-    if not isinstance(config, S3Storage):
-        yield None
-        return
-    async with ObjectStore(config, secrets, on_error) as objects:
-        await objects.check()
-        yield objects
 
 
 class MultipartUpload:

@@ -52,7 +52,7 @@ class UpstreamError(Exception):
         self.status = status
 
 
-class UpstreamUnavailable(UpstreamError):
+class UpstreamUnreachable(UpstreamError):
     """Unreachable, timed out, 5xx or 429: a cached copy may be served stale."""
 
 
@@ -129,7 +129,7 @@ class UpstreamClient:
             try:
                 response = await self._client.send(request, stream=stream)
             except httpx.HTTPError as exc:
-                raise UpstreamUnavailable(upstream.login_server, f"{_cause(exc)} at {target.host}") from None
+                raise UpstreamUnreachable(upstream.login_server, f"{_cause(exc)} at {target.host}") from None
             location = response.headers.get("location")
             if response.status_code not in REDIRECTS or not location:
                 return response
@@ -162,12 +162,12 @@ class UpstreamClient:
         try:
             response = await self._client.get(realm, params=params, headers=headers)
         except httpx.HTTPError as exc:
-            raise UpstreamUnavailable(server, f"token service {httpx.URL(realm).host} {_cause(exc)}") from None
+            raise UpstreamUnreachable(server, f"token service {httpx.URL(realm).host} {_cause(exc)}") from None
         if response.status_code in (401, 403):
             raise UpstreamAuthError(server, f"token service refused {who} (HTTP {response.status_code})",
                                     response.status_code)
         if response.status_code >= 500 or response.status_code == 429:
-            raise UpstreamUnavailable(server, f"token service answered HTTP {response.status_code}",
+            raise UpstreamUnreachable(server, f"token service answered HTTP {response.status_code}",
                                       response.status_code)
         try:
             body = response.json()
@@ -208,7 +208,7 @@ class UpstreamClient:
         if status == 429 or status >= 500:
             await response.aclose()
             what = "is rate-limiting (HTTP 429)" if status == 429 else f"answered HTTP {status}"
-            raise UpstreamUnavailable(upstream.login_server, what, status)
+            raise UpstreamUnreachable(upstream.login_server, what, status)
         return response
 
     def _observe_rate_limit(self, upstream: Upstream, creds: Credentials | None, response: httpx.Response) -> None:

@@ -36,12 +36,12 @@ def test_max_size_evicts_least_recently_pulled(regcache, anonymous_registry, pus
     assert plan["dryRun"] and plan["bytesFreed"] >= one_image // 2
     evicted = {e["digest"] for e in plan["evicted"]}
     assert evicted and evicted <= set(images["old"].blobs)  # the least recently pulled image goes first
-    assert all(regcache.server.app.state.registry.cache.blobs.stored(d) for d in evicted)  # dry run
+    assert all(regcache.server.app.state.registry.cache.blobs.backend.stored(d) for d in evicted)  # dry run
 
     done = gc(regcache.home)
     assert {e["digest"] for e in done["evicted"]} == evicted
     blobs = regcache.server.app.state.registry.cache.blobs
-    assert not any(blobs.stored(d) for d in evicted)
+    assert not any(blobs.backend.stored(d) for d in evicted)
     assert done["cacheBytes"] - done["bytesFreed"] <= blob_bytes - one_image // 2
     # the evicted image is an ordinary miss again, fetched from the upstream
     before = anonymous_registry.count_blob_gets()
@@ -75,7 +75,7 @@ def test_a_client_reading_an_evicted_blob_finishes(regcache, anonymous_registry,
             chunks = response.iter_raw(1 << 20)
             first = next(chunks)
             assert gc(regcache.home)["bytesFreed"] > 0  # evicted while the client reads it
-            assert not regcache.server.app.state.registry.cache.blobs.stored(layer.digest)
+            assert not regcache.server.app.state.registry.cache.blobs.backend.stored(layer.digest)
             body = first + b"".join(chunks)
     assert body == layer.data
 

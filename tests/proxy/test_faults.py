@@ -20,12 +20,12 @@ import httpx
 import pytest
 
 from regcache.proxy.config.control import ControlPlane
+from tests.helpers.commands import ServeProcess
 from tests.registries.images import PushedImage
 from tests.registries.skopeo import SkopeoError, assert_pulled
 
 from .conftest import Regcache, start_regcache
 from .fronts import PASS, THROTTLE, FaultyFront
-from .test_serve import ServeProcess
 
 MiB = 1024 * 1024
 T = TypeVar("T")
@@ -229,8 +229,8 @@ def test_full_disk_fails_the_download_cleanly_and_keeps_serving_hits(home, keyri
                     assert response.status_code >= 500 and "disk is full" in response.text, response.text
             served_during = hits.served
         assert hits.failures == [] and served_during > 0, hits.failures
-        assert blobs.stored(layer.digest) is None
-        assert not blobs.path_for(layer.digest).exists()
+        assert blobs.backend.stored(layer.digest) is None
+        assert not blobs.backend.path_for(layer.digest).exists()
         assert rc.temp_files() == []
         assert rc.control.store.blob(layer.digest) is None
         errors = [e for e in rc.events() if e["kind"] == "blob" and e["reference"] == layer.digest]
@@ -257,7 +257,7 @@ def test_full_disk_fails_the_download_cleanly_and_keeps_serving_hits(home, keyri
         filler.unlink()  # space is freed: the same pull now succeeds
         front.mode = PASS
         assert_pulled(skopeo.copy_to_oci(f"{rc.host}/acme/big:1", tmp_path / "big", "1"), "1", big)
-        assert blobs.path_for(layer.digest).read_bytes() == layer.data
+        assert blobs.backend.path_for(layer.digest).read_bytes() == layer.data
         assert_pulled(skopeo.copy_to_oci(f"{rc.host}/acme/small:1", tmp_path / "small-again", "1"), "1", small)
         assert rc.temp_files() == []
     finally:

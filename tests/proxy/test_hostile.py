@@ -278,7 +278,7 @@ def world(regcache, anonymous_registry, push_image, file_writes) -> Iterator[Wor
         answer = world.wire.send("GET", f"/v2/team/app/blobs/{digest}")
         assert answer.status == 200 and answer.body == data, str(answer)
     store = regcache.server.app.state.registry.cache.blobs
-    assert all(store.stored(digest) for digest in world.blobs)
+    assert all(store.backend.stored(digest) for digest in world.blobs)
     yield world
     world.wire.close()
 

@@ -7,17 +7,8 @@ import time
 
 import httpx
 
-from .test_serve import ServeProcess
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in a Prometheus exposition (0 when absent)."""
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            found = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
-            if all(found.get(k) == v for k, v in labels.items()):
-                return float(line.rsplit(" ", 1)[1])
-    return 0.0
+from tests.helpers.commands import ServeProcess
+from tests.helpers.metrics import sample
 
 
 def test_metrics_follow_pulls(regcache, anonymous_registry, push_image, skopeo, tmp_path):
@@ -37,7 +28,7 @@ def test_metrics_follow_pulls(regcache, anonymous_registry, push_image, skopeo, 
     assert sample(text, "regcache_bytes_fetched_total", rule="metered") == layer_bytes
     assert sample(text, "regcache_bytes_served_total", rule="metered") >= 2 * layer_bytes
     assert sample(text, "regcache_upstream_errors_total", rule="metered", upstream=server,
-                  kind="UpstreamUnavailable") >= 1
+                  kind="UpstreamUnreachable") >= 1
     assert sample(text, "regcache_request_duration_seconds_count", rule="metered", kind="blob") >= 4
     assert sample(text, "regcache_cache_size_bytes") == layer_bytes
     assert sample(text, "regcache_requests_total", rule="metered", kind="manifest", result="stale") == 1

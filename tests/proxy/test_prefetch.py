@@ -22,7 +22,7 @@ def test_warm_then_every_pull_is_a_hit(regcache, anonymous_registry, push_image,
     assert result.exit_code == 0, result.stderr
     arm = image.for_platform("linux/arm64/v8")
     assert f"{len(arm.blobs)} blob(s), fetched" in result.stderr
-    stored = regcache.server.app.state.registry.cache.blobs.stored
+    stored = regcache.server.app.state.registry.cache.blobs.backend.stored
     assert {b.digest for b in arm.blobs} == {d for d in image.blobs if stored(d)}
 
     before = anonymous_registry.count_blob_gets()

@@ -10,10 +10,10 @@ import pytest
 
 from regcache.proxy.core.models import JOINED_DOWNLOAD
 from regcache.proxy.state.statistics import CacheStatistics
+from tests.helpers.metrics import sample
 from tests.registries.skopeo import SkopeoError, assert_pulled
 
 from .fronts import CORRUPT, CUT, PASS, REDIRECT, THROTTLE, BlobCDN, FaultyFront
-from .test_metrics import sample
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
@@ -302,14 +302,14 @@ def test_broken_upstream_blob_stores_nothing(regcache, anonymous_registry, push_
         with pytest.raises(SkopeoError):
             skopeo.copy_to_oci(f"{regcache.host}/fragile:1", tmp_path / "broken", "1")
         layer = image.layers[0]
-        assert not regcache.server.app.state.registry.cache.blobs.stored(layer.digest)
+        assert not regcache.server.app.state.registry.cache.blobs.backend.stored(layer.digest)
         assert regcache.temp_files() == []
         errors = [e for e in regcache.events() if e["result"] == "error" and e["kind"] == "blob"]
         assert errors, "the failed transfer is in the event log"
 
         front.mode = PASS  # the upstream recovers
         assert_pulled(skopeo.copy_to_oci(f"{regcache.host}/fragile:1", tmp_path / "ok", "1"), "1", image)
-        assert regcache.server.app.state.registry.cache.blobs.stored(layer.digest)
+        assert regcache.server.app.state.registry.cache.blobs.backend.stored(layer.digest)
     finally:
         front.stop()
 
@@ -379,10 +379,10 @@ def test_download_completes_when_the_first_client_goes_away(regcache, anonymous_
             assert response.status_code == 200
             next(response.iter_raw(65536))  # read a little, then hang up
     deadline = time.monotonic() + 30
-    while blobs.stored(layer.digest) is None and time.monotonic() < deadline:
+    while blobs.backend.stored(layer.digest) is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert blobs.stored(layer.digest) is not None
-    assert blobs.path_for(layer.digest).read_bytes() == layer.data
+    assert blobs.backend.stored(layer.digest) is not None
+    assert blobs.backend.path_for(layer.digest).read_bytes() == layer.data
     with regcache.http() as http:
         assert http.get(f"/v2/abandoned/blobs/{layer.digest}").content == layer.data
     assert anonymous_registry.count_blob_gets("library/abandoned", layer.digest) == 1

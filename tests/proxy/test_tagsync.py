@@ -60,7 +60,7 @@ def test_sync_fetches_new_and_moved_tags(regcache, anonymous_registry, push_imag
     assert second[0]["fetched"] == 2  # 1.1 moved, 1.2 is new
     assert store.tag("synced", "1.1")[0] == moved.digest
     layer = moved.layers[0]
-    assert regcache.server.app.state.registry.cache.blobs.stored(layer.digest)  # the image, not just the tag
+    assert regcache.server.app.state.registry.cache.blobs.backend.stored(layer.digest)  # the image, not just the tag
 
     anonymous_registry.stop()
     failed = run(regcache.home, "cache", "sync", "-n", "synced-app", "-o", "json")

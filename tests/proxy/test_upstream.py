@@ -13,7 +13,7 @@ from regcache.proxy.upstream.client import (
     UpstreamAuthError,
     UpstreamClient,
     UpstreamNotFound,
-    UpstreamUnavailable,
+    UpstreamUnreachable,
 )
 
 pytestmark = pytest.mark.anyio
@@ -134,7 +134,7 @@ async def test_redirect_to_another_host_drops_authorization():
 @pytest.mark.parametrize(("status", "text"), [(503, "answered HTTP 503"), (429, "rate-limiting")])
 async def test_server_errors_are_unavailable(status, text):
     client = UpstreamClient(httpx.MockTransport(lambda r: httpx.Response(status)))
-    with pytest.raises(UpstreamUnavailable, match=text) as info:
+    with pytest.raises(UpstreamUnreachable, match=text) as info:
         await client.manifest(UP, "lib/app", "latest", None)
     assert info.value.status == status
     await client.aclose()
@@ -145,7 +145,7 @@ async def test_connection_refused_is_unavailable():
         raise httpx.ConnectError("refused", request=request)
 
     client = UpstreamClient(httpx.MockTransport(handler))
-    with pytest.raises(UpstreamUnavailable, match=r"upstream reg.test: unreachable \(connection failed\)"):
+    with pytest.raises(UpstreamUnreachable, match=r"upstream reg.test: unreachable \(connection failed\)"):
         await client.manifest(UP, "lib/app", "latest", None)
     await client.aclose()
 

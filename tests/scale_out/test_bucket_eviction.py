@@ -9,6 +9,7 @@ from regcache.proxy.core.settings import make_s3_storage
 from regcache.proxy.jobs.eviction import Evictor, evict
 from regcache.proxy.secrets import SecretResolver
 from regcache.proxy.state.store import AsyncStateStore, StateStore
+from regcache.proxy.storage.backend import BucketBackend, FilesystemBackend
 from regcache.proxy.storage.objectstore import ObjectStore
 
 from .nodes import ACCESS_KEY_VAR, SECRET_KEY_VAR, bucket_keys, s3_env, write_object
@@ -37,14 +38,14 @@ def test_the_eviction_round_deletes_bucket_objects_then_rows(home, swift_s3, s3_
         assert [c.digest for c in plan.candidates] == [blobs[0][0]]
 
         async def round_without_bucket() -> int:  # e.g. storage switched back to filesystem meanwhile
-            return await evict(AsyncStateStore(store), plan, None)
+            return await evict(AsyncStateStore(store), plan, FilesystemBackend(home))
 
         assert asyncio.run(round_without_bucket()) == 0
         assert store.blob_usage().keys() == {digest for digest, _ in blobs}  # the row stays: the object does
 
         async def round_with_bucket() -> int:
             async with ObjectStore(config, SecretResolver()) as objects:
-                return await evict(AsyncStateStore(store), plan, objects)
+                return await evict(AsyncStateStore(store), plan, BucketBackend(objects))
 
         assert asyncio.run(round_with_bucket()) == 1000
         assert blobs[0][1] not in bucket_keys(swift_s3, s3_bucket)

@@ -8,8 +8,7 @@ from textual.widgets import DataTable
 
 from regcache.proxy.server import EmbeddedProxy, ProxyServer
 from regcache.tui.app import RegcacheApp
-
-from .test_app import wait_for
+from tests.helpers.pilot import wait_for
 
 pytestmark = pytest.mark.anyio
 

@@ -8,6 +8,7 @@ from textual.widgets import DataTable, Input, Select, Static
 from regcache.proxy.secrets import SecretResolver
 from regcache.tui.screens.confirm import ConfirmScreen
 from regcache.tui.screens.rule_form import RuleForm
+from tests.helpers.pilot import table_keys, type_into, wait_for
 
 from .conftest import make_app
 
@@ -28,12 +29,6 @@ async def open_new_rule_form(pilot) -> RuleForm:
     return pilot.app.screen
 
 
-async def type_into(pilot, selector: str, text: str) -> None:
-    pilot.app.screen.query_one(selector, Input).focus()
-    await pilot.pause()
-    await pilot.press(*text)
-
-
 async def choose(pilot, selector: str, value: str) -> None:
     """Pick an option of a Select with the keyboard: open it, arrow down to ``value``, enter."""
     select = pilot.app.screen.query_one(selector, Select)
@@ -49,19 +44,6 @@ async def choose(pilot, selector: str, value: str) -> None:
     await pilot.press("enter")
     await pilot.pause()
     assert select.value == value
-
-
-def table_keys(app, selector: str) -> list[str]:
-    table = app.query_one(selector, DataTable)
-    return [str(row.value) for row in table.rows]
-
-
-async def wait_for(pilot, condition, timeout: float = 10.0) -> None:
-    for _ in range(int(timeout / 0.05)):
-        if condition():
-            return
-        await pilot.pause(0.05)
-    assert condition()
 
 
 async def test_create_static_rule_through_the_form(backend):

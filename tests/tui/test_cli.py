@@ -9,27 +9,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 
 from regcache.proxy.config.control import ControlPlane
 from regcache.proxy.core.rules import MAX_RULES
 from regcache.tui.cli import main
+from tests.helpers.cli import cli, ok
 from tests.helpers.commands import regcache_executable
 from tests.helpers.state import dump_database
 
 HUB_USER = "hub-user-4e1f"
 HUB_TOKEN = "dckr_pat_Zx9-SECRET-VALUE-51a7"
 GH_TOKEN = "ghp_SECRET-GITHUB-TOKEN-0c3d"
-
-
-def cli(*args: str, input: str | None = None) -> Result:
-    return CliRunner().invoke(main, list(args), input=input, catch_exceptions=False)
-
-
-def ok(*args: str, input: str | None = None) -> Result:
-    result = cli(*args, input=input)
-    assert result.exit_code == 0, result.stderr
-    return result
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ from textual.widgets import DataTable, Input, Static, TextArea
 from regcache.tui.screens.config_files import ClientConfigScreen, RulesFileScreen
 from regcache.tui.screens.image_action import ImageActionScreen
 from regcache.tui.screens.rule_settings import RuleSettingsForm
+from tests.helpers.pilot import table_keys, type_into, wait_for
 
 from .conftest import make_app
-from .test_app import table_keys, type_into, wait_for
 
 pytestmark = pytest.mark.anyio
 

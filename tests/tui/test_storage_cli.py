@@ -23,12 +23,12 @@ import pytest
 from regcache.proxy.config.control import ControlPlane
 from regcache.proxy.core.settings import make_s3_storage
 from regcache.tui.backend import Backend
+from tests.helpers.cli import cli, ok
 from tests.helpers.state import dump_database
 from tests.s3.client import s3_client
 from tests.s3.swift import SwiftS3Server
 
 from .conftest import make_app
-from .test_cli import cli, ok
 
 ACCESS_ID = "env://REGCACHE_TEST_S3_ACCESS"
 SECRET_ID = "env://REGCACHE_TEST_S3_SECRET"

@@ -46,7 +46,7 @@ class ActivityBlade(Blade):
         yield table
 
     @work(thread=True, exclusive=True, group="activity-load")
-    def load(self) -> None:
+    def load_in_thread(self) -> None:
         after = self.last_id
 
         def read(b) -> tuple[list[RecordedEvent], Totals]:

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from textual import work
 from textual.containers import Vertical
 from textual.widgets import DataTable
 
-from regcache.proxy.core.errors import RegcacheError
+from regcache.proxy.core.errors import RegcacheError, unwrap_error
 
 from ..backend import Backend
 from ..messages import ConfigurationChanged
 from ..screens.confirm import ConfirmScreen
 
+if TYPE_CHECKING:
+    from textual.worker import Worker
+
+    from regcache.proxy.jobs.operations import Operations
+
 
 class Blade(Vertical):
-    """A blade of the main screen; subclasses implement ``load`` (a thread worker)."""
+    """A blade of the main screen; subclasses implement ``load_in_thread`` (a thread worker)."""
 
     #: seconds between reloads while the blade is shown (CLI changes and new pulls appear)
     REFRESH_SECONDS = 5.0
@@ -38,6 +44,12 @@ class Blade(Vertical):
             self.load()
 
     def load(self) -> None:
+        """(Re)load the blade's data, off the UI thread: starts :meth:`load_in_thread`."""
+        self.load_in_thread()
+
+    def load_in_thread(self) -> Worker[None]:
+        """Read the blade's data and show it; subclasses implement it as a thread worker
+        (``@work(thread=True, exclusive=True, group="NAME-load")``), so a reload replaces one still running."""
         raise NotImplementedError
 
     def focus_main(self) -> None:
@@ -82,9 +94,20 @@ class Blade(Vertical):
 
     @work(thread=True, group="blade-change")
     def run_change(self, change: Callable[[Backend], object], done: str | Callable[[object], str]) -> None:
+        self._report(lambda: self.backend.call(change), done)
+
+    @work(thread=True, group="blade-job")
+    def run_job(self, job: Callable[[Operations], Awaitable[object]], done: str | Callable[[object], str]) -> None:
+        """Run a job (warm, tag sync, gc) in the engine, off the UI thread, without holding the backend."""
+        self._report(lambda: self.backend.run_job(job), done)
+
+    def _report(self, run: Callable[[], object], done: str | Callable[[object], str]) -> None:
         try:
-            result = self.backend.call(change)
-        except RegcacheError as exc:
-            self.app.call_from_thread(self.notify, str(exc), severity="error", timeout=10)
+            result = run()
+        except BaseException as exc:
+            inner = unwrap_error(exc)
+            if not isinstance(inner, RegcacheError):
+                raise
+            self.app.call_from_thread(self.notify, str(inner), severity="error", timeout=10)
             return
         self.app.call_from_thread(self.changed, done(result) if callable(done) else done)

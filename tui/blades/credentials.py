@@ -34,7 +34,7 @@ class CredentialsBlade(Blade):
         yield table
 
     @work(thread=True, exclusive=True, group="credentials-load")
-    def load(self) -> None:
+    def load_in_thread(self) -> None:
         sets, upstreams, budgets = self.backend.call(lambda b: (b.control.list_credential_sets(),
                                                                 b.control.list_upstreams(), b.control.rate_limits()))
         self.app.call_from_thread(self._show, sets, upstreams, budgets)

@@ -42,7 +42,7 @@ class OverviewBlade(Blade):
         yield Static("", id="overview-errors")
 
     @work(thread=True, exclusive=True, group="overview-load")
-    def load(self) -> None:
+    def load_in_thread(self) -> None:
         def read(b) -> OverviewData:
             usage = b.stats.rule_usage()
             return OverviewData(b.control.list_rules(), b.control.list_credential_sets(), b.stats.cache_size(),

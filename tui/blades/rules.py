@@ -68,7 +68,7 @@ class RulesBlade(Blade):
         yield table
 
     @work(thread=True, exclusive=True, group="rules-load")
-    def load(self) -> None:
+    def load_in_thread(self) -> None:
         data = self.backend.call(lambda b: RulesData(b.control.list_rules(), b.control.list_credential_sets(),
                                                      b.control.list_upstreams(), b.stats.rule_usage()))
         self.app.call_from_thread(self._show, data)
@@ -153,7 +153,7 @@ class RulesBlade(Blade):
     def action_sync_tags(self) -> None:
         rule = self._selected_rule()
         if rule is not None:
-            self.run_change(lambda b: _sync_now(b, rule), _sync_message)
+            self.run_job(lambda ops: ops.sync_tags(rule.name), _sync_message)
 
     def action_details(self) -> None:
         rule = self._selected_rule()
@@ -163,20 +163,6 @@ class RulesBlade(Blade):
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()
         self.action_details()
-
-
-def _sync_now(backend, rule: CacheRule) -> list:
-    """Run a tag sync of ``rule`` on this worker thread (its own event loop)."""
-    import anyio
-
-    from regcache.proxy.jobs.prefetch import pull_through
-    from regcache.proxy.jobs.tagsync import sync_rule
-
-    async def run() -> list:
-        async with pull_through(backend.home, backend.control.secrets) as cache:
-            return await sync_rule(cache, rule)
-
-    return anyio.run(run)
 
 
 def _sync_message(outcomes: list) -> str:

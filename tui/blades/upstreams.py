@@ -35,7 +35,7 @@ class UpstreamsBlade(Blade):
         yield table
 
     @work(thread=True, exclusive=True, group="upstreams-load")
-    def load(self) -> None:
+    def load_in_thread(self) -> None:
         upstreams, budgets = self.backend.call(lambda b: (b.control.list_upstreams(), b.control.rate_limits()))
         self.app.call_from_thread(self._show, upstreams, budgets)
 

@@ -18,6 +18,7 @@ from regcache.tui.cli.common import (
     engine_command,
     name_option,
     output_option,
+    run_job,
 )
 from regcache.tui.output import (
     RULE_COLUMNS,
@@ -29,23 +30,11 @@ def _rule_settings(freshness: str | None, retention: str | None, serve_stale: bo
                    serve_stale_if_deleted: bool | None, sync_tags: str | None = None,
                    sync_interval: str | None = None) -> dict[str, Any]:
     """The settings given on the command line, parsed ("none" clears retention and tag sync)."""
-    from regcache.proxy.core.units import parse_duration
+    from regcache.proxy.core.settings import parse_rule_settings
 
-    settings: dict[str, Any] = {}
-    if sync_tags is not None:
-        settings["sync_tags"] = None if sync_tags.lower() in ("none", "off") else sync_tags
-    if sync_interval is not None:
-        settings["sync_interval"] = parse_duration(sync_interval, "sync_interval")
-    if freshness is not None:
-        settings["freshness"] = parse_duration(freshness, field="freshness")
-    if retention is not None:
-        settings["retention"] = None if retention.lower() in ("none", "off") else parse_duration(retention,
-                                                                                                  "retention")
-    if serve_stale is not None:
-        settings["serve_stale_on_error"] = serve_stale
-    if serve_stale_if_deleted is not None:
-        settings["serve_stale_if_deleted"] = serve_stale_if_deleted
-    return settings
+    given = {"freshness": freshness, "retention": retention, "serve_stale_on_error": serve_stale,
+             "serve_stale_if_deleted": serve_stale_if_deleted, "sync_tags": sync_tags, "sync_interval": sync_interval}
+    return parse_rule_settings({key: value for key, value in given.items() if value is not None})
 
 
 def rule_setting_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -146,18 +135,8 @@ def cache_sync(control: ControlPlane, name: str, fmt: str) -> None:
     """Sync the rule's tags now (fetch new or moved tags that match its --sync-tags filter)."""
     import dataclasses
 
-    import anyio
-
-    from regcache.proxy.jobs.prefetch import pull_through
-    from regcache.proxy.jobs.tagsync import sync_rule
-
-    rule = control.get_rule(name)
-
-    async def run() -> list:
-        async with pull_through(control.store.home, control.secrets) as cache:
-            return await sync_rule(cache, rule)
-
-    outcomes = anyio.run(run)
+    control.get_rule(name)  # a missing rule is refused before an engine starts
+    outcomes = run_job(control, lambda ops: ops.sync_tags(name))
     emit([dataclasses.asdict(o) for o in outcomes],
           (("REPOSITORY", "repository"), ("RESULT", "result"), ("FETCHED", "fetched"), ("DETAIL", "detail")), fmt)
     failed = [o for o in outcomes if o.result != "ok"]
@@ -180,11 +159,7 @@ def cache_test(control: ControlPlane, name: str, image: str, fmt: str) -> None:
     """
     import dataclasses
 
-    import anyio
-
-    from regcache.proxy.jobs.prefetch import probe_rule
-
-    result = anyio.run(lambda: probe_rule(control.store.home, name, image, control.secrets))
+    result = run_job(control, lambda ops: ops.test_rule(name, image))
     record = {camel(k): v for k, v in dataclasses.asdict(result).items()}
     emit(record, (("RULE", "rule"), ("UPSTREAM", "upstreamReference"), ("CREDENTIALS", "credentialsValid"),
                    ("DIGEST", "digest"), ("ERROR", "error")), fmt)
@@ -199,10 +174,7 @@ def cache_test(control: ControlPlane, name: str, image: str, fmt: str) -> None:
 @engine_command
 def warm(control: ControlPlane, image: str, platform: str) -> None:
     """Pull IMAGE (TARGET_REPO:TAG) into the cache without a client, with a progress bar."""
-    import anyio
-
     from regcache.proxy.core.units import format_size
-    from regcache.proxy.jobs.prefetch import warm as warm_image
 
     bar_holder: dict[str, Any] = {}
 
@@ -216,8 +188,8 @@ def warm(control: ControlPlane, image: str, platform: str) -> None:
             bar_holder["bar"].update(n)
 
     try:
-        result = anyio.run(lambda: warm_image(control.store.home, image, None if platform == "all" else platform,
-                                              on_total=on_total, on_progress=on_progress, secrets=control.secrets))
+        chosen = None if platform == "all" else platform
+        result = run_job(control, lambda ops: ops.warm(image, chosen, on_total=on_total, on_progress=on_progress))
     finally:
         if "bar" in bar_holder:
             bar_holder["bar"].__exit__(None, None, None)

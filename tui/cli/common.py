@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import wraps
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from regcache.proxy.config.control import ControlPlane
 from regcache.proxy.core.errors import RegcacheError, unwrap_error
-from regcache.proxy.core.oci import RegistryError
 from regcache.tui.output import (
     FORMATS,
     Column,
     render,
 )
+
+if TYPE_CHECKING:
+    from regcache.proxy.jobs.operations import Operations
+
+T = TypeVar("T")
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -48,15 +52,28 @@ def engine_command(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(ctx: click.Context, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(control_of(ctx), *args, **kwargs)
-        except (RegcacheError, RegistryError, BaseExceptionGroup) as exc:
-            # RegistryError: what the proxy would have answered a client (warm, cache test);
+        except (RegcacheError, BaseExceptionGroup) as exc:
+            # PullError (a RegcacheError): what the proxy would have answered a client (warm, cache test);
             # groups: errors raised inside the task group of an async command
-            inner = unwrap_error(exc, (RegcacheError, RegistryError))
-            if isinstance(inner, (RegcacheError, RegistryError)):
+            inner = unwrap_error(exc)
+            if isinstance(inner, RegcacheError):
                 raise Failure(str(inner)) from None
             raise
 
     return wrapper
+
+
+def run_job(control: ControlPlane, job: Callable[[Operations], Awaitable[T]]) -> T:
+    """Run ``job`` (warm, rule test, tag sync, gc) on an engine of this command's own, to completion."""
+    import anyio
+
+    from regcache.proxy.jobs.operations import Operations
+
+    async def run() -> T:
+        async with Operations.open(control.store.home, control.secrets) as operations:
+            return await job(operations)
+
+    return anyio.run(run)
 
 
 def emit(data: Any, columns: Sequence[Column], fmt: str) -> None:

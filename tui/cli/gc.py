@@ -14,6 +14,7 @@ from regcache.tui.cli.common import (
     emit,
     engine_command,
     output_option,
+    run_job,
 )
 
 
@@ -33,10 +34,11 @@ def gc(control: ControlPlane, dry_run: bool, min_idle: str, stale_uploads_after:
     With s3 storage, also deletes the evicted blobs from the bucket and aborts abandoned multipart uploads.
     """
     from regcache.proxy.core.units import format_size, parse_duration
-    from regcache.proxy.jobs.eviction import collect_garbage
 
-    report = collect_garbage(control.store, control.secrets, parse_duration(min_idle, "min-idle"),
-                             timedelta(seconds=parse_duration(stale_uploads_after, "stale-uploads-after")), dry_run)
+    idle = parse_duration(min_idle, "min-idle")
+    stale_after = timedelta(seconds=parse_duration(stale_uploads_after, "stale-uploads-after"))
+    report = run_job(control, lambda ops: ops.collect_garbage(min_idle=idle, stale_uploads_after=stale_after,
+                                                              dry_run=dry_run))
     plan, freed = report.plan, report.bytes_freed
     rows = [{"digest": c.digest, "size": c.size, "sizeText": format_size(c.size), "reason": c.reason,
              "lastPull": c.last_access.isoformat() if c.last_access else None} for c in plan.candidates]

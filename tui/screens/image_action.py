@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import anyio
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -14,7 +13,6 @@ from textual.widgets import Button, Footer, Input, Label, Static
 
 from regcache.proxy.core.errors import RegcacheError, unwrap_error
 from regcache.proxy.core.models import CacheRule
-from regcache.proxy.core.oci import RegistryError
 from regcache.proxy.core.units import format_size
 
 from ..widgets.form_row import FormRow
@@ -73,22 +71,18 @@ class ImageActionScreen(ModalScreen[None]):
         backend = self.app.backend  # type: ignore[attr-defined]
         try:
             if self.mode == "warm":
-                from regcache.proxy.jobs.prefetch import warm
-
-                result = anyio.run(lambda: warm(backend.home, image, None if platform == "all" else platform or None,
-                                                secrets=backend.control.secrets))
+                chosen = None if platform == "all" else platform or None
+                result = backend.run_job(lambda ops: ops.warm(image, chosen))
                 text = (f"{result.repository}@{result.digest}\n{result.blobs} blob(s): fetched "
                         f"{format_size(result.bytes_fetched)} from the upstream, {format_size(result.bytes_cached)} "
                         f"already cached")
             else:
-                from regcache.proxy.jobs.prefetch import probe_rule
-
-                probe = anyio.run(lambda: probe_rule(backend.home, self.rule.name, image, backend.control.secrets))
+                probe = backend.run_job(lambda ops: ops.test_rule(self.rule.name, image))
                 fields = dataclasses.asdict(probe)
                 text = "\n".join(f"{k.replace('_', ' '):>18}  {'-' if v is None else v}" for k, v in fields.items())
         except BaseException as exc:  # shown in the dialog: the operator fixes the input and runs again
-            inner = unwrap_error(exc, (RegcacheError, RegistryError))
-            if not isinstance(inner, (RegcacheError, RegistryError)):
+            inner = unwrap_error(exc)
+            if not isinstance(inner, RegcacheError):
                 raise
             text = f"error: {inner}"
         self.app.call_from_thread(self.query_one("#outcome", Static).update, text)

@@ -126,7 +126,7 @@ class RuleForm(FormScreen[CacheRule | None]):
                 return backend.control.create_rule(name, f"{login_server}/{path}", target,
                                                    created.name if created else credential_set)
             except RegcacheError:
-                if created is not None:  # nothing half-made stays behind
+                if new_credentials is not None and created is not None:  # nothing half-made stays behind
                     new_credentials.discard(backend.control)
                 raise
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, Checkbox, Input, Label, Static
 
 from regcache.proxy.core.models import CacheRule
-from regcache.proxy.core.units import format_duration, parse_duration
+from regcache.proxy.core.settings import parse_rule_settings
+from regcache.proxy.core.units import format_duration
 
 from ..backend import Backend
 from ..widgets.form_row import FormRow
@@ -61,15 +60,10 @@ class RuleSettingsForm(FormScreen[CacheRule | None]):
         name = self._rule.name
 
         def save(backend: Backend) -> CacheRule:
-            settings: dict[str, Any] = {
-                "freshness": parse_duration(values["freshness"] or "0", "freshness"),
-                "retention": parse_duration(values["retention"], "retention") if values["retention"] else None,
-                "serve_stale_on_error": stale,
-                "serve_stale_if_deleted": deleted,
-                "sync_tags": values["sync-tags"] or None,
-                "sync_interval": (parse_duration(values["sync-interval"], "sync_interval")
-                                  if values["sync-interval"] else None),
-            }
+            settings = parse_rule_settings({
+                "freshness": values["freshness"], "retention": values["retention"], "serve_stale_on_error": stale,
+                "serve_stale_if_deleted": deleted, "sync_tags": values["sync-tags"],
+                "sync_interval": values["sync-interval"]})
             return backend.control.update_rule(name, **settings)
 
         self.submit(save)

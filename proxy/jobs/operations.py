@@ -1,0 +1,82 @@
+"""Operations: the work an operator starts on the cache without a client (warm, rule test, tag sync, gc).
+
+The CLI and the TUI both call this facade. It works on one PullThroughCache: the CLI opens one of its
+own (:meth:`Operations.open`); the TUI uses the embedded proxy's (reached from its worker threads through
+the proxy's BlockingPortal), so a warm and a client's pull of the same blob share one download, and
+no job holds a lock that the TUI's screens wait on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from pathlib import Path
+
+import anyio
+
+from regcache.proxy.core.errors import NotFoundError
+from regcache.proxy.jobs.eviction import DEFAULT_MIN_IDLE, CollectionReport, collect_garbage
+from regcache.proxy.jobs.prefetch import (
+    Progress,
+    RuleProbe,
+    WarmResult,
+    parse_image,
+    probe_rule,
+    pull_through,
+    warm_image,
+)
+from regcache.proxy.jobs.tagsync import SyncOutcome, sync_rule
+from regcache.proxy.pull.cache import PullThroughCache
+from regcache.proxy.secrets import SecretResolver
+from regcache.proxy.state.store import StateStore
+
+
+class Operations:
+    """Warm, rule test, tag sync and gc over one PullThroughCache; call it from that cache's event loop."""
+
+    def __init__(self, cache: PullThroughCache, home: Path, secrets: SecretResolver | None = None) -> None:
+        self.cache = cache
+        self.home = home
+        self.secrets = secrets or cache.secrets
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, home: Path, secrets: SecretResolver | None = None) -> AsyncIterator[Operations]:
+        """Operations on a cache of their own for ``home`` (downloads finish before the block ends)."""
+        async with pull_through(home, secrets) as cache:
+            yield cls(cache, home, secrets)
+
+    async def warm(self, image: str, platform: str | None = "linux/amd64", *,
+                   on_total: Callable[[int], None] | None = None,
+                   on_progress: Progress | None = None) -> WarmResult:
+        """Pull ``image`` (one platform of an index, or every one with ``platform=None``) into the cache."""
+        repository, reference = parse_image(image)
+        match = await self.cache.resolve(repository)
+        return await warm_image(self.cache, match, reference, platform, on_total=on_total, on_progress=on_progress)
+
+    async def test_rule(self, rule_name: str, image: str) -> RuleProbe:
+        """What rule ``rule_name`` maps ``image`` to, whether its credentials work, the upstream digest."""
+        return await probe_rule(self.cache, rule_name, image)
+
+    async def sync_tags(self, rule_name: str) -> list[SyncOutcome]:
+        """Fetch the new or moved tags of rule ``rule_name`` that match its tag filter, now."""
+        rule = await self.cache.state.run(lambda s: s.cache_rule(rule_name))
+        if rule is None:
+            raise NotFoundError(f"cache rule {rule_name!r} does not exist (see `regcache cache list`)", field="name")
+        return await sync_rule(self.cache, rule)
+
+    async def collect_garbage(self, *, min_idle: float = DEFAULT_MIN_IDLE,
+                              stale_uploads_after: timedelta | None = None, dry_run: bool = False,
+                              only_if_configured: bool = False) -> CollectionReport:
+        """Evict by retention and max-size and abort stale bucket uploads, on a connection of its own (a
+        worker thread), so neither pulls nor the TUI wait on it."""
+        def collect() -> CollectionReport:
+            store = StateStore(self.home)
+            try:
+                return collect_garbage(store, self.secrets, min_idle, stale_uploads_after, dry_run,
+                                       only_if_configured)
+            finally:
+                store.close()
+
+        return await anyio.to_thread.run_sync(collect)
