@@ -93,3 +93,29 @@ def test_test_modules_import_helpers_not_other_test_modules():
     offenders = [str(path.relative_to(ROOT)) for path in sorted((ROOT / "tests").rglob("*.py"))
                  if imports_a_test.search(path.read_text())]
     assert offenders == []
+
+
+def import_cycles(*roots: str) -> list[tuple[str, str]]:
+    """Pairs (a, b) where a imports b and b leads back to a: every edge of every import circle."""
+    import grimp
+
+    graph = grimp.build_graph(*roots)
+    return [(m, i) for m in sorted(graph.modules) for i in sorted(graph.find_modules_directly_imported_by(m))
+            if i in graph.modules and i != m and graph.chain_exists(i, m)]
+
+
+def test_no_import_cycles_anywhere():
+    """Not only between layers: no two modules of regcache import each other, directly or round a circle."""
+    assert import_cycles("regcache.proxy", "regcache.tui") == []
+
+
+def test_the_cycle_check_sees_a_cycle(tmp_path, monkeypatch):
+    package = tmp_path / "circle"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from circle import b\n")
+    (package / "b.py").write_text("from circle import c\n")
+    (package / "c.py").write_text("from circle import a\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert set(import_cycles("circle")) == {("circle.a", "circle.b"), ("circle.b", "circle.c"),
+                                            ("circle.c", "circle.a")}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from regcache.proxy.core.models import RateLimitRecord
 from regcache.proxy.core.settings import DEFAULT_PREFIX, S3Storage, StorageConfig
 
 
@@ -49,15 +50,15 @@ def count(n: int, singular: str, plural: str | None = None) -> str:
     return f"{n} {singular if n == 1 else plural or singular + 's'}"
 
 
-def budget(rate_limit: dict | None) -> str:
+def budget(rate_limit: RateLimitRecord | None) -> str:
     """``76/100`` from ``ratelimit-remaining: 76;w=21600`` and ``ratelimit-limit: 100;w=21600``, plus 429s."""
-    if not rate_limit:
+    if rate_limit is None:
         return "-"
-    remaining = (rate_limit.get("remaining") or "?").split(";")[0]
-    limit = (rate_limit.get("limit_value") or "?").split(";")[0]
+    remaining = (rate_limit.remaining or "?").split(";")[0]
+    limit = (rate_limit.limit or "?").split(";")[0]
     text = f"{remaining}/{limit}"
-    if rate_limit.get("throttled"):
-        text += f" ({rate_limit['throttled']}x429)"
+    if rate_limit.throttled:
+        text += f" ({rate_limit.throttled}x429)"
     return text
 
 

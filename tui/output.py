@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from regcache.proxy.core.models import CacheRule, CredentialSet, Upstream
+from regcache.proxy.core.models import CacheRule, CredentialSet, RateLimitRecord, Upstream
 from regcache.proxy.core.settings import S3Storage, StorageConfig
 from regcache.proxy.core.tokens import ClientToken
 from regcache.proxy.core.units import format_duration
@@ -49,15 +49,15 @@ RULE_COLUMNS: Sequence[Column] = (
 )
 
 
-def rate_limit_resource(row: dict | None) -> dict[str, Any] | None:
+def rate_limit_resource(record: RateLimitRecord | None) -> dict[str, Any] | None:
     """The last budget an upstream announced (its ``ratelimit-*`` headers) and the 429s counted."""
-    if row is None:
+    if record is None:
         return None
-    return {"limit": row["limit_value"], "remaining": row["remaining"], "throttled": row["throttled"],
-            "updatedAt": row["updated_at"]}
+    return {"limit": record.limit, "remaining": record.remaining, "throttled": record.throttled,
+            "updatedAt": record.updated_at.isoformat() if record.updated_at else None}
 
 
-def credential_set_resource(cs: CredentialSet, rate_limit: dict | None = None) -> dict[str, Any]:
+def credential_set_resource(cs: CredentialSet, rate_limit: RateLimitRecord | None = None) -> dict[str, Any]:
     """A credential set in ``az acr credential-set show`` shape: secret ids only, never values."""
     return {
         "name": cs.name,
@@ -87,7 +87,7 @@ CREDENTIAL_SET_COLUMNS: Sequence[Column] = (
 )
 
 
-def upstream_resource(upstream: Upstream, rate_limit: dict | None = None) -> dict[str, Any]:
+def upstream_resource(upstream: Upstream, rate_limit: RateLimitRecord | None = None) -> dict[str, Any]:
     """An upstream; ``rateLimit`` is the budget of anonymous pulls from it."""
     return {
         "loginServer": upstream.login_server,

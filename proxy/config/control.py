@@ -25,6 +25,7 @@ from regcache.proxy.core.models import (
     CacheRule,
     CredentialHealth,
     CredentialSet,
+    RateLimitRecord,
     Upstream,
     utc_now,
 )
@@ -274,14 +275,14 @@ class ControlPlane:
             self.store.delete_upstream(server)
         return upstream
 
-    def rate_limits(self) -> dict[tuple[str, str], dict]:
+    def rate_limits(self) -> dict[tuple[str, str], RateLimitRecord]:
         """Every recorded budget, by (login server, credential set name or ANONYMOUS)."""
-        return {(r["login_server"], r["identity"]): r for r in self.store.rate_limits()}
+        return {(r.login_server, r.identity): r for r in self.store.rate_limits()}
 
-    def rate_limit(self, login_server: str, identity: str) -> dict | None:
+    def rate_limit(self, login_server: str, identity: str) -> RateLimitRecord | None:
         """The last rate-limit budget recorded for a credential set (or ANONYMOUS pulls) on an upstream."""
-        return next((r for r in self.store.rate_limits()
-                     if (r["login_server"], r["identity"]) == (login_server, identity)), None)
+        return next((r for r in self.store.rate_limits() if (r.login_server, r.identity) == (login_server, identity)),
+                    None)
 
     # -- settings ------------------------------------------------------------------------------
 

@@ -157,6 +157,30 @@ class RuleMatch:
 JOINED_DOWNLOAD = "joined a download already in progress"
 
 
+@dataclass(frozen=True, slots=True)
+class TagSyncRecord:
+    """The last tag sync of one repository of a rule."""
+
+    rule: str
+    repository: str
+    synced_at: datetime | None
+    result: str  # "ok" or "error"
+    fetched: int
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitRecord:
+    """The last budget an upstream announced for one login (its ``ratelimit-*`` headers) and the 429s seen."""
+
+    login_server: str
+    identity: str  # a credential set's name, or ANONYMOUS
+    limit: str | None
+    remaining: str | None
+    throttled: int
+    updated_at: datetime | None
+
+
 class Result(enum.StrEnum):
     """How a request was answered: from the cache, from the upstream, stale, or not at all."""
 

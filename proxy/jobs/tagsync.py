@@ -86,9 +86,9 @@ async def run_tag_sync(cache: PullThroughCache, tick: float = 10.0) -> None:
         try:
             rules, syncs = await cache.state.run(lambda s: (s.cache_rules(), s.tag_syncs()))
             last: dict[str, datetime] = {}
-            for row in syncs:
-                if row["synced_at"] is not None:
-                    last[row["rule"]] = min(last.get(row["rule"], row["synced_at"]), row["synced_at"])
+            for record in syncs:
+                if record.synced_at is not None:
+                    last[record.rule] = min(last.get(record.rule, record.synced_at), record.synced_at)
             now = datetime.now(timezone.utc)
             for rule in rules:
                 if due(rule, last.get(rule.name), now):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from regcache.proxy.core.models import PullEvent, Result
+from regcache.proxy.core.models import PullEvent, Result, TagSyncRecord
 from regcache.proxy.state.store import StateStore
 
 
@@ -102,6 +102,6 @@ class CacheStatistics:
     def recent_errors(self, limit: int = 5) -> list[RecordedEvent]:
         return [_event(row) for row in self.store.recent_errors(limit)]
 
-    def tag_syncs(self, rule: str) -> list[dict]:
+    def tag_syncs(self, rule: str) -> list[TagSyncRecord]:
         """The last tag-sync result of each repository of ``rule``."""
         return self.store.tag_syncs(rule)

@@ -29,6 +29,8 @@ from regcache.proxy.core.models import (
     CredentialHealth,
     CredentialSet,
     HealthStatus,
+    RateLimitRecord,
+    TagSyncRecord,
     Upstream,
     utc_now,
 )
@@ -451,14 +453,12 @@ class StateStore:
             "result = excluded.result, fetched = excluded.fetched, detail = excluded.detail",
             [rule, repository, _ts(utc_now()), result, fetched, detail])
 
-    def tag_syncs(self, rule: str | None = None) -> list[dict]:
-        sql = "SELECT * FROM tag_syncs" + (" WHERE rule = ?" if rule else "") + " ORDER BY rule, repository"
-        cur = self.db.conn.execute(sql, [rule] if rule else [])
-        names = [d[0] for d in cur.description]
-        rows = [dict(zip(names, row)) for row in cur]
-        for row in rows:
-            row["synced_at"] = _dt(row["synced_at"])
-        return rows
+    def tag_syncs(self, rule: str | None = None) -> list[TagSyncRecord]:
+        sql = ("SELECT rule, repository, synced_at, result, fetched, detail FROM tag_syncs"
+               + (" WHERE rule = ?" if rule else "") + " ORDER BY rule, repository")
+        return [TagSyncRecord(r, repository, _dt(synced_at), result, fetched or 0, detail or "")
+                for r, repository, synced_at, result, fetched, detail
+                in self.db.conn.execute(sql, [rule] if rule else [])]
 
     # -- rate limits ---------------------------------------------------------------------------------
 
@@ -471,10 +471,11 @@ class StateStore:
             "throttled = rate_limits.throttled + excluded.throttled, updated_at = excluded.updated_at",
             [login_server, identity, limit, remaining, throttled, _ts(utc_now())])
 
-    def rate_limits(self) -> list[dict]:
-        cur = self.db.conn.execute("SELECT * FROM rate_limits ORDER BY login_server, identity")
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, row)) for row in cur]
+    def rate_limits(self) -> list[RateLimitRecord]:
+        cur = self.db.conn.execute("SELECT login_server, identity, limit_value, remaining, throttled, updated_at "
+                                   "FROM rate_limits ORDER BY login_server, identity")
+        return [RateLimitRecord(server, identity, limit, remaining, throttled or 0, _dt(updated_at))
+                for server, identity, limit, remaining, throttled, updated_at in cur]
 
     # -- client tokens -------------------------------------------------------------------------------
 

@@ -65,7 +65,7 @@ def test_sync_fetches_new_and_moved_tags(regcache, anonymous_registry, push_imag
     anonymous_registry.stop()
     failed = run(regcache.home, "cache", "sync", "-n", "synced-app", "-o", "json")
     assert failed.exit_code == 1 and "unavailable" in failed.stderr
-    assert store.tag_syncs("synced-app")[0]["result"] == "error"
+    assert store.tag_syncs("synced-app")[0].result == "error"
 
 
 def test_background_sync_runs_in_the_proxy(home, keyring_env, anonymous_registry, push_image):
@@ -81,7 +81,7 @@ def test_background_sync_runs_in_the_proxy(home, keyring_env, anonymous_registry
         while time.monotonic() < deadline and not rc.control.store.tag_syncs("bg-sync"):
             time.sleep(0.5)
         (row,) = rc.control.store.tag_syncs("bg-sync")
-        assert row["result"] == "ok" and row["fetched"] == 2
+        assert row.result == "ok" and row.fetched == 2
     finally:
         rc.proxy.stop()
         rc.control.close()

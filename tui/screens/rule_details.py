@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -9,7 +11,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Label, Static
 
-from regcache.proxy.core.models import CacheRule
+from regcache.proxy.core.models import CacheRule, TagSyncRecord
 from regcache.proxy.core.units import format_duration
 from regcache.proxy.state.statistics import CachedRepository
 
@@ -53,12 +55,11 @@ class RuleDetailsScreen(ModalScreen[None]):
             lambda b: (b.stats.repositories(self.rule.name), b.stats.tag_syncs(self.rule.name)))
         self.app.call_from_thread(self._show, repos, syncs)
 
-    def _show(self, repos: list[CachedRepository], syncs: list[dict] | None = None) -> None:
+    def _show(self, repos: list[CachedRepository], syncs: list[TagSyncRecord] | None = None) -> None:
         rule = self.rule
         if rule.sync_tags:
-            last = max(syncs or [], key=lambda r: r["synced_at"], default=None)
-            status = (f"last {fmt.when(last['synced_at'])} {last['result']}: {last['detail']}" if last
-                      else "not synced yet")
+            last = max((s for s in syncs or [] if s.synced_at is not None), key=attrgetter("synced_at"), default=None)
+            status = f"last {fmt.when(last.synced_at)} {last.result}: {last.detail}" if last else "not synced yet"
             self.query_one("#sync", Static).update(
                 f"Tag sync {rule.sync_tags} every {format_duration(rule.sync_interval or 3600)} · {status}")
         table = self.query_one(DataTable)
