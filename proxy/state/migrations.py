@@ -6,10 +6,12 @@ To change the schema, append a new ``@migration`` function at the end of this fi
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from sqlite_utils import Database
+if TYPE_CHECKING:  # only for annotations: importing sqlite-utils is left to the stores that write
+    from sqlite_utils import Database
 
-Migration = Callable[[Database], None]
+Migration = Callable[["Database"], None]
 
 #: Every migration in the order it is applied; the function name is its identity.
 MIGRATIONS: list[Migration] = []

@@ -17,9 +17,7 @@ from contextvars import ContextVar
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TypeVar, TypeVarTuple
-
-from sqlite_utils import Database
+from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
 
 from regcache.proxy.core.errors import StateError
 from regcache.proxy.core.models import (
@@ -36,6 +34,9 @@ from regcache.proxy.core.models import (
 )
 from regcache.proxy.core.tokens import ClientToken
 from regcache.proxy.state.migrations import MIGRATIONS
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
 
 BUSY_TIMEOUT_MS = 30_000
 
@@ -105,7 +106,8 @@ class StateStore:
                                    check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
             raise StateError(f"cannot open the state database {self.path}: {exc}") from None
-        self.db = Database(conn, execute_plugins=False)
+        self.conn = conn
+        self._db: Database | None = None
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA journal_mode = WAL")
@@ -120,8 +122,23 @@ class StateStore:
     def open(cls, home: str | os.PathLike[str] | None = None) -> StateStore:
         return cls(resolve_home(home))
 
+    @property
+    def db(self) -> Database:
+        """sqlite-utils over the connection, for writes and migrations; made when first needed, so that a
+        command that only reads (``cache list``) does not pay for importing it."""
+        if self._db is None:
+            from sqlite_utils import Database
+
+            self._db = Database(self.conn, execute_plugins=False)
+        return self._db
+
+    def _rows(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+        cur = self.conn.execute(sql, params or [])
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row)) for row in cur]
+
     def close(self) -> None:
-        self.db.close()
+        self.conn.close()
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -130,7 +147,7 @@ class StateStore:
         Nested uses join the outer transaction, so several control-plane changes (a rules file)
         commit together or not at all.
         """
-        conn = self.db.conn
+        conn = self.conn
         if conn.in_transaction:
             yield
             return
@@ -145,6 +162,12 @@ class StateStore:
             conn.execute("COMMIT")
 
     def _migrate(self) -> None:
+        try:  # the common case, every migration applied, needs one read and no sqlite-utils
+            applied = {row[0] for row in self.conn.execute("SELECT name FROM migrations")}
+        except sqlite3.OperationalError:  # a new database: no migrations table yet
+            applied = set()
+        if all(fn.__name__ in applied for fn in MIGRATIONS):
+            return
         with self.transaction():
             self.db.table("migrations").create({"name": str, "applied_at": str}, pk="name", if_not_exists=True)
             applied = {row["name"] for row in self.db.table("migrations").rows}
@@ -159,10 +182,10 @@ class StateStore:
     # -- cache rules ---------------------------------------------------------------------------
 
     def cache_rules(self) -> list[CacheRule]:
-        return [_rule(r) for r in self.db.table("cache_rules").rows_where(order_by="created_at, rowid")]
+        return [_rule(r) for r in self._rows("SELECT * FROM cache_rules ORDER BY created_at, rowid")]
 
     def cache_rule(self, name: str) -> CacheRule | None:
-        rows = list(self.db.table("cache_rules").rows_where("name = ?", [name]))
+        rows = self._rows("SELECT * FROM cache_rules WHERE name = ?", [name])
         return _rule(rows[0]) if rows else None
 
     def insert_cache_rule(self, rule: CacheRule) -> None:
@@ -191,10 +214,10 @@ class StateStore:
     # -- credential sets -----------------------------------------------------------------------
 
     def credential_sets(self) -> list[CredentialSet]:
-        return [_credential_set(r) for r in self.db.table("credential_sets").rows_where(order_by="created_at, rowid")]
+        return [_credential_set(r) for r in self._rows("SELECT * FROM credential_sets ORDER BY created_at, rowid")]
 
     def credential_set(self, name: str) -> CredentialSet | None:
-        rows = list(self.db.table("credential_sets").rows_where("name = ?", [name]))
+        rows = self._rows("SELECT * FROM credential_sets WHERE name = ?", [name])
         return _credential_set(rows[0]) if rows else None
 
     def upsert_credential_set(self, cs: CredentialSet) -> None:
@@ -224,11 +247,11 @@ class StateStore:
     def custom_upstreams(self) -> list[Upstream]:
         return [
             Upstream(r["login_server"], r["base_url"], AuthPolicy(r["auth_policy"]), False, "custom")
-            for r in self.db.table("upstreams").rows_where("kind = 'custom'", order_by="login_server")
+            for r in self._rows("SELECT * FROM upstreams WHERE kind = 'custom' ORDER BY login_server")
         ]
 
     def upstream_overrides(self) -> dict[str, str]:
-        return {r["login_server"]: r["base_url"] for r in self.db.table("upstreams").rows_where("kind = 'override'")}
+        return {r["login_server"]: r["base_url"] for r in self._rows("SELECT * FROM upstreams WHERE kind = 'override'")}
 
     def upsert_upstream(self, login_server: str, base_url: str, auth_policy: AuthPolicy | None, kind: str) -> None:
         self.db.table("upstreams").upsert({
@@ -246,7 +269,7 @@ class StateStore:
     # -- settings ------------------------------------------------------------------------------
 
     def setting(self, key: str, default: str | None = None) -> str | None:
-        rows = list(self.db.table("settings").rows_where("key = ?", [key]))
+        rows = self._rows("SELECT * FROM settings WHERE key = ?", [key])
         return rows[0]["value"] if rows else default
 
     def set_setting(self, key: str, value: str) -> None:
@@ -256,48 +279,48 @@ class StateStore:
 
     def data_version(self) -> int:
         """Changes whenever another connection commits: a cheap "reload the rules?" check."""
-        return self.db.conn.execute("PRAGMA data_version").fetchone()[0]
+        return self.conn.execute("PRAGMA data_version").fetchone()[0]
 
     def manifest(self, digest: str) -> tuple[str, bytes] | None:
-        row = self.db.conn.execute("SELECT media_type, content FROM manifests WHERE digest = ?",
+        row = self.conn.execute("SELECT media_type, content FROM manifests WHERE digest = ?",
                                    [digest]).fetchone()
         return (row[0], bytes(row[1])) if row else None
 
     def put_manifest(self, digest: str, media_type: str, content: bytes) -> None:
         now = _ts(utc_now())
-        self.db.conn.execute(
+        self.conn.execute(
             "INSERT OR IGNORE INTO manifests (digest, media_type, size, content, created_at, last_access) "
             "VALUES (?, ?, ?, ?, ?, ?)", [digest, media_type, len(content), content, now, now])
 
     def tag(self, repository: str, tag: str) -> tuple[str, datetime] | None:
         """The cached digest of ``repository:tag`` and when the upstream last confirmed it."""
-        row = self.db.conn.execute("SELECT digest, validated_at FROM tags WHERE repository = ? AND tag = ?",
+        row = self.conn.execute("SELECT digest, validated_at FROM tags WHERE repository = ? AND tag = ?",
                                    [repository, tag]).fetchone()
         return (row[0], _required_dt(row[1], "tags.validated_at", f"{repository}:{tag}")) if row else None
 
     def set_tag(self, repository: str, tag: str, digest: str, when: datetime | None = None) -> None:
         now = _ts(when or utc_now())
-        self.db.conn.execute(
+        self.conn.execute(
             "INSERT INTO tags (repository, tag, digest, fetched_at, validated_at) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (repository, tag) DO UPDATE SET validated_at = excluded.validated_at, "
             "fetched_at = CASE WHEN tags.digest = excluded.digest THEN tags.fetched_at ELSE excluded.fetched_at END, "
             "digest = excluded.digest", [repository, tag, digest, now, now])
 
     def tags(self, repository: str) -> list[str]:
-        return [r[0] for r in self.db.conn.execute("SELECT tag FROM tags WHERE repository = ? ORDER BY tag",
+        return [r[0] for r in self.conn.execute("SELECT tag FROM tags WHERE repository = ? ORDER BY tag",
                                                    [repository])]
 
     def link(self, repository: str, digest: str, kind: str) -> None:
-        self.db.conn.execute("INSERT OR IGNORE INTO repository_contents (repository, digest, kind) VALUES (?, ?, ?)",
+        self.conn.execute("INSERT OR IGNORE INTO repository_contents (repository, digest, kind) VALUES (?, ?, ?)",
                              [repository, digest, kind])
 
     def is_linked(self, repository: str, digest: str) -> bool:
-        return self.db.conn.execute("SELECT 1 FROM repository_contents WHERE repository = ? AND digest = ?",
+        return self.conn.execute("SELECT 1 FROM repository_contents WHERE repository = ? AND digest = ?",
                                     [repository, digest]).fetchone() is not None
 
     def record_repository(self, name: str, rule: str, upstream: str, when: datetime | None = None) -> None:
         now = _ts(when or utc_now())
-        self.db.conn.execute(
+        self.conn.execute(
             "INSERT INTO repositories (name, rule, upstream, first_pull, last_pull, pulls) VALUES (?, ?, ?, ?, ?, 1) "
             "ON CONFLICT (name) DO UPDATE SET rule = excluded.rule, upstream = excluded.upstream, "
             "last_pull = excluded.last_pull, pulls = repositories.pulls + 1", [name, rule, upstream, now, now])
@@ -308,47 +331,47 @@ class StateStore:
         if limit is not None:
             sql += " LIMIT ?"
             args.append(limit)
-        return [r[0] for r in self.db.conn.execute(sql, args)]
+        return [r[0] for r in self.conn.execute(sql, args)]
 
     def blob(self, digest: str) -> tuple[int, str] | None:
         """Size and path (relative to the state directory) of a stored blob."""
-        row = self.db.conn.execute("SELECT size, path FROM blobs WHERE digest = ?", [digest]).fetchone()
+        row = self.conn.execute("SELECT size, path FROM blobs WHERE digest = ?", [digest]).fetchone()
         return (row[0], row[1]) if row else None
 
     def put_blob(self, digest: str, size: int, path: str, when: datetime | None = None) -> None:
         # full precision: eviction orders blobs by when they were last pulled
         now = _ts(when or datetime.now(timezone.utc))
-        self.db.conn.execute(
+        self.conn.execute(
             "INSERT INTO blobs (digest, size, path, first_access, last_access) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (digest) DO UPDATE SET size = excluded.size, path = excluded.path, "
             "last_access = excluded.last_access", [digest, size, path, now, now])
 
     def touch_blob(self, digest: str) -> None:
-        self.db.conn.execute("UPDATE blobs SET last_access = ? WHERE digest = ?",
+        self.conn.execute("UPDATE blobs SET last_access = ? WHERE digest = ?",
                              [_ts(datetime.now(timezone.utc)), digest])
 
     def delete_blob(self, digest: str, *, unless_accessed_since: datetime | None = None) -> bool:
         """Forget a blob; with ``unless_accessed_since`` (its last access when eviction chose it) only if
         nothing pulled or stored it again meanwhile. Whether a row was deleted."""
         if unless_accessed_since is None:
-            cursor = self.db.conn.execute("DELETE FROM blobs WHERE digest = ?", [digest])
+            cursor = self.conn.execute("DELETE FROM blobs WHERE digest = ?", [digest])
         else:
-            cursor = self.db.conn.execute("DELETE FROM blobs WHERE digest = ? AND last_access IS ?",
+            cursor = self.conn.execute("DELETE FROM blobs WHERE digest = ? AND last_access IS ?",
                                           [digest, _ts(unless_accessed_since)])
         return cursor.rowcount > 0
 
     def repository_pulls(self) -> list[tuple[str, str, datetime | None]]:
         """(repository, rule, last pull) of every cached repository."""
-        return [(name, rule, _dt(last or first)) for name, rule, first, last in self.db.conn.execute(
+        return [(name, rule, _dt(last or first)) for name, rule, first, last in self.conn.execute(
             "SELECT name, rule, first_pull, last_pull FROM repositories")]
 
     def blob_usage(self) -> dict[str, tuple[int, str, datetime | None, list[str]]]:
         """Per stored blob: size, path, last access, and the repositories that contain it."""
         usage: dict[str, tuple[int, str, datetime | None, list[str]]] = {}
-        for digest, size, path, last_access in self.db.conn.execute(
+        for digest, size, path, last_access in self.conn.execute(
                 "SELECT digest, size, path, last_access FROM blobs"):
             usage[digest] = (size, path, _dt(last_access), [])
-        for repository, digest in self.db.conn.execute(
+        for repository, digest in self.conn.execute(
                 "SELECT repository, digest FROM repository_contents WHERE kind = 'blob'"):
             if digest in usage:
                 usage[digest][3].append(repository)
@@ -356,15 +379,15 @@ class StateStore:
 
     def forget_repository(self, name: str) -> None:
         """Drop a repository's tags, links and record (retention expired); manifests nobody links go too."""
-        self.db.conn.execute("DELETE FROM tags WHERE repository = ?", [name])
-        self.db.conn.execute("DELETE FROM repository_contents WHERE repository = ?", [name])
-        self.db.conn.execute("DELETE FROM repositories WHERE name = ?", [name])
-        self.db.conn.execute("DELETE FROM manifests WHERE digest NOT IN "
+        self.conn.execute("DELETE FROM tags WHERE repository = ?", [name])
+        self.conn.execute("DELETE FROM repository_contents WHERE repository = ?", [name])
+        self.conn.execute("DELETE FROM repositories WHERE name = ?", [name])
+        self.conn.execute("DELETE FROM manifests WHERE digest NOT IN "
                              "(SELECT digest FROM repository_contents WHERE kind = 'manifest')")
 
     def delete_setting(self, key: str) -> bool:
         existed = self.setting(key) is not None
-        self.db.conn.execute("DELETE FROM settings WHERE key = ?", [key])
+        self.conn.execute("DELETE FROM settings WHERE key = ?", [key])
         return existed
 
     # -- events ------------------------------------------------------------------------------------
@@ -374,12 +397,12 @@ class StateStore:
 
     def insert_events(self, events: list[dict]) -> None:
         cols = self.EVENT_COLUMNS
-        self.db.conn.executemany(
+        self.conn.executemany(
             f"INSERT INTO events ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
             [[e.get(c) for c in cols] for e in events])
 
     def events(self, after_id: int = 0, limit: int = 1000) -> list[dict]:
-        cur = self.db.conn.execute("SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", [after_id, limit])
+        cur = self.conn.execute("SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", [after_id, limit])
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row)) for row in cur]
 
@@ -387,19 +410,19 @@ class StateStore:
 
     def cache_size(self) -> tuple[int, int, int]:
         """(bytes of blobs, number of blobs, number of manifests)."""
-        blob_bytes, blobs = self.db.conn.execute("SELECT COALESCE(SUM(size), 0), COUNT(*) FROM blobs").fetchone()
-        manifests = self.db.conn.execute("SELECT COUNT(*) FROM manifests").fetchone()[0]
+        blob_bytes, blobs = self.conn.execute("SELECT COALESCE(SUM(size), 0), COUNT(*) FROM blobs").fetchone()
+        manifests = self.conn.execute("SELECT COUNT(*) FROM manifests").fetchone()[0]
         return blob_bytes, blobs, manifests
 
     def event_totals(self) -> dict[str, int]:
         """Counts per result, bytes served to clients and bytes fetched from upstreams (blob misses)."""
         totals = {"hit": 0, "miss": 0, "stale": 0, "error": 0, "bytes_served": 0, "bytes_fetched": 0}
-        for result, count, size in self.db.conn.execute(
+        for result, count, size in self.conn.execute(
                 "SELECT result, COUNT(*), COALESCE(SUM(bytes), 0) FROM events GROUP BY result"):
             totals[result] = count
             if result != "error":
                 totals["bytes_served"] += size
-        totals["bytes_fetched"] = self.db.conn.execute(  # a request that joined a download fetched nothing more
+        totals["bytes_fetched"] = self.conn.execute(  # a request that joined a download fetched nothing more
             "SELECT COALESCE(SUM(bytes), 0) FROM events WHERE kind = 'blob' AND result = 'miss' "
             "AND (detail IS NULL OR detail != ?)", [JOINED_DOWNLOAD]).fetchone()[0]
         return totals
@@ -407,9 +430,9 @@ class StateStore:
     def rule_usage(self) -> dict[str, tuple[int, int, int]]:
         """Per rule: (cached repositories, hits, misses)."""
         usage: dict[str, list[int]] = {}
-        for rule, repos in self.db.conn.execute("SELECT rule, COUNT(*) FROM repositories GROUP BY rule"):
+        for rule, repos in self.conn.execute("SELECT rule, COUNT(*) FROM repositories GROUP BY rule"):
             usage.setdefault(rule, [0, 0, 0])[0] = repos
-        for rule, result, count in self.db.conn.execute(
+        for rule, result, count in self.conn.execute(
                 "SELECT rule, result, COUNT(*) FROM events WHERE rule IS NOT NULL AND result IN ('hit', 'miss') "
                 "GROUP BY rule, result"):
             usage.setdefault(rule, [0, 0, 0])[1 if result == "hit" else 2] = count
@@ -418,14 +441,14 @@ class StateStore:
     def rule_repositories(self, rule: str) -> list[dict]:
         """The repositories a rule cached: tags, stored bytes, pulls, last pull, hits and misses."""
         rows = []
-        for name, upstream, last_pull, pulls in self.db.conn.execute(
+        for name, upstream, last_pull, pulls in self.conn.execute(
                 "SELECT name, upstream, last_pull, pulls FROM repositories WHERE rule = ? ORDER BY name", [rule]):
-            tags = [r[0] for r in self.db.conn.execute(
+            tags = [r[0] for r in self.conn.execute(
                 "SELECT tag FROM tags WHERE repository = ? ORDER BY tag", [name])]
-            size = self.db.conn.execute(
+            size = self.conn.execute(
                 "SELECT COALESCE(SUM(b.size), 0) FROM repository_contents c JOIN blobs b ON b.digest = c.digest "
                 "WHERE c.repository = ? AND c.kind = 'blob'", [name]).fetchone()[0]
-            hits, misses = self.db.conn.execute(
+            hits, misses = self.conn.execute(
                 "SELECT COALESCE(SUM(result = 'hit'), 0), COALESCE(SUM(result = 'miss'), 0) FROM events "
                 "WHERE repository = ?", [name]).fetchone()
             rows.append({"name": name, "upstream": upstream, "tags": tags, "size": size, "pulls": pulls,
@@ -433,21 +456,21 @@ class StateStore:
         return rows
 
     def last_event_id(self) -> int:
-        return self.db.conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
+        return self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
 
     def recent_errors(self, limit: int = 5) -> list[dict]:
-        cur = self.db.conn.execute("SELECT * FROM events WHERE result = 'error' ORDER BY id DESC LIMIT ?", [limit])
+        cur = self.conn.execute("SELECT * FROM events WHERE result = 'error' ORDER BY id DESC LIMIT ?", [limit])
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row)) for row in cur]
 
     # -- tag sync ----------------------------------------------------------------------------------------
 
     def repositories_of_rule(self, rule: str) -> list[str]:
-        return [r[0] for r in self.db.conn.execute("SELECT name FROM repositories WHERE rule = ? ORDER BY name",
+        return [r[0] for r in self.conn.execute("SELECT name FROM repositories WHERE rule = ? ORDER BY name",
                                                    [rule])]
 
     def record_tag_sync(self, rule: str, repository: str, result: str, fetched: int, detail: str) -> None:
-        self.db.conn.execute(
+        self.conn.execute(
             "INSERT INTO tag_syncs (rule, repository, synced_at, result, fetched, detail) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (rule, repository) DO UPDATE SET synced_at = excluded.synced_at, "
             "result = excluded.result, fetched = excluded.fetched, detail = excluded.detail",
@@ -458,13 +481,13 @@ class StateStore:
                + (" WHERE rule = ?" if rule else "") + " ORDER BY rule, repository")
         return [TagSyncRecord(r, repository, _dt(synced_at), result, fetched or 0, detail or "")
                 for r, repository, synced_at, result, fetched, detail
-                in self.db.conn.execute(sql, [rule] if rule else [])]
+                in self.conn.execute(sql, [rule] if rule else [])]
 
     # -- rate limits ---------------------------------------------------------------------------------
 
     def record_rate_limit(self, login_server: str, identity: str, limit: str | None, remaining: str | None,
                           throttled: int) -> None:
-        self.db.conn.execute(
+        self.conn.execute(
             "INSERT INTO rate_limits (login_server, identity, limit_value, remaining, throttled, updated_at) "
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (login_server, identity) DO UPDATE SET "
             "limit_value = excluded.limit_value, remaining = excluded.remaining, "
@@ -472,7 +495,7 @@ class StateStore:
             [login_server, identity, limit, remaining, throttled, _ts(utc_now())])
 
     def rate_limits(self) -> list[RateLimitRecord]:
-        cur = self.db.conn.execute("SELECT login_server, identity, limit_value, remaining, throttled, updated_at "
+        cur = self.conn.execute("SELECT login_server, identity, limit_value, remaining, throttled, updated_at "
                                    "FROM rate_limits ORDER BY login_server, identity")
         return [RateLimitRecord(server, identity, limit, remaining, throttled or 0, _dt(updated_at))
                 for server, identity, limit, remaining, throttled, updated_at in cur]
@@ -488,29 +511,29 @@ class StateStore:
                            _dt(last_used))
 
     def client_tokens(self) -> list[ClientToken]:
-        return [self._client_token(r) for r in self.db.conn.execute(
+        return [self._client_token(r) for r in self.conn.execute(
             f"SELECT {self._TOKEN_COLUMNS} FROM client_tokens ORDER BY created_at, rowid")]
 
     def client_token(self, name: str) -> ClientToken | None:
-        row = self.db.conn.execute(f"SELECT {self._TOKEN_COLUMNS} FROM client_tokens WHERE name = ?",
+        row = self.conn.execute(f"SELECT {self._TOKEN_COLUMNS} FROM client_tokens WHERE name = ?",
                                    [name]).fetchone()
         return self._client_token(row) if row else None
 
     def has_client_tokens(self) -> bool:
-        return self.db.conn.execute("SELECT 1 FROM client_tokens LIMIT 1").fetchone() is not None
+        return self.conn.execute("SELECT 1 FROM client_tokens LIMIT 1").fetchone() is not None
 
     def insert_client_token(self, token: ClientToken) -> None:
-        self.db.conn.execute(
+        self.conn.execute(
             f"INSERT INTO client_tokens ({self._TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
             [token.name, json.dumps(list(token.repositories)), token.password_hash, _ts(token.created_at),
              _ts(token.expires_at), _ts(token.last_used)])
 
     def delete_client_token(self, name: str) -> None:
-        self.db.conn.execute("DELETE FROM client_tokens WHERE name = ?", [name])
+        self.conn.execute("DELETE FROM client_tokens WHERE name = ?", [name])
 
     def touch_client_token(self, name: str, when: datetime) -> None:
         """Record when a token was last used (the proxy calls this lazily, not on every request)."""
-        self.db.conn.execute("UPDATE client_tokens SET last_used = ? WHERE name = ?", [_ts(when), name])
+        self.conn.execute("UPDATE client_tokens SET last_used = ? WHERE name = ?", [_ts(when), name])
 
 
 class AsyncStateStore:
