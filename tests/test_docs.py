@@ -14,8 +14,19 @@ DOCUMENTS = [ROOT / "README.md", ROOT / "bench" / "README.md", *sorted((ROOT / "
 CITED = re.compile(r"`((?:tests|proxy|tui|bench|docs)/[A-Za-z0-9_./-]*)`")
 
 
+#: a test named in a document: ``tests/…/test_x.py::test_name``
+CITED_TEST = re.compile(r"`(tests/[A-Za-z0-9_./-]+\.py)::(\w+)`")
+
+
 def cited_paths(text: str) -> list[str]:
     return CITED.findall(text)
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_cited_test_exists(document):
+    missing = [f"{path}::{name}" for path, name in CITED_TEST.findall(document.read_text())
+               if not (ROOT / path).exists() or f"def {name}(" not in (ROOT / path).read_text()]
+    assert missing == []
 
 
 @pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: str(p.relative_to(ROOT)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -150,6 +151,19 @@ class RuleMatch:
     upstream: UpstreamRepository
     #: the repository name as clients see it (the target side), under which it is cached
     repository: str
+
+
+def source_of(upstream: UpstreamRepository, credential_set: CredentialSet | None) -> str:
+    """The *source* a rule reads from: its upstream repository and the access used (docs/security.md).
+
+    Tags, links and manifest media types belong to a source. The access is ``anonymous`` or the
+    credential set's name with a fingerprint of its secret ids, so pointing a set at other secrets
+    is a new access, which must establish again what the old one had.
+    """
+    if credential_set is None:
+        return f"anonymous/{upstream}"
+    ids = f"{credential_set.username_secret_id}\n{credential_set.password_secret_id}".encode()
+    return f"credential-set/{credential_set.name}@{hashlib.sha256(ids).hexdigest()[:16]}/{upstream}"
 
 
 #: the detail of a blob miss served from a download another request had started: its bytes were

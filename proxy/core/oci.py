@@ -15,21 +15,24 @@ INDEX_TYPES = (OCI_INDEX, DOCKER_MANIFEST_LIST)
 
 
 def media_type_of(content: bytes, declared: str | None) -> str:
-    """The manifest's media type: the upstream's Content-Type, else its ``mediaType`` field."""
-    if declared:
-        declared = declared.split(";")[0].strip()
-        if declared in MANIFEST_TYPES:
-            return declared
+    """A manifest's media type, from its content: an upstream's Content-Type can never relabel one.
+
+    Its ``mediaType`` field when it has one; else its structure (an OCI index lists ``manifests``, an
+    OCI image has ``config``; Docker's formats always carry the field). ``declared`` (the upstream's
+    Content-Type) is only the answer for content that is neither, e.g. schema 1.
+    """
+    declared = (declared or "").split(";")[0].strip()
     try:
         doc = json.loads(content)
     except ValueError:
         return declared or "application/octet-stream"
-    if isinstance(doc, dict):
-        media_type = doc.get("mediaType")
-        if isinstance(media_type, str):
-            return media_type
-        if "manifests" in doc:
-            return OCI_INDEX
-        if "config" in doc:
-            return OCI_MANIFEST
+    if not isinstance(doc, dict):
+        return declared or "application/octet-stream"
+    field = doc.get("mediaType")
+    if isinstance(field, str) and field:
+        return field
+    if "manifests" in doc:
+        return OCI_INDEX
+    if "config" in doc or "layers" in doc:
+        return OCI_MANIFEST
     return declared or "application/octet-stream"

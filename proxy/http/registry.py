@@ -205,7 +205,9 @@ class Registry:
             blob = await self.cache.blob(match, digest)
             try:
                 byte_range = parse_range(request.headers.get("range"), blob.size)
-            except RegistryError:
+                if byte_range is not None:  # a part is served only from verified bytes
+                    await blob.wait_verified()
+            except (RegistryError, PullError):
                 blob.close()
                 raise
         except (RegistryError, PullError) as exc:

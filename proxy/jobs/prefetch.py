@@ -162,7 +162,8 @@ async def probe_rule(cache: PullThroughCache, rule_name: str, image: str) -> Rul
         served_by = (await cache.resolve(repository)).rule.name
     except NameUnknown:
         served_by = rule_name
-    cached = await state.run(lambda s: s.tag(match.repository, reference)) if ":" not in reference else None
+    source = cache.source(match)
+    cached = await state.run(lambda s: s.tag(match.repository, source, reference)) if ":" not in reference else None
     probe = partial(RuleProbe, rule=rule_name, image=image, upstream_reference=_ref(str(match.upstream), reference),
                     credential_set=rule.credential_set, served_by=served_by,
                     cached_digest=cached[0] if cached else None)

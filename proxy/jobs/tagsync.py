@@ -51,6 +51,7 @@ async def sync_rule(cache: PullThroughCache, rule: CacheRule) -> list[SyncOutcom
         if match is None:
             continue
         try:
+            source = cache.source(match)
             tags, stale = await cache.tags(match)
             if stale:
                 raise UpstreamUnavailable(f"upstream {match.upstream.login_server} is unavailable; "
@@ -58,7 +59,7 @@ async def sync_rule(cache: PullThroughCache, rule: CacheRule) -> list[SyncOutcom
             wanted = [t for t in tags if tag_filter.matches(t)]
             fetched = 0
             for tag in wanted:
-                before = await cache.state.run(StateStore.tag, match.repository, tag)
+                before = await cache.state.run(StateStore.tag, match.repository, source, tag)
                 result = await warm_image(cache, match, tag)
                 if before is None or before[0] != result.digest:
                     fetched += 1

@@ -45,8 +45,9 @@ from regcache.proxy.core.models import (
     Result,
     RuleMatch,
     Upstream,
+    source_of,
 )
-from regcache.proxy.core.oci import INDEX_TYPES
+from regcache.proxy.core.oci import INDEX_TYPES, media_type_of
 from regcache.proxy.core.rules import RuleSet
 from regcache.proxy.pull.metrics import ProxyMetrics
 from regcache.proxy.pull.single_flight import SingleFlight
@@ -107,6 +108,18 @@ class ServedBlob:
             return self._store.open(self._source, start, self._source.size if end is None else end)
         return self._source.chunks(start, end)
 
+    async def wait_verified(self) -> None:
+        """For a ranged read of a blob still downloading: return once all of it verified, so that only
+        verified bytes are served with a success status; raise the download's failure instead."""
+        if not isinstance(self._source, BlobStream):
+            return
+        try:
+            await self._source.wait_verified()
+        except BlobStorageError as exc:
+            raise (StorageFull if exc.disk_full else CacheUnavailable)(str(exc)) from None
+        except Exception as exc:
+            raise UpstreamBadContent(f"the download of {self.digest} failed: {exc}") from None
+
     def close(self) -> None:
         if isinstance(self._source, BlobStream):
             self._source.close()
@@ -128,27 +141,33 @@ def pull_error(exc: UpstreamError, unknown: PullError) -> PullError:
     return UpstreamBadContent(str(exc))
 
 
-def shared_source(match: RuleMatch) -> str:
-    """Whose word a shared link or tag is: the upstream repository *as reached with this rule's access*.
-
-    A node confirmed it with the rule's credential set (or anonymously), so a rule with other (or no)
-    credentials for the same upstream path cannot use it to skip the upstream's own check.
-    """
-    who = f"credential-set/{match.rule.credential_set}" if match.rule.credential_set else "anonymous"
-    return f"{who}/{match.upstream}"
-
-
 def _accepts(accept: list[str], media_type: str) -> bool:
     return not accept or media_type in accept or "*/*" in accept
 
 
-def _store_manifest(s: StateStore, repository: str, digest: str, media_type: str, content: bytes,
-                    tag: str | None) -> None:
-    """Keep manifest bytes, link them to ``repository`` and, given a ``tag``, point it at them."""
+def _store_manifest(s: StateStore, repository: str, source: str, registry: str, digest: str, media_type: str,
+                    content: bytes, tag: str | None) -> None:
+    """Keep verified manifest bytes; ``source`` (from ``registry``) has them for ``repository``, under ``tag``."""
     s.put_manifest(digest, media_type, content)
-    s.link(repository, digest, "manifest")
+    s.link(repository, source, digest, "manifest", media_type)
+    s.record_served(digest, registry)
     if tag is not None:
-        s.set_tag(repository, tag, digest)
+        s.set_tag(repository, source, tag, digest)
+
+
+def _cached_manifest(s: StateStore, repository: str, source: str,
+                     digest: str) -> tuple[tuple[str, bytes] | None, tuple[str, str | None] | None, bool]:
+    """What is known of ``digest``: its bytes (media type, content), ``source``'s link to it, and whether the
+    upstream registry of ``source`` ever served it verified."""
+    return s.manifest(digest), s.linked(repository, source, digest), s.served(digest, source_registry(source))
+
+
+def source_registry(source: str) -> str:
+    """The upstream login server of a source (``ACCESS/LOGIN_SERVER/PATH``)."""
+    access, _, rest = source.partition("/")
+    if access == "credential-set":  # credential-set/NAME@FINGERPRINT/LOGIN_SERVER/PATH
+        rest = rest.partition("/")[2]
+    return rest.partition("/")[0]
 
 
 class PullThroughCache:
@@ -233,6 +252,16 @@ class PullThroughCache:
         self._credentials[name] = (time.monotonic() + CREDENTIALS_TTL, creds)
         return creds
 
+    def source(self, match: RuleMatch) -> str:
+        """The source ``match``'s rule reads from now: its upstream repository and its access."""
+        name = match.rule.credential_set
+        if name is None:
+            return source_of(match.upstream, None)
+        cs = self._credential_sets.get(name)
+        if cs is None:
+            raise CacheUnavailable(f"credential set {name!r} of rule {match.rule.name!r} is gone")
+        return source_of(match.upstream, cs)
+
     async def _record_health(self, name: str, health: CredentialHealth) -> None:
         cs = self._credential_sets.get(name)
         if cs is not None and (cs.health.status, cs.health.error_code) == (health.status, health.error_code):
@@ -282,7 +311,7 @@ class PullThroughCache:
         if ":" in reference:
             served = await self._manifest_by_digest(match, reference)
         else:
-            served = await self._flights.run(("tag", match.rule.name, match.repository, reference),
+            served = await self._flights.run(("tag", self.source(match), match.repository, reference),
                                              lambda: self._manifest_by_tag(match, reference))
             if not _accepts(accept, served.media_type):
                 served = await self._negotiate(match, served, accept)
@@ -304,86 +333,96 @@ class PullThroughCache:
             f"the manifest is {served.media_type}, which the client does not accept ({', '.join(accept)})")
 
     async def _manifest_by_digest(self, match: RuleMatch, digest: str) -> ServedManifest:
-        return await self._flights.run(("digest", match.rule.name, match.repository, digest),
+        return await self._flights.run(("digest", self.source(match), match.repository, digest),
                                        lambda: self._fetch_manifest_by_digest(match, digest))
 
     async def _fetch_manifest_by_digest(self, match: RuleMatch, digest: str) -> ServedManifest:
-        repo = match.repository
-        cached, linked = await self.state.run(lambda s: (s.manifest(digest), s.is_linked(repo, digest)))
-        if not linked and self.shared is not None:
-            shared = await self._shared_manifest(match, digest, cached)
+        repo, source, registry = match.repository, self.source(match), match.upstream.login_server
+        cached, link, served = await self.state.run(_cached_manifest, repo, source, digest)
+        if cached is not None and link is not None:
+            return ServedManifest(digest, link[1] or media_type_of(cached[1], cached[0]), cached[1], Result.HIT)
+        if self.shared is not None:
+            shared = await self._shared_manifest(match, source, digest, cached)
             if shared is not None:
                 return shared
         creds = await self.credentials(match.rule)
         path = match.upstream.path
-        if cached is not None:
-            media_type, content = cached
-            if linked:
-                return ServedManifest(digest, media_type, content, Result.HIT)
-            # Known bytes, but not yet known to be in this repository: the upstream must confirm, or
-            # anyone who knows a digest could read it through any rule whose upstream is down.
+        if cached is not None and served:
+            # Known bytes that this source's registry itself served before (verified): its HEAD is proof
+            # enough that this repository has them too (a base manifest shared by many repositories).
             try:
-                await self.upstream_call(match, creds, lambda up: self.upstream.manifest(up, path, digest, creds,
-                                                                                          method="HEAD"))
+                head = await self.upstream_call(
+                    match, creds, lambda up: self.upstream.manifest(up, path, digest, creds, method="HEAD"))
             except UpstreamError as exc:
                 raise pull_error(exc, ManifestUnknown(f"manifest {digest} is not in {repo}")) from None
-            await self.state.run(lambda s: s.link(repo, digest, "manifest"))
-            return ServedManifest(digest, media_type, content, Result.HIT)
+            media_type = media_type_of(cached[1], head.media_type)
+            await self.state.run(lambda s: s.link(repo, source, digest, "manifest", media_type))
+            return ServedManifest(digest, media_type, cached[1], Result.HIT)
+        # Otherwise only the bytes themselves, from this source, verified, prove it: an upstream can
+        # unlock only what it served.
         try:
             got = await self.upstream_call(match, creds, lambda up: self.upstream.manifest(up, path, digest, creds))
         except UpstreamError as exc:
             raise pull_error(exc, ManifestUnknown(f"manifest {digest} is not in {repo} "
                                                   f"(upstream {match.upstream})")) from None
+        content = got.content or b""
         algorithm = digest.partition(":")[0]
-        if compute_digest(got.content, algorithm) != digest:
+        if compute_digest(content, algorithm) != digest:
             raise ManifestInvalid(f"upstream {match.upstream.login_server} sent a manifest that does not match "
                                   f"{digest}")
-        await self.state.run(_store_manifest, repo, digest, got.media_type, got.content, None)
-        await self._share_manifest(match, digest, got.media_type, got.content)
-        return ServedManifest(digest, got.media_type, got.content, Result.MISS)
+        await self.state.run(_store_manifest, repo, source, registry, digest, got.media_type, content, None)
+        await self._share_manifest(source, digest, got.media_type, content)
+        return ServedManifest(digest, got.media_type, content, Result.MISS)
 
-    async def _shared_manifest(self, match: RuleMatch, digest: str,
+    async def _shared_manifest(self, match: RuleMatch, source: str, digest: str,
                                cached: tuple[str, bytes] | None) -> ServedManifest | None:
-        """The manifest from the bucket when another node verified it is in this upstream repository."""
-        assert self.shared is not None
-        source = shared_source(match)
-        if not await self.shared.linked(source, digest):
+        """The manifest from the bucket when another node verified that ``source`` has it."""
+        if self.shared is None or not await self.shared.linked(source, digest):
             return None
         found = cached or await self.shared.manifest(digest)
         if found is None:
             return None
-        media_type, content = found
-        repo = match.repository
-        await self.state.run(_store_manifest, repo, digest, media_type, content, None)
+        media_type, content = media_type_of(found[1], found[0]), found[1]
+        def keep(s: StateStore) -> None:
+            s.put_manifest(digest, media_type, content)
+            s.link(match.repository, source, digest, "manifest", media_type)
+
+        await self.state.run(keep)
         return ServedManifest(digest, media_type, content, Result.HIT, "from the shared store")
 
-    async def _share_manifest(self, match: RuleMatch, digest: str, media_type: str, content: bytes,
+    async def _share_manifest(self, source: str, digest: str, media_type: str, content: bytes,
                               tag: str | None = None) -> None:
-        """Tell the other nodes: these manifest bytes, in this upstream repository (under ``tag``)."""
+        """Tell the other nodes: these manifest bytes, which ``source`` has (under ``tag``)."""
         if self.shared is None:
             return
-        source = shared_source(match)
         await self.shared.put_manifest(digest, media_type, content)
         await self.shared.link(source, digest)
         if tag is not None:
             await self.shared.set_tag(source, tag, digest)
 
     async def _manifest_by_tag(self, match: RuleMatch, tag: str) -> ServedManifest:
-        repo = match.repository
+        repo, source, registry = match.repository, self.source(match), match.upstream.login_server
         path = match.upstream.path
+
         def cached_manifest(s: StateStore) -> tuple[tuple[str, datetime] | None, tuple[str, bytes] | None]:
-            found_tag = s.tag(repo, tag)
-            return found_tag, (s.manifest(found_tag[0]) if found_tag is not None else None)
+            found_tag = s.tag(repo, source, tag)
+            if found_tag is None:
+                return None, None
+            found, link, _ = _cached_manifest(s, repo, source, found_tag[0])
+            if found is None:
+                return found_tag, None
+            return found_tag, ((link[1] if link else None) or media_type_of(found[1], found[0]), found[1])
 
         cached_tag, found = await self.state.run(cached_manifest)
         if cached_tag is None and self.shared is not None:
-            shared_tag = await self.shared.tag(shared_source(match), tag)
+            shared_tag = await self.shared.tag(source, tag)
             if shared_tag is not None:
-                shared = await self._shared_manifest(match, shared_tag.digest, None)
+                shared = await self._shared_manifest(match, source, shared_tag.digest, None)
                 if shared is not None:  # as if this node had seen the tag when the other one did
                     cached_tag, found = (shared.digest, shared_tag.seen_at), (shared.media_type, shared.content)
                     # kept here too, so the next pulls within the freshness window stay local
-                    await self.state.run(lambda s: s.set_tag(repo, tag, shared.digest, when=shared_tag.seen_at))
+                    await self.state.run(lambda s: s.set_tag(repo, source, tag, shared.digest,
+                                                             when=shared_tag.seen_at))
         cached: ServedManifest | None = None
         if cached_tag is not None:
             digest, validated_at = cached_tag
@@ -399,7 +438,7 @@ class PullThroughCache:
                 head = await self.upstream_call(
                     match, creds, lambda up: self.upstream.manifest(up, path, tag, creds, method="HEAD"))
                 if head.digest == cached.digest:
-                    await self.state.run(lambda s: s.set_tag(repo, tag, cached.digest))
+                    await self.state.run(lambda s: s.set_tag(repo, source, tag, cached.digest))
                     return cached
             got = await self.upstream_call(match, creds, lambda up: self.upstream.manifest(up, path, tag, creds))
         except UpstreamUnreachable as exc:
@@ -414,29 +453,31 @@ class PullThroughCache:
             raise pull_error(exc, ManifestUnknown(f"upstream {match.upstream} has no tag {tag!r}")) from None
         except UpstreamError as exc:
             raise pull_error(exc, ManifestUnknown(f"upstream {match.upstream} has no tag {tag!r}")) from None
-        digest = compute_digest(got.content)
+        content = got.content or b""
+        digest = compute_digest(content)
         if got.digest and got.digest != digest and got.digest.startswith("sha256:"):
             raise ManifestInvalid(f"upstream {match.upstream.login_server} sent a manifest whose bytes do not "
                                   f"match its Docker-Content-Digest {got.digest}")
-        await self.state.run(_store_manifest, repo, digest, got.media_type, got.content, tag)
-        await self._share_manifest(match, digest, got.media_type, got.content, tag)
-        return ServedManifest(digest, got.media_type, got.content, Result.MISS)
+        await self.state.run(_store_manifest, repo, source, registry, digest, got.media_type, content, tag)
+        await self._share_manifest(source, digest, got.media_type, content, tag)
+        return ServedManifest(digest, got.media_type, content, Result.MISS)
 
     # -- blobs ---------------------------------------------------------------------------------
 
     async def blob(self, match: RuleMatch, digest: str) -> ServedBlob:
-        """A stored blob (hit) or a stream of its single-flight download (miss)."""
-        repo = match.repository
+        """A stored blob (hit) or a stream of the single-flight download of it for this source (miss)."""
+        repo, source, registry = match.repository, self.source(match), match.upstream.login_server
         path = match.upstream.path
-        stored = await self.blobs.lookup(digest)
+        stored = await self.blobs.lookup(digest, source)
         if stored is not None:
             def touch_and_check_link(s: StateStore) -> bool:
                 s.touch_blob(digest)
-                return s.is_linked(repo, digest)
+                return s.is_linked(repo, source, digest)
 
-            if not await self.state.run(touch_and_check_link):
-                await self._confirm_blob(match, digest)
-            return ServedBlob(digest, stored.size, Result.HIT, None, self.blobs, stored)
+            if await self.state.run(touch_and_check_link) or await self._proved(match, source, digest):
+                return ServedBlob(digest, stored.size, Result.HIT, None, self.blobs, stored)
+            # Stored for another source, and this one has not proved it has the blob: its own upstream
+            # must send the bytes, verified, before they are served through this rule.
         creds = await self.credentials(match.rule)
 
         @asynccontextmanager
@@ -446,8 +487,17 @@ class PullThroughCache:
                 yield await self.upstream_call(
                     match, creds, lambda up: stack.enter_async_context(self.upstream.blob(up, path, digest, creds)))
 
+        def link(s: StateStore) -> None:
+            s.link(repo, source, digest, "blob")
+            s.record_served(digest, registry)
+
+        async def verified() -> None:  # only verified bytes link a digest to a source
+            await self.state.run(link)
+            if self.shared is not None:
+                await self.shared.link(source, digest)
+
         try:
-            stream = self.blobs.stream(digest, fetch)
+            stream = self.blobs.stream(digest, fetch, source, verified)
         except BlobStorageError as exc:  # not even the temporary file could be made: our disk, not the upstream
             raise (StorageFull if exc.disk_full else CacheUnavailable)(str(exc)) from None
         try:
@@ -459,31 +509,32 @@ class PullThroughCache:
         except Exception as exc:
             raise UpstreamBadContent(f"fetching blob {digest} from upstream {match.upstream.login_server} "
                                      f"failed: {exc}") from None
-        await self.state.run(lambda s: s.link(repo, digest, "blob"))
-        if self.shared is not None and not stream.joined:  # the request that started it already did
-            await self.shared.link(shared_source(match), digest)
         return ServedBlob(digest, size, Result.MISS, JOINED_DOWNLOAD if stream.joined else None, self.blobs, stream)
 
-    async def _confirm_blob(self, match: RuleMatch, digest: str) -> None:
-        """Link a stored blob to this repository once a node or the upstream confirms the repository has it."""
-        repo = match.repository
-        # Stored for another repository: only the upstream (or a node that asked it) can say this one has it.
-        if self.shared is None or not await self.shared.linked(shared_source(match), digest):
+    async def _proved(self, match: RuleMatch, source: str, digest: str) -> bool:
+        """Link a stored blob to ``source`` if another node showed that source has it, or if its registry,
+        which served these bytes verified before, answers HEAD 200; False when only a download can tell."""
+        repo, registry = match.repository, match.upstream.login_server
+        if self.shared is None or not await self.shared.linked(source, digest):
+            if not await self.state.run(lambda s: s.served(digest, registry)):
+                return False
             creds = await self.credentials(match.rule)
             try:
                 await self.upstream_call(
                     match, creds, lambda up: self.upstream.blob_size(up, match.upstream.path, digest, creds))
             except UpstreamError as exc:
                 raise pull_error(exc, BlobUnknown(f"blob {digest} is not in {repo}")) from None
-        await self.state.run(lambda s: s.link(repo, digest, "blob"))
+        await self.state.run(lambda s: s.link(repo, source, digest, "blob"))
+        return True
 
     async def blob_size(self, match: RuleMatch, digest: str) -> tuple[int, Result]:
         """For HEAD: the blob's size from the store, else from the upstream (nothing downloaded)."""
-        stored = await self.blobs.lookup(digest)
-        if stored is not None:
-            if not await self.state.run(lambda s: s.is_linked(match.repository, digest)):
-                await self._confirm_blob(match, digest)
+        source = self.source(match)
+        stored = await self.blobs.lookup(digest, source)
+        if stored is not None and (await self.state.run(lambda s: s.is_linked(match.repository, source, digest))
+                                   or await self._proved(match, source, digest)):
             return stored.size, Result.HIT
+        # not stored, or not shown to be this source's: the upstream's own answer, nothing linked
         creds = await self.credentials(match.rule)
         try:
             size = await self.upstream_call(
@@ -504,7 +555,8 @@ class PullThroughCache:
                 match, creds, lambda up: self.upstream.tags(up, match.upstream.path, creds))
             return sorted(set(tags)), False
         except UpstreamUnreachable as exc:
-            cached = await self.state.run(lambda s: s.tags(match.repository))
+            source = self.source(match)
+            cached = await self.state.run(lambda s: s.tags(match.repository, source))
             if cached:
                 return cached, True
             raise pull_error(exc, NameUnknown("")) from None

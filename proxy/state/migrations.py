@@ -155,3 +155,28 @@ def m005_client_tokens(db: Database) -> None:
         pk="name",
         not_null={"repositories", "password_hash", "created_at"},
     )
+
+
+@migration
+def m006_tags_and_links_per_source(db: Database) -> None:
+    """Tags and repository links belong to the source that established them (docs/security.md).
+
+    A source is the upstream repository and the access used to reach it; the tags and links stored
+    before were keyed by the client-side name only and may hold what another source established, so
+    they are dropped (the next pull establishes them again; verified manifests and blobs stay). Links
+    keep the media type their source's content gave the manifest. ``served_by`` records which upstream
+    registry served which verified bytes: only such a registry's HEAD counts as proof for another source.
+    """
+    db.execute("DROP TABLE tags")
+    db.execute("DROP TABLE repository_contents")
+    db.table("tags").create(
+        {"repository": str, "source": str, "tag": str, "digest": str, "fetched_at": str, "validated_at": str},
+        pk=("repository", "source", "tag"),
+        not_null={"digest", "fetched_at", "validated_at"},
+    )
+    db.table("repository_contents").create(
+        {"repository": str, "source": str, "digest": str, "kind": str, "media_type": str},
+        pk=("repository", "source", "digest"),
+    )
+    db.table("repository_contents").create_index(["digest"])
+    db.table("served_by").create({"digest": str, "login_server": str}, pk=("digest", "login_server"))

@@ -292,31 +292,49 @@ class StateStore:
             "INSERT OR IGNORE INTO manifests (digest, media_type, size, content, created_at, last_access) "
             "VALUES (?, ?, ?, ?, ?, ?)", [digest, media_type, len(content), content, now, now])
 
-    def tag(self, repository: str, tag: str) -> tuple[str, datetime] | None:
-        """The cached digest of ``repository:tag`` and when the upstream last confirmed it."""
-        row = self.conn.execute("SELECT digest, validated_at FROM tags WHERE repository = ? AND tag = ?",
-                                   [repository, tag]).fetchone()
+    def tag(self, repository: str, source: str, tag: str) -> tuple[str, datetime] | None:
+        """The digest ``source`` gave ``repository:tag`` and when it last confirmed it."""
+        row = self.conn.execute("SELECT digest, validated_at FROM tags WHERE repository = ? AND source = ? AND tag = ?",
+                                [repository, source, tag]).fetchone()
         return (row[0], _required_dt(row[1], "tags.validated_at", f"{repository}:{tag}")) if row else None
 
-    def set_tag(self, repository: str, tag: str, digest: str, when: datetime | None = None) -> None:
+    def set_tag(self, repository: str, source: str, tag: str, digest: str, when: datetime | None = None) -> None:
         now = _ts(when or utc_now())
         self.conn.execute(
-            "INSERT INTO tags (repository, tag, digest, fetched_at, validated_at) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT (repository, tag) DO UPDATE SET validated_at = excluded.validated_at, "
+            "INSERT INTO tags (repository, source, tag, digest, fetched_at, validated_at) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (repository, source, tag) DO UPDATE SET validated_at = excluded.validated_at, "
             "fetched_at = CASE WHEN tags.digest = excluded.digest THEN tags.fetched_at ELSE excluded.fetched_at END, "
-            "digest = excluded.digest", [repository, tag, digest, now, now])
+            "digest = excluded.digest", [repository, source, tag, digest, now, now])
 
-    def tags(self, repository: str) -> list[str]:
-        return [r[0] for r in self.conn.execute("SELECT tag FROM tags WHERE repository = ? ORDER BY tag",
-                                                   [repository])]
+    def tags(self, repository: str, source: str) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT tag FROM tags WHERE repository = ? AND source = ? "
+                                                "ORDER BY tag", [repository, source])]
 
-    def link(self, repository: str, digest: str, kind: str) -> None:
-        self.conn.execute("INSERT OR IGNORE INTO repository_contents (repository, digest, kind) VALUES (?, ?, ?)",
-                             [repository, digest, kind])
+    def link(self, repository: str, source: str, digest: str, kind: str, media_type: str | None = None) -> None:
+        """``source`` showed it has ``digest`` (a manifest of ``media_type``, or a blob)."""
+        self.conn.execute(
+            "INSERT INTO repository_contents (repository, source, digest, kind, media_type) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (repository, source, digest) DO UPDATE SET media_type = "
+            "COALESCE(excluded.media_type, repository_contents.media_type)",
+            [repository, source, digest, kind, media_type])
 
-    def is_linked(self, repository: str, digest: str) -> bool:
-        return self.conn.execute("SELECT 1 FROM repository_contents WHERE repository = ? AND digest = ?",
-                                    [repository, digest]).fetchone() is not None
+    def linked(self, repository: str, source: str, digest: str) -> tuple[str, str | None] | None:
+        """(kind, media type) when ``source`` showed it has ``digest`` for ``repository``, else None."""
+        row = self.conn.execute("SELECT kind, media_type FROM repository_contents WHERE repository = ? "
+                                "AND source = ? AND digest = ?", [repository, source, digest]).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def is_linked(self, repository: str, source: str, digest: str) -> bool:
+        return self.linked(repository, source, digest) is not None
+
+    def record_served(self, digest: str, login_server: str) -> None:
+        """The upstream registry ``login_server`` served bytes that verified against ``digest``."""
+        self.conn.execute("INSERT OR IGNORE INTO served_by (digest, login_server) VALUES (?, ?)",
+                          [digest, login_server])
+
+    def served(self, digest: str, login_server: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM served_by WHERE digest = ? AND login_server = ?",
+                                 [digest, login_server]).fetchone() is not None
 
     def record_repository(self, name: str, rule: str, upstream: str, when: datetime | None = None) -> None:
         now = _ts(when or utc_now())
@@ -372,7 +390,7 @@ class StateStore:
                 "SELECT digest, size, path, last_access FROM blobs"):
             usage[digest] = (size, path, _dt(last_access), [])
         for repository, digest in self.conn.execute(
-                "SELECT repository, digest FROM repository_contents WHERE kind = 'blob'"):
+                "SELECT DISTINCT repository, digest FROM repository_contents WHERE kind = 'blob'"):
             if digest in usage:
                 usage[digest][3].append(repository)
         return usage
@@ -444,10 +462,10 @@ class StateStore:
         for name, upstream, last_pull, pulls in self.conn.execute(
                 "SELECT name, upstream, last_pull, pulls FROM repositories WHERE rule = ? ORDER BY name", [rule]):
             tags = [r[0] for r in self.conn.execute(
-                "SELECT tag FROM tags WHERE repository = ? ORDER BY tag", [name])]
+                "SELECT DISTINCT tag FROM tags WHERE repository = ? ORDER BY tag", [name])]
             size = self.conn.execute(
-                "SELECT COALESCE(SUM(b.size), 0) FROM repository_contents c JOIN blobs b ON b.digest = c.digest "
-                "WHERE c.repository = ? AND c.kind = 'blob'", [name]).fetchone()[0]
+                "SELECT COALESCE(SUM(b.size), 0) FROM blobs b WHERE b.digest IN (SELECT c.digest FROM "
+                "repository_contents c WHERE c.repository = ? AND c.kind = 'blob')", [name]).fetchone()[0]
             hits, misses = self.conn.execute(
                 "SELECT COALESCE(SUM(result = 'hit'), 0), COALESCE(SUM(result = 'miss'), 0) FROM events "
                 "WHERE repository = ?", [name]).fetchone()

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
@@ -60,7 +60,9 @@ class BlobStore:
         self._state = state
         self._tg = task_group
         self.backend: BlobBackend = backend or FilesystemBackend(home)
-        self._inflight: dict[str, Download] = {}
+        #: downloads in flight by (digest, flight): a flight is a source, and only its requests join it
+        self._inflight: dict[tuple[str, str], Download] = {}
+        self._on_verified: dict[Download, Callable[[], Awaitable[None]]] = {}
         #: completed upstream downloads per digest (tests and the benchmark read it)
         self.downloads = 0
 
@@ -82,10 +84,10 @@ class BlobStore:
                 pass
         return removed
 
-    async def lookup(self, digest: str) -> StoredBlob | None:
-        """The verified blob; None while a download of it runs here (join it) or when it is not kept."""
+    async def lookup(self, digest: str, flight: str = "") -> StoredBlob | None:
+        """The verified blob; None while ``flight``'s download of it runs here (join it) or when it is not kept."""
         for _ in range(2):
-            if digest in self._inflight:
+            if (digest, flight) in self._inflight:
                 return None
             published_before = self.downloads
             found = await self.backend.lookup(digest)
@@ -99,14 +101,16 @@ class BlobStore:
         """Bytes ``start`` to ``end`` (exclusive) of a verified blob."""
         return self.backend.open(blob, start, end)
 
-    def stream(self, digest: str, fetch: BlobFetch) -> BlobStream:
-        """Join the download of ``digest``, starting it if none runs. Call only after ``lookup()`` said no.
+    def stream(self, digest: str, fetch: BlobFetch, flight: str = "",
+               on_verified: Callable[[], Awaitable[None]] | None = None) -> BlobStream:
+        """Join ``flight``'s download of ``digest``, starting it if none runs (then ``on_verified`` runs once
+        its bytes verified). Call only after ``lookup()`` said no.
 
         No await happens between finding (or creating) the download and opening the reader's file
         descriptor, so the temporary file cannot be renamed away in between. Raises BlobStorageError
         when the temporary file cannot be created (a full disk can refuse even an empty file).
         """
-        download = self._inflight.get(digest)
+        download = self._inflight.get((digest, flight))
         joined = download is not None
         if download is None:
             tmp_path = self.tmp / f"{os.getpid()}-{secrets.token_hex(8)}-{digest.replace(':', '-')}"
@@ -115,8 +119,10 @@ class BlobStore:
             except OSError as exc:
                 log.warning("cannot create a temporary file in %s: %s", self.tmp, exc)
                 raise storage_error(exc, digest) from None
-            download = Download(digest, tmp_path, fd)
-            self._inflight[digest] = download
+            download = Download(digest, tmp_path, fd, flight)
+            self._inflight[(digest, flight)] = download
+            if on_verified is not None:
+                self._on_verified[download] = on_verified
             self._tg.start_soon(self._download, download, fetch, name=f"download {digest}")
         return BlobStream(download, os.open(download.tmp_path, os.O_RDONLY), joined)
 
@@ -149,15 +155,23 @@ class BlobStore:
         if hasher.hexdigest() != expected:
             raise BlobIntegrityError(f"upstream content does not match {d.digest}; nothing was stored")
 
+    async def _fetch_verified(self, d: Download, fetch: BlobFetch) -> None:
+        """Fetch and verify, then run the starter's ``on_verified`` before the bytes are published: a
+        request arriving once they are stored finds what it was recorded (its source's link) too."""
+        await self._fetch(d, fetch)
+        on_verified = self._on_verified.pop(d, None)
+        if on_verified is not None:
+            await on_verified()
+
     async def _download(self, d: Download, fetch: BlobFetch) -> None:
         try:
-            path = await self.backend.keep(d, lambda: self._fetch(d, fetch), lambda: self._publish(d))
+            path = await self.backend.keep(d, lambda: self._fetch_verified(d, fetch), lambda: self._publish(d))
             if path is not None:
                 await self._state.run(lambda s: s.put_blob(d.digest, d.written, path))
         except BaseException as exc:
             if not d.done:
                 d.error = exc if isinstance(exc, Exception) else BlobDownloadError("regcache is shutting down")
-                self._inflight.pop(d.digest, None)
+                self._inflight.pop((d.digest, d.flight), None)
                 unlink(d.tmp_path)
                 level = logging.WARNING if isinstance(exc, Exception) else logging.INFO
                 where = f" (blobs in {self.tmp.parent})" if isinstance(exc, BlobStorageError) else ""
@@ -167,12 +181,13 @@ class BlobStore:
             if not isinstance(exc, Exception):
                 raise
         finally:
+            self._on_verified.pop(d, None)
             os.close(d.fd)
             d.notify()
 
     def _publish(self, d: Download) -> None:
         """The bytes are kept: from now on a new request finds them instead of joining ``d``."""
-        del self._inflight[d.digest]
+        del self._inflight[(d.digest, d.flight)]
         d.size = d.written
         d.verified = d.done = True
         self.downloads += 1

@@ -74,8 +74,10 @@ class StoredBlob:
 class Download:
     """One upstream download in progress; readers follow ``written`` and wait on ``changed()``."""
 
-    def __init__(self, digest: str, tmp_path: Path, fd: int) -> None:
+    def __init__(self, digest: str, tmp_path: Path, fd: int, flight: str = "") -> None:
         self.digest = digest
+        #: whose download this is (a source): only its own requests join it
+        self.flight = flight
         self.tmp_path = tmp_path
         self.fd = fd
         self.size: int | None = None
@@ -114,6 +116,15 @@ class BlobStream:
             self.close()
             raise d.error
         return d.size
+
+    async def wait_verified(self) -> None:
+        """Return once the whole blob verified; raise the download's error instead if it failed."""
+        d = self.download
+        while not d.verified and d.error is None:
+            await d.changed()
+        if d.error is not None:
+            self.close()
+            raise d.error
 
     async def chunks(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Bytes ``start`` to ``end`` (exclusive) as they arrive; raises if the download fails.

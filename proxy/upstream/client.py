@@ -7,6 +7,7 @@ redirects itself so that ``Authorization`` is never sent to another host (blob C
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -41,6 +42,14 @@ class Credentials:
 
     def __repr__(self) -> str:
         return f"Credentials({self.identity!r})"
+
+    @property
+    def login_key(self) -> str:
+        """What cached logins (Basic headers, bearer tokens) are kept under: the set's name and a hash of
+        the secret values, so a set pointed at other secrets, or a rotated secret, never reuses the old
+        login (the hash stays in memory, and the values cannot be read back from it)."""
+        secrets = "\n".join((self.username, self.password)).encode()
+        return f"{self.identity}#{hashlib.sha256(secrets).hexdigest()}"
 
 
 class UpstreamError(Exception):
@@ -184,7 +193,7 @@ class UpstreamClient:
                        creds: Credentials | None, headers: dict[str, str] | None = None,
                        stream: bool = False) -> httpx.Response:
         """Send with the cached login, answering one 401 challenge; errors for 401/403/429/5xx."""
-        key = (upstream.login_server, repository, creds.identity if creds else None)
+        key = (upstream.login_server, repository, creds.login_key if creds else None)
         scope = f"repository:{repository}:pull"
         auth = self.tokens.get(key)
         for attempt in (1, 2):

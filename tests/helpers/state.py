@@ -13,3 +13,16 @@ def dump_database(home: Path) -> list[str]:
         return list(conn.iterdump())
     finally:
         conn.close()
+
+
+def cached_tag(store, repository: str, tag: str) -> str | None:
+    """The digest cached for ``repository:tag`` from any source (tags belong to sources; tests ask
+    whether anything was cached at all)."""
+    row = store.conn.execute("SELECT digest FROM tags WHERE repository = ? AND tag = ? ORDER BY validated_at DESC",
+                             [repository, tag]).fetchone()
+    return row[0] if row else None
+
+
+def cached_tags(store, repository: str) -> list[str]:
+    return [r[0] for r in store.conn.execute("SELECT DISTINCT tag FROM tags WHERE repository = ? ORDER BY tag",
+                                             [repository])]

@@ -8,6 +8,7 @@ import time
 from click.testing import CliRunner
 
 from regcache.tui.cli import main
+from tests.helpers.state import cached_tags
 from tests.registries.skopeo import assert_pulled
 
 
@@ -60,7 +61,7 @@ def test_retention_expires_a_rules_repositories(regcache, anonymous_registry, pu
     done = gc(regcache.home)
     assert done["expiredRepositories"] == ["evict/brief"]
     assert {e["digest"] for e in done["evicted"]} == set(image.blobs)
-    assert regcache.control.store.tags("evict/brief") == []
+    assert cached_tags(regcache.control.store, "evict/brief") == []
 
 
 def test_a_client_reading_an_evicted_blob_finishes(regcache, anonymous_registry, push_image, skopeo, tmp_path):

@@ -7,6 +7,7 @@ import json
 from click.testing import CliRunner
 
 from regcache.tui.cli import main
+from tests.helpers.state import cached_tag
 from tests.registries.skopeo import assert_pulled
 
 
@@ -63,7 +64,7 @@ def test_cache_test_reports_mapping_credentials_and_digest(regcache, basic_auth_
     assert report["upstreamReference"] == f"{server}/acme/api:2.0"
     assert report["credentialsValid"] is True and report["digest"] == image.digest
     assert report["cachedDigest"] is None
-    assert regcache.control.store.tag("team/api", "2.0") is None  # nothing was cached
+    assert cached_tag(regcache.control.store, "team/api", "2.0") is None  # nothing was cached
 
     bad = run(regcache.home, "cache", "test", "-n", "team-bad", "--image", "badteam/api:2.0", "-o", "json")
     assert bad.exit_code == 1

@@ -11,6 +11,7 @@ import pytest
 from regcache.proxy.core.models import JOINED_DOWNLOAD
 from regcache.proxy.state.statistics import CacheStatistics
 from tests.helpers.metrics import sample
+from tests.helpers.state import cached_tag
 from tests.registries.skopeo import SkopeoError, assert_pulled
 
 from .fronts import CORRUPT, CUT, PASS, REDIRECT, THROTTLE, BlobCDN, FaultyFront
@@ -406,7 +407,7 @@ def test_mirror_mode_routes_by_source(regcache, anonymous_registry, push_image):
         assert unknown.status_code == 404
         assert "no cache rule has a source covering quay.io/library/alpine" in unknown.json()["errors"][0]["message"]
     # cached under the rule's target name
-    assert regcache.control.store.tag("mirrored/library/alpine", "3") is not None
+    assert cached_tag(regcache.control.store, "mirrored/library/alpine", "3") is not None
 
 
 def test_per_rule_freshness_and_stale_policies(regcache, anonymous_registry, push_image, skopeo, tmp_path):

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from regcache.proxy.core.errors import ValidationError
 from regcache.proxy.core.tagfilter import TagFilter
 from regcache.tui.cli import main
+from tests.helpers.state import cached_tag
 
 
 @pytest.mark.parametrize(("spec", "tags", "expected"), [
@@ -51,14 +52,14 @@ def test_sync_fetches_new_and_moved_tags(regcache, anonymous_registry, push_imag
     assert (outcome["result"], outcome["fetched"]) == ("ok", 2)
     assert "2 of 4 tags match" in outcome["detail"]
     store = regcache.control.store
-    assert store.tag("synced", "1.0") and store.tag("synced", "1.1")
-    assert store.tag("synced", "2.0") is None and store.tag("synced", "latest") is None
+    assert cached_tag(store, "synced", "1.0") and cached_tag(store, "synced", "1.1")
+    assert cached_tag(store, "synced", "2.0") is None and cached_tag(store, "synced", "latest") is None
 
     moved = push_image(anonymous_registry, "library/synced", "1.1", layers=[5_000], seed="b-1.1")
     push_image(anonymous_registry, "library/synced", "1.2", layers=[5_000], seed="a-1.2")
     second = json.loads(run(regcache.home, "cache", "sync", "-n", "synced-app", "-o", "json").stdout)
     assert second[0]["fetched"] == 2  # 1.1 moved, 1.2 is new
-    assert store.tag("synced", "1.1")[0] == moved.digest
+    assert cached_tag(store, "synced", "1.1") == moved.digest
     layer = moved.layers[0]
     assert regcache.server.app.state.registry.cache.blobs.backend.stored(layer.digest)  # the image, not just the tag
 

@@ -53,8 +53,9 @@ def populate(backend: Backend) -> None:
     store.record_repository("ubuntu", "ubuntu", "docker.io/library/ubuntu", T0)
     store.record_repository("team/api", "team-ghcr", "ghcr.io/acme/api", T0)
     store.put_blob("sha256:" + "a" * 64, 29_360_128, "blobs/sha256/aa/" + "a" * 64, T0)
-    store.link("ubuntu", "sha256:" + "a" * 64, "blob")
-    store.set_tag("ubuntu", "22.04", "sha256:" + "b" * 64, T0)
+    hub = "credential-set/hub-creds@0123456789abcdef/docker.io/library/ubuntu"  # a source (docs/security.md)
+    store.link("ubuntu", hub, "sha256:" + "a" * 64, "blob")
+    store.set_tag("ubuntu", hub, "22.04", "sha256:" + "b" * 64, T0)
     events = [
         PullEvent("10.0.0.7", "GET", "manifest", "ubuntu", "22.04", "miss", 200, "ubuntu", 1_024, 212.0, None, T0),
         PullEvent("10.0.0.7", "GET", "blob", "ubuntu", "sha256:" + "a" * 64, "miss", 200, "ubuntu", 29_360_128,

@@ -9,6 +9,7 @@ from regcache.tui.screens.config_files import ClientConfigScreen, RulesFileScree
 from regcache.tui.screens.image_action import ImageActionScreen
 from regcache.tui.screens.rule_settings import RuleSettingsForm
 from tests.helpers.pilot import table_keys, type_into, wait_for
+from tests.helpers.state import cached_tag
 
 from .conftest import make_app
 
@@ -64,7 +65,7 @@ async def test_warm_and_test_through_the_tui(backend, anonymous_registry, push_i
         await pilot.press("enter")
         outcome = app.screen.query_one("#outcome", Static)
         await wait_for(pilot, lambda: image.digest in str(outcome.render()))
-        assert backend.control.store.tag("lib/tuiwarm", "1") is None  # a test caches nothing
+        assert cached_tag(backend.control.store, "lib/tuiwarm", "1") is None  # a test caches nothing
         await pilot.press("escape")
         await pilot.press("w")
         await wait_for(pilot, lambda: isinstance(app.screen, ImageActionScreen))
@@ -72,7 +73,7 @@ async def test_warm_and_test_through_the_tui(backend, anonymous_registry, push_i
         await pilot.press("enter")
         outcome = app.screen.query_one("#outcome", Static)
         await wait_for(pilot, lambda: "fetched" in str(outcome.render()))
-    assert backend.control.store.tag("lib/tuiwarm", "1") is not None
+    assert cached_tag(backend.control.store, "lib/tuiwarm", "1") is not None
 
 
 async def test_client_config_and_rules_file(filled_backend, tmp_path, monkeypatch):
