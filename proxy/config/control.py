@@ -8,7 +8,7 @@ refused input leaves the database untouched.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
@@ -32,9 +32,13 @@ from regcache.proxy.core.models import (
 from regcache.proxy.core.rules import RuleSet, check_credentials, check_name, check_new_rule, check_settings
 from regcache.proxy.core.secret_ids import SecretId
 from regcache.proxy.core.settings import (
+    LIST_MAX_SIZE_SETTING,
+    MANIFEST_MAX_SIZE_SETTING,
     MAX_SIZE_SETTING,
     RULE_SETTINGS,
     STORAGE_SETTING,
+    TOKEN_MAX_SIZE_SETTING,
+    UPSTREAM_DEADLINE_SETTING,
     StorageConfig,
     storage_from_json,
     storage_to_json,
@@ -47,14 +51,30 @@ from regcache.proxy.core.tokens import (
     parse_expiry,
     parse_repositories,
 )
-from regcache.proxy.core.units import format_size, parse_size
+from regcache.proxy.core.units import format_duration, format_size, parse_duration, parse_size
 from regcache.proxy.secrets import SecretResolver
 from regcache.proxy.state.store import StateStore
 
+
 #: settings of the whole cache: key -> (parse, format, description)
-SETTINGS = {
-    MAX_SIZE_SETTING: (parse_size, format_size,
+def _size(n: float) -> str:
+    return format_size(int(n))
+
+
+#: key -> (parse, format, help); values are stored as numbers (bytes or seconds)
+SETTINGS: dict[str, tuple[Callable[..., float], Callable[[float], str | None], str]] = {
+    MAX_SIZE_SETTING: (parse_size, _size,
                        "cache size limit; least recently pulled blobs are evicted above it (e.g. 50GiB)"),
+    MANIFEST_MAX_SIZE_SETTING: (parse_size, _size,
+                                "largest manifest or index an upstream may send (default 4MiB); larger ones "
+                                "are refused and nothing is stored"),
+    LIST_MAX_SIZE_SETTING: (parse_size, _size,
+                            "largest tag-list page or referrers index an upstream may send (default 8MiB)"),
+    TOKEN_MAX_SIZE_SETTING: (parse_size, _size,
+                             "largest answer of an upstream's token service (default 256KiB)"),
+    UPSTREAM_DEADLINE_SETTING: (parse_duration, format_duration,
+                                "time for a whole manifest, tag-list, referrers or token call to an upstream "
+                                "(default 60s; blobs are bounded by their read timeout instead)"),
 }
 
 
@@ -291,7 +311,7 @@ class ControlPlane:
         result = {}
         for key, (_, fmt, _) in SETTINGS.items():
             raw = self.store.setting(key)
-            result[key] = fmt(int(raw)) if raw else ""
+            result[key] = (fmt(float(raw)) or "") if raw else ""
         return result
 
     def set_setting(self, key: str, value: str) -> str:
@@ -300,7 +320,7 @@ class ControlPlane:
         parse, fmt, _ = SETTINGS[key]
         parsed = parse(value, field="value")
         self.store.set_setting(key, str(parsed))
-        return fmt(parsed)
+        return fmt(parsed) or ""
 
     def unset_setting(self, key: str) -> None:
         if key not in SETTINGS:

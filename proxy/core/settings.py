@@ -22,6 +22,41 @@ from regcache.proxy.core.units import parse_duration
 
 #: the cache size limit (`regcache config set max-size 50GiB`)
 MAX_SIZE_SETTING = "max-size"
+#: bounds on what an upstream may send (docs: README, "Limits")
+MANIFEST_MAX_SIZE_SETTING = "manifest-max-size"
+LIST_MAX_SIZE_SETTING = "list-max-size"
+TOKEN_MAX_SIZE_SETTING = "token-max-size"
+UPSTREAM_DEADLINE_SETTING = "upstream-deadline"
+UPSTREAM_LIMIT_SETTINGS = (MANIFEST_MAX_SIZE_SETTING, LIST_MAX_SIZE_SETTING, TOKEN_MAX_SIZE_SETTING,
+                           UPSTREAM_DEADLINE_SETTING)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamLimits:
+    """What one upstream answer may cost: bytes per kind of body, and time per call (blobs excepted)."""
+
+    #: a manifest or index (the distribution registry's own limit is 4 MiB)
+    manifest_bytes: int = 4 * 1024 * 1024
+    #: one page of a tag list, or a referrers index
+    list_bytes: int = 8 * 1024 * 1024
+    #: a token service's answer
+    token_bytes: int = 256 * 1024
+    #: seconds for a whole manifest, tag-list, referrers or token call, however the upstream drips it
+    deadline: float = 60.0
+
+    @classmethod
+    def from_settings(cls, values: Mapping[str, str | None]) -> UpstreamLimits:
+        """The limits from stored setting values (absent: the default)."""
+        default = cls()
+
+        def number(key: str, fallback: float) -> float:
+            raw = values.get(key)
+            return float(raw) if raw else fallback
+
+        return cls(int(number(MANIFEST_MAX_SIZE_SETTING, default.manifest_bytes)),
+                   int(number(LIST_MAX_SIZE_SETTING, default.list_bytes)),
+                   int(number(TOKEN_MAX_SIZE_SETTING, default.token_bytes)),
+                   number(UPSTREAM_DEADLINE_SETTING, default.deadline))
 STORAGE_SETTING = "storage"
 FILESYSTEM = "filesystem"
 S3 = "s3"

@@ -49,6 +49,7 @@ from regcache.proxy.core.models import (
 )
 from regcache.proxy.core.oci import INDEX_TYPES, media_type_of
 from regcache.proxy.core.rules import RuleSet
+from regcache.proxy.core.settings import UPSTREAM_LIMIT_SETTINGS, UpstreamLimits
 from regcache.proxy.pull.metrics import ProxyMetrics
 from regcache.proxy.pull.single_flight import SingleFlight
 from regcache.proxy.secrets import SecretResolver
@@ -195,12 +196,14 @@ class PullThroughCache:
     # -- configuration -------------------------------------------------------------------------
 
     async def refresh(self) -> None:
-        """Reload rules, upstreams and credential sets when another connection changed them."""
+        """Reload rules, upstreams, credential sets and upstream limits when another connection changed them."""
         version = await self.state.data_version()
         if version == self._version:
             return
-        rules, custom, overrides, sets = await self.state.run(
-            lambda s: (s.cache_rules(), s.custom_upstreams(), s.upstream_overrides(), s.credential_sets()))
+        rules, custom, overrides, sets, limits = await self.state.run(
+            lambda s: (s.cache_rules(), s.custom_upstreams(), s.upstream_overrides(), s.credential_sets(),
+                       UpstreamLimits.from_settings({key: s.setting(key) for key in UPSTREAM_LIMIT_SETTINGS})))
+        self.upstream.limits = limits
         self._rules = RuleSet(rules)
         self._catalogue = UpstreamCatalogue(custom, overrides)
         self._credential_sets = {cs.name: cs for cs in sets}

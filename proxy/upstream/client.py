@@ -13,11 +13,20 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import anyio
 import httpcore
 import httpx
 
 from regcache.proxy.core.models import ANONYMOUS, Upstream
 from regcache.proxy.core.oci import MANIFEST_TYPES, media_type_of
+from regcache.proxy.core.settings import (
+    LIST_MAX_SIZE_SETTING,
+    MANIFEST_MAX_SIZE_SETTING,
+    TOKEN_MAX_SIZE_SETTING,
+    UPSTREAM_DEADLINE_SETTING,
+    UpstreamLimits,
+)
+from regcache.proxy.core.units import format_size
 from regcache.proxy.upstream.auth import Challenge, TokenCache, basic_header, parse_challenge
 
 # httpcore reads HTTP/1.1 bodies 64 KiB at a time and offers no setting for it; at blob sizes the
@@ -107,6 +116,12 @@ def _cause(exc: Exception) -> str:
     return f"request failed ({type(exc).__name__})"
 
 
+def _too_large(upstream: Upstream, what: str, limit: int, setting: str) -> UpstreamProtocolError:
+    return UpstreamProtocolError(upstream.login_server, f"sent {what} larger than {format_size(limit)}; nothing was "
+                                 f"stored (raise the {setting} setting if it is genuine: "
+                                 f"`regcache settings set {setting} SIZE`)")
+
+
 class UpstreamClient:
     """One long-lived HTTP client for all upstreams; pass ``transport`` for socket-free tests."""
 
@@ -118,6 +133,8 @@ class UpstreamClient:
             headers={"User-Agent": "regcache"},
         )
         self.tokens = TokenCache()
+        #: what one answer may cost (the proxy sets them from its settings)
+        self.limits = UpstreamLimits()
         #: token requests made, per realm: tests and metrics read it
         self.token_requests = 0
         #: the last rate-limit budget per (login server, credential set or ANONYMOUS)
@@ -169,7 +186,10 @@ class UpstreamClient:
         headers = {"Authorization": basic_header(creds.username, creds.password)} if creds else {}
         self.token_requests += 1
         try:
-            response = await self._client.get(realm, params=params, headers=headers)
+            request = self._client.build_request("GET", realm, params=params, headers=headers)
+            response = await self._client.send(request, stream=True)
+            content = await self._read(upstream, response, self.limits.token_bytes, TOKEN_MAX_SIZE_SETTING,
+                                       "token service answer")
         except httpx.HTTPError as exc:
             raise UpstreamUnreachable(server, f"token service {httpx.URL(realm).host} {_cause(exc)}") from None
         if response.status_code in (401, 403):
@@ -179,7 +199,7 @@ class UpstreamClient:
             raise UpstreamUnreachable(server, f"token service answered HTTP {response.status_code}",
                                       response.status_code)
         try:
-            body = response.json()
+            body = json.loads(content)
             token = body.get("token") or body.get("access_token")
             expires_in = float(body.get("expires_in") or 60)
         except (ValueError, AttributeError, TypeError):
@@ -188,6 +208,34 @@ class UpstreamClient:
             raise UpstreamProtocolError(server, f"token service answered HTTP {response.status_code} "
                                                 f"without a token")
         return f"Bearer {token}", expires_in
+
+    async def _read(self, upstream: Upstream, response: httpx.Response, limit: int, setting: str,
+                    what: str) -> bytes:
+        """The body of a streamed ``response``, refused (and the connection dropped) past ``limit`` bytes."""
+        try:
+            announced = response.headers.get("content-length")
+            if announced and announced.isdigit() and int(announced) > limit:
+                raise _too_large(upstream, what, limit, setting)
+            chunks, size = [], 0
+            # decoded bytes are what is counted: a compressed body cannot get round the limit
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(upstream, what, limit, setting)
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            await response.aclose()
+
+    @asynccontextmanager
+    async def _deadline(self, upstream: Upstream, what: str) -> AsyncIterator[None]:
+        """The whole call within the upstream-deadline setting, however slowly the upstream answers."""
+        try:
+            with anyio.fail_after(self.limits.deadline):
+                yield
+        except TimeoutError:
+            raise UpstreamUnreachable(upstream.login_server, f"did not finish {what} within "
+                                      f"{self.limits.deadline:g} s (the {UPSTREAM_DEADLINE_SETTING} setting)") from None
 
     async def _request(self, upstream: Upstream, repository: str, method: str, url: str,
                        creds: Credentials | None, headers: dict[str, str] | None = None,
@@ -249,16 +297,23 @@ class UpstreamClient:
     async def manifest(self, upstream: Upstream, repository: str, reference: str, creds: Credentials | None,
                        method: str = "GET") -> UpstreamManifest:
         """GET or HEAD a manifest by tag or digest, accepting every manifest type we can store."""
+        async with self._deadline(upstream, f"the manifest {repository}:{reference}"):
+            return await self._manifest(upstream, repository, reference, creds, method)
+
+    async def _manifest(self, upstream: Upstream, repository: str, reference: str, creds: Credentials | None,
+                        method: str) -> UpstreamManifest:
         response = await self._request(upstream, repository, method,
                                        self._url(upstream, repository, f"manifests/{reference}"), creds,
-                                       {"Accept": ", ".join(MANIFEST_TYPES)})
+                                       {"Accept": ", ".join(MANIFEST_TYPES)}, stream=True)
+        body = await self._read(upstream, response, self.limits.manifest_bytes, MANIFEST_MAX_SIZE_SETTING,
+                                f"the manifest {repository}:{reference}")
         if response.status_code == 404:
             raise UpstreamNotFound(upstream.login_server, f"has no manifest {repository}:{reference}", 404)
         if response.status_code != 200:
             raise UpstreamProtocolError(upstream.login_server, f"answered HTTP {response.status_code} for "
                                                                f"manifest {repository}:{reference}",
                                         response.status_code)
-        content = response.content if method == "GET" else None
+        content = body if method == "GET" else None
         declared = response.headers.get("content-type")
         size = len(content) if content is not None else int(response.headers.get("content-length") or 0)
         media_type = media_type_of(content, declared) if content is not None else (
@@ -302,14 +357,17 @@ class UpstreamClient:
         for _ in range(1000):
             if url is None:
                 break
-            response = await self._request(upstream, repository, "GET", url, creds)
+            async with self._deadline(upstream, f"the tag list of {repository}"):
+                response = await self._request(upstream, repository, "GET", url, creds, stream=True)
+                body = await self._read(upstream, response, self.limits.list_bytes, LIST_MAX_SIZE_SETTING,
+                                        f"the tag list of {repository}")
             if response.status_code == 404:
                 raise UpstreamNotFound(upstream.login_server, f"has no repository {repository}", 404)
             if response.status_code != 200:
                 raise UpstreamProtocolError(upstream.login_server, f"answered HTTP {response.status_code} "
                                                                    f"for the tag list", response.status_code)
             try:
-                tags.extend(response.json().get("tags") or [])
+                tags.extend(json.loads(body).get("tags") or [])
             except (ValueError, AttributeError):
                 raise UpstreamProtocolError(upstream.login_server, "sent a tag list that is not JSON") from None
             next_link = response.links.get("next", {}).get("url")
@@ -319,12 +377,15 @@ class UpstreamClient:
     async def referrers(self, upstream: Upstream, repository: str, digest: str,
                         creds: Credentials | None) -> tuple[bytes, str] | None:
         """The upstream's referrers index for ``digest``, or None where it has no referrers API."""
-        response = await self._request(upstream, repository, "GET",
-                                       self._url(upstream, repository, f"referrers/{digest}"), creds)
+        async with self._deadline(upstream, f"the referrers of {digest}"):
+            response = await self._request(upstream, repository, "GET",
+                                           self._url(upstream, repository, f"referrers/{digest}"), creds, stream=True)
+            body = await self._read(upstream, response, self.limits.list_bytes, LIST_MAX_SIZE_SETTING,
+                                    f"the referrers of {digest}")
         if response.status_code != 200:
             return None
         try:
-            json.loads(response.content)
+            json.loads(body)
         except ValueError:
             return None
-        return response.content, response.headers.get("content-type", "application/vnd.oci.image.index.v1+json")
+        return body, response.headers.get("content-type", "application/vnd.oci.image.index.v1+json")

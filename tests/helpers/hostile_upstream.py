@@ -36,12 +36,19 @@ class HostileUpstream:
         self.chunk = 64 * 1024
         self.delay = 0.05
         self.requests: list[tuple[str, str]] = []
+        #: repositories whose manifest GETs never end (1 MiB chunks until the client hangs up)
+        self.endless: set[str] = set()
+        #: repository -> seconds between the single bytes of its manifest GETs
+        self.drip: dict[str, float] = {}
+        #: repository -> the body of its tag list
+        self.tag_lists: dict[str, bytes] = {}
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
         self._sock = sock
+        self._stopping = False
         self._server = uvicorn.Server(uvicorn.Config(self.app, interface="asgi3", log_config=None, access_log=False,
-                                                     lifespan="off"))
+                                                     lifespan="off", timeout_graceful_shutdown=1))
         self._thread = threading.Thread(target=lambda: asyncio.run(self._server.serve([sock])), daemon=True)
 
     @property
@@ -62,6 +69,7 @@ class HostileUpstream:
         return self
 
     def stop(self) -> None:
+        self._stopping = True  # ends the endless and dripping answers still being sent
         self._server.should_exit = True
         self._thread.join(10)
         self._sock.close()
@@ -73,9 +81,17 @@ class HostileUpstream:
         if path in ("/v2/", "/v2"):
             await self._answer(send, 200, b"{}", "application/json")
             return
+        if path.endswith("/tags/list") and path[len("/v2/"):-len("/tags/list")] in self.tag_lists:
+            await self._answer(send, 200, self.tag_lists[path[len("/v2/"):-len("/tags/list")]], "application/json")
+            return
         m = _PATH.fullmatch(path)
         if m is None:
             await self._answer(send, 404, b"", "text/plain")
+            return
+        if method == "GET" and m["kind"] == "manifests" and (m["repo"] in self.endless or m["repo"] in self.drip):
+            # no Content-Length and no end: 1 MiB at a time, or a byte now and then, until the client hangs up
+            chunk, pause = (b" " * (1024 * 1024), 0.0) if m["repo"] in self.endless else (b" ", self.drip[m["repo"]])
+            await self._unending(receive, send, chunk, pause)
             return
         ref = m["ref"]
         if method == "HEAD":  # "yes, I have that", whatever it is
@@ -104,6 +120,26 @@ class HostileUpstream:
             sent += n
             await asyncio.sleep(self.delay)
         await send({"type": "http.response.body", "body": b""})
+
+    async def _unending(self, receive: Receive, send: Send, chunk: bytes, pause: float) -> None:
+        gone = asyncio.Event()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        watcher = asyncio.get_running_loop().create_task(watch())  # owned here, cancelled below
+        try:
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/vnd.oci.image.manifest.v1+json")]})
+            sent = 0
+            while not gone.is_set() and not self._stopping and sent < 2 * 1024**3:  # 2 GiB at most
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                sent += len(chunk)
+                await asyncio.sleep(pause)
+        finally:
+            watcher.cancel()
 
     @staticmethod
     async def _answer(send: Send, status: int, body: bytes, media_type: str) -> None:
