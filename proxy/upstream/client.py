@@ -227,6 +227,13 @@ class UpstreamClient:
         finally:
             await response.aclose()
 
+    async def _request_body(self, upstream: Upstream, repository: str, method: str, url: str,
+                            creds: Credentials | None, limit: int, setting: str, what: str,
+                            headers: dict[str, str] | None = None) -> tuple[httpx.Response, bytes]:
+        """:meth:`_request` and its whole body, read within ``limit`` bytes (the ``setting`` that says so)."""
+        response = await self._request(upstream, repository, method, url, creds, headers, stream=True)
+        return response, await self._read(upstream, response, limit, setting, what)
+
     @asynccontextmanager
     async def _deadline(self, upstream: Upstream, what: str) -> AsyncIterator[None]:
         """The whole call within the upstream-deadline setting, however slowly the upstream answers."""
@@ -302,11 +309,10 @@ class UpstreamClient:
 
     async def _manifest(self, upstream: Upstream, repository: str, reference: str, creds: Credentials | None,
                         method: str) -> UpstreamManifest:
-        response = await self._request(upstream, repository, method,
-                                       self._url(upstream, repository, f"manifests/{reference}"), creds,
-                                       {"Accept": ", ".join(MANIFEST_TYPES)}, stream=True)
-        body = await self._read(upstream, response, self.limits.manifest_bytes, MANIFEST_MAX_SIZE_SETTING,
-                                f"the manifest {repository}:{reference}")
+        response, body = await self._request_body(
+            upstream, repository, method, self._url(upstream, repository, f"manifests/{reference}"), creds,
+            self.limits.manifest_bytes, MANIFEST_MAX_SIZE_SETTING, f"the manifest {repository}:{reference}",
+            {"Accept": ", ".join(MANIFEST_TYPES)})
         if response.status_code == 404:
             raise UpstreamNotFound(upstream.login_server, f"has no manifest {repository}:{reference}", 404)
         if response.status_code != 200:
@@ -358,9 +364,9 @@ class UpstreamClient:
             if url is None:
                 break
             async with self._deadline(upstream, f"the tag list of {repository}"):
-                response = await self._request(upstream, repository, "GET", url, creds, stream=True)
-                body = await self._read(upstream, response, self.limits.list_bytes, LIST_MAX_SIZE_SETTING,
-                                        f"the tag list of {repository}")
+                response, body = await self._request_body(upstream, repository, "GET", url, creds,
+                                                          self.limits.list_bytes, LIST_MAX_SIZE_SETTING,
+                                                          f"the tag list of {repository}")
             if response.status_code == 404:
                 raise UpstreamNotFound(upstream.login_server, f"has no repository {repository}", 404)
             if response.status_code != 200:
@@ -378,10 +384,9 @@ class UpstreamClient:
                         creds: Credentials | None) -> tuple[bytes, str] | None:
         """The upstream's referrers index for ``digest``, or None where it has no referrers API."""
         async with self._deadline(upstream, f"the referrers of {digest}"):
-            response = await self._request(upstream, repository, "GET",
-                                           self._url(upstream, repository, f"referrers/{digest}"), creds, stream=True)
-            body = await self._read(upstream, response, self.limits.list_bytes, LIST_MAX_SIZE_SETTING,
-                                    f"the referrers of {digest}")
+            response, body = await self._request_body(
+                upstream, repository, "GET", self._url(upstream, repository, f"referrers/{digest}"), creds,
+                self.limits.list_bytes, LIST_MAX_SIZE_SETTING, f"the referrers of {digest}")
         if response.status_code != 200:
             return None
         try:
