@@ -156,19 +156,11 @@ def _store_manifest(s: StateStore, repository: str, source: str, registry: str, 
         s.set_tag(repository, source, tag, digest)
 
 
-def _cached_manifest(s: StateStore, repository: str, source: str,
+def _cached_manifest(s: StateStore, repository: str, source: str, registry: str,
                      digest: str) -> tuple[tuple[str, bytes] | None, tuple[str, str | None] | None, bool]:
-    """What is known of ``digest``: its bytes (media type, content), ``source``'s link to it, and whether the
-    upstream registry of ``source`` ever served it verified."""
-    return s.manifest(digest), s.linked(repository, source, digest), s.served(digest, source_registry(source))
-
-
-def source_registry(source: str) -> str:
-    """The upstream login server of a source (``ACCESS/LOGIN_SERVER/PATH``)."""
-    access, _, rest = source.partition("/")
-    if access == "credential-set":  # credential-set/NAME@FINGERPRINT/LOGIN_SERVER/PATH
-        rest = rest.partition("/")[2]
-    return rest.partition("/")[0]
+    """What is known of ``digest``: its bytes (media type, content), ``source``'s link to it, and whether
+    ``registry`` (the source's upstream) ever served it verified."""
+    return s.manifest(digest), s.linked(repository, source, digest), s.served(digest, registry)
 
 
 class PullThroughCache:
@@ -341,7 +333,7 @@ class PullThroughCache:
 
     async def _fetch_manifest_by_digest(self, match: RuleMatch, digest: str) -> ServedManifest:
         repo, source, registry = match.repository, self.source(match), match.upstream.login_server
-        cached, link, served = await self.state.run(_cached_manifest, repo, source, digest)
+        cached, link, served = await self.state.run(_cached_manifest, repo, source, registry, digest)
         if cached is not None and link is not None:
             return ServedManifest(digest, link[1] or media_type_of(cached[1], cached[0]), cached[1], Result.HIT)
         if self.shared is not None:
@@ -411,7 +403,7 @@ class PullThroughCache:
             found_tag = s.tag(repo, source, tag)
             if found_tag is None:
                 return None, None
-            found, link, _ = _cached_manifest(s, repo, source, found_tag[0])
+            found, link, _ = _cached_manifest(s, repo, source, registry, found_tag[0])
             if found is None:
                 return found_tag, None
             return found_tag, ((link[1] if link else None) or media_type_of(found[1], found[0]), found[1])
