@@ -24,7 +24,12 @@ async def settle(pilot) -> None:
     await pilot.pause()
     await pilot.wait_for_scheduled_animations()
     await pilot.pause(0.1)
+    # By now the tables have sized their columns to their rows, but a size computed on the table's own
+    # idle may not have reached the screen's layout yet (a loaded machine once showed the header widths):
+    # lay the screen out again before the snapshot.
+    pilot.app.screen.refresh(layout=True)
     await pilot.pause()
+    await pilot.pause(0.05)
 
 
 BLADES = [("overview", "1"), ("rules", "2"), ("credentials", "3"), ("activity", "4"), ("upstreams", "5")]
