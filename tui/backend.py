@@ -53,15 +53,9 @@ class Backend:
         """
         if self.proxy is not None and self.proxy.engine_running:
             return self.proxy.call(fn)
-        import anyio
-
         from regcache.proxy.jobs.operations import Operations
 
-        async def standalone() -> T:
-            async with Operations.open(self.home, self.control.secrets) as operations:
-                return await fn(operations)
-
-        return anyio.run(standalone)
+        return Operations.run_alone(self.home, self.control.secrets, fn)
 
     def close(self) -> None:
         with self._lock:

@@ -8,10 +8,11 @@ no job holds a lock that the TUI's screens wait on.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 
@@ -31,6 +32,8 @@ from regcache.proxy.pull.cache import PullThroughCache
 from regcache.proxy.secrets import SecretResolver
 from regcache.proxy.state.store import StateStore
 
+T = TypeVar("T")
+
 
 class Operations:
     """Warm, rule test, tag sync and gc over one PullThroughCache; call it from that cache's event loop."""
@@ -46,6 +49,17 @@ class Operations:
         """Operations on a cache of their own for ``home`` (downloads finish before the block ends)."""
         async with pull_through(home, secrets) as cache:
             yield cls(cache, home, secrets)
+
+    @classmethod
+    def run_alone(cls, home: Path, secrets: SecretResolver | None,
+                  job: Callable[[Operations], Awaitable[T]]) -> T:
+        """Run ``job`` to completion on an engine of its own, from synchronous code (the CLI, or a TUI
+        whose embedded proxy's engine is not running)."""
+        async def run() -> T:
+            async with cls.open(home, secrets) as operations:
+                return await job(operations)
+
+        return anyio.run(run)
 
     async def warm(self, image: str, platform: str | None = "linux/amd64", *,
                    on_total: Callable[[int], None] | None = None,

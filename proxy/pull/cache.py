@@ -117,13 +117,18 @@ class ServedBlob:
         try:
             await self._source.wait_verified()
         except BlobStorageError as exc:
-            raise (StorageFull if exc.disk_full else CacheUnavailable)(str(exc)) from None
+            raise _storage_failure(exc) from None
         except Exception as exc:
             raise UpstreamBadContent(f"the download of {self.digest} failed: {exc}") from None
 
     def close(self) -> None:
         if isinstance(self._source, BlobStream):
             self._source.close()
+
+
+def _storage_failure(exc: BlobStorageError) -> CacheUnavailable:
+    """What a client is told when the cache's own storage failed (not the upstream)."""
+    return (StorageFull if exc.disk_full else CacheUnavailable)(str(exc))
 
 
 def compute_digest(content: bytes, algorithm: str = "sha256") -> str:
@@ -494,13 +499,13 @@ class PullThroughCache:
         try:
             stream = self.blobs.stream(digest, fetch, source, verified)
         except BlobStorageError as exc:  # not even the temporary file could be made: our disk, not the upstream
-            raise (StorageFull if exc.disk_full else CacheUnavailable)(str(exc)) from None
+            raise _storage_failure(exc) from None
         try:
             size = await stream.size()
         except UpstreamError as exc:
             raise pull_error(exc, BlobUnknown(f"upstream {match.upstream} has no blob {digest}")) from None
         except BlobStorageError as exc:  # our disk, not the upstream: say so
-            raise (StorageFull if exc.disk_full else CacheUnavailable)(str(exc)) from None
+            raise _storage_failure(exc) from None
         except Exception as exc:
             raise UpstreamBadContent(f"fetching blob {digest} from upstream {match.upstream.login_server} "
                                      f"failed: {exc}") from None

@@ -62,7 +62,6 @@ class BlobStore:
         self.backend: BlobBackend = backend or FilesystemBackend(home)
         #: downloads in flight by (digest, flight): a flight is a source, and only its requests join it
         self._inflight: dict[tuple[str, str], Download] = {}
-        self._on_verified: dict[Download, Callable[[], Awaitable[None]]] = {}
         #: completed upstream downloads per digest (tests and the benchmark read it)
         self.downloads = 0
 
@@ -121,8 +120,7 @@ class BlobStore:
                 raise storage_error(exc, digest) from None
             download = Download(digest, tmp_path, fd, flight)
             self._inflight[(digest, flight)] = download
-            if on_verified is not None:
-                self._on_verified[download] = on_verified
+            download.on_verified = on_verified
             self._tg.start_soon(self._download, download, fetch, name=f"download {digest}")
         return BlobStream(download, os.open(download.tmp_path, os.O_RDONLY), joined)
 
@@ -159,9 +157,8 @@ class BlobStore:
         """Fetch and verify, then run the starter's ``on_verified`` before the bytes are published: a
         request arriving once they are stored finds what it was recorded (its source's link) too."""
         await self._fetch(d, fetch)
-        on_verified = self._on_verified.pop(d, None)
-        if on_verified is not None:
-            await on_verified()
+        if d.on_verified is not None:
+            await d.on_verified()
 
     async def _download(self, d: Download, fetch: BlobFetch) -> None:
         try:
@@ -181,7 +178,6 @@ class BlobStore:
             if not isinstance(exc, Exception):
                 raise
         finally:
-            self._on_verified.pop(d, None)
             os.close(d.fd)
             d.notify()
 

@@ -10,7 +10,7 @@ import errno
 import hashlib
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +88,8 @@ class Download:
         #: stored (or, in a bucket, failed to store) and no longer joinable
         self.done = False
         self.error: BaseException | None = None
+        #: what the request that started the download runs once its bytes verified, before they are kept
+        self.on_verified: Callable[[], Awaitable[None]] | None = None
         self._event = anyio.Event()
 
     def notify(self) -> None:
@@ -107,24 +109,23 @@ class BlobStream:
         #: another request started this download (its bytes are fetched once, for that one)
         self.joined = joined
 
-    async def size(self) -> int | None:
-        """The blob's size once the upstream answered (None if it sent no Content-Length)."""
+    async def _wait(self, ready: Callable[[Download], bool]) -> None:
+        """Wait until ``ready``; raise the download's error instead if it failed first."""
         d = self.download
-        while not d.headers_received and d.error is None:
+        while not ready(d) and d.error is None:
             await d.changed()
         if d.error is not None:
             self.close()
             raise d.error
-        return d.size
+
+    async def size(self) -> int | None:
+        """The blob's size once the upstream answered (None if it sent no Content-Length)."""
+        await self._wait(lambda d: d.headers_received)
+        return self.download.size
 
     async def wait_verified(self) -> None:
         """Return once the whole blob verified; raise the download's error instead if it failed."""
-        d = self.download
-        while not d.verified and d.error is None:
-            await d.changed()
-        if d.error is not None:
-            self.close()
-            raise d.error
+        await self._wait(lambda d: d.verified)
 
     async def chunks(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Bytes ``start`` to ``end`` (exclusive) as they arrive; raises if the download fails.

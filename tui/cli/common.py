@@ -65,15 +65,9 @@ def engine_command(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def run_job(control: ControlPlane, job: Callable[[Operations], Awaitable[T]]) -> T:
     """Run ``job`` (warm, rule test, tag sync, gc) on an engine of this command's own, to completion."""
-    import anyio
-
     from regcache.proxy.jobs.operations import Operations
 
-    async def run() -> T:
-        async with Operations.open(control.store.home, control.secrets) as operations:
-            return await job(operations)
-
-    return anyio.run(run)
+    return Operations.run_alone(control.store.home, control.secrets, job)
 
 
 def emit(data: Any, columns: Sequence[Column], fmt: str) -> None:
