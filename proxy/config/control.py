@@ -32,6 +32,9 @@ from regcache.proxy.core.models import (
 from regcache.proxy.core.rules import RuleSet, check_credentials, check_name, check_new_rule, check_settings
 from regcache.proxy.core.secret_ids import SecretId
 from regcache.proxy.core.settings import (
+    BLOB_MAX_SIZE_SETTING,
+    BLOB_MIN_RATE_SETTING,
+    BLOB_RATE_WINDOW_SETTING,
     LIST_MAX_SIZE_SETTING,
     MANIFEST_MAX_SIZE_SETTING,
     MAX_SIZE_SETTING,
@@ -74,7 +77,16 @@ SETTINGS: dict[str, tuple[Callable[..., float], Callable[[float], str | None], s
                              "largest answer of an upstream's token service (default 256KiB)"),
     UPSTREAM_DEADLINE_SETTING: (parse_duration, format_duration,
                                 "time for a whole manifest, tag-list, referrers or token call to an upstream "
-                                "(default 60s; blobs are bounded by their read timeout instead)"),
+                                "(default 60s; blobs are bounded by blob-min-rate instead)"),
+    BLOB_MAX_SIZE_SETTING: (parse_size, _size,
+                            "largest blob (layer) an upstream may send (default 32GiB); larger ones are refused "
+                            "before a byte is stored"),
+    BLOB_MIN_RATE_SETTING: (parse_size, _size,
+                            "slowest blob download kept going, in bytes per second over blob-rate-window "
+                            "(default 16KiB); a slower or stalled upstream is cut and nothing is stored"),
+    BLOB_RATE_WINDOW_SETTING: (parse_duration, format_duration,
+                               "the window blob-min-rate is measured over, also the time allowed for an upstream "
+                               "to start answering a blob request (default 60s)"),
 }
 
 

@@ -27,8 +27,12 @@ MANIFEST_MAX_SIZE_SETTING = "manifest-max-size"
 LIST_MAX_SIZE_SETTING = "list-max-size"
 TOKEN_MAX_SIZE_SETTING = "token-max-size"
 UPSTREAM_DEADLINE_SETTING = "upstream-deadline"
+BLOB_MAX_SIZE_SETTING = "blob-max-size"
+BLOB_MIN_RATE_SETTING = "blob-min-rate"
+BLOB_RATE_WINDOW_SETTING = "blob-rate-window"
 UPSTREAM_LIMIT_SETTINGS = (MANIFEST_MAX_SIZE_SETTING, LIST_MAX_SIZE_SETTING, TOKEN_MAX_SIZE_SETTING,
-                           UPSTREAM_DEADLINE_SETTING)
+                           UPSTREAM_DEADLINE_SETTING, BLOB_MAX_SIZE_SETTING, BLOB_MIN_RATE_SETTING,
+                           BLOB_RATE_WINDOW_SETTING)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +47,12 @@ class UpstreamLimits:
     token_bytes: int = 256 * 1024
     #: seconds for a whole manifest, tag-list, referrers or token call, however the upstream drips it
     deadline: float = 60.0
+    #: one blob (an announced Content-Length above it is refused before a byte is written)
+    blob_bytes: int = 32 * 1024 * 1024 * 1024
+    #: a blob download must move at least this many bytes per second, averaged over ``blob_rate_window``
+    #: seconds (a deadline would cut a big layer on a slow link; a rate only cuts a stalled or dripping one)
+    blob_min_rate: int = 16 * 1024
+    blob_rate_window: float = 60.0
 
     @classmethod
     def from_settings(cls, values: Mapping[str, str | None]) -> UpstreamLimits:
@@ -56,7 +66,10 @@ class UpstreamLimits:
         return cls(int(number(MANIFEST_MAX_SIZE_SETTING, default.manifest_bytes)),
                    int(number(LIST_MAX_SIZE_SETTING, default.list_bytes)),
                    int(number(TOKEN_MAX_SIZE_SETTING, default.token_bytes)),
-                   number(UPSTREAM_DEADLINE_SETTING, default.deadline))
+                   number(UPSTREAM_DEADLINE_SETTING, default.deadline),
+                   int(number(BLOB_MAX_SIZE_SETTING, default.blob_bytes)),
+                   int(number(BLOB_MIN_RATE_SETTING, default.blob_min_rate)),
+                   number(BLOB_RATE_WINDOW_SETTING, default.blob_rate_window))
 STORAGE_SETTING = "storage"
 FILESYSTEM = "filesystem"
 S3 = "s3"

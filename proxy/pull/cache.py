@@ -19,7 +19,6 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 import anyio
-import httpx
 
 from regcache.proxy.core.catalogue import UpstreamCatalogue
 from regcache.proxy.core.errors import (
@@ -59,6 +58,7 @@ from regcache.proxy.storage.download import BlobStorageError, BlobStream, Stored
 from regcache.proxy.upstream.client import (
     Credentials,
     UpstreamAuthError,
+    UpstreamBlob,
     UpstreamClient,
     UpstreamError,
     UpstreamNotFound,
@@ -481,7 +481,7 @@ class PullThroughCache:
         creds = await self.credentials(match.rule)
 
         @asynccontextmanager
-        async def fetch() -> AsyncIterator[httpx.Response]:
+        async def fetch() -> AsyncIterator[UpstreamBlob]:
             # entering the upstream's response goes through the same bookkeeping as every other call
             async with AsyncExitStack() as stack:
                 yield await self.upstream_call(

@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
-import httpx
 from anyio.abc import TaskGroup
 
 from regcache.proxy.state.store import AsyncStateStore
@@ -30,6 +29,7 @@ from regcache.proxy.storage.download import (
     BlobStorageError,
     BlobStream,
     Download,
+    FetchedBlob,
     StoredBlob,
     alive,
     storage_error,
@@ -43,7 +43,7 @@ log = logging.getLogger("regcache.blobs")
 #: network read costs more than the copying
 NOTIFY_EVERY = 1024 * 1024
 
-BlobFetch = Callable[[], AbstractAsyncContextManager[httpx.Response]]
+BlobFetch = Callable[[], AbstractAsyncContextManager[FetchedBlob]]
 
 
 class BlobStore:
@@ -128,14 +128,12 @@ class BlobStore:
         """Write the upstream's bytes to the temporary file, hashing them; raise unless they verify."""
         algorithm, _, expected = d.digest.partition(":")
         hasher = hashlib.new(algorithm)
-        async with fetch() as response:
-            length = response.headers.get("content-length")
-            d.size = int(length) if length and length.isdigit() else None
+        async with fetch() as fetched:
+            d.size = fetched.size
             d.headers_received = True
             d.notify()
             notified = 0
-            # aiter_raw() without a size hands over what each network read returned, uncopied
-            async for chunk in response.aiter_raw():
+            async for chunk in fetched.chunks():
                 hasher.update(chunk)
                 try:
                     write_all(d.fd, chunk)

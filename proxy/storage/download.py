@@ -13,6 +13,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import anyio
 
@@ -59,6 +60,17 @@ def storage_error(exc: OSError, digest: str) -> BlobStorageError:
                                 f"stored: free space on it or lower max-size", disk_full=True)
     return BlobStorageError(f"the cache's disk failed ({reason}) while storing {digest}; nothing was stored",
                             disk_full=False)
+
+
+class FetchedBlob(Protocol):
+    """What a download reads: the size the source announced (None: unknown) and the bytes as they arrive.
+
+    The source bounds them (regcache.proxy.upstream.client.UpstreamBlob: size limit, minimum rate).
+    """
+
+    size: int | None
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,6 +21,9 @@ import httpx
 from regcache.proxy.core.models import ANONYMOUS, Upstream
 from regcache.proxy.core.oci import MANIFEST_TYPES, media_type_of
 from regcache.proxy.core.settings import (
+    BLOB_MAX_SIZE_SETTING,
+    BLOB_MIN_RATE_SETTING,
+    BLOB_RATE_WINDOW_SETTING,
     LIST_MAX_SIZE_SETTING,
     MANIFEST_MAX_SIZE_SETTING,
     TOKEN_MAX_SIZE_SETTING,
@@ -101,6 +105,52 @@ class UpstreamManifest:
     media_type: str
     size: int
     content: bytes | None  # None for HEAD
+
+
+class UpstreamBlob:
+    """An upstream's answer to a blob GET: its announced size and its bytes, within the blob limits."""
+
+    def __init__(self, upstream: Upstream, digest: str, response: httpx.Response, size: int | None,
+                 limits: UpstreamLimits) -> None:
+        self.upstream = upstream
+        self.digest = digest
+        #: the announced Content-Length (None when the upstream sent the body chunked)
+        self.size = size
+        self._response = response
+        self._limits = limits
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as the network delivers it, uncopied; raises past the size limit or below the minimum rate.
+
+        The rate is enforced by a deadline that moves: each window must bring ``blob_min_rate * window``
+        bytes, or the read in progress is cancelled, however the upstream spaces its bytes.
+        """
+        limits = self._limits
+        window = max(limits.blob_rate_window, 1.0)
+        wanted = limits.blob_min_rate * window
+        received = in_window = 0
+        deadline = anyio.current_time() + window
+        reads = self._response.aiter_raw()  # without a size: what each network read returned, uncopied
+        while True:
+            # the scope covers the read only: a cancel scope must never be open across a yield
+            with anyio.CancelScope(deadline=deadline if wanted > 0 else math.inf) as watchdog:
+                try:
+                    chunk = await anext(reads)
+                except StopAsyncIteration:
+                    return
+            if watchdog.cancelled_caught:
+                raise UpstreamUnreachable(
+                    self.upstream.login_server, f"sent blob {self.digest} slower than "
+                    f"{format_size(limits.blob_min_rate)}/s over {window:g} s; cut after {format_size(received)} "
+                    f"(the {BLOB_MIN_RATE_SETTING} and {BLOB_RATE_WINDOW_SETTING} settings)")
+            received += len(chunk)
+            if received > limits.blob_bytes:
+                raise _too_large(self.upstream, f"blob {self.digest}", limits.blob_bytes, BLOB_MAX_SIZE_SETTING)
+            in_window += len(chunk)
+            if in_window >= wanted:
+                in_window = 0
+                deadline = anyio.current_time() + window
+            yield chunk
 
 
 def _cause(exc: Exception) -> str:
@@ -328,11 +378,19 @@ class UpstreamClient:
 
     @asynccontextmanager
     async def blob(self, upstream: Upstream, repository: str, digest: str,
-                   creds: Credentials | None) -> AsyncIterator[httpx.Response]:
-        """A streaming GET of a blob (redirects to a CDN followed without our login)."""
-        response = await self._request(upstream, repository, "GET", self._url(upstream, repository,
-                                                                             f"blobs/{digest}"), creds,
-                                       stream=True)
+                   creds: Credentials | None) -> AsyncIterator[UpstreamBlob]:
+        """A streaming GET of a blob (redirects to a CDN followed without our login), within the blob limits:
+        the answer must start within the rate window, an announced size over the maximum is refused unread,
+        and the body is cut past the maximum or when it moves slower than the minimum rate."""
+        limits = self.limits
+        window = max(limits.blob_rate_window, 1.0)
+        with anyio.CancelScope(deadline=anyio.current_time() + window) as watchdog:
+            response = await self._request(upstream, repository, "GET", self._url(upstream, repository,
+                                                                                 f"blobs/{digest}"), creds,
+                                           stream=True)
+        if watchdog.cancelled_caught:
+            raise UpstreamUnreachable(upstream.login_server, f"did not start sending blob {digest} within "
+                                      f"{window:g} s (the {BLOB_RATE_WINDOW_SETTING} setting)")
         try:
             if response.status_code == 404:
                 raise UpstreamNotFound(upstream.login_server, f"has no blob {digest} in {repository}", 404)
@@ -340,7 +398,12 @@ class UpstreamClient:
                 raise UpstreamProtocolError(upstream.login_server,
                                             f"answered HTTP {response.status_code} for blob {digest}",
                                             response.status_code)
-            yield response
+            announced = response.headers.get("content-length")
+            size = int(announced) if announced and announced.isdigit() else None
+            if size is not None and size > limits.blob_bytes:
+                raise _too_large(upstream, f"blob {digest} ({format_size(size)})", limits.blob_bytes,
+                                 BLOB_MAX_SIZE_SETTING)
+            yield UpstreamBlob(upstream, digest, response, size, limits)
         finally:
             await response.aclose()
 

@@ -42,6 +42,12 @@ class HostileUpstream:
         self.drip: dict[str, float] = {}
         #: repository -> the body of its tag list
         self.tag_lists: dict[str, bytes] = {}
+        #: the Content-Length blob GETs announce (None: the real size; -1: none, the body is chunked)
+        self.blob_announce: int | None = None
+        #: repositories whose blob GETs never end (zeros, chunked, until the client hangs up)
+        self.endless_blobs: set[str] = set()
+        #: seconds blob GETs wait before their response starts
+        self.blob_header_delay = 0.0
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
@@ -110,8 +116,13 @@ class HostileUpstream:
             media_type, content = found
             await self._answer(send, 200, content, media_type)
             return
+        await asyncio.sleep(self.blob_header_delay)
+        if m["repo"] in self.endless_blobs:
+            await self._unending(receive, send, bytes(1024 * 1024), 0.0)
+            return
+        announce = self.blob_size if self.blob_announce is None else self.blob_announce
         await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-length", str(self.blob_size).encode()),
+                    "headers": [*([(b"content-length", str(announce).encode())] if announce >= 0 else []),
                                 (b"content-type", b"application/octet-stream")]})
         sent = 0
         while sent < self.blob_size:

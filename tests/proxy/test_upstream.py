@@ -118,14 +118,14 @@ async def test_redirect_to_another_host_drops_authorization():
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)
         if request.url.host == "cdn.test":
-            return httpx.Response(200, content=b"blob-bytes")
+            return httpx.Response(200, stream=httpx.ByteStream(b"blob-bytes"))
         if request.headers.get("authorization"):
             return httpx.Response(307, headers={"location": "https://cdn.test/blob?sig=1"})
         return httpx.Response(401, headers={"www-authenticate": 'Basic realm="r"'})
 
     client = UpstreamClient(httpx.MockTransport(handler))
-    async with client.blob(UP, "lib/app", "sha256:" + "0" * 64, CREDS) as response:
-        assert await response.aread() == b"blob-bytes"
+    async with client.blob(UP, "lib/app", "sha256:" + "0" * 64, CREDS) as blob:
+        assert b"".join([chunk async for chunk in blob.chunks()]) == b"blob-bytes"
     cdn = [r for r in seen if r.url.host == "cdn.test"]
     assert len(cdn) == 1 and "authorization" not in cdn[0].headers
     await client.aclose()

@@ -4,9 +4,11 @@ setting; nothing is stored, and memory stays bounded however much the upstream w
 
 from __future__ import annotations
 
+import hashlib
 import resource
 import time
 
+import httpx
 import pytest
 
 from regcache.proxy.core.oci import OCI_MANIFEST
@@ -83,4 +85,98 @@ def test_the_limits_are_settings(home, keyring_env):
     ok("settings", "set", "manifest-max-size", "8MiB")
     shown = ok("settings", "show", "-o", "json").stdout
     assert '"manifest-max-size"' in shown and "8MiB" in shown
-    assert all(key in shown for key in ("list-max-size", "token-max-size", "upstream-deadline"))
+    assert all(key in shown for key in ("list-max-size", "token-max-size", "upstream-deadline", "blob-max-size",
+                                        "blob-min-rate", "blob-rate-window"))
+
+
+# -- blobs: a size limit, and a minimum rate instead of a deadline ---------------------------------------------
+
+
+def _zeros_digest(size: int) -> str:
+    return "sha256:" + hashlib.sha256(bytes(size)).hexdigest()
+
+
+def _nothing_kept(regcache) -> None:
+    assert regcache.control.store.conn.execute("SELECT COUNT(*) FROM blobs").fetchone()[0] == 0
+    assert list((regcache.home / "blobs" / "tmp").iterdir()) == []
+
+
+def _last_blob_event(regcache) -> str:
+    row = regcache.control.store.conn.execute(
+        "SELECT detail FROM events WHERE kind = 'blob' ORDER BY id DESC LIMIT 1").fetchone()
+    return row[0] or ""
+
+
+def _wait_until_idle(regcache, seconds: float = 10) -> None:
+    """Downloads run on after their client went; wait until the store has no temporary file left."""
+    deadline = time.monotonic() + seconds
+    while list((regcache.home / "blobs" / "tmp").iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_a_blob_announced_over_the_limit_is_refused_unread(regcache, hostile):
+    ok("--home", str(regcache.home), "settings", "set", "blob-max-size", "8MiB")
+    hostile.blob_announce = 9 * 1024**3  # says 9 GiB; nothing of it is read
+    with regcache.http() as http:
+        answer = http.get(f"/v2/evil/big/blobs/{_zeros_digest(hostile.blob_size)}", timeout=30)
+    status, _, message = _error(answer)
+    assert status == 502 and "larger than 8MiB" in message and "blob-max-size" in message, message
+    _nothing_kept(regcache)
+
+
+def test_an_endless_blob_is_cut_at_the_limit_with_bounded_memory_and_disk(regcache, hostile):
+    ok("--home", str(regcache.home), "settings", "set", "blob-max-size", "32MiB")
+    hostile.endless_blobs.add("evil/endless")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.monotonic()
+    with regcache.http() as http, pytest.raises(httpx.HTTPError):  # no size announced: the body is cut short
+        with http.stream("GET", f"/v2/evil/endless/blobs/{_zeros_digest(1)}", timeout=60) as answer:
+            for _ in answer.iter_bytes():
+                pass
+    _wait_until_idle(regcache)
+    took = time.monotonic() - started
+    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert took < 20 and grown < 96, (took, grown)
+    _nothing_kept(regcache)
+    assert "blob-max-size" in _last_blob_event(regcache)
+
+
+def test_a_dripping_blob_is_cut_below_the_minimum_rate(regcache, hostile):
+    for key, value in (("blob-min-rate", "64KiB"), ("blob-rate-window", "2s")):
+        ok("--home", str(regcache.home), "settings", "set", key, value)
+    hostile.blob_size, hostile.chunk, hostile.delay = 1024 * 1024, 1024, 0.2  # 5 KiB/s
+    started = time.monotonic()
+    with regcache.http() as http, pytest.raises(httpx.HTTPError):
+        with http.stream("GET", f"/v2/evil/slow/blobs/{_zeros_digest(hostile.blob_size)}", timeout=60) as answer:
+            for _ in answer.iter_bytes():
+                pass
+    took = time.monotonic() - started
+    _wait_until_idle(regcache)
+    assert took < 8, took  # one window, not the 200 s the upstream would take
+    _nothing_kept(regcache)
+    detail = _last_blob_event(regcache)
+    assert "slower than 64KiB/s over 2 s" in detail and "blob-min-rate" in detail, detail
+
+
+def test_a_slow_blob_above_the_minimum_rate_completes(regcache, hostile):
+    for key, value in (("blob-min-rate", "64KiB"), ("blob-rate-window", "1s")):
+        ok("--home", str(regcache.home), "settings", "set", key, value)
+    hostile.blob_size, hostile.chunk, hostile.delay = 1024 * 1024, 32 * 1024, 0.1  # ~320 KiB/s for ~3 windows
+    digest = _zeros_digest(hostile.blob_size)
+    with regcache.http() as http:
+        answer = http.get(f"/v2/evil/slow/blobs/{digest}", timeout=60)
+    assert answer.status_code == 200 and answer.content == bytes(hostile.blob_size)
+    _wait_until_idle(regcache)
+    assert regcache.control.store.conn.execute("SELECT COUNT(*) FROM blobs").fetchone()[0] == 1
+
+
+def test_a_blob_answer_that_does_not_start_within_the_window_is_unavailable(regcache, hostile):
+    ok("--home", str(regcache.home), "settings", "set", "blob-rate-window", "1s")
+    hostile.blob_header_delay = 5
+    started = time.monotonic()
+    with regcache.http() as http:
+        answer = http.get(f"/v2/evil/late/blobs/{_zeros_digest(hostile.blob_size)}", timeout=30)
+    status, code, message = _error(answer)
+    assert (status, code) == (503, "UNAVAILABLE") and "blob-rate-window" in message, message
+    assert time.monotonic() - started < 4
+    _nothing_kept(regcache)
