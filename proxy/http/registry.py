@@ -167,9 +167,13 @@ class Registry:
         started = time.perf_counter()
         match = None
         try:
+            if ":" in reference and not is_digest(reference):
+                raise RegistryError(400, "DIGEST_INVALID", "the reference is not a supported digest (sha256: or "
+                                    "sha512: and its hex)", {"reference": reference[:200]})
             if not (is_tag(reference) or is_digest(reference)):
-                raise RegistryError(400, "MANIFEST_INVALID" if ":" not in reference else "DIGEST_INVALID",
-                                    "the reference is neither a valid tag nor a supported digest",
+                # no such manifest can exist: 404, as the OCI conformance suite expects (not 400)
+                raise RegistryError(404, "MANIFEST_UNKNOWN", "no manifest has this reference: it is not a valid "
+                                    "tag ([A-Za-z0-9_][A-Za-z0-9._-]{0,127}) or digest",
                                     {"reference": reference[:200]})
             match = await self.cache.resolve(name, request.query_params.get("ns"))
             served = await self.cache.manifest(match, reference, _accept_list(request),
