@@ -26,6 +26,7 @@ from regcache.proxy.core.errors import NameUnknown, PullError
 from regcache.proxy.core.models import PullEvent, Result, RuleMatch
 from regcache.proxy.core.oci import OCI_INDEX
 from regcache.proxy.core.references import is_digest, is_repository_name, is_tag
+from regcache.proxy.core.referrers import FILTERS_APPLIED_HEADER, build_index
 from regcache.proxy.core.tokens import ClientToken
 from regcache.proxy.http.client_auth import ClientAuth
 from regcache.proxy.http.errors import API_VERSION_HEADER, RegistryError, oci_error, unsupported
@@ -291,12 +292,14 @@ class Registry:
         if not is_digest(subject):
             raise RegistryError(400, "DIGEST_INVALID", "invalid or unsupported digest", {"digest": subject[:200]})
         match = await self.cache.resolve(name, request.query_params.get("ns"))
-        found = await self.cache.referrers(match, subject)
-        if found is None:
-            return JSONResponse({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []},
-                                headers=API_VERSION_HEADER, media_type=OCI_INDEX)
-        content, media_type = found
-        return Response(content, 200, headers=API_VERSION_HEADER, media_type=media_type)
+        found, stale = await self.cache.referrers(match, subject)
+        headers = dict(API_VERSION_HEADER)
+        artifact_type = request.query_params.get("artifactType")
+        if artifact_type is not None:
+            headers[FILTERS_APPLIED_HEADER] = "artifactType"
+        if stale:
+            headers["X-Regcache-Stale"] = "1"
+        return Response(build_index(found, artifact_type), 200, headers=headers, media_type=OCI_INDEX)
 
 
 class ApiVersionHeader:

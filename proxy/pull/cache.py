@@ -47,6 +47,7 @@ from regcache.proxy.core.models import (
     source_of,
 )
 from regcache.proxy.core.oci import INDEX_TYPES, media_type_of
+from regcache.proxy.core.referrers import Referrer, fallback_tag, from_stored, parse_index, to_stored
 from regcache.proxy.core.rules import RuleSet
 from regcache.proxy.core.settings import UPSTREAM_LIMIT_SETTINGS, UpstreamLimits
 from regcache.proxy.pull.metrics import ProxyMetrics
@@ -564,10 +565,37 @@ class PullThroughCache:
             raise pull_error(exc, NameUnknown(
                 f"upstream {match.upstream} has no repository {match.upstream.path}")) from None
 
-    async def referrers(self, match: RuleMatch, digest: str) -> tuple[bytes, str] | None:
+    async def referrers(self, match: RuleMatch, digest: str) -> tuple[list[Referrer], bool]:
+        """What refers to ``digest`` for this source, and whether it is stale (the upstream is down).
+
+        From the upstream's referrers API when it has one, else from its tag-scheme index (tag
+        ``sha256-<hex>``), the spec's fallback: an upstream without the API never makes existing
+        referrers look absent. Kept per source and served stale while the upstream is unavailable.
+        """
         creds = await self.credentials(match.rule)
+        source, path = self.source(match), match.upstream.path
         try:
-            return await self.upstream_call(
-                match, creds, lambda up: self.upstream.referrers(up, match.upstream.path, digest, creds))
-        except UpstreamError:
-            return None
+            body = await self.upstream_call(
+                match, creds, lambda up: self.upstream.referrers(up, path, digest, creds))
+            if body is not None:
+                found = parse_index(body)
+                if found is None:
+                    raise UpstreamBadContent(f"upstream {match.upstream.login_server} answered the referrers of "
+                                             f"{digest} with something that is not an OCI image index")
+            else:
+                try:
+                    tagged = await self.upstream_call(
+                        match, creds, lambda up: self.upstream.manifest(up, path, fallback_tag(digest), creds))
+                    found = parse_index(tagged.content or b"") or []
+                except UpstreamNotFound:
+                    found = []
+        except UpstreamUnreachable as exc:
+            stored = await self.state.run(lambda s: s.referrers(match.repository, source, digest))
+            if stored is not None:
+                log.warning("serving the referrers of %s in %s stale: %s", digest, match.repository, exc)
+                return from_stored(stored), True
+            raise pull_error(exc, NameUnknown("")) from None
+        except UpstreamError as exc:
+            raise pull_error(exc, NameUnknown(f"upstream {match.upstream} has no repository {path}")) from None
+        await self.state.run(lambda s: s.set_referrers(match.repository, source, digest, to_stored(found)))
+        return found, False

@@ -180,3 +180,14 @@ def m006_tags_and_links_per_source(db: Database) -> None:
     )
     db.table("repository_contents").create_index(["digest"])
     db.table("served_by").create({"digest": str, "login_server": str}, pk=("digest", "login_server"))
+
+
+@migration
+def m009_referrers(db: Database) -> None:
+    """Referrers per source: what a subject's referrers were when its upstream last answered (served stale
+    while the upstream is down, like tags). ``referrers`` is a JSON list of checked descriptors."""
+    db.table("referrers").create(
+        {"repository": str, "source": str, "subject": str, "referrers": str, "fetched_at": str},
+        pk=("repository", "source", "subject"),
+        not_null={"referrers", "fetched_at"},
+    )

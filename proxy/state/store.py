@@ -310,6 +310,19 @@ class StateStore:
         return [r[0] for r in self.conn.execute("SELECT tag FROM tags WHERE repository = ? AND source = ? "
                                                 "ORDER BY tag", [repository, source])]
 
+    def set_referrers(self, repository: str, source: str, subject: str, referrers: str) -> None:
+        """What ``source`` said refers to ``subject`` (JSON descriptors), replacing what it said before."""
+        self.conn.execute(
+            "INSERT INTO referrers (repository, source, subject, referrers, fetched_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (repository, source, subject) DO UPDATE SET referrers = excluded.referrers, "
+            "fetched_at = excluded.fetched_at", [repository, source, subject, referrers, _ts(utc_now())])
+
+    def referrers(self, repository: str, source: str, subject: str) -> str | None:
+        """The referrers ``source`` last listed for ``subject`` (JSON), or None if it never answered."""
+        row = self.conn.execute("SELECT referrers FROM referrers WHERE repository = ? AND source = ? AND subject = ?",
+                                [repository, source, subject]).fetchone()
+        return row[0] if row else None
+
     def link(self, repository: str, source: str, digest: str, kind: str, media_type: str | None = None) -> None:
         """``source`` showed it has ``digest`` (a manifest of ``media_type``, or a blob)."""
         self.conn.execute(
@@ -398,6 +411,7 @@ class StateStore:
     def forget_repository(self, name: str) -> None:
         """Drop a repository's tags, links and record (retention expired); manifests nobody links go too."""
         self.conn.execute("DELETE FROM tags WHERE repository = ?", [name])
+        self.conn.execute("DELETE FROM referrers WHERE repository = ?", [name])
         self.conn.execute("DELETE FROM repository_contents WHERE repository = ?", [name])
         self.conn.execute("DELETE FROM repositories WHERE name = ?", [name])
         self.conn.execute("DELETE FROM manifests WHERE digest NOT IN "

@@ -19,7 +19,7 @@ import httpcore
 import httpx
 
 from regcache.proxy.core.models import ANONYMOUS, Upstream
-from regcache.proxy.core.oci import MANIFEST_TYPES, media_type_of
+from regcache.proxy.core.oci import MANIFEST_TYPES, OCI_INDEX, media_type_of
 from regcache.proxy.core.settings import (
     BLOB_MAX_SIZE_SETTING,
     BLOB_MIN_RATE_SETTING,
@@ -444,16 +444,12 @@ class UpstreamClient:
         return tags
 
     async def referrers(self, upstream: Upstream, repository: str, digest: str,
-                        creds: Credentials | None) -> tuple[bytes, str] | None:
-        """The upstream's referrers index for ``digest``, or None where it has no referrers API."""
+                        creds: Credentials | None) -> bytes | None:
+        """The body of the upstream's referrers answer for ``digest``; None when it has no referrers API
+        (it answers 404, as the spec says a registry without it does, or another client error)."""
         async with self._deadline(upstream, f"the referrers of {digest}"):
             response, body = await self._request_body(
                 upstream, repository, "GET", self._url(upstream, repository, f"referrers/{digest}"), creds,
-                self.limits.list_bytes, LIST_MAX_SIZE_SETTING, f"the referrers of {digest}")
-        if response.status_code != 200:
-            return None
-        try:
-            json.loads(body)
-        except ValueError:
-            return None
-        return body, response.headers.get("content-type", "application/vnd.oci.image.index.v1+json")
+                self.limits.list_bytes, LIST_MAX_SIZE_SETTING, f"the referrers of {digest}",
+                {"Accept": OCI_INDEX})
+        return body if response.status_code == 200 else None
