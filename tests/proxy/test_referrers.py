@@ -4,7 +4,9 @@ served stale while the upstream is down; whatever an upstream sends, only a chec
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 
 import pytest
 
@@ -157,3 +159,50 @@ def test_referrers_belong_to_their_source(regcache, api_registry):
         api_registry.stop()
         # another source never asked its upstream: nothing of oras/app's answer is served for it
         assert http.get(f"/v2/elsewhere/app/referrers/{subject}").status_code == 503
+
+
+def test_oras_artifact_and_its_sbom_through_regcache(regcache, anonymous_registry, tmp_path):
+    """The ORAS SDK pushes an artifact and an SBOM (its subject) to the upstream, the SBOM attached by the tag
+    scheme; through regcache both are pulled with ORAS and the SBOM is discovered by the referrers endpoint
+    (the SDK has no discover call: plain HTTP)."""
+    import oras.oci
+    import oras.provider
+
+    (tmp_path / "app.txt").write_text("the artifact\n")
+    (tmp_path / "sbom.spdx.json").write_text('{"spdxVersion": "SPDX-2.3"}\n')
+    upstream = oras.provider.Registry(hostname=anonymous_registry.host, insecure=True)
+    with _chdir(tmp_path):
+        upstream.push(f"{anonymous_registry.host}/team/art:1", files=["app.txt:text/plain"], quiet=True)
+    with RegistryClient.for_server(anonymous_registry) as client:
+        artifact_bytes = client.get_manifest("team/art", "1", [OCI_MANIFEST]).content
+        subject = oras.oci.Subject(OCI_MANIFEST, digest_of(artifact_bytes), len(artifact_bytes))
+        with _chdir(tmp_path):
+            upstream.push(f"{anonymous_registry.host}/team/art:sbom", files=[f"sbom.spdx.json:{SPDX}"],
+                          subject=subject, quiet=True)
+        sbom_bytes = client.get_manifest("team/art", "sbom", [OCI_MANIFEST]).content
+        sbom_digest = digest_of(sbom_bytes)
+        index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+            {"mediaType": OCI_MANIFEST, "digest": sbom_digest, "size": len(sbom_bytes)}]}).encode()
+        client.push_manifest("team/art", fallback_tag(subject.digest), OCI_INDEX, index)
+    server = regcache.add_upstream(anonymous_registry)
+    regcache.control.create_rule("team-rule", f"{server}/team/*", "team/*")
+
+    through = oras.provider.Registry(hostname=regcache.host, insecure=True)
+    pulled = through.pull(target=f"{regcache.host}/team/art:1", outdir=str(tmp_path / "out"))
+    assert [open(p).read() for p in pulled] == ["the artifact\n"]
+    with regcache.http() as http:
+        found = _listed(http.get(f"/v2/team/art/referrers/{subject.digest}"))
+    assert [digest for digest, _ in found] == [sbom_digest]
+    sbom = through.pull(target=f"{regcache.host}/team/art@{sbom_digest}", outdir=str(tmp_path / "sbom"))
+    assert [open(p).read() for p in sbom] == ['{"spdxVersion": "SPDX-2.3"}\n']
+
+
+@contextlib.contextmanager
+def _chdir(path):
+    """ORAS takes file names relative to the working directory."""
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
