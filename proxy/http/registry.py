@@ -287,12 +287,11 @@ class Registry:
         if not is_digest(subject):
             raise RegistryError(400, "DIGEST_INVALID", "invalid or unsupported digest", {"digest": subject[:200]})
         match = await self.cache.resolve(name, request.query_params.get("ns"))
-        found = await self.cache.referrers(match, subject)
-        if found is None:
+        content = await self.cache.referrers(match, subject)
+        if content is None:
             return JSONResponse({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []},
                                 headers=API_VERSION_HEADER, media_type=OCI_INDEX)
-        content, media_type = found
-        return Response(content, 200, headers=API_VERSION_HEADER, media_type=media_type)
+        return Response(content, 200, headers=API_VERSION_HEADER, media_type=OCI_INDEX)  # an index, checked
 
 
 class ApiVersionHeader:

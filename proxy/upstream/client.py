@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,7 +19,8 @@ import httpcore
 import httpx
 
 from regcache.proxy.core.models import ANONYMOUS, Upstream
-from regcache.proxy.core.oci import MANIFEST_TYPES, media_type_of
+from regcache.proxy.core.oci import MANIFEST_TYPES, OCI_INDEX, index_problem, media_type_of
+from regcache.proxy.core.references import is_tag
 from regcache.proxy.core.settings import (
     LIST_MAX_SIZE_SETTING,
     MANIFEST_MAX_SIZE_SETTING,
@@ -35,6 +37,8 @@ from regcache.proxy.upstream.auth import Challenge, TokenCache, basic_header, pa
 # tests/proxy/test_upstream.py checks that the attribute still exists.
 UPSTREAM_READ_BYTES = 1024 * 1024
 httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = UPSTREAM_READ_BYTES
+
+log = logging.getLogger("regcache.upstream")
 
 REDIRECTS = (301, 302, 303, 307, 308)
 MAX_REDIRECTS = 5
@@ -357,14 +361,21 @@ class UpstreamClient:
         return int(response.headers.get("content-length") or 0)
 
     async def tags(self, upstream: Upstream, repository: str, creds: Credentials | None) -> list[str]:
-        """Every tag of ``repository``, following the upstream's ``Link`` pagination."""
-        url: str | None = self._url(upstream, repository, "tags/list")
+        """Every tag of ``repository``, following the upstream's ``Link`` pagination.
+
+        Only strings in the OCI tag grammar are kept (what reaches a client's tag list, a ``Link`` header or a
+        manifest request is a tag); the rest are dropped, and how many is logged. A ``Link`` is followed only
+        to the same tag-list URL (other query): the login must not go to another host or repository.
+        """
+        first = httpx.URL(self._url(upstream, repository, "tags/list"))
+        url: httpx.URL | None = first
         tags: list[str] = []
+        dropped = 0
         for _ in range(1000):
             if url is None:
                 break
             async with self._deadline(upstream, f"the tag list of {repository}"):
-                response, body = await self._request_body(upstream, repository, "GET", url, creds,
+                response, body = await self._request_body(upstream, repository, "GET", str(url), creds,
                                                           self.limits.list_bytes, LIST_MAX_SIZE_SETTING,
                                                           f"the tag list of {repository}")
             if response.status_code == 404:
@@ -373,24 +384,51 @@ class UpstreamClient:
                 raise UpstreamProtocolError(upstream.login_server, f"answered HTTP {response.status_code} "
                                                                    f"for the tag list", response.status_code)
             try:
-                tags.extend(json.loads(body).get("tags") or [])
-            except (ValueError, AttributeError):
+                page = json.loads(body)
+            except ValueError:
                 raise UpstreamProtocolError(upstream.login_server, "sent a tag list that is not JSON") from None
-            next_link = response.links.get("next", {}).get("url")
-            url = str(response.url.join(next_link)) if next_link else None
+            listed = page.get("tags") if isinstance(page, dict) else None
+            if not isinstance(listed, list | None):
+                raise UpstreamProtocolError(upstream.login_server, "sent a tag list whose tags are not a list")
+            kept = [tag for tag in listed or () if isinstance(tag, str) and is_tag(tag)]
+            dropped += len(listed or ()) - len(kept)
+            tags.extend(kept)
+            url = self._next_page(upstream, first, response)
+        if dropped:
+            log.warning("upstream %s: dropped %d entr%s of the tag list of %s that %s not valid OCI tags",
+                        upstream.login_server, dropped, "y" if dropped == 1 else "ies", repository,
+                        "is" if dropped == 1 else "are")
         return tags
 
+    @staticmethod
+    def _next_page(upstream: Upstream, first: httpx.URL, response: httpx.Response) -> httpx.URL | None:
+        """The next page of a tag list from the ``Link`` header; refused unless it is the same list's URL."""
+        next_link = response.links.get("next", {}).get("url")
+        if not next_link:
+            return None
+        try:
+            url = response.url.join(next_link)
+        except httpx.InvalidURL:
+            raise UpstreamProtocolError(upstream.login_server, "sent a tag-list Link that is not a URL") from None
+        if (url.scheme, url.host, url.port, url.path) != (first.scheme, first.host, first.port, first.path):
+            raise UpstreamProtocolError(upstream.login_server, "sent a tag-list Link to another URL than its "
+                                                               "tag list; it was not followed")
+        return url
+
     async def referrers(self, upstream: Upstream, repository: str, digest: str,
-                        creds: Credentials | None) -> tuple[bytes, str] | None:
-        """The upstream's referrers index for ``digest``, or None where it has no referrers API."""
+                        creds: Credentials | None) -> bytes | None:
+        """The upstream's referrers index for ``digest`` (an OCI image index, checked), or None where it has no
+        referrers API or answered something else (which is dropped, and logged, never passed on)."""
         async with self._deadline(upstream, f"the referrers of {digest}"):
             response, body = await self._request_body(
                 upstream, repository, "GET", self._url(upstream, repository, f"referrers/{digest}"), creds,
-                self.limits.list_bytes, LIST_MAX_SIZE_SETTING, f"the referrers of {digest}")
+                self.limits.list_bytes, LIST_MAX_SIZE_SETTING, f"the referrers of {digest}",
+                {"Accept": OCI_INDEX})
         if response.status_code != 200:
             return None
-        try:
-            json.loads(body)
-        except ValueError:
+        problem = index_problem(body)
+        if problem is not None:
+            log.warning("upstream %s: the referrers of %s in %s are dropped: %s", upstream.login_server, digest,
+                        repository, problem)
             return None
-        return body, response.headers.get("content-type", "application/vnd.oci.image.index.v1+json")
+        return body
