@@ -32,6 +32,8 @@ from regcache.proxy.core.models import (
 from regcache.proxy.core.rules import RuleSet, check_credentials, check_name, check_new_rule, check_settings
 from regcache.proxy.core.secret_ids import SecretId
 from regcache.proxy.core.settings import (
+    EVENTS_MAX_AGE_SETTING,
+    EVENTS_MAX_COUNT_SETTING,
     LIST_MAX_SIZE_SETTING,
     MANIFEST_MAX_SIZE_SETTING,
     MAX_SIZE_SETTING,
@@ -40,6 +42,7 @@ from regcache.proxy.core.settings import (
     TOKEN_MAX_SIZE_SETTING,
     UPSTREAM_DEADLINE_SETTING,
     StorageConfig,
+    parse_count,
     storage_from_json,
     storage_to_json,
 )
@@ -75,6 +78,12 @@ SETTINGS: dict[str, tuple[Callable[..., float], Callable[[float], str | None], s
     UPSTREAM_DEADLINE_SETTING: (parse_duration, format_duration,
                                 "time for a whole manifest, tag-list, referrers or token call to an upstream "
                                 "(default 60s; blobs are bounded by their read timeout instead)"),
+    EVENTS_MAX_AGE_SETTING: (parse_duration, format_duration,
+                             "how long pull events are kept in the Activity log (default 30d); the statistics "
+                             "keep counting what was pruned"),
+    EVENTS_MAX_COUNT_SETTING: (parse_count, lambda n: str(int(n)),
+                               "how many pull events are kept at most (default 1000000); older ones are pruned, "
+                               "the statistics keep counting them"),
 }
 
 
