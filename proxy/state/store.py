@@ -34,6 +34,7 @@ from regcache.proxy.core.models import (
 )
 from regcache.proxy.core.tokens import ClientToken
 from regcache.proxy.state.migrations import MIGRATIONS
+from regcache.proxy.state.permissions import make_private
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
@@ -102,6 +103,9 @@ class StateStore:
         self.path = home / "state.db"
         try:
             home.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_private(home)
+            # made 0600 before SQLite opens it: its WAL and shared-memory files take the database's mode
+            os.close(os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o600))
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                    check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
