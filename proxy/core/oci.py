@@ -19,6 +19,15 @@ MANIFEST_TYPES = (OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST
 INDEX_TYPES = (OCI_INDEX, DOCKER_MANIFEST_LIST)
 
 
+def load_json(content: bytes | str) -> object:
+    """``content`` parsed, or ValueError: JSON nested too deeply for the parser (a few kilobytes of ``[``) is
+    malformed too, not a crash."""
+    try:
+        return json.loads(content)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 def media_type_of(content: bytes, declared: str | None) -> str:
     """A manifest's media type, from its content: an upstream's Content-Type can never relabel one.
 
@@ -28,7 +37,7 @@ def media_type_of(content: bytes, declared: str | None) -> str:
     """
     declared = (declared or "").split(";")[0].strip()
     try:
-        doc = json.loads(content)
+        doc = load_json(content)
     except ValueError:
         return declared or "application/octet-stream"
     if not isinstance(doc, dict):
@@ -107,7 +116,7 @@ def manifest_problem(content: bytes, media_type: str) -> str | None:
     if media_type not in MANIFEST_TYPES:
         return f"its media type is {shown(media_type)}, not an OCI or Docker image manifest or index"
     try:
-        doc = json.loads(content)
+        doc = load_json(content)
     except ValueError:
         return "it is not JSON"
     if not isinstance(doc, dict):
@@ -126,7 +135,7 @@ def manifest_problem(content: bytes, media_type: str) -> str | None:
 def index_problem(content: bytes) -> str | None:
     """Why ``content`` is not an OCI image index (what a referrers answer must be), or None when it is."""
     try:
-        doc = json.loads(content)
+        doc = load_json(content)
     except ValueError:
         return "it is not JSON"
     if not isinstance(doc, dict):

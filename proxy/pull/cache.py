@@ -10,7 +10,6 @@ rate-limiting. It answers in domain terms: a ServedManifest, a ServedBlob, or a 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -47,7 +46,14 @@ from regcache.proxy.core.models import (
     Upstream,
     source_of,
 )
-from regcache.proxy.core.oci import INDEX_TYPES, MANIFEST_TYPES, manifest_problem, media_type_of, shown
+from regcache.proxy.core.oci import (
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    load_json,
+    manifest_problem,
+    media_type_of,
+    shown,
+)
 from regcache.proxy.core.references import is_digest
 from regcache.proxy.core.rules import RuleSet
 from regcache.proxy.core.settings import UPSTREAM_LIMIT_SETTINGS, UpstreamLimits
@@ -356,7 +362,10 @@ class PullThroughCache:
     async def _negotiate(self, match: RuleMatch, served: ServedManifest, accept: list[str]) -> ServedManifest:
         """A client that cannot read an index gets its linux/amd64 image, as the distribution registry does."""
         if served.media_type in INDEX_TYPES:
-            doc = json.loads(served.content)
+            try:
+                doc = load_json(served.content)
+            except ValueError:  # stored before manifests were checked
+                doc = None
             entries = doc.get("manifests") if isinstance(doc, dict) else None
             for entry in entries if isinstance(entries, list) else []:
                 platform = entry.get("platform") if isinstance(entry, dict) else None

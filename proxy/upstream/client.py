@@ -19,7 +19,7 @@ import httpcore
 import httpx
 
 from regcache.proxy.core.models import ANONYMOUS, Upstream
-from regcache.proxy.core.oci import MANIFEST_TYPES, OCI_INDEX, index_problem, media_type_of
+from regcache.proxy.core.oci import MANIFEST_TYPES, OCI_INDEX, index_problem, load_json, media_type_of
 from regcache.proxy.core.references import is_tag
 from regcache.proxy.core.settings import (
     LIST_MAX_SIZE_SETTING,
@@ -384,7 +384,7 @@ class UpstreamClient:
                 raise UpstreamProtocolError(upstream.login_server, f"answered HTTP {response.status_code} "
                                                                    f"for the tag list", response.status_code)
             try:
-                page = json.loads(body)
+                page = load_json(body)
             except ValueError:
                 raise UpstreamProtocolError(upstream.login_server, "sent a tag list that is not JSON") from None
             listed = page.get("tags") if isinstance(page, dict) else None

@@ -195,6 +195,21 @@ def test_a_sha512_docker_content_digest_is_verified(regcache, hostile):
     assert _error(lie)[:2] == (502, "MANIFEST_INVALID")
 
 
+def test_json_nested_beyond_the_parser_is_malformed_not_a_500(regcache, hostile):
+    deep = b"[" * 100_000 + b"]" * 100_000
+    hostile.manifests[("evil/app", "1")] = (OCI_MANIFEST, deep)
+    hostile.tag_lists["evil/app"] = b'{"tags":' + deep + b"}"
+    hostile.referrers["evil/app"] = (OCI_INDEX, b'{"manifests":' + deep + b"}")
+    with regcache.http() as http:
+        manifest = http.get("/v2/evil/app/manifests/1")
+        tags = http.get("/v2/evil/app/tags/list")
+        referrers = http.get(f"/v2/evil/app/referrers/{SHA256}")
+    assert _error(manifest)[0] == 502 and "not JSON" in _error(manifest)[2]
+    assert _error(tags)[0] == 502 and "not JSON" in _error(tags)[2]
+    assert referrers.status_code == 200 and referrers.json()["manifests"] == []
+    assert _stored_manifests(regcache) == 0
+
+
 def test_a_manifest_labelled_html_but_typed_by_its_content_is_served_as_its_type(regcache, hostile):
     hostile.manifests[("evil/app", "1")] = ("text/html", image())
     with regcache.http() as http:
