@@ -72,7 +72,8 @@ SETTINGS: dict[str, tuple[Callable[..., float], Callable[[float], str | None], s
                                 "largest manifest or index an upstream may send (default 4MiB); larger ones "
                                 "are refused and nothing is stored"),
     LIST_MAX_SIZE_SETTING: (parse_size, _size,
-                            "largest tag-list page or referrers index an upstream may send (default 8MiB)"),
+                            "largest tag list (all its pages together) or referrers index an upstream may "
+                            "send (default 8MiB)"),
     TOKEN_MAX_SIZE_SETTING: (parse_size, _size,
                              "largest answer of an upstream's token service (default 256KiB)"),
     UPSTREAM_DEADLINE_SETTING: (parse_duration, format_duration,

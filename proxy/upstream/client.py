@@ -365,19 +365,33 @@ class UpstreamClient:
 
         Only strings in the OCI tag grammar are kept (what reaches a client's tag list, a ``Link`` header or a
         manifest request is a tag); the rest are dropped, and how many is logged. A ``Link`` is followed only
-        to the same tag-list URL (other query): the login must not go to another host or repository.
+        to the same tag-list URL (other query): the login must not go to another host or repository. All the
+        pages together are bounded by the list-max-size setting and the upstream-deadline.
         """
+        what = f"the tag list of {repository}"
+        async with self._deadline(upstream, what):
+            tags, dropped = await self._tags(upstream, repository, creds, what)
+        if dropped:
+            log.warning("upstream %s: dropped %d entr%s of the tag list of %s that %s not valid OCI tags",
+                        upstream.login_server, dropped, "y" if dropped == 1 else "ies", repository,
+                        "is" if dropped == 1 else "are")
+        return tags
+
+    async def _tags(self, upstream: Upstream, repository: str, creds: Credentials | None,
+                    what: str) -> tuple[list[str], int]:
         first = httpx.URL(self._url(upstream, repository, "tags/list"))
         url: httpx.URL | None = first
         tags: list[str] = []
-        dropped = 0
+        dropped = total = 0
         for _ in range(1000):
             if url is None:
                 break
-            async with self._deadline(upstream, f"the tag list of {repository}"):
-                response, body = await self._request_body(upstream, repository, "GET", str(url), creds,
-                                                          self.limits.list_bytes, LIST_MAX_SIZE_SETTING,
-                                                          f"the tag list of {repository}")
+            response, body = await self._request_body(upstream, repository, "GET", str(url), creds,
+                                                      self.limits.list_bytes, LIST_MAX_SIZE_SETTING, what)
+            total += len(body)
+            if total > self.limits.list_bytes:  # a page at a time within it, and all of them too
+                raise _too_large(upstream, f"{what} (all its pages together)", self.limits.list_bytes,
+                                 LIST_MAX_SIZE_SETTING)
             if response.status_code == 404:
                 raise UpstreamNotFound(upstream.login_server, f"has no repository {repository}", 404)
             if response.status_code != 200:
@@ -394,11 +408,7 @@ class UpstreamClient:
             dropped += len(listed or ()) - len(kept)
             tags.extend(kept)
             url = self._next_page(upstream, first, response)
-        if dropped:
-            log.warning("upstream %s: dropped %d entr%s of the tag list of %s that %s not valid OCI tags",
-                        upstream.login_server, dropped, "y" if dropped == 1 else "ies", repository,
-                        "is" if dropped == 1 else "are")
-        return tags
+        return tags, dropped
 
     @staticmethod
     def _next_page(upstream: Upstream, first: httpx.URL, response: httpx.Response) -> httpx.URL | None:

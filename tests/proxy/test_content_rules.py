@@ -8,6 +8,7 @@ import hashlib
 import http.client
 import json
 import logging
+import time
 
 import pytest
 
@@ -21,6 +22,7 @@ from regcache.proxy.core.oci import (
     index_problem,
     manifest_problem,
 )
+from tests.helpers.cli import ok
 from tests.helpers.hostile_upstream import HostileUpstream
 
 CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
@@ -285,6 +287,25 @@ def test_a_tag_list_link_to_another_host_is_not_followed(regcache, hostile):
             assert http.get("/v2/evil/app/tags/list").status_code == 502
     finally:
         elsewhere.stop()
+
+
+def test_a_tag_list_that_pages_on_and_on_is_bounded_in_size_and_time(regcache, hostile):
+    page = json.dumps({"name": "evil/app", "tags": [f"t{i:07d}" for i in range(80_000)]}).encode()  # ~1 MiB
+    hostile.tag_lists["evil/app"] = page
+    hostile.tag_list_links["evil/app"] = '</v2/evil/app/tags/list?last=again>; rel="next"'  # and again
+    with regcache.http() as http:
+        answer = http.get("/v2/evil/app/tags/list")
+    status, _, message = _error(answer)
+    assert status == 502 and "all its pages together" in message and "list-max-size" in message
+    assert 8 <= len(hostile.requests) <= 10  # 8 MiB of pages, not a thousand of them
+    ok("--home", str(regcache.home), "settings", "set", "upstream-deadline", "2s")
+    hostile.tag_lists["evil/app"] = b'{"tags":["1"]}'  # tiny pages, without end: the deadline covers them all
+    started = time.monotonic()
+    with regcache.http() as http:
+        answer = http.get("/v2/evil/app/tags/list")
+    took = time.monotonic() - started
+    status, code, message = _error(answer)
+    assert (status, code) == (503, "UNAVAILABLE") and "upstream-deadline" in message and took < 30, (message, took)
 
 
 @pytest.mark.parametrize("media_type,body", [
