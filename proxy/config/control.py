@@ -35,6 +35,8 @@ from regcache.proxy.core.settings import (
     BLOB_MAX_SIZE_SETTING,
     BLOB_MIN_RATE_SETTING,
     BLOB_RATE_WINDOW_SETTING,
+    EVENTS_MAX_AGE_SETTING,
+    EVENTS_MAX_COUNT_SETTING,
     LIST_MAX_SIZE_SETTING,
     MANIFEST_MAX_SIZE_SETTING,
     MAX_SIZE_SETTING,
@@ -43,6 +45,7 @@ from regcache.proxy.core.settings import (
     TOKEN_MAX_SIZE_SETTING,
     UPSTREAM_DEADLINE_SETTING,
     StorageConfig,
+    parse_count,
     storage_from_json,
     storage_to_json,
 )
@@ -72,7 +75,8 @@ SETTINGS: dict[str, tuple[Callable[..., float], Callable[[float], str | None], s
                                 "largest manifest or index an upstream may send (default 4MiB); larger ones "
                                 "are refused and nothing is stored"),
     LIST_MAX_SIZE_SETTING: (parse_size, _size,
-                            "largest tag-list page or referrers index an upstream may send (default 8MiB)"),
+                            "largest tag list (all its pages together) or referrers index an upstream may "
+                            "send (default 8MiB)"),
     TOKEN_MAX_SIZE_SETTING: (parse_size, _size,
                              "largest answer of an upstream's token service (default 256KiB)"),
     UPSTREAM_DEADLINE_SETTING: (parse_duration, format_duration,
@@ -87,6 +91,12 @@ SETTINGS: dict[str, tuple[Callable[..., float], Callable[[float], str | None], s
     BLOB_RATE_WINDOW_SETTING: (parse_duration, format_duration,
                                "the window blob-min-rate is measured over, also the time allowed for an upstream "
                                "to start answering a blob request (default 60s)"),
+    EVENTS_MAX_AGE_SETTING: (parse_duration, format_duration,
+                             "how long pull events are kept in the Activity log (default 30d); the statistics "
+                             "keep counting what was pruned"),
+    EVENTS_MAX_COUNT_SETTING: (parse_count, lambda n: str(int(n)),
+                               "how many pull events are kept at most (default 1000000); older ones are pruned, "
+                               "the statistics keep counting them"),
 }
 
 

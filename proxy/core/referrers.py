@@ -14,13 +14,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from regcache.proxy.core.oci import OCI_INDEX
-from regcache.proxy.core.references import is_digest
+from regcache.proxy.core.oci import OCI_INDEX, descriptor_problem, load_json
 
 #: what an upstream's referrers answer (or its fallback tag) may list at most; more are dropped
 MAX_REFERRERS = 10_000
-#: a media type or artifact type: ``type/subtype`` of printable ASCII, bounded
-_MAX_TYPE_LENGTH = 255
 #: the header that says a filter was applied (distribution-spec: ``OCI-Filters-Applied: artifactType``)
 FILTERS_APPLIED_HEADER = "OCI-Filters-Applied"
 
@@ -29,11 +26,6 @@ def fallback_tag(digest: str) -> str:
     """The tag-scheme tag of a subject: ``sha256:abc...`` -> ``sha256-abc...``."""
     algorithm, _, encoded = digest.partition(":")
     return f"{algorithm}-{encoded}"
-
-
-def _is_media_type(value: object) -> bool:
-    return (isinstance(value, str) and 0 < len(value) <= _MAX_TYPE_LENGTH and value.count("/") == 1
-            and all(33 <= ord(c) < 127 for c in value))
 
 
 def _is_text(value: object, limit: int = 4096) -> bool:
@@ -61,29 +53,24 @@ class Referrer:
 
 def _referrer(entry: object) -> Referrer | None:
     """A descriptor as a Referrer; None when any field is missing or malformed (it is dropped)."""
-    if not isinstance(entry, dict):
+    if descriptor_problem(entry, "a referrer") is not None or not isinstance(entry, dict):
         return None
-    media_type, digest, size = entry.get("mediaType"), entry.get("digest"), entry.get("size")
-    artifact_type, annotations = entry.get("artifactType"), entry.get("annotations") or {}
-    if not (_is_media_type(media_type) and isinstance(digest, str) and is_digest(digest)):
-        return None
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-        return None
-    if artifact_type is not None and not _is_media_type(artifact_type):
+    media_type, artifact_type, annotations = entry.get("mediaType"), entry.get("artifactType"), entry.get(
+        "annotations") or {}
+    if not isinstance(media_type, str):  # optional in a descriptor, required of a referrer
         return None
     if not isinstance(annotations, dict) or len(annotations) > 64 or not all(
             _is_text(k, 255) and _is_text(v) for k, v in annotations.items()):
         return None
-    assert isinstance(media_type, str)
-    return Referrer(media_type, digest, size, artifact_type if isinstance(artifact_type, str) else None,
-                    dict(annotations))
+    return Referrer(media_type, entry["digest"], entry["size"],
+                    artifact_type if isinstance(artifact_type, str) else None, dict(annotations))
 
 
 def parse_index(content: bytes) -> list[Referrer] | None:
     """The referrers an index lists (malformed descriptors dropped); None if it is no image index at all."""
     try:
-        index = json.loads(content)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        index = load_json(content)
+    except (ValueError, UnicodeDecodeError):
         return None
     if not isinstance(index, dict) or index.get("schemaVersion") != 2:
         return None

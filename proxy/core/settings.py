@@ -70,6 +70,39 @@ class UpstreamLimits:
                    int(number(BLOB_MAX_SIZE_SETTING, default.blob_bytes)),
                    int(number(BLOB_MIN_RATE_SETTING, default.blob_min_rate)),
                    number(BLOB_RATE_WINDOW_SETTING, default.blob_rate_window))
+
+
+#: how long and how many pull events are kept (docs: README, "Limits"); their counts survive as roll-ups
+EVENTS_MAX_AGE_SETTING = "events-max-age"
+EVENTS_MAX_COUNT_SETTING = "events-max-count"
+EVENT_LIMIT_SETTINGS = (EVENTS_MAX_AGE_SETTING, EVENTS_MAX_COUNT_SETTING)
+
+
+@dataclass(frozen=True, slots=True)
+class EventLimits:
+    """How many pull events the state database keeps, and for how long (the Activity log's history)."""
+
+    #: seconds an event is kept
+    max_age: float = 30 * 86400.0
+    #: events kept at most (about 300 MiB of database at the default)
+    max_count: int = 1_000_000
+
+    @classmethod
+    def from_settings(cls, values: Mapping[str, str | None]) -> EventLimits:
+        """The limits from stored setting values (absent: the default)."""
+        age, count = values.get(EVENTS_MAX_AGE_SETTING), values.get(EVENTS_MAX_COUNT_SETTING)
+        default = cls()
+        return cls(float(age) if age else default.max_age, int(float(count)) if count else default.max_count)
+
+
+def parse_count(text: str, field: str | None = None) -> int:
+    """A whole number of things, at least 1: ``1000000``, ``1_000_000`` or ``1,000,000``."""
+    digits = text.strip().replace("_", "").replace(",", "")
+    if not digits.isascii() or not digits.isdigit() or int(digits) < 1:
+        raise ValidationError(f"{text!r} must be a whole number of at least 1, e.g. 1000000", field=field)
+    return int(digits)
+
+
 STORAGE_SETTING = "storage"
 FILESYSTEM = "filesystem"
 S3 = "s3"

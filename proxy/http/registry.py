@@ -33,6 +33,7 @@ from regcache.proxy.http.errors import API_VERSION_HEADER, RegistryError, oci_er
 from regcache.proxy.http.ranges import parse_range
 from regcache.proxy.jobs.eviction import run_eviction
 from regcache.proxy.jobs.operations import Operations
+from regcache.proxy.jobs.pruning import run_event_pruning
 from regcache.proxy.jobs.tagsync import run_tag_sync
 from regcache.proxy.pull.cache import PullThroughCache
 from regcache.proxy.pull.events import EventLog
@@ -384,6 +385,7 @@ def create_app(home: Path, *, secrets: SecretResolver | None = None,
                         cache = PullThroughCache(state, upstream, blobs, secrets, freshness, metrics)
                         downloads.start_soon(run_eviction, state, backend, name="eviction")
                         downloads.start_soon(run_tag_sync, cache, name="tag sync")
+                        downloads.start_soon(run_event_pruning, state, name="event pruning")
                         app.state.registry = Registry(cache, events, ClientAuth(state, require=require_auth))
                         app.state.operations = Operations(cache, home, secrets)
                         try:

@@ -10,7 +10,6 @@ rate-limiting. It answers in domain terms: a ServedManifest, a ServedBlob, or a 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -46,7 +45,15 @@ from regcache.proxy.core.models import (
     Upstream,
     source_of,
 )
-from regcache.proxy.core.oci import INDEX_TYPES, media_type_of
+from regcache.proxy.core.oci import (
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    load_json,
+    manifest_problem,
+    media_type_of,
+    shown,
+)
+from regcache.proxy.core.references import is_digest
 from regcache.proxy.core.referrers import Referrer, fallback_tag, from_stored, parse_index, to_stored
 from regcache.proxy.core.rules import RuleSet
 from regcache.proxy.core.settings import UPSTREAM_LIMIT_SETTINGS, UpstreamLimits
@@ -62,6 +69,7 @@ from regcache.proxy.upstream.client import (
     UpstreamBlob,
     UpstreamClient,
     UpstreamError,
+    UpstreamManifest,
     UpstreamNotFound,
     UpstreamUnreachable,
 )
@@ -146,6 +154,36 @@ def pull_error(exc: UpstreamError, unknown: PullError) -> PullError:
         kind = UpstreamRateLimited if exc.status == 429 else UpstreamUnavailable
         return kind(f"{exc}; nothing is cached to serve instead")
     return UpstreamBadContent(str(exc))
+
+
+def checked_manifest(login_server: str, got: UpstreamManifest, what: str, digest: str | None = None) -> bytes:
+    """The bytes of an upstream's manifest answer once they may be stored: an OCI or Docker manifest or index
+    (its type from its content) with well-formed descriptors, matching its Docker-Content-Digest (sha256 or
+    sha512, when sent) and ``digest`` (when asked by digest). Otherwise UpstreamBadContent, nothing stored."""
+    content = got.content or b""
+    if got.digest:  # an empty header is no claim
+        if not is_digest(got.digest):
+            raise UpstreamBadContent(f"upstream {login_server} sent {what} with the Docker-Content-Digest "
+                                     f"{shown(got.digest)}, not a sha256 or sha512 digest; nothing was stored")
+        if compute_digest(content, got.digest.partition(":")[0]) != got.digest:
+            raise ManifestInvalid(f"upstream {login_server} sent a manifest whose bytes do not match its "
+                                  f"Docker-Content-Digest {got.digest}")
+    if digest is not None and compute_digest(content, digest.partition(":")[0]) != digest:
+        raise ManifestInvalid(f"upstream {login_server} sent a manifest that does not match {digest}")
+    problem = manifest_problem(content, got.media_type)
+    if problem is not None:
+        raise UpstreamBadContent(f"upstream {login_server} sent {what} that regcache does not store or serve: "
+                                 f"{problem}; nothing was stored")
+    return content
+
+
+def servable(served: ServedManifest) -> ServedManifest:
+    """``served`` if its media type may be a response's Content-Type: a manifest kept before these checks
+    existed may carry another one, and is not served."""
+    if served.media_type not in MANIFEST_TYPES:
+        raise UpstreamBadContent(f"manifest {served.digest} is stored as {shown(served.media_type)}, not an OCI or "
+                                 f"Docker image manifest or index; it is not served")
+    return served
 
 
 def _accepts(accept: list[str], media_type: str) -> bool:
@@ -316,6 +354,7 @@ class PullThroughCache:
                                              lambda: self._manifest_by_tag(match, reference))
             if not _accepts(accept, served.media_type):
                 served = await self._negotiate(match, served, accept)
+        servable(served)
         if count_pull:
             await self.state.run(lambda s: s.record_repository(match.repository, match.rule.name,
                                                                  str(match.upstream)))
@@ -324,8 +363,15 @@ class PullThroughCache:
     async def _negotiate(self, match: RuleMatch, served: ServedManifest, accept: list[str]) -> ServedManifest:
         """A client that cannot read an index gets its linux/amd64 image, as the distribution registry does."""
         if served.media_type in INDEX_TYPES:
-            for entry in json.loads(served.content).get("manifests", []):
-                platform = entry.get("platform") or {}
+            try:
+                doc = load_json(served.content)
+            except ValueError:  # stored before manifests were checked
+                doc = None
+            entries = doc.get("manifests") if isinstance(doc, dict) else None
+            for entry in entries if isinstance(entries, list) else []:
+                platform = entry.get("platform") if isinstance(entry, dict) else None
+                if not isinstance(platform, dict) or not is_digest(str(entry.get("digest"))):
+                    continue  # a manifest stored before descriptors were checked
                 if platform.get("os") == "linux" and platform.get("architecture") == "amd64":
                     child = await self._manifest_by_digest(match, entry["digest"])
                     if _accepts(accept, child.media_type):
@@ -357,6 +403,7 @@ class PullThroughCache:
             except UpstreamError as exc:
                 raise pull_error(exc, ManifestUnknown(f"manifest {digest} is not in {repo}")) from None
             media_type = media_type_of(cached[1], head.media_type)
+            servable(ServedManifest(digest, media_type, cached[1], Result.HIT))  # before it is linked
             await self.state.run(lambda s: s.link(repo, source, digest, "manifest", media_type))
             return ServedManifest(digest, media_type, cached[1], Result.HIT)
         # Otherwise only the bytes themselves, from this source, verified, prove it: an upstream can
@@ -366,11 +413,7 @@ class PullThroughCache:
         except UpstreamError as exc:
             raise pull_error(exc, ManifestUnknown(f"manifest {digest} is not in {repo} "
                                                   f"(upstream {match.upstream})")) from None
-        content = got.content or b""
-        algorithm = digest.partition(":")[0]
-        if compute_digest(content, algorithm) != digest:
-            raise ManifestInvalid(f"upstream {match.upstream.login_server} sent a manifest that does not match "
-                                  f"{digest}")
+        content = checked_manifest(match.upstream.login_server, got, f"the manifest {digest}", digest)
         await self.state.run(_store_manifest, repo, source, registry, digest, got.media_type, content, None)
         await self._share_manifest(source, digest, got.media_type, content)
         return ServedManifest(digest, got.media_type, content, Result.MISS)
@@ -384,6 +427,11 @@ class PullThroughCache:
         if found is None:
             return None
         media_type, content = media_type_of(found[1], found[0]), found[1]
+        problem = manifest_problem(content, media_type)
+        if problem is not None:  # the bucket is shared, not trusted to hold only what this version accepts
+            log.warning("manifest %s in the shared store is not used: %s", digest, problem)
+            return None
+
         def keep(s: StateStore) -> None:
             s.put_manifest(digest, media_type, content)
             s.link(match.repository, source, digest, "manifest", media_type)
@@ -454,11 +502,8 @@ class PullThroughCache:
             raise pull_error(exc, ManifestUnknown(f"upstream {match.upstream} has no tag {tag!r}")) from None
         except UpstreamError as exc:
             raise pull_error(exc, ManifestUnknown(f"upstream {match.upstream} has no tag {tag!r}")) from None
-        content = got.content or b""
+        content = checked_manifest(match.upstream.login_server, got, f"the manifest {repo}:{tag}")
         digest = compute_digest(content)
-        if got.digest and got.digest != digest and got.digest.startswith("sha256:"):
-            raise ManifestInvalid(f"upstream {match.upstream.login_server} sent a manifest whose bytes do not "
-                                  f"match its Docker-Content-Digest {got.digest}")
         await self.state.run(_store_manifest, repo, source, registry, digest, got.media_type, content, tag)
         await self._share_manifest(source, digest, got.media_type, content, tag)
         return ServedManifest(digest, got.media_type, content, Result.MISS)

@@ -183,6 +183,23 @@ def m006_tags_and_links_per_source(db: Database) -> None:
 
 
 @migration
+def m008_event_rollups(db: Database) -> None:
+    """Counters of pruned pull events, so the statistics outlive the events (events-max-age, events-max-count).
+
+    Pruned events are added to one row per rule, repository and result: the Overview's totals and each
+    rule's and repository's hits and misses read these rows plus the events still kept. The repository is
+    kept for hits and misses only (what per-repository figures read); '' stands for none.
+    """
+    db.table("event_rollups").create(
+        {"rule": str, "repository": str, "result": str, "requests": int, "bytes": int, "bytes_fetched": int},
+        pk=("rule", "repository", "result"),
+        not_null={"rule", "repository", "result", "requests", "bytes", "bytes_fetched"},
+        defaults={"requests": 0, "bytes": 0, "bytes_fetched": 0},
+    )
+    db.table("event_rollups").create_index(["repository"])  # a repository's hits and misses
+
+
+@migration
 def m009_referrers(db: Database) -> None:
     """Referrers per source: what a subject's referrers were when its upstream last answered (served stale
     while the upstream is down, like tags). ``referrers`` is a JSON list of checked descriptors."""

@@ -34,6 +34,7 @@ from regcache.proxy.core.models import (
 )
 from regcache.proxy.core.tokens import ClientToken
 from regcache.proxy.state.migrations import MIGRATIONS
+from regcache.proxy.state.permissions import make_private
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
@@ -102,6 +103,9 @@ class StateStore:
         self.path = home / "state.db"
         try:
             home.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_private(home)
+            # made 0600 before SQLite opens it: its WAL and shared-memory files take the database's mode
+            os.close(os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o600))
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                    check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
@@ -438,6 +442,37 @@ class StateStore:
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row)) for row in cur]
 
+    def event_id_range(self) -> tuple[int, int]:
+        """(lowest, highest) id of the events kept; (0, 0) when there are none."""
+        low, high = self.conn.execute("SELECT COALESCE(MIN(id), 0), COALESCE(MAX(id), 0) FROM events").fetchone()
+        return low, high
+
+    def last_event_id_before(self, when: datetime) -> int:
+        """The id just below the oldest event recorded at or after ``when`` (the highest id older than it, as
+        events are written in order); the highest id when every event is older, 0 when none is."""
+        row = self.conn.execute("SELECT id FROM events WHERE ts >= ? ORDER BY ts LIMIT 1", [_ts(when)]).fetchone()
+        return row[0] - 1 if row else self.last_event_id()
+
+    def fold_events(self, through_id: int, limit: int) -> int:
+        """Remove up to ``limit`` of the oldest events with ids up to ``through_id``, adding them to the
+        roll-ups first (in one transaction), so the statistics read the same afterwards; how many went."""
+        with self.transaction():
+            low = self.conn.execute("SELECT MIN(id) FROM events").fetchone()[0]
+            if low is None or low > through_id:
+                return 0
+            last = min(through_id, low + limit - 1)  # ids are dense below the newest: an id range is a batch
+            self.conn.execute(
+                "INSERT INTO event_rollups (rule, repository, result, requests, bytes, bytes_fetched) "
+                "SELECT COALESCE(rule, ''), CASE WHEN result IN ('hit', 'miss') THEN COALESCE(repository, '') "
+                "ELSE '' END, result, COUNT(*), COALESCE(SUM(bytes), 0), "
+                "COALESCE(SUM(CASE WHEN kind = 'blob' AND result = 'miss' AND (detail IS NULL OR detail != ?) "
+                "THEN bytes ELSE 0 END), 0) "
+                "FROM events WHERE id BETWEEN ? AND ? GROUP BY 1, 2, 3 "
+                "ON CONFLICT (rule, repository, result) DO UPDATE SET "
+                "requests = requests + excluded.requests, bytes = bytes + excluded.bytes, "
+                "bytes_fetched = bytes_fetched + excluded.bytes_fetched", [JOINED_DOWNLOAD, low, last])
+            return self.conn.execute("DELETE FROM events WHERE id BETWEEN ? AND ?", [low, last]).rowcount
+
     # -- statistics ----------------------------------------------------------------------------------
 
     def cache_size(self) -> tuple[int, int, int]:
@@ -449,14 +484,17 @@ class StateStore:
     def event_totals(self) -> dict[str, int]:
         """Counts per result, bytes served to clients and bytes fetched from upstreams (blob misses)."""
         totals = {"hit": 0, "miss": 0, "stale": 0, "error": 0, "bytes_served": 0, "bytes_fetched": 0}
-        for result, count, size in self.conn.execute(
-                "SELECT result, COUNT(*), COALESCE(SUM(bytes), 0) FROM events GROUP BY result"):
+        for result, count, size in self.conn.execute(  # the events kept, and the roll-ups of those pruned
+                "SELECT result, SUM(n), SUM(b) FROM (SELECT result, COUNT(*) AS n, COALESCE(SUM(bytes), 0) AS b "
+                "FROM events GROUP BY result UNION ALL SELECT result, requests, bytes FROM event_rollups) "
+                "GROUP BY result"):
             totals[result] = count
             if result != "error":
                 totals["bytes_served"] += size
         totals["bytes_fetched"] = self.conn.execute(  # a request that joined a download fetched nothing more
             "SELECT COALESCE(SUM(bytes), 0) FROM events WHERE kind = 'blob' AND result = 'miss' "
-            "AND (detail IS NULL OR detail != ?)", [JOINED_DOWNLOAD]).fetchone()[0]
+            "AND (detail IS NULL OR detail != ?)", [JOINED_DOWNLOAD]).fetchone()[0] + self.conn.execute(
+            "SELECT COALESCE(SUM(bytes_fetched), 0) FROM event_rollups").fetchone()[0]
         return totals
 
     def rule_usage(self) -> dict[str, tuple[int, int, int]]:
@@ -465,7 +503,9 @@ class StateStore:
         for rule, repos in self.conn.execute("SELECT rule, COUNT(*) FROM repositories GROUP BY rule"):
             usage.setdefault(rule, [0, 0, 0])[0] = repos
         for rule, result, count in self.conn.execute(
-                "SELECT rule, result, COUNT(*) FROM events WHERE rule IS NOT NULL AND result IN ('hit', 'miss') "
+                "SELECT rule, result, SUM(n) FROM (SELECT rule, result, COUNT(*) AS n FROM events "
+                "WHERE rule IS NOT NULL AND result IN ('hit', 'miss') GROUP BY rule, result UNION ALL "
+                "SELECT rule, result, requests FROM event_rollups WHERE rule != '' AND result IN ('hit', 'miss')) "
                 "GROUP BY rule, result"):
             usage.setdefault(rule, [0, 0, 0])[1 if result == "hit" else 2] = count
         return {rule: (v[0], v[1], v[2]) for rule, v in usage.items()}
@@ -483,6 +523,10 @@ class StateStore:
             hits, misses = self.conn.execute(
                 "SELECT COALESCE(SUM(result = 'hit'), 0), COALESCE(SUM(result = 'miss'), 0) FROM events "
                 "WHERE repository = ?", [name]).fetchone()
+            for result, count in self.conn.execute(  # pruned events, rolled up
+                    "SELECT result, SUM(requests) FROM event_rollups WHERE repository = ? AND result IN "
+                    "('hit', 'miss') GROUP BY result", [name]):
+                hits, misses = (hits + count, misses) if result == "hit" else (hits, misses + count)
             rows.append({"name": name, "upstream": upstream, "tags": tags, "size": size, "pulls": pulls,
                          "last_pull": _dt(last_pull), "hits": hits, "misses": misses})
         return rows

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,7 +20,8 @@ import httpcore
 import httpx
 
 from regcache.proxy.core.models import ANONYMOUS, Upstream
-from regcache.proxy.core.oci import MANIFEST_TYPES, OCI_INDEX, media_type_of
+from regcache.proxy.core.oci import MANIFEST_TYPES, OCI_INDEX, load_json, media_type_of
+from regcache.proxy.core.references import is_tag
 from regcache.proxy.core.settings import (
     BLOB_MAX_SIZE_SETTING,
     BLOB_MIN_RATE_SETTING,
@@ -39,6 +41,8 @@ from regcache.proxy.upstream.auth import Challenge, TokenCache, basic_header, pa
 # tests/proxy/test_upstream.py checks that the attribute still exists.
 UPSTREAM_READ_BYTES = 1024 * 1024
 httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = UPSTREAM_READ_BYTES
+
+log = logging.getLogger("regcache.upstream")
 
 REDIRECTS = (301, 302, 303, 307, 308)
 MAX_REDIRECTS = 5
@@ -420,28 +424,69 @@ class UpstreamClient:
         return int(response.headers.get("content-length") or 0)
 
     async def tags(self, upstream: Upstream, repository: str, creds: Credentials | None) -> list[str]:
-        """Every tag of ``repository``, following the upstream's ``Link`` pagination."""
-        url: str | None = self._url(upstream, repository, "tags/list")
+        """Every tag of ``repository``, following the upstream's ``Link`` pagination.
+
+        Only strings in the OCI tag grammar are kept (what reaches a client's tag list, a ``Link`` header or a
+        manifest request is a tag); the rest are dropped, and how many is logged. A ``Link`` is followed only
+        to the same tag-list URL (other query): the login must not go to another host or repository. All the
+        pages together are bounded by the list-max-size setting and the upstream-deadline.
+        """
+        what = f"the tag list of {repository}"
+        async with self._deadline(upstream, what):
+            tags, dropped = await self._tags(upstream, repository, creds, what)
+        if dropped:
+            log.warning("upstream %s: dropped %d entr%s of the tag list of %s that %s not valid OCI tags",
+                        upstream.login_server, dropped, "y" if dropped == 1 else "ies", repository,
+                        "is" if dropped == 1 else "are")
+        return tags
+
+    async def _tags(self, upstream: Upstream, repository: str, creds: Credentials | None,
+                    what: str) -> tuple[list[str], int]:
+        first = httpx.URL(self._url(upstream, repository, "tags/list"))
+        url: httpx.URL | None = first
         tags: list[str] = []
+        dropped = total = 0
         for _ in range(1000):
             if url is None:
                 break
-            async with self._deadline(upstream, f"the tag list of {repository}"):
-                response, body = await self._request_body(upstream, repository, "GET", url, creds,
-                                                          self.limits.list_bytes, LIST_MAX_SIZE_SETTING,
-                                                          f"the tag list of {repository}")
+            response, body = await self._request_body(upstream, repository, "GET", str(url), creds,
+                                                      self.limits.list_bytes, LIST_MAX_SIZE_SETTING, what)
+            total += len(body)
+            if total > self.limits.list_bytes:  # a page at a time within it, and all of them too
+                raise _too_large(upstream, f"{what} (all its pages together)", self.limits.list_bytes,
+                                 LIST_MAX_SIZE_SETTING)
             if response.status_code == 404:
                 raise UpstreamNotFound(upstream.login_server, f"has no repository {repository}", 404)
             if response.status_code != 200:
                 raise UpstreamProtocolError(upstream.login_server, f"answered HTTP {response.status_code} "
                                                                    f"for the tag list", response.status_code)
             try:
-                tags.extend(json.loads(body).get("tags") or [])
-            except (ValueError, AttributeError):
+                page = load_json(body)
+            except ValueError:
                 raise UpstreamProtocolError(upstream.login_server, "sent a tag list that is not JSON") from None
-            next_link = response.links.get("next", {}).get("url")
-            url = str(response.url.join(next_link)) if next_link else None
-        return tags
+            listed = page.get("tags") if isinstance(page, dict) else None
+            if not isinstance(listed, list | None):
+                raise UpstreamProtocolError(upstream.login_server, "sent a tag list whose tags are not a list")
+            kept = [tag for tag in listed or () if isinstance(tag, str) and is_tag(tag)]
+            dropped += len(listed or ()) - len(kept)
+            tags.extend(kept)
+            url = self._next_page(upstream, first, response)
+        return tags, dropped
+
+    @staticmethod
+    def _next_page(upstream: Upstream, first: httpx.URL, response: httpx.Response) -> httpx.URL | None:
+        """The next page of a tag list from the ``Link`` header; refused unless it is the same list's URL."""
+        next_link = response.links.get("next", {}).get("url")
+        if not next_link:
+            return None
+        try:
+            url = response.url.join(next_link)
+        except httpx.InvalidURL:
+            raise UpstreamProtocolError(upstream.login_server, "sent a tag-list Link that is not a URL") from None
+        if (url.scheme, url.host, url.port, url.path) != (first.scheme, first.host, first.port, first.path):
+            raise UpstreamProtocolError(upstream.login_server, "sent a tag-list Link to another URL than its "
+                                                               "tag list; it was not followed")
+        return url
 
     async def referrers(self, upstream: Upstream, repository: str, digest: str,
                         creds: Credentials | None) -> bytes | None:

@@ -26,6 +26,8 @@ _PATH = re.compile(r"/v2/(?P<repo>.+)/(?P<kind>manifests|blobs)/(?P<ref>[^/]+)")
 class HostileUpstream:
     """``manifests[(repository, reference)] = (content type, bytes)``; every other manifest GET is a 404.
 
+    Tag lists, their ``Link`` headers, extra manifest headers and referrers answers are whatever a test sets.
+
     Blob GETs send ``blob_size`` bytes of zeros, ``chunk`` bytes every ``delay`` seconds; ``requests``
     records (method, path) of every request.
     """
@@ -48,6 +50,12 @@ class HostileUpstream:
         self.endless_blobs: set[str] = set()
         #: seconds blob GETs wait before their response starts
         self.blob_header_delay = 0.0
+        #: repository -> the Link header its tag list is sent with (pagination pointing anywhere)
+        self.tag_list_links: dict[str, str] = {}
+        #: (repository, reference) -> extra headers of its manifest GET (a Docker-Content-Digest of any kind)
+        self.manifest_headers: dict[tuple[str, str], list[tuple[bytes, bytes]]] = {}
+        #: repository -> (content type, body) of every referrers GET in it
+        self.referrers: dict[str, tuple[str, bytes]] = {}
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
@@ -88,7 +96,15 @@ class HostileUpstream:
             await self._answer(send, 200, b"{}", "application/json")
             return
         if path.endswith("/tags/list") and path[len("/v2/"):-len("/tags/list")] in self.tag_lists:
-            await self._answer(send, 200, self.tag_lists[path[len("/v2/"):-len("/tags/list")]], "application/json")
+            repository = path[len("/v2/"):-len("/tags/list")]
+            link = self.tag_list_links.get(repository)
+            await self._answer(send, 200, self.tag_lists[repository], "application/json",
+                               [(b"link", link.encode())] if link else [])
+            return
+        referrers = re.fullmatch(r"/v2/(?P<repo>.+)/referrers/[^/]+", path)
+        if referrers is not None and referrers["repo"] in self.referrers:
+            media_type, body = self.referrers[referrers["repo"]]
+            await self._answer(send, 200, body, media_type)
             return
         m = _PATH.fullmatch(path)
         if m is None:
@@ -114,7 +130,7 @@ class HostileUpstream:
                                    "application/json")
                 return
             media_type, content = found
-            await self._answer(send, 200, content, media_type)
+            await self._answer(send, 200, content, media_type, self.manifest_headers.get((m["repo"], ref), []))
             return
         await asyncio.sleep(self.blob_header_delay)
         if m["repo"] in self.endless_blobs:
@@ -153,8 +169,9 @@ class HostileUpstream:
             watcher.cancel()
 
     @staticmethod
-    async def _answer(send: Send, status: int, body: bytes, media_type: str) -> None:
+    async def _answer(send: Send, status: int, body: bytes, media_type: str,
+                      extra: list[tuple[bytes, bytes]] | None = None) -> None:
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", media_type.encode()),
-                                (b"content-length", str(len(body)).encode())]})
+                                (b"content-length", str(len(body)).encode()), *(extra or [])]})
         await send({"type": "http.response.body", "body": body})

@@ -1,10 +1,24 @@
-"""The event log never blocks a request; what it cannot keep is counted and exposed, not silently lost."""
+"""The event log never blocks a request; what it cannot keep is counted and exposed, not silently lost; it is
+kept within events-max-age and events-max-count, and the statistics survive its pruning."""
 
 from __future__ import annotations
 
-from regcache.proxy.core.models import PullEvent
-from regcache.proxy.pull.events import EventLog
+import json
+import time
+from datetime import datetime, timedelta, timezone
+
+import anyio
+
+from regcache.proxy.core.models import JOINED_DOWNLOAD, PullEvent, Result
+from regcache.proxy.core.settings import EventLimits
+from regcache.proxy.jobs.pruning import prune_events
+from regcache.proxy.pull.events import EventLog, event_row
 from regcache.proxy.pull.metrics import ProxyMetrics
+from regcache.proxy.state.statistics import CacheStatistics
+from regcache.proxy.state.store import AsyncStateStore, StateStore
+from tests.helpers.cli import cli, ok
+
+from .conftest import start_regcache
 
 
 def _event(n: int) -> PullEvent:
@@ -20,3 +34,136 @@ def test_a_full_buffer_drops_counts_and_exposes_the_loss(caplog):
     assert b"regcache_events_dropped_total 3.0" in metrics.exposition()
     assert b'regcache_requests_total{kind="blob",result="hit",rule="app-rule"} 5.0' in metrics.exposition()
     assert [r.getMessage() for r in caplog.records] == ["1 pull event(s) not logged: the event writer fell behind"]
+
+
+# -- pruning: events kept by age and count, statistics kept as roll-ups ----------------------------
+
+
+def _figures(store: StateStore) -> tuple:
+    """Everything the Overview, the Rules blade and a rule's details read from the statistics."""
+    stats = CacheStatistics(store)
+    usage = stats.rule_usage()
+    totals = stats.totals()
+    return (totals, totals.hit_ratio, usage, {rule: stats.repositories(rule) for rule in usage})
+
+
+def _synthetic(store: StateStore, start: datetime, n: int, step: timedelta = timedelta(minutes=1)) -> None:
+    """``n`` events of every kind and result (joined downloads, rule-less errors), one per ``step``."""
+    kinds = [("manifest", "hit", 200, "app-rule", "team/app", 512, None),
+             ("blob", "miss", 200, "app-rule", "team/app", 4096, None),
+             ("blob", "miss", 200, "app-rule", "team/app", 4096, JOINED_DOWNLOAD),
+             ("blob", "hit", 200, "other-rule", "lib/x", 100, None),
+             ("manifest", "stale", 200, "other-rule", "lib/x", 300, "upstream down"),
+             ("manifest", "error", 404, None, "nope/what", 0, "no cache rule covers it"),
+             ("blob", "error", 502, "app-rule", "team/app", 10, "the transfer failed")]
+    rows = []
+    for i in range(n):
+        kind, result, status, rule, repository, size, detail = kinds[i % len(kinds)]
+        rows.append(event_row(PullEvent("10.0.0.1", "GET", kind, repository, f"ref{i}", Result(result), status,
+                                        rule, size + i, 1.5, detail, start + i * step)))
+    store.insert_events(rows)
+
+
+def _event_count(store: StateStore) -> int:
+    return store.conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+
+
+def test_the_statistics_read_the_same_after_every_event_is_pruned(regcache, anonymous_registry, push_image):
+    """Real pulls (misses, hits, errors) and synthetic events of every kind: folding every event into the
+    roll-ups, in small batches, leaves every figure the engine gives the TUI as it was; later events add on."""
+    server = regcache.add_upstream(anonymous_registry)
+    regcache.control.create_rule("team-rule", f"{server}/team/*", "team/*")
+    image = push_image(anonymous_registry, "team/app", "1.0", layers=[2_000, 3_000])
+    with regcache.http() as http:
+        for _ in range(3):
+            assert http.get("/v2/team/app/manifests/1.0").status_code == 200
+            for digest in image.blobs:
+                assert http.get(f"/v2/team/app/blobs/{digest}").status_code == 200
+        assert http.get("/v2/team/app/manifests/nope").status_code == 404
+        assert http.get("/v2/unruled/x/manifests/1").status_code == 404
+    real = len(regcache.events())
+    assert real == 3 * (1 + len(image.blobs)) + 2
+    store = regcache.control.store
+    _synthetic(store, datetime(2024, 1, 1, tzinfo=timezone.utc), 200)
+    before = _figures(store)
+    assert before[0].hits and before[0].misses and before[0].errors and before[0].stale
+    assert before[0].bytes_fetched and before[2]["team-rule"].hits and before[3]["team-rule"][0].misses
+    _, newest = store.event_id_range()
+    while store.fold_events(newest, 17):
+        pass
+    assert _event_count(store) == 0
+    assert _figures(store) == before
+    _synthetic(store, datetime(2024, 2, 1, tzinfo=timezone.utc), 7)  # one of each kind
+    after = _figures(store)[0]
+    assert (after.hits, after.misses, after.stale, after.errors) == (
+        before[0].hits + 2, before[0].misses + 2, before[0].stale + 1, before[0].errors + 2)
+
+
+def test_pruning_keeps_events_within_max_age_and_max_count(home):
+    store = StateStore.open(home)
+    now = datetime(2024, 6, 1, tzinfo=timezone.utc)
+    _synthetic(store, now - timedelta(days=100), 100, timedelta(days=1))  # one a day, the last one yesterday
+    before = _figures(store)
+    state = AsyncStateStore(store)
+    # the defaults (30 days, a million): what is older than 30 days goes
+    assert anyio.run(lambda: prune_events(state, now=now)) == 70
+    assert [e["ref"] for e in _refs(store)][:1] == ["ref70"] and _event_count(store) == 30
+    store.set_setting("events-max-count", "10")
+    assert anyio.run(lambda: prune_events(state, now=now)) == 20
+    assert [e["ref"] for e in _refs(store)] == [f"ref{i}" for i in range(90, 100)]
+    store.set_setting("events-max-age", "0")  # nothing is young enough, but the newest event stays
+    assert anyio.run(lambda: prune_events(state, now=now)) == 9
+    assert [e["ref"] for e in _refs(store)] == ["ref99"]
+    assert _figures(store) == before
+    _synthetic(store, now, 1)
+    assert [e["id"] for e in _refs(store)] == [100, 101]  # ids go on: the Activity log's cursor still works
+    store.close()
+
+
+def _refs(store: StateStore) -> list[dict]:
+    return [{"id": row["id"], "ref": row["reference"]} for row in store.events(0, 10_000)]
+
+
+def test_a_pruning_run_is_bounded_in_time_and_later_runs_finish_the_backlog(home):
+    store = StateStore.open(home)
+    _synthetic(store, datetime(2020, 1, 1, tzinfo=timezone.utc), 60_000, timedelta(seconds=1))
+    before = _figures(store)
+    state = AsyncStateStore(store)
+    started = time.monotonic()
+    first = anyio.run(lambda: prune_events(state, budget=0.01, batch=1_000))
+    took = time.monotonic() - started
+    assert 0 < first < 59_999 and took < 5, (first, took)  # a batch or a few, not the whole backlog
+    runs = 1
+    while anyio.run(lambda: prune_events(state, budget=0.01, batch=1_000)):
+        runs += 1
+        assert runs < 200
+    assert _event_count(store) == 1 and _figures(store) == before
+    store.close()
+
+
+def test_the_proxy_prunes_the_event_log_in_the_background(home, keyring_env):
+    store = StateStore.open(home)
+    _synthetic(store, datetime.now(timezone.utc) - timedelta(hours=1), 50, timedelta(seconds=1))
+    ok("settings", "set", "events-max-count", "20")
+    before = _figures(store)
+    rc = start_regcache(home)  # the pruning job's first run is at start
+    try:
+        deadline = time.monotonic() + 30
+        while _event_count(store) > 20 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _event_count(store) == 20
+        assert _figures(store) == before
+    finally:
+        rc.proxy.stop()
+        rc.control.close()
+        store.close()
+
+
+def test_the_event_limits_are_settings(home, keyring_env):
+    ok("settings", "set", "events-max-age", "7d")
+    ok("settings", "set", "events-max-count", "1,000")
+    shown = json.loads(ok("settings", "show", "-o", "json").stdout)
+    assert shown["events-max-age"] == "1w" and shown["events-max-count"] == "1000"
+    for bad in ("0", "-5", "lots", "1.5", "²"):
+        assert cli("settings", "set", "events-max-count", bad).exit_code != 0
+    assert EventLimits.from_settings({}) == EventLimits(30 * 86400.0, 1_000_000)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 
@@ -105,3 +106,73 @@ def test_state_dir_created_private(tmp_path: Path):
     StateStore.open(home).close()
     assert home.is_dir()
     assert home.stat().st_mode & 0o777 == 0o700
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_a_new_state_database_is_private_from_its_creation(tmp_path: Path, caplog):
+    home = tmp_path / "home"
+    with caplog.at_level(logging.WARNING, "regcache.state"):
+        store = StateStore.open(home)
+        store.set_setting("max-size", "1")  # a write: the WAL and shared-memory files exist now
+    try:
+        assert {name: _mode(home / name) for name in ("state.db", "state.db-wal", "state.db-shm")} == dict.fromkeys(
+            ("state.db", "state.db-wal", "state.db-shm"), 0o600)
+        assert _mode(home) == 0o700
+        assert not [r for r in caplog.records if r.name == "regcache.state"]  # nothing was ever open
+    finally:
+        store.close()
+
+
+def _widen(home: Path) -> None:
+    """An existing state directory as an older version, a restore or a hand-made directory left it."""
+    for name in ("state.db", "state.db-wal", "state.db-shm"):
+        if (home / name).exists():
+            (home / name).chmod(0o644)
+    (home / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+    for path in (home / "blobs", home / "blobs" / "sha256", home):
+        path.chmod(0o755)
+
+
+def test_an_existing_open_state_directory_is_made_private_at_every_open(tmp_path: Path, caplog):
+    home = tmp_path / "home"
+    store = StateStore.open(home)
+    store.set_setting("max-size", "1")
+    (home / "blobs" / "sha256" / "ab").mkdir(parents=True)
+    blob = home / "blobs" / "sha256" / "ab" / "blob"
+    blob.write_bytes(b"x")
+    for attempt in range(2):  # not only when created: every open checks again
+        _widen(home)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, "regcache.state"):
+            StateStore.open(home).close()
+        assert _mode(home) == 0o700
+        assert all(_mode(home / name) == 0o600 for name in ("state.db", "state.db-wal", "state.db-shm"))
+        assert _mode(home / "blobs") == 0o700 and _mode(home / "blobs" / "sha256") == 0o700
+        warnings = [r.getMessage() for r in caplog.records if r.name == "regcache.state"]
+        assert len(warnings) == 1, warnings
+        assert "open to other users" in warnings[0] and f"{home} (was 0755)" in warnings[0]
+        assert "state.db (was 0644)" in warnings[0] and "state.db-wal (was 0644)" in warnings[0]
+    assert blob.read_bytes() == b"x"  # the blobs are untouched: the private directories keep others out
+    store.close()
+
+
+def test_the_proxy_makes_an_existing_state_directory_private_when_it_starts(tmp_path: Path, keyring_env, caplog):
+    from tests.proxy.conftest import start_regcache
+
+    home = tmp_path / "home"
+    StateStore.open(home).close()
+    _widen(home)
+    with caplog.at_level(logging.WARNING, "regcache.state"):
+        rc = start_regcache(home)
+    try:
+        with rc.http() as http:
+            assert http.get("/v2/").status_code == 200
+        assert _mode(home) == 0o700 and _mode(home / "state.db") == 0o600
+        assert all(_mode(p) == 0o600 for p in home.glob("state.db*"))
+        assert any("open to other users" in r.getMessage() for r in caplog.records)
+    finally:
+        rc.proxy.stop()
+        rc.control.close()
