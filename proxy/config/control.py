@@ -43,6 +43,7 @@ from regcache.proxy.core.settings import (
     storage_from_json,
     storage_to_json,
 )
+from regcache.proxy.core.text import check_printable
 from regcache.proxy.core.tokens import (
     ClientToken,
     check_password,
@@ -112,7 +113,7 @@ class ControlPlane:
         return self.store.cache_rules()
 
     def get_rule(self, name: str) -> CacheRule:
-        rule = self.store.cache_rule(name)
+        rule = self.store.cache_rule(check_printable(name, "name", "the cache rule name"))
         if rule is None:
             raise NotFoundError(f"cache rule {name!r} does not exist (see `regcache cache list`)", field="name")
         return rule
@@ -121,7 +122,7 @@ class ControlPlane:
         return self.store.credential_sets()
 
     def get_credential_set(self, name: str) -> CredentialSet:
-        cs = self.store.credential_set(name)
+        cs = self.store.credential_set(check_printable(name, "name", "the credential set name"))
         if cs is None:
             raise _no_credential_set(name)
         return cs
@@ -260,13 +261,13 @@ class ControlPlane:
         with self.store.transaction():
             if server in BUILTIN_UPSTREAMS:
                 builtin = BUILTIN_UPSTREAMS[server]
-                if auth is not None and AuthPolicy(auth) is not builtin.auth_policy:
+                if auth is not None and AuthPolicy.parse(auth) is not builtin.auth_policy:
                     raise ValidationError(
                         f"{server} is built in with the policy {builtin.auth_policy.value!r}; only its URL "
                         f"can be overridden", field="auth")
                 self.store.upsert_upstream(server, base_url, None, "override")
             else:
-                policy = AuthPolicy(auth) if auth else AuthPolicy.BOTH
+                policy = AuthPolicy.parse(auth) if auth else AuthPolicy.BOTH
                 for rule in self.store.cache_rules():
                     if rule.source_login_server == server:
                         check_credentials(server, rule.credential_set,
@@ -277,7 +278,7 @@ class ControlPlane:
 
     def remove_upstream(self, login_server: str) -> Upstream:
         """Remove a custom upstream (refused while rules use it), or a built-in's URL override."""
-        server = login_server.strip().lower()
+        server = normalize_login_server(login_server)
         with self.store.transaction():
             upstream = self.catalogue().get(server)
             if upstream.builtin and not upstream.overridden:
@@ -315,7 +316,7 @@ class ControlPlane:
         return result
 
     def set_setting(self, key: str, value: str) -> str:
-        if key not in SETTINGS:
+        if check_printable(key, "key", "the setting name") not in SETTINGS:
             raise ValidationError(f"unknown setting {key!r}; known: {', '.join(SETTINGS)}", field="key")
         parse, fmt, _ = SETTINGS[key]
         parsed = parse(value, field="value")
@@ -323,7 +324,7 @@ class ControlPlane:
         return fmt(parsed) or ""
 
     def unset_setting(self, key: str) -> None:
-        if key not in SETTINGS:
+        if check_printable(key, "key", "the setting name") not in SETTINGS:
             raise ValidationError(f"unknown setting {key!r}; known: {', '.join(SETTINGS)}", field="key")
         self.store.delete_setting(key)
 
@@ -350,7 +351,7 @@ class ControlPlane:
         return self.store.client_tokens()
 
     def get_token(self, name: str) -> ClientToken:
-        token = self.store.client_token(name)
+        token = self.store.client_token(check_printable(name, "name", "the token name"))
         if token is None:
             raise NotFoundError(f"token {name!r} does not exist (see `regcache token list`)", field="name")
         return token
