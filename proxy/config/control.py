@@ -185,6 +185,8 @@ class ControlPlane:
                 self.secrets.get(secret_id)
         except SecretError as exc:
             return CredentialHealth.unhealthy(exc.code, exc.message)
+        except ValidationError as exc:  # an id stored before ids were checked as they are now
+            return CredentialHealth.unhealthy("InvalidSecretId", exc.message)
         return CredentialHealth.healthy()
 
     def check_new_credential_set_name(self, name: str) -> None:
