@@ -36,6 +36,7 @@ from regcache.proxy.core.settings import (
     MANIFEST_MAX_SIZE_SETTING,
     MAX_SIZE_SETTING,
     RULE_SETTINGS,
+    RULES_FILE_MAX_SIZE_SETTING,
     STORAGE_SETTING,
     TOKEN_MAX_SIZE_SETTING,
     UPSTREAM_DEADLINE_SETTING,
@@ -76,6 +77,9 @@ SETTINGS: dict[str, tuple[Callable[..., float], Callable[[float], str | None], s
     UPSTREAM_DEADLINE_SETTING: (parse_duration, format_duration,
                                 "time for a whole manifest, tag-list, referrers or token call to an upstream "
                                 "(default 60s; blobs are bounded by their read timeout instead)"),
+    RULES_FILE_MAX_SIZE_SETTING: (parse_size, _size,
+                                  "largest rules file `regcache rules apply` reads (default 1MiB); larger ones "
+                                  "are refused before they are parsed"),
 }
 
 

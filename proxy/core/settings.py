@@ -30,6 +30,9 @@ TOKEN_MAX_SIZE_SETTING = "token-max-size"
 UPSTREAM_DEADLINE_SETTING = "upstream-deadline"
 UPSTREAM_LIMIT_SETTINGS = (MANIFEST_MAX_SIZE_SETTING, LIST_MAX_SIZE_SETTING, TOKEN_MAX_SIZE_SETTING,
                            UPSTREAM_DEADLINE_SETTING)
+#: the largest rules file `regcache rules apply` reads (docs: README, "Limits")
+RULES_FILE_MAX_SIZE_SETTING = "rules-file-max-size"
+DEFAULT_RULES_FILE_MAX_SIZE = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
