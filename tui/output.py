@@ -1,4 +1,8 @@
-"""How CLI reads are printed: ARM-shaped records rendered as a table, JSON or TSV (like ``az -o``)."""
+"""How CLI reads are printed: ARM-shaped records rendered as a table, JSON or TSV (like ``az -o``).
+
+Cells are data, printed as text: control and bidi characters are escaped (``\x1b``) in tables and TSV,
+and JSON escapes them itself (``\u001b``); nothing is read as markup.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Any
 
 from regcache.proxy.core.models import CacheRule, CredentialSet, RateLimitRecord, Upstream
 from regcache.proxy.core.settings import S3Storage, StorageConfig
+from regcache.proxy.core.text import printable
 from regcache.proxy.core.tokens import ClientToken
 from regcache.proxy.core.units import format_duration
 
@@ -119,13 +124,13 @@ def _cell(record: Mapping[str, Any], key: str) -> str:
         value = value.rpartition("/")[2]
     if isinstance(value, list):  # e.g. a token's repositories
         value = ",".join(str(v) for v in value)
-    return "" if value is None else str(value)
+    return "" if value is None else printable(value)
 
 
 def render(data: Mapping[str, Any] | Sequence[Mapping[str, Any]], columns: Sequence[Column], fmt: str) -> str:
     """Render one record or a list of records in ``fmt`` (table, json or tsv)."""
     if fmt == "json":
-        return json.dumps(data, indent=2)
+        return json.dumps(data, indent=2)  # ensure_ascii: control and bidi characters become \uXXXX
     records = [data] if isinstance(data, Mapping) else list(data)
     rows = [[_cell(r, key) for _, key in columns] for r in records]
     if fmt == "tsv":

@@ -41,6 +41,7 @@ from regcache.proxy.core.settings import (
     MANIFEST_MAX_SIZE_SETTING,
     MAX_SIZE_SETTING,
     RULE_SETTINGS,
+    RULES_FILE_MAX_SIZE_SETTING,
     STORAGE_SETTING,
     TOKEN_MAX_SIZE_SETTING,
     UPSTREAM_DEADLINE_SETTING,
@@ -49,6 +50,7 @@ from regcache.proxy.core.settings import (
     storage_from_json,
     storage_to_json,
 )
+from regcache.proxy.core.text import check_printable
 from regcache.proxy.core.tokens import (
     ClientToken,
     check_password,
@@ -97,6 +99,9 @@ SETTINGS: dict[str, tuple[Callable[..., float], Callable[[float], str | None], s
     EVENTS_MAX_COUNT_SETTING: (parse_count, lambda n: str(int(n)),
                                "how many pull events are kept at most (default 1000000); older ones are pruned, "
                                "the statistics keep counting them"),
+    RULES_FILE_MAX_SIZE_SETTING: (parse_size, _size,
+                                  "largest rules file `regcache rules apply` reads (default 1MiB); larger ones "
+                                  "are refused before they are parsed"),
 }
 
 
@@ -134,7 +139,7 @@ class ControlPlane:
         return self.store.cache_rules()
 
     def get_rule(self, name: str) -> CacheRule:
-        rule = self.store.cache_rule(name)
+        rule = self.store.cache_rule(check_printable(name, "name", "the cache rule name"))
         if rule is None:
             raise NotFoundError(f"cache rule {name!r} does not exist (see `regcache cache list`)", field="name")
         return rule
@@ -143,7 +148,7 @@ class ControlPlane:
         return self.store.credential_sets()
 
     def get_credential_set(self, name: str) -> CredentialSet:
-        cs = self.store.credential_set(name)
+        cs = self.store.credential_set(check_printable(name, "name", "the credential set name"))
         if cs is None:
             raise _no_credential_set(name)
         return cs
@@ -206,6 +211,8 @@ class ControlPlane:
                 self.secrets.get(secret_id)
         except SecretError as exc:
             return CredentialHealth.unhealthy(exc.code, exc.message)
+        except ValidationError as exc:  # an id stored before ids were checked as they are now
+            return CredentialHealth.unhealthy("InvalidSecretId", exc.message)
         return CredentialHealth.healthy()
 
     def check_new_credential_set_name(self, name: str) -> None:
@@ -282,13 +289,13 @@ class ControlPlane:
         with self.store.transaction():
             if server in BUILTIN_UPSTREAMS:
                 builtin = BUILTIN_UPSTREAMS[server]
-                if auth is not None and AuthPolicy(auth) is not builtin.auth_policy:
+                if auth is not None and AuthPolicy.parse(auth) is not builtin.auth_policy:
                     raise ValidationError(
                         f"{server} is built in with the policy {builtin.auth_policy.value!r}; only its URL "
                         f"can be overridden", field="auth")
                 self.store.upsert_upstream(server, base_url, None, "override")
             else:
-                policy = AuthPolicy(auth) if auth else AuthPolicy.BOTH
+                policy = AuthPolicy.parse(auth) if auth else AuthPolicy.BOTH
                 for rule in self.store.cache_rules():
                     if rule.source_login_server == server:
                         check_credentials(server, rule.credential_set,
@@ -299,7 +306,7 @@ class ControlPlane:
 
     def remove_upstream(self, login_server: str) -> Upstream:
         """Remove a custom upstream (refused while rules use it), or a built-in's URL override."""
-        server = login_server.strip().lower()
+        server = normalize_login_server(login_server)
         with self.store.transaction():
             upstream = self.catalogue().get(server)
             if upstream.builtin and not upstream.overridden:
@@ -337,7 +344,7 @@ class ControlPlane:
         return result
 
     def set_setting(self, key: str, value: str) -> str:
-        if key not in SETTINGS:
+        if check_printable(key, "key", "the setting name") not in SETTINGS:
             raise ValidationError(f"unknown setting {key!r}; known: {', '.join(SETTINGS)}", field="key")
         parse, fmt, _ = SETTINGS[key]
         parsed = parse(value, field="value")
@@ -345,7 +352,7 @@ class ControlPlane:
         return fmt(parsed) or ""
 
     def unset_setting(self, key: str) -> None:
-        if key not in SETTINGS:
+        if check_printable(key, "key", "the setting name") not in SETTINGS:
             raise ValidationError(f"unknown setting {key!r}; known: {', '.join(SETTINGS)}", field="key")
         self.store.delete_setting(key)
 
@@ -372,7 +379,7 @@ class ControlPlane:
         return self.store.client_tokens()
 
     def get_token(self, name: str) -> ClientToken:
-        token = self.store.client_token(name)
+        token = self.store.client_token(check_printable(name, "name", "the token name"))
         if token is None:
             raise NotFoundError(f"token {name!r} does not exist (see `regcache token list`)", field="name")
         return token

@@ -3,21 +3,33 @@
 ``export_document`` writes the current configuration; ``plan_document`` compares a document with
 it; ``apply_document`` makes the configuration equal to the document in one transaction (every
 change or none). Secret values never appear in the file: credential sets carry secret ids only.
+
+A rules file may come from anywhere, so reading one is bounded: at most ``rules-file-max-size`` bytes
+of UTF-8, nested no deeper than a rules file needs, without YAML anchors or aliases (no "billion
+laughs"), every value plain text. A plan shows every change the file would make, secret ids included
+(ids only, never values), so a reviewer sees a credential set pointed at another secret.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import yaml
 
 from regcache.proxy.config.control import ControlPlane
-from regcache.proxy.core.catalogue import normalize_base_url
+from regcache.proxy.core.catalogue import normalize_base_url, normalize_login_server
 from regcache.proxy.core.errors import ValidationError
-from regcache.proxy.core.models import CacheRule, CredentialSet, Upstream
-from regcache.proxy.core.settings import parse_rule_settings
-from regcache.proxy.core.units import format_duration
+from regcache.proxy.core.models import AuthPolicy, CacheRule, CredentialSet, Upstream
+from regcache.proxy.core.secret_ids import SecretId
+from regcache.proxy.core.settings import (
+    DEFAULT_RULES_FILE_MAX_SIZE,
+    RULES_FILE_MAX_SIZE_SETTING,
+    parse_rule_settings,
+)
+from regcache.proxy.core.text import check_printable
+from regcache.proxy.core.units import format_duration, format_size
 
 HEADER = "# regcache configuration: apply with `regcache rules apply -f FILE` (dry run), then `--yes`\n"
 
@@ -25,6 +37,8 @@ RULE_KEYS = {"name", "sourceRepository", "targetRepository", "credentialSet", "f
              "serveStaleOnError", "serveStaleIfDeleted", "syncTags", "syncInterval"}
 SET_KEYS = {"name", "loginServer", "usernameSecretId", "passwordSecretId"}
 UPSTREAM_KEYS = {"loginServer", "url", "authPolicy"}
+#: a rules file nests four levels (document, section, entry, value); anything deeper is refused unbuilt
+MAX_DEPTH = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +94,86 @@ def export_document(control: ControlPlane) -> str:
     return HEADER + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
 
 
-# -- parse --------------------------------------------------------------------------------------------
+# -- read and parse -----------------------------------------------------------------------------------
+
+def rules_file_max_size(control: ControlPlane) -> int:
+    """The largest rules file this cache reads, in bytes (the ``rules-file-max-size`` setting)."""
+    raw = control.store.setting(RULES_FILE_MAX_SIZE_SETTING)
+    return int(float(raw)) if raw else DEFAULT_RULES_FILE_MAX_SIZE
+
+
+def _too_large(max_size: int) -> ValidationError:
+    return ValidationError(f"the rules file is larger than {format_size(max_size)}, the limit of the setting "
+                           f"{RULES_FILE_MAX_SIZE_SETTING} (raise it with `regcache settings set "
+                           f"{RULES_FILE_MAX_SIZE_SETTING} SIZE` if the file is meant to be this large)",
+                           field="file")
+
+
+def decode_rules_file(data: bytes, max_size: int) -> str:
+    """The text of a rules file's bytes: refused when over ``max_size``, binary or not UTF-8."""
+    if len(data) > max_size:
+        raise _too_large(max_size)
+    if b"\0" in data:
+        raise ValidationError("the rules file is binary (it contains NUL bytes); give a YAML file as "
+                              "`regcache rules export` writes it", field="file")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValidationError(f"the rules file is not UTF-8 text (byte {exc.start + 1} cannot be decoded); "
+                              f"give a YAML file as `regcache rules export` writes it", field="file") from None
+
+
+def read_rules_file(control: ControlPlane, stream: BinaryIO) -> str:
+    """Read a rules file from ``stream``, never more than the limit and one byte."""
+    max_size = rules_file_max_size(control)
+    return decode_rules_file(stream.read(max_size + 1), max_size)
+
+
+def _where(event: yaml.Event) -> str:
+    mark = getattr(event, "start_mark", None)
+    return f" at line {mark.line + 1}" if mark is not None else ""
+
+
+def _load_yaml(text: str) -> Any:
+    """Parse YAML in bounded time and memory: its events are checked before a single object is built."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: fast on large files
+    try:
+        depth = 0
+        for event in yaml.parse(text, Loader=loader):
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+                raise ValidationError(f"the rules file uses a YAML anchor or alias{_where(event)}; write each "
+                                      f"value out (rules files take no anchors, aliases or merge keys)")
+            if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise ValidationError(f"the rules file nests lists or mappings more than {MAX_DEPTH} deep"
+                                          f"{_where(event)}; a rules file needs four levels")
+            elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+                depth -= 1
+        return yaml.load(text, Loader=loader)  # a safe loader: plain data only
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        # libyaml puts the end of a file without a final line break on the line after it
+        where = f" at line {min(mark.line + 1, text.count(chr(10)) + 1)}" if mark else ""
+        problem = getattr(exc, "problem", None)
+        raise ValidationError(f"the rules file is not valid YAML{where}" + (f": {problem[:200]}" if problem else "")
+                              ) from None
+    except (ValueError, RecursionError, OverflowError):  # e.g. an integer of more than 4,300 digits
+        raise ValidationError("the rules file holds a value that cannot be read (a number too long?)") from None
+
+
+def _check_keys(mapping: dict, where: str, keys: set[str], what: str = "key") -> None:
+    """Keys are plain text from ``keys``; an unknown one is named (it is known to be printable by then)."""
+    for key in mapping:
+        if not isinstance(key, str):
+            raise ValidationError(f"{where} has a {what} that is not text ({type(key).__name__}); "
+                                  f"known: {', '.join(sorted(keys))}")
+        check_printable(key, None, f"a {what} of {where}", max_length=64)
+    unknown = set(mapping) - keys
+    if unknown:
+        raise ValidationError(f"{where} has unknown {what}(s) {', '.join(sorted(unknown))}; "
+                              f"known: {', '.join(sorted(keys))}")
+
 
 def _entries(doc: dict, section: str, keys: set[str], required: set[str]) -> list[dict]:
     entries = doc.get(section) or []
@@ -90,10 +183,7 @@ def _entries(doc: dict, section: str, keys: set[str], required: set[str]) -> lis
         where = f"{section}[{i}]"
         if not isinstance(entry, dict):
             raise ValidationError(f"{where} must be a mapping of {', '.join(sorted(keys))}")
-        unknown = set(entry) - keys
-        if unknown:
-            raise ValidationError(f"{where} has unknown key(s) {', '.join(sorted(unknown))}; "
-                                  f"known: {', '.join(sorted(keys))}")
+        _check_keys(entry, where, keys)
         missing = required - set(entry)
         if missing:
             raise ValidationError(f"{where} is missing {', '.join(sorted(missing))}")
@@ -103,26 +193,21 @@ def _entries(doc: dict, section: str, keys: set[str], required: set[str]) -> lis
                     raise ValidationError(f"{where}.{key} must be true or false")
             elif not isinstance(value, str):
                 raise ValidationError(f"{where}.{key} must be a string")
-    names = [e.get("name") or e.get("loginServer") for e in entries]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
+            else:
+                check_printable(value, key, f"{where}.{key}")
+    names = Counter(e.get("name") or e.get("loginServer") for e in entries)
+    duplicates = sorted(name for name, count in names.items() if count > 1)
     if duplicates:
         raise ValidationError(f"{section} names {', '.join(duplicates)} more than once")
     return entries
 
 
 def parse_document(text: str) -> dict[str, list[dict]]:
-    try:
-        doc = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ValidationError(f"the rules file is not valid YAML{where}") from None
+    """A rules file's sections, each entry checked for its keys and plain-text values."""
+    doc = _load_yaml(text) or {}
     if not isinstance(doc, dict):
         raise ValidationError("the rules file must be a mapping with upstreams, credentialSets and cacheRules")
-    unknown = set(doc) - {"upstreams", "credentialSets", "cacheRules"}
-    if unknown:
-        raise ValidationError(f"unknown section(s) {', '.join(sorted(unknown))}; "
-                              f"known: upstreams, credentialSets, cacheRules")
+    _check_keys(doc, "the rules file", {"upstreams", "credentialSets", "cacheRules"}, "section")
     return {
         "upstreams": _entries(doc, "upstreams", UPSTREAM_KEYS, {"loginServer", "url"}),
         "credentialSets": _entries(doc, "credentialSets", SET_KEYS, SET_KEYS),
@@ -138,29 +223,61 @@ _SETTING_KEYS = {"freshness": "freshness", "retention": "retention", "serveStale
 
 def _rule_settings(entry: dict) -> dict[str, Any]:
     """The rule's settings as the file wants them: what it leaves out is the default."""
-    settings: dict[str, Any] = {"freshness": None, "retention": None, "serve_stale_on_error": True,
-                                "serve_stale_if_deleted": False, "sync_tags": None, "sync_interval": None}
+    settings: dict[str, Any] = dict(_DEFAULT_SETTINGS)
     settings.update(parse_rule_settings({_SETTING_KEYS[k]: v for k, v in entry.items() if k in _SETTING_KEYS}))
     return settings
 
 
 # -- plan and apply -----------------------------------------------------------------------------------
 
+#: the settings a plan shows, as (label, key of _rule_settings), in the order of `regcache cache create`
+_SHOWN_SETTINGS = (("freshness", "freshness"), ("retention", "retention"),
+                   ("serve stale on error", "serve_stale_on_error"),
+                   ("serve stale if deleted", "serve_stale_if_deleted"), ("sync tags", "sync_tags"),
+                   ("sync interval", "sync_interval"))
+_DEFAULT_SETTINGS = {"freshness": None, "retention": None, "serve_stale_on_error": True,
+                     "serve_stale_if_deleted": False, "sync_tags": None, "sync_interval": None}
+
+
+def _setting(rule_or_settings: CacheRule | dict[str, Any], key: str) -> Any:
+    """A setting as a plan compares it: a freshness of 0 is the default, none."""
+    value = rule_or_settings[key] if isinstance(rule_or_settings, dict) else getattr(rule_or_settings, key)
+    return (value or None) if key == "freshness" else value
+
+
+def _shown(key: str, value: Any) -> Any:
+    if value is None:
+        return "(none)"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return format_duration(value) if key in ("freshness", "retention", "sync_interval") else value
+
+
 def _differences(rule: CacheRule, entry: dict) -> list[str]:
     settings = _rule_settings(entry)
-    wanted = {"credential set": entry.get("credentialSet"), "freshness": settings["freshness"] or None,
-              "retention": settings["retention"], "serve stale on error": settings["serve_stale_on_error"],
-              "serve stale if deleted": settings["serve_stale_if_deleted"], "sync tags": settings["sync_tags"],
-              "sync interval": settings["sync_interval"]}
-    current = {"credential set": rule.credential_set, "freshness": rule.freshness or None,
-               "retention": rule.retention, "serve stale on error": rule.serve_stale_on_error,
-               "serve stale if deleted": rule.serve_stale_if_deleted, "sync tags": rule.sync_tags,
-               "sync interval": rule.sync_interval}
-    def shown(key: str, value: Any) -> Any:
-        durations = ("freshness", "retention", "sync interval")
-        return format_duration(value) if key in durations and value is not None else value
+    diffs = []
+    if entry.get("credentialSet") != rule.credential_set:
+        diffs.append(f"credential set {_shown('', rule.credential_set)} -> {_shown('', entry.get('credentialSet'))}")
+    for label, key in _SHOWN_SETTINGS:
+        current, wanted = _setting(rule, key), _setting(settings, key)
+        if current != wanted:
+            diffs.append(f"{label} {_shown(key, current)} -> {_shown(key, wanted)}")
+    return diffs
 
-    return [f"{k} {shown(k, current[k])} -> {shown(k, wanted[k])}" for k in wanted if wanted[k] != current[k]]
+
+def _new_rule(entry: dict) -> str:
+    """A rule the file creates: its mapping, its access and the settings it does not leave at the default."""
+    parts = [f"{entry['targetRepository']} => {entry['sourceRepository']}"]
+    if entry.get("credentialSet"):
+        parts.append(f"credential set {entry['credentialSet']}")
+    settings = _rule_settings(entry)
+    parts += [f"{label} {_shown(key, settings[key])}" for label, key in _SHOWN_SETTINGS
+              if _setting(settings, key) != _DEFAULT_SETTINGS[key]]
+    return "; ".join(parts)
+
+
+def _secret_id(entry: dict, key: str, where: str) -> str:
+    return str(SecretId.parse(entry[key], field=f"{where}.{key}"))
 
 
 def _run(control: ControlPlane, doc: dict[str, list[dict]], execute: bool) -> list[Change]:
@@ -170,33 +287,60 @@ def _run(control: ControlPlane, doc: dict[str, list[dict]], execute: bool) -> li
     rules = {r.name: r for r in control.list_rules()}
 
     # upstreams first: credential sets and rules refer to them
-    wanted_upstreams = {e["loginServer"].strip().lower(): e for e in doc["upstreams"]}
+    wanted_upstreams = {normalize_login_server(e["loginServer"]): e for e in doc["upstreams"]}
     for server, entry in wanted_upstreams.items():
         current: Upstream | None = upstreams.get(server)
-        if current is None or current.base_url != normalize_base_url(entry["url"]) or (
-                not current.builtin and current.auth_policy.value != entry.get("authPolicy", "both")):
-            changes.append(Change("+" if current is None or (current.builtin and not current.overridden) else "~",
-                                  "upstream", server, entry["url"]))
+        url = normalize_base_url(entry["url"])
+        policy = AuthPolicy.parse(entry["authPolicy"], field="authPolicy") if "authPolicy" in entry else None
+        if current is not None and current.builtin:
+            if policy is not None and policy is not current.auth_policy:
+                raise ValidationError(f"{server} is built in with the auth policy {current.auth_policy.value!r}; "
+                                      f"a rules file can override only its url", field="authPolicy")
+            if current.base_url == url:
+                continue
+            changes.append(Change("~" if current.overridden else "+", "upstream", server,
+                                  f"url {current.base_url} -> {url}"))
             if execute:
-                control.add_upstream(server, entry["url"], None if current is not None and current.builtin
-                                     else entry.get("authPolicy"))
+                control.add_upstream(server, url)
+            continue
+        policy = policy or AuthPolicy.BOTH
+        if current is None:
+            changes.append(Change("+", "upstream", server, f"{url}; auth policy {policy.value}"))
+        else:
+            diffs = ([f"url {current.base_url} -> {url}"] if current.base_url != url else []) + (
+                [f"auth policy {current.auth_policy.value} -> {policy.value}"] if current.auth_policy != policy
+                else [])
+            if not diffs:
+                continue
+            changes.append(Change("~", "upstream", server, "; ".join(diffs)))
+        if execute:
+            control.add_upstream(server, url, policy.value)
 
-    # credential sets: create or change secret ids
-    for entry in doc["credentialSets"]:
+    # credential sets: create or change secret ids (shown old -> new: ids only, never values)
+    for i, entry in enumerate(doc["credentialSets"]):
+        where = f"credentialSets[{i}]"
+        username, password = _secret_id(entry, "usernameSecretId", where), _secret_id(entry, "passwordSecretId", where)
         cs: CredentialSet | None = sets.get(entry["name"])
         if cs is None:
-            changes.append(Change("+", "credential set", entry["name"], entry["loginServer"]))
+            changes.append(Change("+", "credential set", entry["name"],
+                                  f"{normalize_login_server(entry['loginServer'])}; username secret id {username}; "
+                                  f"password secret id {password}"))
             if execute:
-                control.create_credential_set(entry["name"], entry["loginServer"], entry["usernameSecretId"],
-                                              entry["passwordSecretId"])
-        elif cs.login_server != entry["loginServer"].strip().lower():
+                control.create_credential_set(entry["name"], entry["loginServer"], username, password)
+            continue
+        if cs.login_server != normalize_login_server(entry["loginServer"]):
             raise ValidationError(f"credential set {cs.name!r} is for {cs.login_server}; a login server cannot "
                                   f"change: give the new one another name")
-        elif (cs.username_secret_id, cs.password_secret_id) != (entry["usernameSecretId"],
-                                                                entry["passwordSecretId"]):
-            changes.append(Change("~", "credential set", cs.name, "secret ids"))
+        diffs = [f"{label} secret id {old} -> {new}" for label, old, new in
+                 (("username", cs.username_secret_id, username), ("password", cs.password_secret_id, password))
+                 if old != new]
+        if diffs:
+            users = control.store.rules_using_credential_set(cs.name)
+            if users:  # a new access: those rules establish their tags and links again (docs/security.md)
+                diffs.append(f"a new access for cache rule(s) {', '.join(users)}")
+            changes.append(Change("~", "credential set", cs.name, "; ".join(diffs)))
             if execute:
-                control.update_credential_set(cs.name, entry["usernameSecretId"], entry["passwordSecretId"])
+                control.update_credential_set(cs.name, username, password)
 
     # rules: delete the gone and the re-pointed first (their targets become free), then update, create
     wanted_rules = {e["name"]: e for e in doc["cacheRules"]}
@@ -221,7 +365,7 @@ def _run(control: ControlPlane, doc: dict[str, list[dict]], execute: bool) -> li
                                         remove_credential_set=cred is None and bool(existing.credential_set),
                                         **_rule_settings(entry))
             continue
-        changes.append(Change("+", "cache rule", name, f"{entry['targetRepository']} => {entry['sourceRepository']}"))
+        changes.append(Change("+", "cache rule", name, _new_rule(entry)))
         if execute:
             control.create_rule(name, entry["sourceRepository"], entry["targetRepository"],
                                 entry.get("credentialSet"), **_rule_settings(entry))
@@ -241,9 +385,19 @@ def _run(control: ControlPlane, doc: dict[str, list[dict]], execute: bool) -> li
     return changes
 
 
-def plan_document(control: ControlPlane, text: str) -> list[Change]:
+def _document(control: ControlPlane, text: str | bytes) -> dict[str, list[dict]]:
+    """A rules file's text (or bytes, decoded here) parsed, within this cache's size limit."""
+    max_size = rules_file_max_size(control)
+    if isinstance(text, bytes):
+        text = decode_rules_file(text, max_size)
+    elif len(text) > max_size or len(text.encode("utf-8", "surrogatepass")) > max_size:
+        raise _too_large(max_size)
+    return parse_document(text)
+
+
+def plan_document(control: ControlPlane, text: str | bytes) -> list[Change]:
     """What applying ``text`` would change, checked by applying it in a transaction rolled back."""
-    doc = parse_document(text)
+    doc = _document(control, text)
     plan = _run(control, doc, execute=False)
 
     class _DryRun(Exception):
@@ -258,8 +412,8 @@ def plan_document(control: ControlPlane, text: str) -> list[Change]:
     return plan
 
 
-def apply_document(control: ControlPlane, text: str) -> list[Change]:
+def apply_document(control: ControlPlane, text: str | bytes) -> list[Change]:
     """Make the configuration equal to ``text``: every change in one transaction, or none."""
-    doc = parse_document(text)
+    doc = _document(control, text)
     with control.store.transaction():
         return _run(control, doc, execute=True)

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from regcache.proxy.core.errors import NotFoundError, ValidationError
 from regcache.proxy.core.models import AuthPolicy, Upstream
 from regcache.proxy.core.references import is_login_server
+from regcache.proxy.core.text import check_printable
 
 DOCKER_HUB = "docker.io"
 
@@ -31,7 +32,7 @@ BUILTIN_UPSTREAMS: Mapping[str, Upstream] = {
 
 def normalize_login_server(server: str) -> str:
     """Lower-case a login server and refuse anything that is not ``host[:port]``."""
-    server = server.strip().lower()
+    server = check_printable(server, "login_server", "the login server").strip().lower()
     if not is_login_server(server):
         raise ValidationError(
             f"login server {server!r} is not a host name with an optional port (e.g. ghcr.io, 127.0.0.1:5001)",
@@ -42,10 +43,17 @@ def normalize_login_server(server: str) -> str:
 
 def normalize_base_url(url: str) -> str:
     """An upstream API base URL: https unless ``http://`` is written out; no path, query or fragment."""
-    raw = url.strip()
+    raw = check_printable(url, "url", "the URL").strip()
+    if any(c.isspace() for c in raw):
+        raise ValidationError(f"URL {url!r} contains a space; give a registry root such as https://host:port",
+                              field="url")
     if "://" not in raw:
         raw = "https://" + raw
-    parts = urlsplit(raw)
+    try:
+        parts = urlsplit(raw)
+    except ValueError:  # e.g. a '[' that does not open an IPv6 address
+        raise ValidationError(f"URL {url!r} is not a valid URL; give a registry root such as https://host:port "
+                              f"(an IPv6 address in brackets: https://[::1]:5000)", field="url") from None
     if parts.scheme not in ("https", "http"):
         raise ValidationError(f"URL {url!r} must use https:// (or http:// when asked for explicitly)", field="url")
     if not parts.hostname:
@@ -65,6 +73,9 @@ def normalize_base_url(url: str) -> str:
     netloc = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
     if port is not None:
         netloc += f":{port}"
+    if not is_login_server(netloc):
+        raise ValidationError(f"URL {url!r} does not name a host (letters, digits, '-' and '.', an IPv4 address "
+                              f"or an IPv6 address in brackets)", field="url")
     return f"{parts.scheme}://{netloc}"
 
 

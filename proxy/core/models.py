@@ -7,6 +7,9 @@ import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from regcache.proxy.core.errors import ValidationError
+from regcache.proxy.core.text import check_printable
+
 
 def utc_now() -> datetime:
     """Now, in UTC, to the second (what we store and show)."""
@@ -19,6 +22,15 @@ class AuthPolicy(str, enum.Enum):
     ANONYMOUS = "anonymous"  # unauthenticated pulls only: a credential set is refused
     CREDENTIALS = "credentials"  # authenticated pulls only: a credential set is required
     BOTH = "both"
+
+    @classmethod
+    def parse(cls, value: str, field: str = "auth") -> AuthPolicy:
+        """The policy named ``value`` (``anonymous``, ``credentials`` or ``both``), else a ValidationError."""
+        try:
+            return cls(check_printable(value, field, "the auth policy", max_length=64).strip().lower())
+        except ValueError:
+            raise ValidationError(f"auth policy {value!r} must be one of {', '.join(p.value for p in cls)}",
+                                  field=field) from None
 
     @property
     def description(self) -> str:

@@ -16,6 +16,7 @@ from regcache.proxy.core.errors import ConflictError, LimitError, NotFoundError,
 from regcache.proxy.core.models import AuthPolicy, CacheRule, CredentialSet, RuleMatch, UpstreamRepository
 from regcache.proxy.core.references import repository_problem
 from regcache.proxy.core.tagfilter import TagFilter
+from regcache.proxy.core.text import check_printable
 
 #: ACR's limit on cache rules per registry.
 MAX_RULES = 1000
@@ -24,9 +25,11 @@ _NAME_RE = re.compile(r"[A-Za-z0-9-]{5,50}")
 
 
 def check_name(name: str, kind: str = "cache rule") -> str:
-    """A rule or credential-set name: 5 to 50 letters, digits and hyphens."""
+    """A rule, credential-set or token name: 5 to 50 letters, digits and hyphens."""
+    check_printable(name, "name", f"the {kind} name", max_length=None)
     if not 5 <= len(name) <= 50:
-        raise ValidationError(f"{kind} name {name!r} must be 5 to 50 characters long (it has {len(name)})",
+        quoted = f" {name!r}" if len(name) <= 50 else ""
+        raise ValidationError(f"{kind} name{quoted} must be 5 to 50 characters long (it has {len(name):,})",
                               field="name")
     if not _NAME_RE.fullmatch(name):
         raise ValidationError(f"{kind} name {name!r} may contain only letters, digits and hyphens", field="name")
@@ -43,6 +46,7 @@ class _Side:
 
 def parse_repository(value: str, what: str, field: str) -> _Side:
     """Parse a repository or ``PREFIX/*`` pattern; errors call it ``what`` and belong to ``field``."""
+    check_printable(value, field, what)
     if value == "*":
         return _Side("", True)
     wildcard = value.endswith("/*")
@@ -66,7 +70,7 @@ def parse_target(target: str) -> _Side:
 
 def parse_source(source: str, catalogue: UpstreamCatalogue) -> tuple[str, _Side]:
     """Parse ``LOGIN_SERVER/PATH`` into the login server and path; Docker Hub paths gain ``library/``."""
-    source = source.strip()
+    source = check_printable(source, "source", "the source repository").strip()
     server, slash, path = source.partition("/")
     if not slash or not path:
         raise ValidationError(
@@ -170,6 +174,8 @@ def check_credentials(
 ) -> None:
     """Enforce the upstream's auth policy and that the credential set is for the source's login server."""
     upstream = catalogue.get(source_login_server)
+    if credential_set is not None:
+        check_printable(credential_set, "credential_set", "the credential set name")
     if credential_set is None:
         if upstream.auth_policy is AuthPolicy.CREDENTIALS:
             raise ValidationError(

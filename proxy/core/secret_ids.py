@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 from regcache.proxy.core.errors import ValidationError
+from regcache.proxy.core.text import check_printable
 
 _KEYRING_RE = re.compile(r"keyring://([^/\s]+)/(\S+)")
 _ENV_RE = re.compile(r"env://([A-Za-z_][A-Za-z0-9_]*)")
@@ -24,7 +25,7 @@ class SecretId:
 
     @classmethod
     def parse(cls, value: str, field: str | None = None) -> SecretId:
-        value = value.strip()
+        value = check_printable(value, field, field or "a secret id").strip()
         if m := _KEYRING_RE.fullmatch(value):
             return cls("keyring", m.group(1), m.group(2))
         if m := _ENV_RE.fullmatch(value):

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from regcache.proxy.core.errors import RegcacheError, ValidationError
 from regcache.proxy.core.secret_ids import SecretId
+from regcache.proxy.core.text import check_printable
 from regcache.proxy.core.units import parse_duration
 
 #: the cache size limit (`regcache config set max-size 50GiB`)
@@ -33,6 +34,9 @@ BLOB_RATE_WINDOW_SETTING = "blob-rate-window"
 UPSTREAM_LIMIT_SETTINGS = (MANIFEST_MAX_SIZE_SETTING, LIST_MAX_SIZE_SETTING, TOKEN_MAX_SIZE_SETTING,
                            UPSTREAM_DEADLINE_SETTING, BLOB_MAX_SIZE_SETTING, BLOB_MIN_RATE_SETTING,
                            BLOB_RATE_WINDOW_SETTING)
+#: the largest rules file `regcache rules apply` reads (docs: README, "Limits")
+RULES_FILE_MAX_SIZE_SETTING = "rules-file-max-size"
+DEFAULT_RULES_FILE_MAX_SIZE = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,8 +166,15 @@ StorageConfig = FilesystemStorage | S3Storage
 
 
 def check_endpoint(value: str) -> str:
-    value = value.strip().rstrip("/")
-    parts = urlsplit(value)
+    """An object store's URL: http(s), a host, no credentials, query or fragment."""
+    value = check_printable(value, "endpoint", "the endpoint").strip().rstrip("/")
+    if any(c.isspace() for c in value):
+        raise ValidationError(f"endpoint {value!r} contains a space", field="endpoint")
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # e.g. a '[' that does not open an IPv6 address
+        raise ValidationError(f"endpoint {value!r} is not a valid URL, e.g. https://s3.example.com",
+                              field="endpoint") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValidationError(f"endpoint {value!r} must be an http:// or https:// URL, e.g. https://s3.example.com",
                               field="endpoint")
@@ -172,12 +183,19 @@ def check_endpoint(value: str) -> str:
                               field="endpoint")
     if parts.query or parts.fragment:
         raise ValidationError(f"endpoint {value!r} must not have a query or fragment", field="endpoint")
+    try:
+        _ = parts.port  # raises on a port that is not a number from 0 to 65535
+    except ValueError:
+        raise ValidationError(f"endpoint {value!r} has an invalid port", field="endpoint") from None
     return value
 
 
 def make_s3_storage(endpoint: str, bucket: str, access_key_id: str, secret_access_key: str,
                     region: str | None = None, path_style: bool = True, prefix: str | None = None) -> S3Storage:
     """A validated :class:`S3Storage`; raises ValidationError naming the field at fault."""
+    for field, value in (("bucket", bucket), ("region", region), ("prefix", prefix)):
+        if value is not None:
+            check_printable(value, field, f"the {field}")
     bucket = bucket.strip()
     if not _BUCKET_RE.fullmatch(bucket) or ".." in bucket:
         raise ValidationError(f"bucket name {bucket!r} is not valid: 3-63 lower-case letters, digits, dots and "

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 from regcache.proxy.core.errors import ValidationError
+from regcache.proxy.core.text import check_printable
 
 _VERSION = re.compile(r"v?(\d+)(?:\.(\d+))?(?:\.(\d+))?")
 _COMPARATOR = re.compile(r"\s*(>=|<=|==|=|>|<|~|\^)?\s*(v?\d+(?:\.\d+){0,2})\s*")
@@ -25,7 +26,7 @@ class TagFilter:
 
     @classmethod
     def parse(cls, text: str) -> TagFilter:
-        text = text.strip()
+        text = check_printable(text, "sync_tags", "the tag filter").strip()
         if text.startswith("semver:"):
             expression = text.removeprefix("semver:")
             for part in expression.split(","):

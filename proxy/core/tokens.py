@@ -20,6 +20,7 @@ from datetime import datetime, timedelta, timezone
 from regcache.proxy.core.errors import ValidationError
 from regcache.proxy.core.models import utc_now
 from regcache.proxy.core.rules import parse_repository  # the target grammar, with our own wording in its errors
+from regcache.proxy.core.text import check_printable
 from regcache.proxy.core.units import parse_duration
 
 #: bytes of randomness in a generated password (43 URL-safe base64 characters, no ':')
@@ -111,7 +112,7 @@ def parse_repositories(patterns: Iterable[str]) -> tuple[str, ...]:
 def parse_expiry(text: str, now: datetime | None = None) -> datetime:
     """An ISO date or datetime (UTC unless it says otherwise) or a duration from now (``30d``)."""
     now = now or utc_now()
-    value = text.strip()
+    value = check_printable(text, "expiry", "the expiry", max_length=64).strip()
     try:
         when = datetime.fromisoformat(value)
     except ValueError:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import overload
 
 from regcache.proxy.core.errors import ValidationError
+from regcache.proxy.core.text import check_printable
 
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*", re.IGNORECASE)
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -14,15 +16,21 @@ _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2
                "t": 1000**4, "tb": 1000**4, "p": 1000**5, "pb": 1000**5, "ki": 1024, "kib": 1024,
                "mi": 1024**2, "mib": 1024**2, "gi": 1024**3, "gib": 1024**3, "ti": 1024**4, "tib": 1024**4,
                "pi": 1024**5, "pib": 1024**5}
+#: beyond these a value means nothing (and would not survive float or int conversion): 1,000 years, 1 EiB
+MAX_DURATION = 1000 * 365 * 86400
+MAX_SIZE = 1024**6
 
 
 def parse_duration(text: str, field: str | None = None) -> float:
     """Seconds in ``45s``, ``10m``, ``2h``, ``30d``, ``1w`` (a bare number is seconds)."""
-    m = _DURATION.fullmatch(text)
+    m = _DURATION.fullmatch(check_printable(text, field, field or "the duration", max_length=64))
     if not m:
         raise ValidationError(f"duration {text!r} must be a number with s, m, h, d or w, e.g. 10m or 30d",
                               field=field)
-    return float(m.group(1)) * _DURATION_UNITS[(m.group(2) or "s").lower()]
+    seconds = float(m.group(1)) * _DURATION_UNITS[(m.group(2) or "s").lower()]
+    if not math.isfinite(seconds) or seconds > MAX_DURATION:
+        raise ValidationError(f"duration {text!r} is longer than 1,000 years", field=field)
+    return seconds
 
 
 def format_duration(seconds: float | None) -> str | None:
@@ -37,12 +45,15 @@ def format_duration(seconds: float | None) -> str | None:
 
 def parse_size(text: str, field: str | None = None) -> int:
     """Bytes in ``500MB``, ``50GiB``, ``1.5TiB`` (a bare number is bytes)."""
-    m = _SIZE.fullmatch(text)
+    m = _SIZE.fullmatch(check_printable(text, field, field or "the size", max_length=64))
     unit = (m.group(2) or "").lower() if m else ""
     if not m or unit not in _SIZE_UNITS:
         raise ValidationError(f"size {text!r} must be a number with a unit such as MB, GB, MiB or GiB, e.g. 50GiB",
                               field=field)
-    return int(float(m.group(1)) * _SIZE_UNITS[unit])
+    size = float(m.group(1)) * _SIZE_UNITS[unit]
+    if not math.isfinite(size) or size > MAX_SIZE:
+        raise ValidationError(f"size {text!r} is larger than 1EiB", field=field)
+    return int(size)
 
 
 @overload

@@ -369,3 +369,84 @@ def test_rule_settings(configured):
         result = cli("cache", "update", "-n", "team-app", *bad)
         assert result.exit_code == 1 and words in result.stderr
     assert dump_database(configured) == before
+
+
+# -- hostile strings: refused clearly, and data printed as text ---------------------------------------
+
+#: what a terminal would act on if printed raw: C0 and C1 controls, DEL and bidi overrides
+RAW = ("\x1b", "\x07", "\x9b", "\u202e", "\u2066")
+
+
+def assert_printed_as_text(result) -> None:
+    out = result.stdout + result.stderr
+    assert "Traceback" not in out
+    assert not any(char in out for char in RAW), repr(out)
+
+
+@pytest.mark.parametrize(("url", "words"), [
+    ("http://a[b]c", "is not a valid URL"),
+    ("http://[red]registry[/red]", "is not a valid URL"),
+    ("http://ab c", "contains a space"),
+    ("http://a\x1b[31mb", "U+001B (ESC)"),
+    ("http://a\x07b", "U+0007 (BEL)"),
+    ("https://evil\u202eexample.com", "U+202E (RIGHT-TO-LEFT OVERRIDE)"),
+    ("https://" + "a" * 100_000, "the limit is 1,024"),
+])
+def test_a_hostile_upstream_url_is_one_clear_error_and_stores_nothing(home, url, words):
+    ok("upstream", "list")  # the state directory exists
+    before = dump_database(home)
+    result = cli("upstream", "add", "--login-server", "x.example", "--url", url)
+    assert result.exit_code == 1 and result.stderr.startswith("error: ") and words in result.stderr
+    assert result.stderr.count("\n") == 1  # one line
+    assert_printed_as_text(result)
+    assert dump_database(home) == before
+
+
+def test_what_was_typed_is_escaped_in_clicks_own_errors(home):
+    for args in (["cache", "list", "\x1b[31mextra"], ["cache", "list", "--\x1b]0;title\x07"],
+                 ["cache", "list", "-o", "\u202ejson"], ["\x1b[2Jnot-a-command"]):
+        result = cli(*args)
+        assert result.exit_code == 2
+        assert_printed_as_text(result)
+        assert "\\x1b" in result.stderr or "\\u202e" in result.stderr
+
+
+@pytest.fixture
+def legacy(home, keyring_env):
+    """Rows stored before configured strings were checked (or written to state.db by hand): control
+    characters, a bidi override and markup in names, URLs, secret ids and a health message."""
+    from regcache.proxy.core.models import AuthPolicy, CacheRule, CredentialHealth, CredentialSet
+
+    control = ControlPlane.open(home)
+    try:
+        store = control.store
+        store.upsert_upstream("evil.example", "https://evil\x1b]0;pwned\x07.example", AuthPolicy.BOTH, "custom")
+        store.upsert_credential_set(CredentialSet(
+            "evil-creds", "evil.example", "env://USER\x1b[2J", "keyring://[red]x[/red]/\u202etoken",
+            CredentialHealth.unhealthy("SecretNotFound", "no secret \x1b[31mthere\x07")))
+        store.insert_cache_rule(CacheRule("evil\x1b[31m-rule", "evil.example/a\u202epp", "[bold]app[/bold]",
+                                          "evil-creds", sync_tags="^1\x9b"))
+    finally:
+        control.close()
+    return home
+
+
+@pytest.mark.parametrize("command", [[*listing, "-o", fmt] for listing in (["cache", "list"], ["upstream", "list"],
+                                                                           ["credential-set", "list"])
+                                     for fmt in ("table", "tsv", "json")] + [["rules", "export"]])
+def test_stored_data_is_printed_as_text_never_as_escapes_or_markup(legacy, command):
+    result = cli(*command)
+    assert result.exit_code == 0, result.stderr
+    assert_printed_as_text(result)
+    if command[:2] == ["cache", "list"]:
+        shown = json.loads(result.stdout)[0]["targetRepository"] if "json" in command else result.stdout
+        assert "[bold]app[/bold]" in shown  # brackets are data: printed as they are
+
+
+def test_an_error_quoting_stored_data_is_escaped(legacy):
+    result = cli("cache", "show", "-n", "evil\x1b[31m-rule")
+    assert result.exit_code == 1 and "U+001B (ESC)" in result.stderr
+    assert_printed_as_text(result)
+    shown = cli("credential-set", "show", "-n", "evil-creds", "-o", "tsv")
+    assert shown.exit_code == 0 and "Unhealthy\tInvalidSecretId" in shown.stdout  # its id is not valid now
+    assert_printed_as_text(shown)

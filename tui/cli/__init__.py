@@ -7,9 +7,11 @@ of the command that runs is imported: listing rules loads neither Textual nor uv
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import click
 
+from regcache.proxy.core.text import printable
 from regcache.tui.cli.common import CONTEXT_SETTINGS
 
 #: command name -> (module under regcache.tui.cli, attribute)
@@ -31,7 +33,26 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 class LazyGroup(click.Group):
-    """A group whose commands are imported when they run (or when help lists them)."""
+    """A group whose commands are imported when they run (or when help lists them).
+
+    Click's own errors quote what was typed (``No such option: ...``); their messages are escaped here,
+    for every command below, so a control character on the command line never reaches the terminal raw.
+    """
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.ClickException as exc:
+            exc.message = printable(exc.message)
+            raise
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as exc:
+            exc.message = printable(exc.message)
+            raise
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)

@@ -19,6 +19,7 @@ from regcache.tui.cli.common import (
     name_option,
     output_option,
     run_job,
+    say,
 )
 from regcache.tui.output import (
     RULE_COLUMNS,
@@ -141,8 +142,7 @@ def cache_sync(control: ControlPlane, name: str, fmt: str) -> None:
           (("REPOSITORY", "repository"), ("RESULT", "result"), ("FETCHED", "fetched"), ("DETAIL", "detail")), fmt)
     failed = [o for o in outcomes if o.result != "ok"]
     if not outcomes:
-        click.echo(f"rule {name} has no repositories to sync yet (a wildcard rule syncs what it has cached)",
-                   err=True)
+        say(f"rule {name} has no repositories to sync yet (a wildcard rule syncs what it has cached)")
     if failed:
         raise Failure(f"tag sync failed for {', '.join(o.repository for o in failed)}: {failed[0].detail}")
 
@@ -174,12 +174,13 @@ def cache_test(control: ControlPlane, name: str, image: str, fmt: str) -> None:
 @engine_command
 def warm(control: ControlPlane, image: str, platform: str) -> None:
     """Pull IMAGE (TARGET_REPO:TAG) into the cache without a client, with a progress bar."""
+    from regcache.proxy.core.text import printable
     from regcache.proxy.core.units import format_size
 
     bar_holder: dict[str, Any] = {}
 
     def on_total(total: int) -> None:
-        bar_holder["bar"] = click.progressbar(length=total, label=f"warming {image}", file=sys.stderr,
+        bar_holder["bar"] = click.progressbar(length=total, label=f"warming {printable(image)}", file=sys.stderr,
                                               show_pos=False, show_percent=True, show_eta=True)
         bar_holder["bar"].__enter__()
 
@@ -193,6 +194,5 @@ def warm(control: ControlPlane, image: str, platform: str) -> None:
     finally:
         if "bar" in bar_holder:
             bar_holder["bar"].__exit__(None, None, None)
-    click.echo(f"{result.repository}@{result.digest}: {result.blobs} blob(s), fetched "
-               f"{format_size(result.bytes_fetched)} from the upstream, {format_size(result.bytes_cached)} "
-               f"already cached", err=True)
+    say(f"{result.repository}@{result.digest}: {result.blobs} blob(s), fetched "
+        f"{format_size(result.bytes_fetched)} from the upstream, {format_size(result.bytes_cached)} already cached")

@@ -6,7 +6,10 @@ import click
 
 from regcache.proxy.config.control import ControlPlane
 from regcache.tui.cli.common import (
+    Failure,
     engine_command,
+    say,
+    say_document,
 )
 
 
@@ -38,10 +41,13 @@ def client_config(control: ControlPlane, client: str, address: str, tls: bool, o
         files = generate.registries_conf(address, rules_, insecure=not tls)
     if output_dir is None:
         for name, text in files.items():
-            click.echo(f"# --- {name}\n{text}", nl=False)
+            say_document(f"# --- {name}\n{text}")
         return
     for name, text in files.items():
         path = Path(output_dir) / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        click.echo(f"wrote {path}", err=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        except OSError as exc:
+            raise Failure(f"cannot write {path}: {exc.strerror or exc}") from None
+        say(f"wrote {path}")

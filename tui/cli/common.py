@@ -1,4 +1,9 @@
-"""What every command shares: options, the control plane, one-line failures, output, prompts."""
+"""What every command shares: options, the control plane, one-line failures, output, prompts.
+
+Everything a command prints goes through :func:`say`, :func:`emit` or :func:`say_document`, which
+print data as text: a control character or bidi override in a name, a URL or an upstream's error
+shows escaped (``\x1b``), never acts on the terminal. Nothing here parses markup.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import click
 
 from regcache.proxy.config.control import ControlPlane
 from regcache.proxy.core.errors import RegcacheError, unwrap_error
+from regcache.proxy.core.text import printable
 from regcache.tui.output import (
     FORMATS,
     Column,
@@ -33,7 +39,17 @@ class Failure(click.ClickException):
     """A refused command: one line on stderr, exit status 1."""
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
+        say(f"error: {self.format_message()}")
+
+
+def say(message: str, err: bool = True) -> None:
+    """One line for people (stderr unless ``err`` is False), its data escaped."""
+    click.echo(printable(message), err=err)
+
+
+def say_document(text: str) -> None:
+    """A generated file on stdout (YAML, TOML, JSON), as is but for control characters, escaped."""
+    click.echo(printable(text, keep_newlines=True), nl=False)
 
 
 def control_of(ctx: click.Context) -> ControlPlane:
@@ -82,7 +98,7 @@ def confirmed_delete(what: str, name: str, yes: bool, get: Callable[[str], Any],
     get(name)
     confirm(f"delete {what} {name!r}", yes)
     delete(name)
-    click.echo(f"deleted {what} {name}", err=True)
+    say(f"deleted {what} {name}")
 
 
 def interactive() -> bool:
@@ -95,7 +111,7 @@ def confirm(prompt: str, yes: bool) -> None:
         return
     if not interactive():
         raise Failure(f"{prompt} needs confirmation: pass -y/--yes to do it without a prompt")
-    if not click.confirm(f"{prompt}?", default=False):
+    if not click.confirm(f"{printable(prompt)}?", default=False):
         raise Failure("cancelled; nothing was changed")
 
 

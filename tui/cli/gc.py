@@ -15,6 +15,7 @@ from regcache.tui.cli.common import (
     engine_command,
     output_option,
     run_job,
+    say,
 )
 
 
@@ -55,12 +56,12 @@ def gc(control: ControlPlane, dry_run: bool, min_idle: str, stale_uploads_after:
     emit(rows, (("DIGEST", "digest"), ("SIZE", "sizeText"), ("REASON", "reason")), fmt)
     verb = "would free" if dry_run else "freed"
     limit = f" (max-size {format_size(plan.max_size)})" if plan.max_size is not None else ""
-    click.echo(f"{verb} {format_size(freed)} in {len(plan.candidates)} blob(s); cache "
-               f"{format_size(plan.cache_bytes)} -> {format_size(plan.cache_bytes - freed)}{limit}", err=True)
+    say(f"{verb} {format_size(freed)} in {len(plan.candidates)} blob(s); cache "
+        f"{format_size(plan.cache_bytes)} -> {format_size(plan.cache_bytes - freed)}{limit}")
     if uploads is not None:
         if uploads:
             if fmt == "table":
                 click.echo()  # apart from the evicted blobs' table
             emit(uploads, (("UPLOAD KEY", "key"), ("REASON", "reason")), fmt)
         verb = "would abort" if dry_run else "aborted"
-        click.echo(f"{verb} {len(uploads)} stale multipart upload(s) in {report.storage}", err=True)
+        say(f"{verb} {len(uploads)} stale multipart upload(s) in {report.storage}")

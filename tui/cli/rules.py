@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import BinaryIO
 
 import click
 
 from regcache.proxy.config.control import ControlPlane
 from regcache.tui.cli.common import (
     CONTEXT_SETTINGS,
+    Failure,
     engine_command,
+    say,
+    say_document,
 )
 
 
@@ -28,29 +31,39 @@ def rules_export(control: ControlPlane, path: str | None) -> None:
 
     text = export_document(control)
     if path:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
-        click.echo(f"wrote {path}", err=True)
+        try:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as exc:
+            raise Failure(f"cannot write {path}: {exc.strerror or exc}") from None
+        say(f"wrote {path}")
     else:
-        click.echo(text, nl=False)
+        say_document(text)
 
 
 @rules.command("apply")
-@click.option("-f", "--file", "path", required=True, type=click.File("r", encoding="utf-8"),
-              help="The rules file (YAML, as `rules export` writes it); - for standard input.")
+@click.option("-f", "--file", "stream", required=True, type=click.File("rb"),
+              help="The rules file (YAML, as `rules export` writes it; at most rules-file-max-size, 1MiB by "
+                   "default); - for standard input.")
 @click.option("--yes", is_flag=True, help="Apply the changes (without it: show them, change nothing).")
 @engine_command
-def rules_apply(control: ControlPlane, path: Any, yes: bool) -> None:
-    """Make this cache's configuration equal to FILE: every change in one transaction, or none."""
-    from regcache.proxy.config.declarative import apply_document, plan_document
+def rules_apply(control: ControlPlane, stream: BinaryIO, yes: bool) -> None:
+    """Make this cache's configuration equal to FILE: every change in one transaction, or none.
 
-    text = path.read()
+    The plan lists every change, credential sets' secret ids included (ids, never values).
+    """
+    from regcache.proxy.config.declarative import apply_document, plan_document, read_rules_file
+
+    try:
+        text = read_rules_file(control, stream)
+    except OSError as exc:
+        raise Failure(f"cannot read the rules file: {exc.strerror or exc}") from None
     changes = apply_document(control, text) if yes else plan_document(control, text)
     for change in changes:
-        click.echo(str(change))
+        say(str(change), err=False)
     if not changes:
-        click.echo("no changes: the configuration already matches the file", err=True)
+        say("no changes: the configuration already matches the file")
     elif not yes:
-        click.echo(f"{len(changes)} change(s) planned; nothing was changed. Run again with --yes to apply.", err=True)
+        say(f"{len(changes)} change(s) planned; nothing was changed. Run again with --yes to apply.")
     else:
-        click.echo(f"applied {len(changes)} change(s)", err=True)
+        say(f"applied {len(changes)} change(s)")

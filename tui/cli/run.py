@@ -8,6 +8,7 @@ from regcache.proxy.core.errors import RegcacheError, unwrap_error
 from regcache.tui.cli.common import (
     Failure,
     allow_anonymous_option,
+    say,
 )
 
 
@@ -60,9 +61,9 @@ def serve(ctx: click.Context, listen: str, tls_cert: str | None, tls_key: str | 
                              allow_anonymous=allow_anonymous)
         async with anyio.create_task_group() as tg:
             await tg.start(server.serve)  # a taken port raises here
-            click.echo(f"regcache: serving {server.url} (state: {home})", err=True)
+            say(f"regcache: serving {server.url} (state: {home})")
             if server.metrics_address is not None:
-                click.echo(f"regcache: metrics on http://{server.metrics_address}/metrics", err=True)
+                say(f"regcache: metrics on http://{server.metrics_address}/metrics")
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for signum in signals:
                     logging.getLogger("regcache").info("%s: finishing in-flight requests",

@@ -11,6 +11,7 @@ from regcache.tui.cli import common
 from regcache.tui.cli.common import (
     CONTEXT_SETTINGS,
     engine_command,
+    say,
 )
 
 
@@ -33,4 +34,4 @@ def _read_secret_value() -> str:
 def secret_set(control: ControlPlane, secret_id: str) -> None:
     """Store a value for SECRET_ID (keyring://SERVICE/NAME), prompted without echo or read from stdin."""
     control.set_secret(secret_id, _read_secret_value())
-    click.echo(f"stored {secret_id}", err=True)
+    say(f"stored {secret_id}")

@@ -10,6 +10,7 @@ from regcache.tui.cli.common import (
     emit,
     engine_command,
     output_option,
+    say,
 )
 
 
@@ -36,7 +37,7 @@ def settings_show(control: ControlPlane, fmt: str) -> None:
 @engine_command
 def settings_set(control: ControlPlane, key: str, value: str) -> None:
     """Set KEY to VALUE, e.g. `regcache settings set max-size 50GiB`."""
-    click.echo(f"{key} = {control.set_setting(key, value)}", err=True)
+    say(f"{key} = {control.set_setting(key, value)}")
 
 
 @settings.command("unset")
@@ -45,4 +46,4 @@ def settings_set(control: ControlPlane, key: str, value: str) -> None:
 def settings_unset(control: ControlPlane, key: str) -> None:
     """Remove a setting (max-size: no limit)."""
     control.unset_setting(key)
-    click.echo(f"{key} unset", err=True)
+    say(f"{key} unset")

@@ -12,6 +12,7 @@ from regcache.tui.cli.common import (
     emit,
     engine_command,
     output_option,
+    say,
 )
 from regcache.tui.output import (
     STORAGE_FIELDS,
@@ -34,7 +35,7 @@ def storage_show(control: ControlPlane, fmt: str) -> None:
     record = storage_resource(control.storage())
     rows = [{"setting": label, "value": record[key]} for label, key in STORAGE_FIELDS if key in record]
     emit(record if fmt == "json" else rows, (("SETTING", "setting"), ("VALUE", "value")), fmt)
-    click.echo(f"note: the storage setting {STORAGE_NOTE}", err=True)
+    say(f"note: the storage setting {STORAGE_NOTE}")
 
 
 @storage.group("set", context_settings=CONTEXT_SETTINGS)
@@ -83,4 +84,4 @@ async def _check_bucket(config: S3Storage, secrets: SecretResolver) -> None:
 
 def _save_storage(control: ControlPlane, config: StorageConfig) -> None:
     control.set_storage(config)
-    click.echo(f"storage set to {config.describe()}; this {STORAGE_NOTE}", err=True)
+    say(f"storage set to {config.describe()}; this {STORAGE_NOTE}")

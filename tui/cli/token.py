@@ -7,6 +7,7 @@ import sys
 import click
 
 from regcache.proxy.config.control import ControlPlane
+from regcache.proxy.core.rules import check_name
 from regcache.tui.cli import common
 from regcache.tui.cli.common import (
     CONTEXT_SETTINGS,
@@ -16,6 +17,7 @@ from regcache.tui.cli.common import (
     engine_command,
     name_option,
     output_option,
+    say,
 )
 from regcache.tui.output import (
     TOKEN_COLUMNS,
@@ -61,6 +63,7 @@ def token_create(control: ControlPlane, name: str, repositories: tuple[str, ...]
 
     With --password-stdin the password is read from stdin and never printed.
     """
+    check_name(name, "token")  # before a password is asked for
     given = _read_token_password(name) if password_stdin else None
     created, password = control.create_token(name, repositories, expiry, password=given)
     record = token_resource(created)
@@ -81,10 +84,9 @@ def token_create(control: ControlPlane, name: str, repositories: tuple[str, ...]
              f"`docker login HOST:PORT -u {created.name}`.")
     if given is not None:
         source = "the prompt" if common.interactive() else "stdin"
-        click.echo(f"token {created.name} created with the password from {source}. {login}", err=True)
+        say(f"token {created.name} created with the password from {source}. {login}")
     else:
-        click.echo(f"Save the password now: it will not be shown again (regcache keeps only a salted hash). "
-                   f"{login}", err=True)
+        say(f"Save the password now: it will not be shown again (regcache keeps only a salted hash). {login}")
 
 
 @token.command("list")
@@ -103,5 +105,5 @@ def token_delete(control: ControlPlane, name: str, yes: bool) -> None:
     """Delete a client token; clients using it are refused from their next request."""
     confirmed_delete("token", name, yes, control.get_token, control.delete_token)
     if not control.list_tokens():
-        click.echo("no client tokens remain: a proxy on a loopback address (or started with --allow-anonymous) "
-                   "serves anonymous pulls again", err=True)
+        say("no client tokens remain: a proxy on a loopback address (or started with --allow-anonymous) "
+            "serves anonymous pulls again")

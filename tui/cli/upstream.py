@@ -11,6 +11,7 @@ from regcache.tui.cli.common import (
     emit,
     engine_command,
     output_option,
+    say,
 )
 from regcache.tui.output import (
     UPSTREAM_COLUMNS,
@@ -51,4 +52,4 @@ def upstream_remove(control: ControlPlane, login_server: str) -> None:
     """Remove a custom upstream, or restore a built-in upstream's default URL."""
     removed = control.remove_upstream(login_server)
     what = "URL override of" if removed.builtin else "upstream"
-    click.echo(f"removed {what} {removed.login_server}", err=True)
+    say(f"removed {what} {removed.login_server}")
