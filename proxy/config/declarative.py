@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from regcache.proxy.config.control import ControlPlane
-from regcache.proxy.core.catalogue import normalize_base_url
+from regcache.proxy.core.catalogue import normalize_allowed_origins, normalize_base_url
 from regcache.proxy.core.errors import ValidationError
 from regcache.proxy.core.models import CacheRule, CredentialSet, Upstream
 from regcache.proxy.core.settings import parse_rule_settings
@@ -24,7 +24,7 @@ HEADER = "# regcache configuration: apply with `regcache rules apply -f FILE` (d
 RULE_KEYS = {"name", "sourceRepository", "targetRepository", "credentialSet", "freshness", "retention",
              "serveStaleOnError", "serveStaleIfDeleted", "syncTags", "syncInterval"}
 SET_KEYS = {"name", "loginServer", "usernameSecretId", "passwordSecretId"}
-UPSTREAM_KEYS = {"loginServer", "url", "authPolicy"}
+UPSTREAM_KEYS = {"loginServer", "url", "authPolicy", "allowedOrigins"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,12 +64,16 @@ def _rule_doc(rule: CacheRule) -> dict[str, Any]:
 
 def export_document(control: ControlPlane) -> str:
     """The configuration as YAML (built-in upstreams only where their URL is overridden)."""
-    upstreams = []
+    upstreams: list[dict[str, Any]] = []
     for u in control.list_upstreams():
         if not u.builtin:
             upstreams.append({"loginServer": u.login_server, "url": u.base_url, "authPolicy": u.auth_policy.value})
         elif u.overridden:
             upstreams.append({"loginServer": u.login_server, "url": u.base_url})
+        else:
+            continue
+        if u.allowed_origins:
+            upstreams[-1]["allowedOrigins"] = list(u.allowed_origins)
     doc = {
         "upstreams": upstreams,
         "credentialSets": [{"name": cs.name, "loginServer": cs.login_server,
@@ -101,6 +105,9 @@ def _entries(doc: dict, section: str, keys: set[str], required: set[str]) -> lis
             if key.startswith("serveStale"):
                 if not isinstance(value, bool):
                     raise ValidationError(f"{where}.{key} must be true or false")
+            elif key == "allowedOrigins":
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise ValidationError(f"{where}.{key} must be a list of origins (scheme://host:port)")
             elif not isinstance(value, str):
                 raise ValidationError(f"{where}.{key} must be a string")
     names = [e.get("name") or e.get("loginServer") for e in entries]
@@ -173,13 +180,20 @@ def _run(control: ControlPlane, doc: dict[str, list[dict]], execute: bool) -> li
     wanted_upstreams = {e["loginServer"].strip().lower(): e for e in doc["upstreams"]}
     for server, entry in wanted_upstreams.items():
         current: Upstream | None = upstreams.get(server)
-        if current is None or current.base_url != normalize_base_url(entry["url"]) or (
+        url = normalize_base_url(entry["url"])
+        origins = normalize_allowed_origins(entry.get("allowedOrigins") or [], url)
+        # a built-in left as it is keeps its known realm hosts unless the file names allowed origins for it
+        origins_changed = current is not None and current.allowed_origins != origins and (
+            not current.builtin or current.overridden or "allowedOrigins" in entry)
+        if current is None or current.base_url != url or origins_changed or (
                 not current.builtin and current.auth_policy.value != entry.get("authPolicy", "both")):
+            shown = entry["url"] + (f" (allowed origins: {', '.join(origins) or 'none'})" if origins_changed or (
+                current is None and origins) else "")
             changes.append(Change("+" if current is None or (current.builtin and not current.overridden) else "~",
-                                  "upstream", server, entry["url"]))
+                                  "upstream", server, shown))
             if execute:
                 control.add_upstream(server, entry["url"], None if current is not None and current.builtin
-                                     else entry.get("authPolicy"))
+                                     else entry.get("authPolicy"), origins)
 
     # credential sets: create or change secret ids
     for entry in doc["credentialSets"]:

@@ -180,3 +180,13 @@ def m006_tags_and_links_per_source(db: Database) -> None:
     )
     db.table("repository_contents").create_index(["digest"])
     db.table("served_by").create({"digest": str, "login_server": str}, pk=("digest", "login_server"))
+
+
+@migration
+def m007_upstream_allowed_origins(db: Database) -> None:
+    """Origins an operator allows an upstream's redirects and token realms to reach (a JSON list).
+
+    Besides the upstream's own origin, only these may be on a loopback, link-local or private address,
+    and only these may receive the credential set as a token realm (regcache.proxy.upstream.policy).
+    """
+    db.table("upstreams").add_column("allowed_origins", str, not_null_default="[]")
