@@ -27,8 +27,9 @@ MANIFEST_MAX_SIZE_SETTING = "manifest-max-size"
 LIST_MAX_SIZE_SETTING = "list-max-size"
 TOKEN_MAX_SIZE_SETTING = "token-max-size"
 UPSTREAM_DEADLINE_SETTING = "upstream-deadline"
+TOKEN_MAX_LIFETIME_SETTING = "token-max-lifetime"
 UPSTREAM_LIMIT_SETTINGS = (MANIFEST_MAX_SIZE_SETTING, LIST_MAX_SIZE_SETTING, TOKEN_MAX_SIZE_SETTING,
-                           UPSTREAM_DEADLINE_SETTING)
+                           UPSTREAM_DEADLINE_SETTING, TOKEN_MAX_LIFETIME_SETTING)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,8 @@ class UpstreamLimits:
     token_bytes: int = 256 * 1024
     #: seconds for a whole manifest, tag-list, referrers or token call, however the upstream drips it
     deadline: float = 60.0
+    #: seconds a token service's token is reused at most, whatever ``expires_in`` it claims (NaN, inf, 10**400)
+    token_lifetime: float = 86400.0
 
     @classmethod
     def from_settings(cls, values: Mapping[str, str | None]) -> UpstreamLimits:
@@ -56,7 +59,8 @@ class UpstreamLimits:
         return cls(int(number(MANIFEST_MAX_SIZE_SETTING, default.manifest_bytes)),
                    int(number(LIST_MAX_SIZE_SETTING, default.list_bytes)),
                    int(number(TOKEN_MAX_SIZE_SETTING, default.token_bytes)),
-                   number(UPSTREAM_DEADLINE_SETTING, default.deadline))
+                   number(UPSTREAM_DEADLINE_SETTING, default.deadline),
+                   number(TOKEN_MAX_LIFETIME_SETTING, default.token_lifetime))
 STORAGE_SETTING = "storage"
 FILESYSTEM = "filesystem"
 S3 = "s3"
