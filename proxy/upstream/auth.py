@@ -109,5 +109,10 @@ class TokenCache:
         # Renew a little early so a token never expires between our check and the upstream's.
         self._tokens[key] = _Token(header, self._clock() + max(lifetime * 0.9 - 5, MIN_TOKEN_LIFETIME))
 
+    def remaining(self, key: tuple) -> float | None:
+        """Seconds until the token kept under ``key`` is renewed; None when there is none."""
+        token = self._tokens.get(key)
+        return None if token is None else token.expires - self._clock()
+
     def forget(self, key: tuple) -> None:
         self._tokens.pop(key, None)
