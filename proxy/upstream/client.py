@@ -72,7 +72,10 @@ class RedactedHTTPLog(logging.Filter):
                "httpcore.socks")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # a record that cannot be formatted cannot be redacted either: drop it, never raise
+            return False
         record.msg = _SECRET_HEADER.sub(r"\1<redacted>", _QUERY.sub("?<redacted>", message))
         record.args = None
         return True
