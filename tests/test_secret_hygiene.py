@@ -27,8 +27,9 @@ def test_no_secret_anywhere(home, keyring_env, basic_auth_registry, token_regist
         subprocess.run([regcache_executable(), "secret", "set", f"keyring://regcache-hygiene/{name}"],
                        input=value + "\n", text=True, env=env, check=True, capture_output=True)
     control = ControlPlane.open(home)
-    for registry in (basic_auth_registry, token_registry):
-        control.add_upstream(registry.host, registry.url, "credentials")
+    control.add_upstream(basic_auth_registry.host, basic_auth_registry.url, "credentials")
+    # its token service is on another loopback port: allowed for it, so it may receive the credential set
+    control.add_upstream(token_registry.host, token_registry.url, "credentials", [token_registry.issuer.url])
     k = "keyring://regcache-hygiene/"
     control.create_credential_set("basic-good", basic_auth_registry.host, k + "basic-user", k + "basic-pass")
     control.create_credential_set("basic-bad", basic_auth_registry.host, k + "basic-user", k + "wrong-pass")

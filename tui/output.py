@@ -101,12 +101,14 @@ def upstream_resource(upstream: Upstream, rate_limit: RateLimitRecord | None = N
         "builtIn": upstream.builtin,
         "defaultUrl": upstream.default_url,
         "title": upstream.title,
+        "allowedOrigins": list(upstream.allowed_origins),
         "rateLimit": rate_limit_resource(rate_limit),
     }
 
 
 UPSTREAM_COLUMNS: Sequence[Column] = (
     ("LOGIN SERVER", "loginServer"), ("URL", "url"), ("AUTH", "authPolicy"), ("KIND", "kind"),
+    ("ALLOWED ORIGINS", "allowedOrigins"),
 )
 
 

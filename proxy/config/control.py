@@ -16,6 +16,7 @@ from typing import Any
 from regcache.proxy.core.catalogue import (
     BUILTIN_UPSTREAMS,
     UpstreamCatalogue,
+    normalize_allowed_origins,
     normalize_base_url,
     normalize_login_server,
 )
@@ -43,6 +44,7 @@ from regcache.proxy.core.settings import (
     RULE_SETTINGS,
     RULES_FILE_MAX_SIZE_SETTING,
     STORAGE_SETTING,
+    TOKEN_MAX_LIFETIME_SETTING,
     TOKEN_MAX_SIZE_SETTING,
     UPSTREAM_DEADLINE_SETTING,
     StorageConfig,
@@ -102,6 +104,9 @@ SETTINGS: dict[str, tuple[Callable[..., float], Callable[[float], str | None], s
     RULES_FILE_MAX_SIZE_SETTING: (parse_size, _size,
                                   "largest rules file `regcache rules apply` reads (default 1MiB); larger ones "
                                   "are refused before they are parsed"),
+    TOKEN_MAX_LIFETIME_SETTING: (parse_duration, format_duration,
+                                 "longest an upstream token is reused, whatever lifetime its token service "
+                                 "claims (default 1d; at least 1s)"),
 }
 
 
@@ -282,18 +287,26 @@ class ControlPlane:
 
     # -- upstreams -----------------------------------------------------------------------------
 
-    def add_upstream(self, login_server: str, url: str, auth: str | None = None) -> Upstream:
-        """Add a custom upstream, or override the base URL of a built-in one."""
+    def add_upstream(self, login_server: str, url: str, auth: str | None = None,
+                     allow_origins: Sequence[str] = ()) -> Upstream:
+        """Add (or replace) a custom upstream, or override the base URL of a built-in one.
+
+        ``allow_origins`` (``scheme://host[:port]``) are the origins besides the upstream's own that its
+        redirects and token realms may reach on a loopback, link-local or private address, and that may
+        receive the credential set as a token realm. They replace the entry's previous ones; an override of
+        a built-in takes exactly these (the built-in's known realm hosts belong to its own URL).
+        """
         server = normalize_login_server(login_server)
         base_url = normalize_base_url(url)
+        origins = normalize_allowed_origins(allow_origins, base_url)
         with self.store.transaction():
             if server in BUILTIN_UPSTREAMS:
                 builtin = BUILTIN_UPSTREAMS[server]
                 if auth is not None and AuthPolicy.parse(auth) is not builtin.auth_policy:
                     raise ValidationError(
                         f"{server} is built in with the policy {builtin.auth_policy.value!r}; only its URL "
-                        f"can be overridden", field="auth")
-                self.store.upsert_upstream(server, base_url, None, "override")
+                        f"and allowed origins can be overridden", field="auth")
+                self.store.upsert_upstream(server, base_url, None, "override", origins)
             else:
                 policy = AuthPolicy.parse(auth) if auth else AuthPolicy.BOTH
                 for rule in self.store.cache_rules():
@@ -301,7 +314,7 @@ class ControlPlane:
                         check_credentials(server, rule.credential_set,
                                           {cs.name: cs for cs in self.store.credential_sets()},
                                           UpstreamCatalogue([Upstream(server, base_url, policy)]))
-                self.store.upsert_upstream(server, base_url, policy, "custom")
+                self.store.upsert_upstream(server, base_url, policy, "custom", origins)
             return self.catalogue().get(server)
 
     def remove_upstream(self, login_server: str) -> Upstream:

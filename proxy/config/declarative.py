@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 import yaml
 
 from regcache.proxy.config.control import ControlPlane
-from regcache.proxy.core.catalogue import normalize_base_url, normalize_login_server
+from regcache.proxy.core.catalogue import normalize_allowed_origins, normalize_base_url, normalize_login_server
 from regcache.proxy.core.errors import ValidationError
 from regcache.proxy.core.models import AuthPolicy, CacheRule, CredentialSet, Upstream
 from regcache.proxy.core.secret_ids import SecretId
@@ -36,9 +36,13 @@ HEADER = "# regcache configuration: apply with `regcache rules apply -f FILE` (d
 RULE_KEYS = {"name", "sourceRepository", "targetRepository", "credentialSet", "freshness", "retention",
              "serveStaleOnError", "serveStaleIfDeleted", "syncTags", "syncInterval"}
 SET_KEYS = {"name", "loginServer", "usernameSecretId", "passwordSecretId"}
-UPSTREAM_KEYS = {"loginServer", "url", "authPolicy"}
+UPSTREAM_KEYS = {"loginServer", "url", "authPolicy", "allowedOrigins"}
 #: a rules file nests four levels (document, section, entry, value); anything deeper is refused unbuilt
 MAX_DEPTH = 8
+
+
+def _origins_change(old: tuple[str, ...], new: tuple[str, ...]) -> str:
+    return f"allowed origins {', '.join(old) or 'none'} -> {', '.join(new) or 'none'}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,12 +82,16 @@ def _rule_doc(rule: CacheRule) -> dict[str, Any]:
 
 def export_document(control: ControlPlane) -> str:
     """The configuration as YAML (built-in upstreams only where their URL is overridden)."""
-    upstreams = []
+    upstreams: list[dict[str, Any]] = []
     for u in control.list_upstreams():
         if not u.builtin:
             upstreams.append({"loginServer": u.login_server, "url": u.base_url, "authPolicy": u.auth_policy.value})
         elif u.overridden:
             upstreams.append({"loginServer": u.login_server, "url": u.base_url})
+        else:
+            continue
+        if u.allowed_origins:
+            upstreams[-1]["allowedOrigins"] = list(u.allowed_origins)
     doc = {
         "upstreams": upstreams,
         "credentialSets": [{"name": cs.name, "loginServer": cs.login_server,
@@ -191,6 +199,9 @@ def _entries(doc: dict, section: str, keys: set[str], required: set[str]) -> lis
             if key.startswith("serveStale"):
                 if not isinstance(value, bool):
                     raise ValidationError(f"{where}.{key} must be true or false")
+            elif key == "allowedOrigins":
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise ValidationError(f"{where}.{key} must be a list of origins (scheme://host:port)")
             elif not isinstance(value, str):
                 raise ValidationError(f"{where}.{key} must be a string")
             else:
@@ -291,30 +302,38 @@ def _run(control: ControlPlane, doc: dict[str, list[dict]], execute: bool) -> li
     for server, entry in wanted_upstreams.items():
         current: Upstream | None = upstreams.get(server)
         url = normalize_base_url(entry["url"])
+        origins = normalize_allowed_origins(entry.get("allowedOrigins") or [], url)
         policy = AuthPolicy.parse(entry["authPolicy"], field="authPolicy") if "authPolicy" in entry else None
         if current is not None and current.builtin:
             if policy is not None and policy is not current.auth_policy:
                 raise ValidationError(f"{server} is built in with the auth policy {current.auth_policy.value!r}; "
-                                      f"a rules file can override only its url", field="authPolicy")
-            if current.base_url == url:
+                                      f"a rules file can override only its url and allowed origins",
+                                      field="authPolicy")
+            # a built-in left as it is keeps its known realm hosts unless the file names allowed origins for it
+            origins_changed = current.allowed_origins != origins and (current.overridden or "allowedOrigins" in entry
+                                                                      or current.base_url != url)
+            if current.base_url == url and not origins_changed:
                 continue
-            changes.append(Change("~" if current.overridden else "+", "upstream", server,
-                                  f"url {current.base_url} -> {url}"))
+            diffs = ([f"url {current.base_url} -> {url}"] if current.base_url != url else []) + (
+                [_origins_change(current.allowed_origins, origins)] if origins_changed else [])
+            changes.append(Change("~" if current.overridden else "+", "upstream", server, "; ".join(diffs)))
             if execute:
-                control.add_upstream(server, url)
+                control.add_upstream(server, url, None, origins)
             continue
         policy = policy or AuthPolicy.BOTH
         if current is None:
-            changes.append(Change("+", "upstream", server, f"{url}; auth policy {policy.value}"))
+            changes.append(Change("+", "upstream", server, f"{url}; auth policy {policy.value}" + (
+                f"; allowed origins {', '.join(origins)}" if origins else "")))
         else:
             diffs = ([f"url {current.base_url} -> {url}"] if current.base_url != url else []) + (
                 [f"auth policy {current.auth_policy.value} -> {policy.value}"] if current.auth_policy != policy
-                else [])
+                else []) + ([_origins_change(current.allowed_origins, origins)]
+                            if current.allowed_origins != origins else [])
             if not diffs:
                 continue
             changes.append(Change("~", "upstream", server, "; ".join(diffs)))
         if execute:
-            control.add_upstream(server, url, policy.value)
+            control.add_upstream(server, url, policy.value, origins)
 
     # credential sets: create or change secret ids (shown old -> new: ids only, never values)
     for i, entry in enumerate(doc["credentialSets"]):

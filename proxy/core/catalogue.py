@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+import ipaddress
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from regcache.proxy.core.errors import NotFoundError, ValidationError
 from regcache.proxy.core.models import AuthPolicy, Upstream
@@ -14,10 +15,16 @@ from regcache.proxy.core.text import check_printable
 DOCKER_HUB = "docker.io"
 
 #: The "Source" drop-down: login server -> built-in entry (DESIGN 1).
+#:
+#: Token services (the ``realm`` of their Bearer challenges): Docker Hub's is https://auth.docker.io, another
+#: origin, allowed here; ghcr.io (/token), quay.io (/v2/auth), gcr.io (/v2/token) and public.ecr.aws (/token/)
+#: answer on their own origin; mcr.microsoft.com is anonymous. Blob redirects (Docker Hub's and MCR's CDNs,
+#: registry.k8s.io's regional mirrors) go to public addresses and are followed without credentials.
 BUILTIN_UPSTREAMS: Mapping[str, Upstream] = {
     u.login_server: u
     for u in (
-        Upstream(DOCKER_HUB, "https://registry-1.docker.io", AuthPolicy.CREDENTIALS, True, "Docker Hub"),
+        Upstream(DOCKER_HUB, "https://registry-1.docker.io", AuthPolicy.CREDENTIALS, True, "Docker Hub",
+                 allowed_origins=("https://auth.docker.io:443",)),
         Upstream("mcr.microsoft.com", "https://mcr.microsoft.com", AuthPolicy.ANONYMOUS, True,
                  "Microsoft Artifact Registry"),
         Upstream("public.ecr.aws", "https://public.ecr.aws", AuthPolicy.ANONYMOUS, True,
@@ -79,15 +86,87 @@ def normalize_base_url(url: str) -> str:
     return f"{parts.scheme}://{netloc}"
 
 
-class UpstreamCatalogue:
-    """Every upstream regcache knows: built-ins (possibly with an overridden URL) and custom ones."""
+#: at most this many allowed origins per upstream (each is a hole in the outbound policy: keep them few)
+MAX_ALLOWED_ORIGINS = 16
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
-    def __init__(self, custom: Iterable[Upstream] = (), overrides: Mapping[str, str] | None = None) -> None:
+
+def _origin(parts: SplitResult, what: str, field: str) -> str:
+    """``scheme://host:port`` of split URL ``parts``: lower case, the port written out, IPv6 in brackets."""
+    if parts.scheme not in _DEFAULT_PORTS:
+        raise ValidationError(f"{what} must start with https:// or http://", field=field)
+    host = parts.hostname
+    if not host:
+        raise ValidationError(f"{what} has no host", field=field)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValidationError(f"{what} has an invalid port", field=field) from None
+    try:
+        host = ipaddress.ip_address(host).compressed
+    except ValueError:
+        try:
+            host = host.encode("idna").decode("ascii").lower()
+        except UnicodeError:
+            raise ValidationError(f"{what} has an invalid host name", field=field) from None
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}:{port or _DEFAULT_PORTS[parts.scheme]}"
+
+
+def origin_of(url: str) -> str:
+    """The origin of any http(s) URL (its path and query ignored), in the form :func:`normalize_origin` gives."""
+    return _origin(urlsplit(url.strip()), f"URL {url!r}", "url")
+
+
+def normalize_origin(value: str) -> str:
+    """An origin an operator allows for an upstream: ``scheme://host[:port]`` and nothing else."""
+    raw = value.strip()
+    what = f"origin {value!r}"
+    if "://" not in raw:
+        raise ValidationError(f"{what} must be written scheme://host[:port], e.g. https://auth.example.com",
+                              field="allow_origin")
+    parts = urlsplit(raw)
+    if parts.username or parts.password or parts.query or parts.fragment or parts.path not in ("", "/"):
+        raise ValidationError(f"{what} must be scheme://host[:port] only: no path, query or login",
+                              field="allow_origin")
+    return _origin(parts, what, "allow_origin")
+
+
+def normalize_allowed_origins(values: Sequence[str], base_url: str) -> tuple[str, ...]:
+    """The allowed origins of an upstream at ``base_url``: normalized, without duplicates or its own origin.
+
+    An ``http://`` origin is refused for an ``https://`` upstream: regcache never goes from https to http.
+    """
+    own = origin_of(base_url)
+    origins: list[str] = []
+    for value in values:
+        origin = normalize_origin(value)
+        if origin.startswith("http://") and own.startswith("https://"):
+            raise ValidationError(f"origin {origin} is plain http but the upstream is {base_url}; regcache never "
+                                  f"follows https to http, so it could not be used", field="allow_origin")
+        if origin != own and origin not in origins:
+            origins.append(origin)
+    if len(origins) > MAX_ALLOWED_ORIGINS:
+        raise ValidationError(f"at most {MAX_ALLOWED_ORIGINS} allowed origins per upstream", field="allow_origin")
+    return tuple(origins)
+
+
+class UpstreamCatalogue:
+    """Every upstream regcache knows: built-ins (possibly with an overridden URL) and custom ones.
+
+    ``overrides`` maps a built-in login server to its URL and allowed origins; an override's allowances
+    replace the built-in's (its known realm hosts belong to the built-in URL, not to one pointed elsewhere).
+    """
+
+    def __init__(self, custom: Iterable[Upstream] = (),
+                 overrides: Mapping[str, tuple[str, tuple[str, ...]]] | None = None) -> None:
         entries: dict[str, Upstream] = {}
         overrides = overrides or {}
         for server, builtin in BUILTIN_UPSTREAMS.items():
             if server in overrides:
-                builtin = replace(builtin, base_url=overrides[server], default_url=builtin.base_url)
+                url, origins = overrides[server]
+                builtin = replace(builtin, base_url=url, default_url=builtin.base_url, allowed_origins=origins)
             entries[server] = builtin
         for upstream in custom:
             entries[upstream.login_server] = upstream

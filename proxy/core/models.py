@@ -52,6 +52,10 @@ class Upstream:
     title: str = ""
     #: the built-in base URL when an override replaced it, else ``None``
     default_url: str | None = None
+    #: origins (``scheme://host:port``) besides its own that redirects and token realms may lead to even on a
+    #: loopback, link-local or private address, and to which a token realm may receive the credential set
+    #: (regcache.proxy.upstream.policy)
+    allowed_origins: tuple[str, ...] = ()
 
     @property
     def overridden(self) -> bool:

@@ -31,9 +31,10 @@ UPSTREAM_DEADLINE_SETTING = "upstream-deadline"
 BLOB_MAX_SIZE_SETTING = "blob-max-size"
 BLOB_MIN_RATE_SETTING = "blob-min-rate"
 BLOB_RATE_WINDOW_SETTING = "blob-rate-window"
+TOKEN_MAX_LIFETIME_SETTING = "token-max-lifetime"
 UPSTREAM_LIMIT_SETTINGS = (MANIFEST_MAX_SIZE_SETTING, LIST_MAX_SIZE_SETTING, TOKEN_MAX_SIZE_SETTING,
                            UPSTREAM_DEADLINE_SETTING, BLOB_MAX_SIZE_SETTING, BLOB_MIN_RATE_SETTING,
-                           BLOB_RATE_WINDOW_SETTING)
+                           BLOB_RATE_WINDOW_SETTING, TOKEN_MAX_LIFETIME_SETTING)
 #: the largest rules file `regcache rules apply` reads (docs: README, "Limits")
 RULES_FILE_MAX_SIZE_SETTING = "rules-file-max-size"
 DEFAULT_RULES_FILE_MAX_SIZE = 1024 * 1024
@@ -57,6 +58,8 @@ class UpstreamLimits:
     #: seconds (a deadline would cut a big layer on a slow link; a rate only cuts a stalled or dripping one)
     blob_min_rate: int = 16 * 1024
     blob_rate_window: float = 60.0
+    #: seconds a token service's token is reused at most, whatever ``expires_in`` it claims (NaN, inf, 10**400)
+    token_lifetime: float = 86400.0
 
     @classmethod
     def from_settings(cls, values: Mapping[str, str | None]) -> UpstreamLimits:
@@ -73,7 +76,8 @@ class UpstreamLimits:
                    number(UPSTREAM_DEADLINE_SETTING, default.deadline),
                    int(number(BLOB_MAX_SIZE_SETTING, default.blob_bytes)),
                    int(number(BLOB_MIN_RATE_SETTING, default.blob_min_rate)),
-                   number(BLOB_RATE_WINDOW_SETTING, default.blob_rate_window))
+                   number(BLOB_RATE_WINDOW_SETTING, default.blob_rate_window),
+                   number(TOKEN_MAX_LIFETIME_SETTING, default.token_lifetime))
 
 
 #: how long and how many pull events are kept (docs: README, "Limits"); their counts survive as roll-ups

@@ -183,6 +183,16 @@ def m006_tags_and_links_per_source(db: Database) -> None:
 
 
 @migration
+def m007_upstream_allowed_origins(db: Database) -> None:
+    """Origins an operator allows an upstream's redirects and token realms to reach (a JSON list).
+
+    Besides the upstream's own origin, only these may be on a loopback, link-local or private address,
+    and only these may receive the credential set as a token realm (regcache.proxy.upstream.policy).
+    """
+    db.table("upstreams").add_column("allowed_origins", str, not_null_default="[]")
+
+
+@migration
 def m008_event_rollups(db: Database) -> None:
     """Counters of pruned pull events, so the statistics outlive the events (events-max-age, events-max-count).
 

@@ -63,6 +63,11 @@ def _dt(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
+def _origins(row: dict[str, Any]) -> tuple[str, ...]:
+    """An upstream row's allowed origins (a JSON list, written by :meth:`StateStore.upsert_upstream`)."""
+    return tuple(json.loads(row.get("allowed_origins") or "[]"))
+
+
 def _required_dt(value: str | None, column: str, key: str) -> datetime:
     """A timestamp from a NOT NULL column; a damaged database gets a StateError naming the column and row."""
     when = _dt(value)
@@ -250,18 +255,22 @@ class StateStore:
 
     def custom_upstreams(self) -> list[Upstream]:
         return [
-            Upstream(r["login_server"], r["base_url"], AuthPolicy(r["auth_policy"]), False, "custom")
+            Upstream(r["login_server"], r["base_url"], AuthPolicy(r["auth_policy"]), False, "custom",
+                     allowed_origins=_origins(r))
             for r in self._rows("SELECT * FROM upstreams WHERE kind = 'custom' ORDER BY login_server")
         ]
 
-    def upstream_overrides(self) -> dict[str, str]:
-        return {r["login_server"]: r["base_url"] for r in self._rows("SELECT * FROM upstreams WHERE kind = 'override'")}
+    def upstream_overrides(self) -> dict[str, tuple[str, tuple[str, ...]]]:
+        """Built-in login server -> (overriding URL, the override's allowed origins)."""
+        return {r["login_server"]: (r["base_url"], _origins(r))
+                for r in self._rows("SELECT * FROM upstreams WHERE kind = 'override'")}
 
-    def upsert_upstream(self, login_server: str, base_url: str, auth_policy: AuthPolicy | None, kind: str) -> None:
+    def upsert_upstream(self, login_server: str, base_url: str, auth_policy: AuthPolicy | None, kind: str,
+                        allowed_origins: tuple[str, ...] = ()) -> None:
         self.db.table("upstreams").upsert({
             "login_server": login_server, "base_url": base_url,
             "auth_policy": auth_policy.value if auth_policy else None, "kind": kind,
-            "created_at": _ts(utc_now()),
+            "allowed_origins": json.dumps(list(allowed_origins)), "created_at": _ts(utc_now()),
         }, pk="login_server")
 
     def delete_upstream(self, login_server: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -50,6 +51,36 @@ def basic_header(username: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
 
 
+#: seconds a token is reused when its token service gives no ``expires_in`` (the distribution spec's default)
+DEFAULT_TOKEN_LIFETIME = 60.0
+#: bounds on a token's reuse, whatever the token service claims (the upper one is the token-max-lifetime setting)
+MIN_TOKEN_LIFETIME = 1.0
+MAX_TOKEN_LIFETIME = 86400.0
+
+
+def token_lifetime(expires_in: object, longest: float = MAX_TOKEN_LIFETIME) -> float:
+    """Seconds a token may be reused: ``expires_in`` from a token answer, clamped to a finite range.
+
+    Absent: 60 s. Not a number, NaN, zero or negative: the minimum (ask again soon rather than trust it).
+    Infinite or huge (``1e999``, ``10**400``): ``longest``, which is itself at least the minimum.
+    """
+    longest = max(longest, MIN_TOKEN_LIFETIME) if math.isfinite(longest) else MAX_TOKEN_LIFETIME
+    if expires_in is None:
+        value = DEFAULT_TOKEN_LIFETIME
+    elif isinstance(expires_in, bool) or not isinstance(expires_in, int | float | str):
+        return MIN_TOKEN_LIFETIME
+    else:
+        try:
+            value = float(expires_in)
+        except OverflowError:  # an int beyond float range
+            value = math.inf
+        except ValueError:
+            return MIN_TOKEN_LIFETIME
+    if math.isnan(value) or value < MIN_TOKEN_LIFETIME:
+        return MIN_TOKEN_LIFETIME
+    return min(value, longest)
+
+
 @dataclass(slots=True)
 class _Token:
     header: str
@@ -72,9 +103,16 @@ class TokenCache:
             return None
         return token.header
 
-    def put(self, key: tuple, header: str, expires_in: float) -> None:
+    def put(self, key: tuple, header: str, expires_in: object, longest: float = MAX_TOKEN_LIFETIME) -> None:
+        """Keep ``header`` for ``expires_in`` seconds, clamped by :func:`token_lifetime` (never forever)."""
+        lifetime = token_lifetime(expires_in, longest)
         # Renew a little early so a token never expires between our check and the upstream's.
-        self._tokens[key] = _Token(header, self._clock() + max(expires_in * 0.9 - 5, 1))
+        self._tokens[key] = _Token(header, self._clock() + max(lifetime * 0.9 - 5, MIN_TOKEN_LIFETIME))
+
+    def remaining(self, key: tuple) -> float | None:
+        """Seconds until the token kept under ``key`` is renewed; None when there is none."""
+        token = self._tokens.get(key)
+        return None if token is None else token.expires - self._clock()
 
     def forget(self, key: tuple) -> None:
         self._tokens.pop(key, None)

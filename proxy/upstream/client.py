@@ -1,8 +1,11 @@
-"""UpstreamClient: every request regcache makes to an upstream registry, through one httpx.AsyncClient.
+"""UpstreamClient: every request regcache makes to an upstream registry.
 
 It answers ``WWW-Authenticate`` challenges (Basic with the rule's credential set; Bearer with a
-token fetched anonymously or with the credential set, cached until it expires) and follows
-redirects itself so that ``Authorization`` is never sent to another host (blob CDNs).
+token fetched anonymously or with the credential set, cached until it expires, within bounds) and
+follows redirects itself, hop by hop under the outbound policy (:mod:`.policy`): ``Authorization``
+is only ever sent to the upstream's own origin, targets outside its own and allowed origins go through
+a public-addresses-only connection pool, and https never leads to http. Logs never carry a query
+string of an upstream URL (presigned redirects sign there) nor an ``Authorization`` value.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -33,7 +37,19 @@ from regcache.proxy.core.settings import (
     UpstreamLimits,
 )
 from regcache.proxy.core.units import format_size
-from regcache.proxy.upstream.auth import Challenge, TokenCache, basic_header, parse_challenge
+from regcache.proxy.upstream.auth import Challenge, TokenCache, basic_header, parse_challenge, token_lifetime
+from regcache.proxy.upstream.policy import (
+    OutboundRefused,
+    PublicOnlyTransport,
+    Route,
+    is_own_origin,
+    origin,
+    realm_route,
+    redact_url,
+    route,
+)
+
+log = logging.getLogger(__name__)
 
 # httpcore reads HTTP/1.1 bodies 64 KiB at a time and offers no setting for it; at blob sizes the
 # per-read overhead (timeouts, scheduling, copies) was a fifth of the proxy's CPU in
@@ -47,6 +63,40 @@ log = logging.getLogger("regcache.upstream")
 REDIRECTS = (301, 302, 303, 307, 308)
 MAX_REDIRECTS = 5
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=30.0)
+
+# A query string after a URL path (presigned CDN URLs carry their signature there) and the value of a
+# header that carries a login, as httpx (INFO: every request's URL) and httpcore (DEBUG: response headers,
+# redirect locations included) write them into their log messages.
+_QUERY = re.compile(r"(?<=[\w/.~%-])\?[^\s'\"\\]+")
+_SECRET_HEADER = re.compile(r"((?:authorization|proxy-authorization|cookie|set-cookie)(?:['\"],\s*b?['\"]|:\s*))"
+                            r"[^'\"\r\n]*", re.IGNORECASE)
+
+
+class RedactedHTTPLog(logging.Filter):
+    """Rewrites httpx's and httpcore's log records without query strings or login header values."""
+
+    LOGGERS = ("httpx", "httpcore.http11", "httpcore.http2", "httpcore.connection", "httpcore.proxy",
+               "httpcore.socks")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a record that cannot be formatted cannot be redacted either: drop it, never raise
+            return False
+        record.msg = _SECRET_HEADER.sub(r"\1<redacted>", _QUERY.sub("?<redacted>", message))
+        record.args = None
+        return True
+
+    @classmethod
+    def install(cls) -> None:
+        """Filter those loggers once per process (a logger's filters apply to what it logs itself)."""
+        for name in cls.LOGGERS:
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, cls) for f in logger.filters):
+                logger.addFilter(cls())
+
+
+RedactedHTTPLog.install()
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +142,10 @@ class UpstreamNotFound(UpstreamError):
 
 class UpstreamProtocolError(UpstreamError):
     """The upstream answered something we cannot use."""
+
+
+class UpstreamRefused(UpstreamProtocolError):
+    """The upstream led to a redirect target or token realm the outbound policy refuses (nothing was sent)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,15 +230,31 @@ def _too_large(upstream: Upstream, what: str, limit: int, setting: str) -> Upstr
                                  f"`regcache settings set {setting} SIZE`)")
 
 
+def _allow_hint(upstream: Upstream, origin: str) -> str:
+    """The command that allows ``origin`` for ``upstream``, keeping the origins it allows already."""
+    origins = " ".join(f"--allow-origin {o}" for o in (*upstream.allowed_origins, origin))
+    return f"`regcache upstream add --login-server {upstream.login_server} --url {upstream.base_url} {origins}`"
+
+
 class UpstreamClient:
-    """One long-lived HTTP client for all upstreams; pass ``transport`` for socket-free tests."""
+    """Long-lived HTTP clients for all upstreams; pass ``transport`` (and ``public_transport``) for socket-free
+    tests.
+
+    ``_client`` reaches upstreams and the origins allowed for them; ``_public`` reaches every other redirect
+    target and token realm, on public addresses only (:class:`~.policy.PublicOnlyTransport`).
+    """
 
     def __init__(self, transport: httpx.AsyncBaseTransport | None = None,
-                 timeout: httpx.Timeout = DEFAULT_TIMEOUT) -> None:
+                 timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+                 public_transport: httpx.AsyncBaseTransport | None = None) -> None:
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
         self._client = httpx.AsyncClient(
-            transport=transport, timeout=timeout, follow_redirects=False,
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            transport=transport, timeout=timeout, follow_redirects=False, limits=limits,
             headers={"User-Agent": "regcache"},
+        )
+        self._public = httpx.AsyncClient(
+            transport=public_transport or transport or PublicOnlyTransport(limits), timeout=timeout,
+            follow_redirects=False, limits=limits, headers={"User-Agent": "regcache"},
         )
         self.tokens = TokenCache()
         #: what one answer may cost (the proxy sets them from its settings)
@@ -197,32 +267,65 @@ class UpstreamClient:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+        await self._public.aclose()
 
     # -- plumbing ----------------------------------------------------------------------------
 
+    def _refused(self, upstream: Upstream, what: str, exc: OutboundRefused,
+                 target: httpx.URL | None = None) -> UpstreamRefused:
+        """The error for a refused target (``what``: "a redirect to"...): why, and how to allow it if it can be."""
+        shown = exc.origin
+        if target is not None:  # the public pool names only the host it refused: show the whole origin
+            try:
+                shown = origin(target)
+            except OutboundRefused:
+                pass
+        if exc.allowable:
+            advice = f"if that origin is genuine, allow it for this upstream: {_allow_hint(upstream, shown)}"
+        else:
+            advice = "regcache never allows that"
+        log.warning("upstream %s: refused %s %s, which %s", upstream.login_server, what, shown, exc.reason)
+        return UpstreamRefused(upstream.login_server, f"refused {what} {shown}, which {exc.reason}; nothing was "
+                                                      f"fetched from it or stored ({advice})")
+
     async def _send_following_redirects(self, upstream: Upstream, method: str, url: str,
                                         headers: dict[str, str], stream: bool) -> httpx.Response:
-        origin = httpx.URL(url)
-        target = origin
+        """Send, following redirects hop by hop under the outbound policy (the first hop too: a ``Link`` to a
+        next page may lead anywhere); ``Authorization`` only ever goes to the upstream's own origin."""
+        previous: httpx.URL | str = upstream.base_url
+        target = httpx.URL(url)
+        what = "a link to"
         for _ in range(MAX_REDIRECTS + 1):
-            request = self._client.build_request(method, target, headers=headers)
             try:
-                response = await self._client.send(request, stream=stream)
+                client = self._client if route(upstream, previous, target) is Route.TRUSTED else self._public
+            except OutboundRefused as exc:
+                raise self._refused(upstream, what, exc) from None
+            if not is_own_origin(upstream, target):
+                # another origin (a blob CDN, even an allowed one) never gets our upstream login
+                headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+            request = client.build_request(method, target, headers=headers)
+            try:
+                response = await client.send(request, stream=stream)
+            except OutboundRefused as exc:  # the public pool found the name on a non-public address
+                raise self._refused(upstream, what, exc, target) from None
             except httpx.HTTPError as exc:
                 raise UpstreamUnreachable(upstream.login_server, f"{_cause(exc)} at {target.host}") from None
             location = response.headers.get("location")
             if response.status_code not in REDIRECTS or not location:
                 return response
             await response.aclose()
-            target = response.url.join(location)
-            if (target.scheme, target.host, target.port) != (origin.scheme, origin.host, origin.port):
-                # A redirect to another host (a blob CDN) must not carry our upstream login.
-                headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+            previous = target
+            try:
+                target = response.url.join(location)
+            except httpx.InvalidURL:
+                raise UpstreamProtocolError(upstream.login_server, "sent a redirect to an invalid URL") from None
+            what = "a redirect to"
+            log.debug("upstream %s: redirected to %s", upstream.login_server, redact_url(target))
         raise UpstreamProtocolError(upstream.login_server, f"more than {MAX_REDIRECTS} redirects")
 
     async def _authorize(self, upstream: Upstream, challenge: Challenge | None, scope: str,
                          creds: Credentials | None) -> tuple[str, float]:
-        """The Authorization header answering ``challenge``, and how long it may be reused."""
+        """The Authorization header answering ``challenge``, and how long it may be reused (finite, bounded)."""
         server = upstream.login_server
         who = f"credential set {creds.identity!r}" if creds else "anonymous pulls"
         if challenge is None or challenge.scheme not in ("basic", "bearer"):
@@ -235,17 +338,27 @@ class UpstreamClient:
         realm = challenge.realm
         if not realm:
             raise UpstreamProtocolError(server, "sent a Bearer challenge without a realm")
+        try:
+            realm_url = httpx.URL(realm)
+            client = self._client if realm_route(upstream, realm_url, creds is not None) is Route.TRUSTED \
+                else self._public
+        except httpx.InvalidURL:
+            raise UpstreamProtocolError(server, "sent a Bearer challenge whose realm is not a URL") from None
+        except OutboundRefused as exc:
+            raise self._refused(upstream, "the token service at", exc) from None
         params = {k: v for k, v in (("service", challenge.params.get("service")),
                                     ("scope", challenge.params.get("scope") or scope)) if v}
         headers = {"Authorization": basic_header(creds.username, creds.password)} if creds else {}
         self.token_requests += 1
         try:
-            request = self._client.build_request("GET", realm, params=params, headers=headers)
-            response = await self._client.send(request, stream=True)
+            request = client.build_request("GET", realm_url, params=params, headers=headers)
+            response = await client.send(request, stream=True)
             content = await self._read(upstream, response, self.limits.token_bytes, TOKEN_MAX_SIZE_SETTING,
                                        "token service answer")
+        except OutboundRefused as exc:
+            raise self._refused(upstream, "the token service at", exc, realm_url) from None
         except httpx.HTTPError as exc:
-            raise UpstreamUnreachable(server, f"token service {httpx.URL(realm).host} {_cause(exc)}") from None
+            raise UpstreamUnreachable(server, f"token service {realm_url.host} {_cause(exc)}") from None
         if response.status_code in (401, 403):
             raise UpstreamAuthError(server, f"token service refused {who} (HTTP {response.status_code})",
                                     response.status_code)
@@ -255,13 +368,13 @@ class UpstreamClient:
         try:
             body = json.loads(content)
             token = body.get("token") or body.get("access_token")
-            expires_in = float(body.get("expires_in") or 60)
-        except (ValueError, AttributeError, TypeError):
-            token = None
+            expires_in = body.get("expires_in")
+        except (ValueError, AttributeError, TypeError, RecursionError):
+            token = expires_in = None
         if response.status_code != 200 or not isinstance(token, str) or not token:
             raise UpstreamProtocolError(server, f"token service answered HTTP {response.status_code} "
                                                 f"without a token")
-        return f"Bearer {token}", expires_in
+        return f"Bearer {token}", token_lifetime(expires_in, self.limits.token_lifetime)
 
     async def _read(self, upstream: Upstream, response: httpx.Response, limit: int, setting: str,
                     what: str) -> bytes:
@@ -315,7 +428,7 @@ class UpstreamClient:
             challenge = parse_challenge(response.headers.get("www-authenticate", ""))
             await response.aclose()
             auth, lifetime = await self._authorize(upstream, challenge, scope, creds)
-            self.tokens.put(key, auth, lifetime)
+            self.tokens.put(key, auth, lifetime, self.limits.token_lifetime)
         status = response.status_code
         self._observe_rate_limit(upstream, creds, response)
         if status in (401, 403):

@@ -1,7 +1,9 @@
 """A hostile upstream registry: a small ASGI app under uvicorn on 127.0.0.1, for the trust tests.
 
 It answers HEAD 200 for any manifest or blob (claiming whatever digest was asked), serves the manifest
-bytes it was given under whatever media type it was told, and sends blobs as slow, wrong bytes.
+bytes it was given under whatever media type it was told, and sends blobs as slow, wrong bytes. For the
+outbound-policy tests it also redirects a repository's requests anywhere, challenges for a token from any
+realm, links its tag list's next page anywhere, and serves https when given a certificate.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ class HostileUpstream:
     records (method, path) of every request.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[str, str] | None = None) -> None:
+        """``tls``: (certificate file, key file) to serve https instead of http."""
         self.manifests: dict[tuple[str, str], tuple[str, bytes]] = {}
         self.blob_size = 4 * 1024 * 1024
         self.chunk = 64 * 1024
@@ -56,13 +59,24 @@ class HostileUpstream:
         self.manifest_headers: dict[tuple[str, str], list[tuple[bytes, bytes]]] = {}
         #: repository -> (content type, body) of every referrers GET in it
         self.referrers: dict[str, tuple[str, bytes]] = {}
+        #: repository -> where its manifest and blob requests are redirected (307 with this Location)
+        self.redirects: dict[str, str] = {}
+        #: repository -> the URL its tag list's Link header gives as the next page
+        self.tag_links: dict[str, str] = {}
+        #: when set, requests without a Bearer token get a 401 challenge naming this token service (realm)
+        self.realm: str | None = None
+        #: the headers of every request, names in lower case (in the order of ``requests``)
+        self.request_headers: list[dict[str, str]] = []
+        self.scheme = "https" if tls else "http"
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
         self._sock = sock
         self._stopping = False
         self._server = uvicorn.Server(uvicorn.Config(self.app, interface="asgi3", log_config=None, access_log=False,
-                                                     lifespan="off", timeout_graceful_shutdown=1))
+                                                     lifespan="off", timeout_graceful_shutdown=1,
+                                                     ssl_certfile=tls[0] if tls else None,
+                                                     ssl_keyfile=tls[1] if tls else None))
         self._thread = threading.Thread(target=lambda: asyncio.run(self._server.serve([sock])), daemon=True)
 
     @property
@@ -71,7 +85,7 @@ class HostileUpstream:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{self.scheme}://{self.host}"
 
     def start(self) -> HostileUpstream:
         self._thread.start()
@@ -92,12 +106,23 @@ class HostileUpstream:
         assert scope["type"] == "http"
         method, path = scope["method"], scope["path"]
         self.requests.append((method, path))
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        self.request_headers.append(headers)
+        if self.realm is not None and not headers.get("authorization", "").startswith("Bearer "):
+            challenge = f'Bearer realm="{self.realm}",service="hostile"'.encode()
+            await send({"type": "http.response.start", "status": 401,
+                        "headers": [(b"www-authenticate", challenge), (b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+            return
         if path in ("/v2/", "/v2"):
             await self._answer(send, 200, b"{}", "application/json")
             return
         if path.endswith("/tags/list") and path[len("/v2/"):-len("/tags/list")] in self.tag_lists:
             repository = path[len("/v2/"):-len("/tags/list")]
-            link = self.tag_list_links.get(repository)
+            if repository in self.tag_links and not scope.get("query_string"):  # the first page only
+                link: str | None = f'<{self.tag_links[repository]}>; rel="next"'
+            else:
+                link = self.tag_list_links.get(repository)
             await self._answer(send, 200, self.tag_lists[repository], "application/json",
                                [(b"link", link.encode())] if link else [])
             return
@@ -109,6 +134,11 @@ class HostileUpstream:
         m = _PATH.fullmatch(path)
         if m is None:
             await self._answer(send, 404, b"", "text/plain")
+            return
+        if m["repo"] in self.redirects:
+            await send({"type": "http.response.start", "status": 307,
+                        "headers": [(b"location", self.redirects[m["repo"]].encode()), (b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
             return
         if method == "GET" and m["kind"] == "manifests" and (m["repo"] in self.endless or m["repo"] in self.drip):
             # no Content-Length and no end: 1 MiB at a time, or a byte now and then, until the client hangs up

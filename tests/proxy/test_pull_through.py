@@ -164,7 +164,9 @@ def test_basic_auth_upstream_and_wrong_secrets(regcache, basic_auth_registry, pu
 
 
 def test_bearer_upstream_anonymous_and_with_credentials(regcache, token_registry, push_image, skopeo, tmp_path):
-    server = regcache.add_upstream(token_registry)
+    # the token service listens on another loopback port: the operator allows its origin for this upstream
+    server = token_registry.host
+    regcache.control.add_upstream(server, token_registry.url, "both", [token_registry.issuer.url])
     image = push_image(token_registry, "acme/tokened", "1", layers=[30_000])
     regcache.control.create_rule("anon-token", f"{server}/acme/tokened", "anon")
     assert_pulled(skopeo.copy_to_oci(f"{regcache.host}/anon:1", tmp_path / "anon", "1"), "1", image)
@@ -204,7 +206,7 @@ def test_blob_redirect_is_followed_without_authorization(regcache, anonymous_reg
     cdn = BlobCDN(anonymous_registry.url, "acme/cdn").start()
     front = FaultyFront(anonymous_registry.url, REDIRECT, basic_auth=("fronted", "front-pass"), cdn=cdn).start()
     try:
-        regcache.control.add_upstream(front.host, front.url, "credentials")
+        regcache.control.add_upstream(front.host, front.url, "credentials", [cdn.url])  # a loopback CDN: allowed
         regcache.control.create_credential_set("front-creds", front.host, _secret(regcache, "fu", "fronted"),
                                                _secret(regcache, "fp", "front-pass"))
         regcache.control.create_rule("cdn-app", f"{front.host}/acme/cdn", "cdn", "front-creds")

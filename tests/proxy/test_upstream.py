@@ -19,6 +19,8 @@ from regcache.proxy.upstream.client import (
 pytestmark = pytest.mark.anyio
 
 UP = Upstream("reg.test", "https://reg.test", AuthPolicy.BOTH)
+#: the same upstream with its token service's origin allowed: only such a realm receives the credential set
+UP_WITH_REALM = Upstream("reg.test", "https://reg.test", AuthPolicy.BOTH, allowed_origins=("https://auth.test:443",))
 CREDS = Credentials("my-creds", "alice", "s3cret")
 MANIFEST = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}'
 
@@ -74,11 +76,11 @@ async def test_anonymous_bearer_flow_and_token_cache():
 async def test_bearer_with_credentials_and_refusal():
     seen: list[httpx.Request] = []
     client = UpstreamClient(httpx.MockTransport(bearer_registry(seen, require_user="alice:s3cret")))
-    got = await client.manifest(UP, "lib/app", "latest", CREDS)
+    got = await client.manifest(UP_WITH_REALM, "lib/app", "latest", CREDS)
     assert got.content == MANIFEST
     wrong = Credentials("bad-creds", "alice", "wrong")
     with pytest.raises(UpstreamAuthError) as info:
-        await client.manifest(UP, "lib/app", "latest", wrong)
+        await client.manifest(UP_WITH_REALM, "lib/app", "latest", wrong)
     assert "token service refused credential set 'bad-creds'" in str(info.value)
     assert "wrong" not in str(info.value) and "alice" not in str(info.value)
     await client.aclose()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from textual import work
+from rich.text import Text
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Label, Static
@@ -22,6 +23,8 @@ def kind(upstream: Upstream) -> str:
 
 class UpstreamsBlade(Blade):
     CHANGES = "upstreams"
+    #: the upstreams shown, by login server
+    upstreams: dict[str, Upstream] = {}
     BINDINGS = [
         Binding("a", "add_upstream", "Add", id="upstreams.add"),
         Binding("x", "remove_upstream", "Remove", id="upstreams.remove"),
@@ -33,6 +36,8 @@ class UpstreamsBlade(Blade):
         table: DataTable = DataTable(id="upstreams-table", cursor_type="row", zebra_stripes=True)
         table.add_columns("Login server", "URL", "Pulls", "Anonymous budget", "Kind")
         yield table
+        # no room for another column at 80x24: the highlighted upstream's allowed origins go below the table
+        yield Static(id="upstream-origins", classes="summary")
 
     @work(thread=True, exclusive=True, group="upstreams-load")
     def load_in_thread(self) -> None:
@@ -40,9 +45,19 @@ class UpstreamsBlade(Blade):
         self.app.call_from_thread(self._show, upstreams, budgets)
 
     def _show(self, upstreams: list[Upstream], budgets: dict) -> None:
+        self.upstreams = {u.login_server: u for u in upstreams}
         self.fill(self.query_one(DataTable), [
             (u.login_server, (u.login_server, u.base_url, u.auth_policy.value,
                               fmt.budget(budgets.get((u.login_server, ANONYMOUS))), kind(u))) for u in upstreams])
+        self._show_origins()
+
+    @on(DataTable.RowHighlighted)
+    def _show_origins(self) -> None:
+        """Which origins besides its own the highlighted upstream's redirects and token service may use."""
+        upstream = self.upstreams.get(self.selected_key() or "")
+        origins = ", ".join(upstream.allowed_origins) if upstream and upstream.allowed_origins else "none"
+        text = f"Allowed origins of {upstream.login_server}: {origins}" if upstream else ""
+        self.query_one("#upstream-origins", Static).update(Text(text))  # data: never parsed as markup
 
     def action_add_upstream(self) -> None:
         def added(upstream: Upstream | None) -> None:

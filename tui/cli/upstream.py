@@ -29,11 +29,16 @@ def upstream() -> None:
 @click.option("--url", required=True, help="API base URL (https:// unless http:// is written out).")
 @click.option("--auth", type=click.Choice([p.value for p in AuthPolicy]), default=None,
               help="Pulls the upstream allows (custom upstreams; default both).")
+@click.option("--allow-origin", "allow_origins", multiple=True, metavar="ORIGIN",
+              help="scheme://host[:port] besides the URL's own that the upstream's redirects and token service "
+                   "may use even on a loopback, link-local or private address, and that may receive the credential "
+                   "set as its token service (repeatable; replaces the upstream's previous ones).")
 @output_option
 @engine_command
-def upstream_add(control: ControlPlane, login_server: str, url: str, auth: str | None, fmt: str) -> None:
-    """Add a custom upstream, or override a built-in upstream's URL (mirrors, tests)."""
-    emit(upstream_resource(control.add_upstream(login_server, url, auth)), UPSTREAM_COLUMNS, fmt)
+def upstream_add(control: ControlPlane, login_server: str, url: str, auth: str | None,
+                 allow_origins: tuple[str, ...], fmt: str) -> None:
+    """Add or replace a custom upstream, or override a built-in upstream's URL and allowed origins."""
+    emit(upstream_resource(control.add_upstream(login_server, url, auth, allow_origins)), UPSTREAM_COLUMNS, fmt)
 
 
 @upstream.command("list")

@@ -31,6 +31,9 @@ class UpstreamForm(FormScreen[Upstream | None]):
                                                   value=AuthPolicy.BOTH.value, allow_blank=False, id="auth",
                                                   compact=True))
             yield Static(id="auth-error", classes="error")
+            yield FormRow("Allowed origins", Input(placeholder="scheme://host:port ... (token service, CDN)",
+                                                   id="allow-origins", compact=True))
+            yield Static(id="allow_origin-error", classes="error")
             with Horizontal(classes="buttons"):
                 yield Button("Add (ctrl+s)", variant="primary", id="save")
                 yield Button("Cancel (esc)", id="cancel")
@@ -43,11 +46,13 @@ class UpstreamForm(FormScreen[Upstream | None]):
         server = self.query_one("#login-server", Input).value
         url = self.query_one("#url", Input).value
         auth = str(self.query_one("#auth", Select).value)
+        # origins besides the URL's own that redirects and the token service may use on a private address
+        origins = self.query_one("#allow-origins", Input).value.replace(",", " ").split()
 
         def save(backend: Backend) -> Upstream:
             from regcache.proxy.core.catalogue import BUILTIN_UPSTREAMS
 
             builtin = server.strip().lower() in BUILTIN_UPSTREAMS
-            return backend.control.add_upstream(server, url, None if builtin else auth)
+            return backend.control.add_upstream(server, url, None if builtin else auth, origins)
 
         self.submit(save)
