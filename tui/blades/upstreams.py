@@ -11,6 +11,7 @@ from regcache.proxy.core.models import ANONYMOUS, Upstream
 
 from .. import format as fmt
 from ..screens.upstream_form import UpstreamForm
+from ..text import text
 from .base import Blade
 
 
@@ -29,7 +30,7 @@ class UpstreamsBlade(Blade):
 
     def compose(self) -> ComposeResult:
         yield Label("Upstreams", classes="blade-title")
-        yield Static("Registries cache rules can pull from", classes="summary")
+        yield Static(text("Registries cache rules can pull from"), classes="summary")
         table: DataTable = DataTable(id="upstreams-table", cursor_type="row", zebra_stripes=True)
         table.add_columns("Login server", "URL", "Pulls", "Anonymous budget", "Kind")
         yield table
@@ -41,8 +42,9 @@ class UpstreamsBlade(Blade):
 
     def _show(self, upstreams: list[Upstream], budgets: dict) -> None:
         self.fill(self.query_one(DataTable), [
-            (u.login_server, (u.login_server, u.base_url, u.auth_policy.value,
-                              fmt.budget(budgets.get((u.login_server, ANONYMOUS))), kind(u))) for u in upstreams])
+            (u.login_server, (text(u.login_server), text(u.base_url), text(u.auth_policy.value),
+                              text(fmt.budget(budgets.get((u.login_server, ANONYMOUS)))), text(kind(u))))
+            for u in upstreams])
 
     def action_add_upstream(self) -> None:
         def added(upstream: Upstream | None) -> None:

@@ -14,6 +14,7 @@ from textual.widgets import Button, Footer, Input, Label, Select, Static, TextAr
 from regcache.proxy.core.errors import RegcacheError
 
 from ..messages import ConfigurationChanged
+from ..text import printable, text
 from ..widgets.form_row import FormRow
 from .confirm import ConfirmScreen
 
@@ -24,12 +25,13 @@ class _FileScreen(ModalScreen[None]):
     def action_close(self) -> None:
         self.dismiss(None)
 
-    def show(self, text: str, status: str = "") -> None:
-        self.query_one(TextArea).load_text(text)
-        self.query_one("#status", Static).update(status)
+    def show(self, content: str, status: str = "") -> None:
+        """``content`` in the text area (its lines kept, control characters spelled out), ``status`` above it."""
+        self.query_one(TextArea).load_text(printable(content, limit=None, multiline=True))
+        self.query_one("#status", Static).update(text(status))
 
     def report(self, status: str) -> None:
-        self.query_one("#status", Static).update(status)
+        self.query_one("#status", Static).update(text(status))
 
 
 class ClientConfigScreen(_FileScreen):
@@ -46,7 +48,7 @@ class ClientConfigScreen(_FileScreen):
                                             ("podman / skopeo / CRI-O: registries.conf", "podman"),
                                             ("docker: daemon.json", "docker")], value="containerd",
                                            allow_blank=False, id="client", compact=True))
-            yield FormRow("regcache address", Input(self.address, id="address", compact=True))
+            yield FormRow("regcache address", Input(printable(self.address), id="address", compact=True))
             yield Static("", id="status", classes="detail")
             yield TextArea("", read_only=True, id="files")
         yield Footer()
@@ -146,7 +148,7 @@ class RulesFileScreen(_FileScreen):
             self.app.call_from_thread(self.show, "no changes: the configuration already matches the file",
                                       f"nothing to apply from {path}")
             return
-        listing = "\n".join(str(c) for c in changes)
+        listing = "\n".join(printable(c) for c in changes)
 
         def answered(yes: bool | None) -> None:
             if yes:
@@ -155,7 +157,7 @@ class RulesFileScreen(_FileScreen):
         self.app.call_from_thread(self.show, listing, f"{len(changes)} change(s) in {path}")
         self.app.call_from_thread(self.app.push_screen,
                                   ConfirmScreen(f"Apply {len(changes)} change(s) from {path.name}?",
-                                                "\n".join(str(c) for c in changes[:8])
+                                                "\n".join(printable(c) for c in changes[:8])
                                                 + ("\n..." if len(changes) > 8 else "")), answered)
 
     @work(thread=True, exclusive=True, group="rules-file")
@@ -174,7 +176,7 @@ class RulesFileScreen(_FileScreen):
         except (RegcacheError, OSError) as exc:
             self.app.call_from_thread(self.report, f"error: {exc}")
             return
-        lines = "\n".join(str(c) for c in changes) or "no changes: the configuration already matches the file"
+        lines = "\n".join(printable(c) for c in changes) or "no changes: the configuration already matches the file"
         if action == "apply":
             status = f"applied {len(changes)} change(s) from {path}"
             self.app.call_from_thread(self.app.post_message, ConfigurationChanged("rules"))

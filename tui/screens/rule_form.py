@@ -19,6 +19,7 @@ from regcache.proxy.core.errors import RegcacheError
 from regcache.proxy.core.models import AuthPolicy, CacheRule, CredentialSet, Upstream
 
 from ..backend import Backend
+from ..text import text
 from ..widgets.credential_fields import CredentialFields
 from ..widgets.form_row import FormRow
 from .form import FieldError, FormScreen
@@ -40,7 +41,7 @@ class RuleForm(FormScreen[CacheRule | None]):
             with VerticalScroll(classes="fields"):
                 yield FormRow("Rule name", Input(placeholder="e.g. ubuntu-cache", id="name", compact=True))
                 yield Static(id="name-error", classes="error")
-                yield FormRow("Source", Select([(f"{u.login_server}  ({u.title or 'custom'})", u.login_server)
+                yield FormRow("Source", Select([(text(f"{u.login_server}  ({u.title or 'custom'})"), u.login_server)
                                                 for u in self._upstreams], allow_blank=False, id="login-server",
                                                compact=True))
                 yield FormRow("Repository path", Input(placeholder="library/ubuntu, or acme/* for all under acme/",
@@ -85,7 +86,7 @@ class RuleForm(FormScreen[CacheRule | None]):
         creating = self.query_one("#create-creds", RadioButton).value
         self.query_one("#select-row").display = not creating
         self.query_one("#new-creds").display = creating
-        options = [(cs.name, cs.name) for cs in self._credential_sets if cs.login_server == self.login_server]
+        options = [(text(cs.name), cs.name) for cs in self._credential_sets if cs.login_server == self.login_server]
         select = self.query_one("#credential-set", Select)
         select.set_options(options)
 

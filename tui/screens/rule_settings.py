@@ -11,6 +11,7 @@ from regcache.proxy.core.settings import parse_rule_settings
 from regcache.proxy.core.units import format_duration
 
 from ..backend import Backend
+from ..text import printable, text
 from ..widgets.form_row import FormRow
 from .form import FormScreen
 
@@ -27,8 +28,8 @@ class RuleSettingsForm(FormScreen[CacheRule | None]):
     def compose_form(self) -> ComposeResult:
         rule = self._rule
         with Vertical(classes="dialog"):
-            yield Label(f"Settings of cache rule {rule.name}", classes="title")
-            yield Static(f"{rule.target_repository} => {rule.source_repository}", classes="detail")
+            yield Label(text(f"Settings of cache rule {rule.name}"), classes="title")
+            yield Static(text(f"{rule.target_repository} => {rule.source_repository}"), classes="detail")
             yield FormRow("Freshness", Input(format_duration(rule.freshness or 0) or "0s", id="freshness",
                                              placeholder="serve a tag this long unchecked, e.g. 10m", compact=True))
             yield Static(id="freshness-error", classes="error")
@@ -38,7 +39,8 @@ class RuleSettingsForm(FormScreen[CacheRule | None]):
                                              placeholder="evict when unpulled this long, e.g. 30d (empty: keep)",
                                              compact=True))
             yield Static(id="retention-error", classes="error")
-            yield FormRow("Sync tags", Input(rule.sync_tags or "", id="sync-tags",
+            # a regex keeps its meaning with its control characters spelled out (\x1b matches ESC)
+            yield FormRow("Sync tags", Input(printable(rule.sync_tags or "", limit=None), id="sync-tags",
                                              placeholder="semver:>=1.2,<2 or a regex (empty: off)", compact=True))
             yield Static(id="sync_tags-error", classes="error")
             yield FormRow("Sync every", Input(format_duration(rule.sync_interval) or "", id="sync-interval",

@@ -16,6 +16,7 @@ from textual.widgets import Input, Label, RadioButton, RadioSet, Static
 from regcache.proxy.config.control import ControlPlane
 from regcache.proxy.core.models import CredentialSet
 
+from ..text import text
 from .form_row import FormRow
 
 KEYRING_SERVICE = "regcache"
@@ -77,8 +78,8 @@ class CredentialFields(Vertical):
     def on_radio_set_changed(self, event: RadioSet.Changed) -> None:
         event.stop()
         keyring = event.pressed.id == "cred-keyring"
-        self.query_one("#cred-username-row Label", Label).update("Username" if keyring else "Username URI")
-        self.query_one("#cred-password-row Label", Label).update("Password" if keyring else "Password URI")
+        self.query_one("#cred-username-row Label", Label).update(text("Username" if keyring else "Username URI"))
+        self.query_one("#cred-password-row Label", Label).update(text("Password" if keyring else "Password URI"))
         for input_id, placeholder in (("cred-username", "upstream user name" if keyring else
                                        "keyring://SERVICE/NAME or env://VAR"),
                                       ("cred-password", "password or token: never shown again" if keyring else
@@ -102,5 +103,5 @@ class CredentialFields(Vertical):
 
     def show_error(self, message: str) -> None:
         error = self.query_one("#cred-error", Static)
-        error.update(message)
+        error.update(text(message))  # engine errors quote what was typed
         error.display = True
