@@ -7,6 +7,8 @@ the app; ``[@click=app.quit]`` is a live action), and passes ESC, C1 and bidi co
 terminal (OSC 52 writes the clipboard, ``ESC[2J`` clears the screen). So every data value reaches a
 widget through :func:`text` (a ``rich.text.Text``), or through :func:`printable` where Textual wants a
 ``str`` that it does not parse (``notify(..., markup=False)`` via :func:`notify`, titles, inputs).
+What an operator types or pastes into an input is kept free of control characters by :func:`typed`
+(:class:`regcache.tui.widgets.text_input.TextInput`).
 """
 
 from __future__ import annotations
@@ -89,6 +91,12 @@ def assemble(*parts: object | tuple[object, StyleType]) -> Text:
         value, style = part if isinstance(part, tuple) else (part, "")
         line.append_text(text(value, style))
     return line
+
+
+def typed(value: str) -> str:
+    """What an input field holds of ``value`` (typed or pasted): each control character replaced by ``�``,
+    one for one, since the field's cursor counts characters. A pasted ``ESC[2J`` stays on the screen."""
+    return "".join("\ufffd" if _is_control(ch) else ch for ch in value)
 
 
 def notify(target: DOMNode, message: object, *, title: object = "", severity: SeverityLevel = "information",

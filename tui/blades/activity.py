@@ -11,6 +11,7 @@ from regcache.proxy.state.statistics import RecordedEvent, Totals
 
 from .. import format as fmt
 from ..text import text
+from ..widgets.text_input import TextInput
 from .base import Blade
 
 KEEP = 1000
@@ -39,7 +40,7 @@ class ActivityBlade(Blade):
     def compose(self) -> ComposeResult:
         yield Label("Activity", classes="blade-title")
         yield Static("", id="activity-totals", classes="summary")
-        yield Input(placeholder="/ to filter: repository, tag, hit, miss, stale, error, client, rule",
+        yield TextInput(placeholder="/ to filter: repository, tag, hit, miss, stale, error, client, rule",
                     id="activity-filter", compact=True)
         table: DataTable = DataTable(id="activity-table", cursor_type="row", zebra_stripes=True)
         table.add_columns("Time", "Result", "Repository", "Reference", "Size", "Took", "Client")

@@ -16,6 +16,7 @@ from regcache.proxy.core.errors import RegcacheError
 from ..messages import ConfigurationChanged
 from ..text import printable, text
 from ..widgets.form_row import FormRow
+from ..widgets.text_input import TextInput
 from .confirm import ConfirmScreen
 
 
@@ -48,7 +49,7 @@ class ClientConfigScreen(_FileScreen):
                                             ("podman / skopeo / CRI-O: registries.conf", "podman"),
                                             ("docker: daemon.json", "docker")], value="containerd",
                                            allow_blank=False, id="client", compact=True))
-            yield FormRow("regcache address", Input(printable(self.address), id="address", compact=True))
+            yield FormRow("regcache address", TextInput(printable(self.address), id="address", compact=True))
             yield Static("", id="status", classes="detail")
             yield TextArea("", read_only=True, id="files")
         yield Footer()
@@ -100,7 +101,8 @@ class RulesFileScreen(_FileScreen):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog details"):
             yield Label("Rules file", classes="title")
-            yield FormRow("File", Input(str(Path.cwd() / "regcache-rules.yaml"), id="path", compact=True))
+            yield FormRow("File", TextInput(printable(Path.cwd() / "regcache-rules.yaml", limit=None), id="path",
+                                        compact=True))
             with Horizontal(classes="buttons"):
                 yield Button("Export to file", id="export")
                 yield Button("Plan from file", id="plan")

@@ -17,6 +17,7 @@ from regcache.proxy.core.units import format_size
 
 from ..text import printable, text
 from ..widgets.form_row import FormRow
+from ..widgets.text_input import TextInput
 
 
 class ImageActionScreen(ModalScreen[None]):
@@ -36,10 +37,10 @@ class ImageActionScreen(ModalScreen[None]):
         example = f"{rule.target_prefix}/app:1.0" if rule.is_wildcard else f"{rule.target_repository}:latest"
         with Vertical(classes="dialog"):
             yield Label(text(f"{title}: {self.rule.name}"), classes="title")
-            yield FormRow("Image", Input(placeholder=printable(f"TARGET_REPO:TAG, e.g. {example.lstrip('/')}"),
+            yield FormRow("Image", TextInput(placeholder=printable(f"TARGET_REPO:TAG, e.g. {example.lstrip('/')}"),
                                          id="image", compact=True))
             if self.mode == "warm":
-                yield FormRow("Platform", Input("linux/amd64", id="platform", placeholder="os/arch, or all",
+                yield FormRow("Platform", TextInput("linux/amd64", id="platform", placeholder="os/arch, or all",
                                                 compact=True))
             yield Static("", id="outcome", classes="detail")
             with Horizontal(classes="buttons"):

@@ -22,6 +22,7 @@ from ..backend import Backend
 from ..text import text
 from ..widgets.credential_fields import CredentialFields
 from ..widgets.form_row import FormRow
+from ..widgets.text_input import TextInput
 from .form import FieldError, FormScreen
 
 
@@ -39,12 +40,12 @@ class RuleForm(FormScreen[CacheRule | None]):
         with Vertical(classes="dialog"):
             yield Label("New cache rule", classes="title")
             with VerticalScroll(classes="fields"):
-                yield FormRow("Rule name", Input(placeholder="e.g. ubuntu-cache", id="name", compact=True))
+                yield FormRow("Rule name", TextInput(placeholder="e.g. ubuntu-cache", id="name", compact=True))
                 yield Static(id="name-error", classes="error")
                 yield FormRow("Source", Select([(text(f"{u.login_server}  ({u.title or 'custom'})"), u.login_server)
                                                 for u in self._upstreams], allow_blank=False, id="login-server",
                                                compact=True))
-                yield FormRow("Repository path", Input(placeholder="library/ubuntu, or acme/* for all under acme/",
+                yield FormRow("Repository path", TextInput(placeholder="library/ubuntu, or acme/* for all under acme/",
                                                        id="path", compact=True))
                 yield Static(id="source-error", classes="error")
                 yield Checkbox("Authentication", id="auth")
@@ -56,7 +57,7 @@ class RuleForm(FormScreen[CacheRule | None]):
                                   id="select-row")
                     yield CredentialFields(id="new-creds")
                 yield Static(id="credential_set-error", classes="error")
-                yield FormRow("Destination", Input(placeholder="namespace clients pull: ubuntu, team/* or *",
+                yield FormRow("Destination", TextInput(placeholder="namespace clients pull: ubuntu, team/* or *",
                                                    id="target", compact=True))
                 yield Static(id="target-error", classes="error")
             with Horizontal(classes="buttons"):

@@ -18,6 +18,7 @@ from regcache.proxy.core.models import CredentialSet
 
 from ..text import text
 from .form_row import FormRow
+from .text_input import TextInput
 
 KEYRING_SERVICE = "regcache"
 
@@ -64,14 +65,14 @@ class CredentialFields(Vertical):
     DEFAULT_CLASSES = "credential-fields"
 
     def compose(self) -> ComposeResult:
-        yield FormRow("Credentials name", Input(placeholder="5-50 letters, digits, hyphens", id="cred-name",
+        yield FormRow("Credentials name", TextInput(placeholder="5-50 letters, digits, hyphens", id="cred-name",
                                                 compact=True))
         with RadioSet(id="cred-mode"):
             yield RadioButton("Store values in the keyring", value=True, id="cred-keyring")
             yield RadioButton("Enter secret URIs", id="cred-uris")
-        yield FormRow("Username", Input(placeholder="upstream user name", password=True, id="cred-username",
+        yield FormRow("Username", TextInput(placeholder="upstream user name", password=True, id="cred-username",
                                         compact=True), id="cred-username-row")
-        yield FormRow("Password", Input(placeholder="password or token: never shown again", password=True,
+        yield FormRow("Password", TextInput(placeholder="password or token: never shown again", password=True,
                                         id="cred-password", compact=True), id="cred-password-row")
         yield Static(id="cred-error", classes="error")
 
