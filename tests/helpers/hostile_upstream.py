@@ -42,6 +42,10 @@ class HostileUpstream:
         self.drip: dict[str, float] = {}
         #: repository -> the body of its tag list
         self.tag_lists: dict[str, bytes] = {}
+        #: the Content-Type of tag lists
+        self.tag_list_media_type = "application/json"
+        #: (ratelimit-limit, ratelimit-remaining) sent with every answer: raw bytes, whatever HTTP lets through
+        self.rate_limit: tuple[bytes, bytes] | None = None
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
@@ -78,11 +82,14 @@ class HostileUpstream:
         assert scope["type"] == "http"
         method, path = scope["method"], scope["path"]
         self.requests.append((method, path))
+        if self.rate_limit is not None:
+            send = self._with_rate_limit(send, self.rate_limit)
         if path in ("/v2/", "/v2"):
             await self._answer(send, 200, b"{}", "application/json")
             return
         if path.endswith("/tags/list") and path[len("/v2/"):-len("/tags/list")] in self.tag_lists:
-            await self._answer(send, 200, self.tag_lists[path[len("/v2/"):-len("/tags/list")]], "application/json")
+            await self._answer(send, 200, self.tag_lists[path[len("/v2/"):-len("/tags/list")]],
+                               self.tag_list_media_type)
             return
         m = _PATH.fullmatch(path)
         if m is None:
@@ -140,6 +147,17 @@ class HostileUpstream:
                 await asyncio.sleep(pause)
         finally:
             watcher.cancel()
+
+    @staticmethod
+    def _with_rate_limit(send: Send, rate_limit: tuple[bytes, bytes]) -> Send:
+        """``send`` adding the ratelimit-* headers to the start of the answer."""
+        async def sending(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"ratelimit-limit", rate_limit[0]),
+                                                  (b"ratelimit-remaining", rate_limit[1])]}
+            await send(message)
+
+        return sending
 
     @staticmethod
     async def _answer(send: Send, status: int, body: bytes, media_type: str) -> None:
