@@ -19,8 +19,11 @@ from rich.style import StyleType
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from textual.dom import DOMNode
+    from typing import Any
+
+    from textual.app import App
     from textual.notifications import SeverityLevel
+    from textual.widget import Widget
 
 #: at most this many characters of one value are shown (a header or an error may be kilobytes long)
 MAX_CHARS = 1000
@@ -76,21 +79,10 @@ def printable(value: object, *, limit: int | None = MAX_CHARS, multiline: bool =
 def text(value: object, style: StyleType = "", *, limit: int | None = MAX_CHARS, multiline: bool = False) -> Text:
     """A data value as a ``rich.text.Text`` in ``style``: shown exactly as it is, never parsed as markup,
     with control characters spelled out in reverse video (see :func:`printable`)."""
-    if isinstance(value, Text):
-        return value
     shown = Text(style=style)
     for piece, escaped in _pieces(value, limit, multiline):
         shown.append(piece, style=ESCAPE_STYLE if escaped else None)
     return shown
-
-
-def assemble(*parts: object | tuple[object, StyleType]) -> Text:
-    """One line of text from data values and ``(value, style)`` pairs, each made safe by :func:`text`."""
-    line = Text()
-    for part in parts:
-        value, style = part if isinstance(part, tuple) else (part, "")
-        line.append_text(text(value, style))
-    return line
 
 
 def typed(value: str) -> str:
@@ -99,7 +91,7 @@ def typed(value: str) -> str:
     return "".join("\ufffd" if _is_control(ch) else ch for ch in value)
 
 
-def notify(target: DOMNode, message: object, *, title: object = "", severity: SeverityLevel = "information",
+def notify(target: Widget | App[Any], message: object, *, title: object = "", severity: SeverityLevel = "information",
            timeout: float | None = None) -> None:
     """``target.notify`` for a message that holds data: shown as text, never as markup."""
     target.notify(printable(message), title=printable(title), severity=severity, timeout=timeout, markup=False)
