@@ -191,7 +191,10 @@ async def open_client_config(pilot) -> None:
     await save_with(pilot, {"#address": f"a[/b]c:5000{BIDI}"}, key="enter")
 
 
-async def open_rules_file(pilot, path) -> None:
+async def open_rules_file(pilot) -> None:
+    """Plan a rules file whose rule name is markup and an escape sequence (YAML's \\e is ESC)."""
+    path = pilot.app.backend.home.parent / "rules.yaml"
+    path.write_text(f'rules:\n  - name: "a[/b]c\\e[2J"\n    source: "{IPV6}/x"\n    target: "x"\n')
     pilot.app.push_screen(RulesFileScreen())
     await settle(pilot)
     pilot.app.screen.query_one("#path", Input).value = str(path)
@@ -217,7 +220,7 @@ CASES: dict[type, Case] = {
     CredentialForm: Case(open_credential_form, (IPV6, "'[@click=app.quit]'")),
     UpstreamForm: Case(open_upstream_form, ("'a[/b]c\ufffd[2j'",)),
     ClientConfigScreen: Case(open_client_config, ("--address a[/b]c:5000\ufffd",)),
-    RulesFileScreen: Case(lambda p: None, ("a[/b]c",)),  # opened with its file below
+    RulesFileScreen: Case(open_rules_file, ("a[/b]c",)),
 }
 
 
@@ -239,18 +242,13 @@ def test_every_blade_and_screen_has_a_case():
 
 
 @pytest.mark.parametrize("shown", list(CASES), ids=lambda c: c.__name__)
-async def test_hostile_data_is_shown_as_text(backend, tmp_path, shown):
+async def test_hostile_data_is_shown_as_text(backend, shown):
     seed(backend)
-    rules_file = tmp_path / "rules.yaml"
-    rules_file.write_text(f'rules:\n  - name: "a[/b]c\\e[2J"\n    source: "{IPV6}/x"\n    target: "x"\n')
     status = ProxyStatus(f"127.0.0.1:5000{BIDI}", "stopped", f"bind a[/b]c{CLEAR} failed")
     app = make_app(backend, status)
     async with app.run_test(size=(240, 60)) as pilot:
         await settle(pilot)
-        if shown is RulesFileScreen:
-            await open_rules_file(pilot, rules_file)
-        else:
-            await CASES[shown].open(pilot)
+        await CASES[shown].open(pilot)
         if issubclass(shown, Blade):
             assert app.query_one(ContentSwitcher).current == app.query_one(shown).id
         else:
