@@ -25,6 +25,7 @@ from .blades.rules import RulesBlade
 from .blades.upstreams import UpstreamsBlade
 from .messages import ConfigurationChanged, Navigate
 from .screens.config_files import ClientConfigScreen, RulesFileScreen
+from .text import notify, printable
 from .widgets.nav import BLADES, NavList
 
 
@@ -68,13 +69,13 @@ class RegcacheApp(App[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.sub_title = self.proxy_status.label
+        self.sub_title = printable(self.proxy_status.label)
         self.query_one(NavList).focus()
         if self.proxy is not None:
             self.start_proxy()
 
     def watch_proxy_status(self, status: ProxyStatus) -> None:
-        self.sub_title = status.label
+        self.sub_title = printable(status.label)  # the address and the error are data
 
     @work(thread=True, exclusive=True, group="proxy")
     def start_proxy(self) -> None:
@@ -84,8 +85,8 @@ class RegcacheApp(App[None]):
             status = ProxyStatus(str(self.proxy.server.address), "stopped", str(exc))
             self.call_from_thread(setattr, self, "proxy_status", status)
             reason = str(exc) if str(exc).endswith((".", "?", "!")) else f"{exc}."
-            self.call_from_thread(self.notify, f"The proxy is not running: {reason} Rules and credentials "
-                                               f"still work.", title="Proxy", severity="error", timeout=15)
+            self.call_from_thread(notify, self, f"The proxy is not running: {reason} Rules and credentials "
+                                                f"still work.", title="Proxy", severity="error", timeout=15)
             return
         self.call_from_thread(setattr, self, "proxy_status", ProxyStatus(str(address), "running"))
 
@@ -156,14 +157,14 @@ class RegcacheApp(App[None]):
 
     def show_client_config(self) -> None:
         address = self.proxy_status.address if self.proxy_status.address != "-" else "localhost:5000"
-        self.push_screen(ClientConfigScreen(address.replace("127.0.0.1", "localhost")))
+        self.push_screen(ClientConfigScreen(printable(address.replace("127.0.0.1", "localhost"))))
 
     @work(thread=True, exclusive=True, group="gc")
     def evict_now(self) -> None:
         from regcache.proxy.core.units import format_size
 
         freed = self.backend.run_job(lambda ops: ops.collect_garbage(only_if_configured=True)).bytes_freed
-        self.call_from_thread(self.notify, f"Eviction freed {format_size(freed)}" if freed else
+        self.call_from_thread(notify, self, f"Eviction freed {format_size(freed)}" if freed else
                               "Nothing to evict (no max-size exceeded, no retention expired)")
 
     # -- errors from workers -------------------------------------------------------------------
@@ -172,7 +173,7 @@ class RegcacheApp(App[None]):
         if event.state is WorkerState.ERROR and event.worker.error is not None:
             error = event.worker.error
             message = str(error) if isinstance(error, RegcacheError) else f"{type(error).__name__}: {error}"
-            self.notify(message, title="Error", severity="error", timeout=10)
+            notify(self, message, title="Error", severity="error", timeout=10)
 
 
 def run_app(home: str | Path | None = None, listen: str = "127.0.0.1:5000", allow_anonymous: bool = False) -> None:

@@ -68,6 +68,10 @@ class HostileUpstream:
         #: the headers of every request, names in lower case (in the order of ``requests``)
         self.request_headers: list[dict[str, str]] = []
         self.scheme = "https" if tls else "http"
+        #: the Content-Type of tag lists
+        self.tag_list_media_type = "application/json"
+        #: (ratelimit-limit, ratelimit-remaining) sent with every answer: raw bytes, whatever HTTP lets through
+        self.rate_limit: tuple[bytes, bytes] | None = None
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
@@ -106,6 +110,8 @@ class HostileUpstream:
         assert scope["type"] == "http"
         method, path = scope["method"], scope["path"]
         self.requests.append((method, path))
+        if self.rate_limit is not None:
+            send = self._with_rate_limit(send, self.rate_limit)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         self.request_headers.append(headers)
         if self.realm is not None and not headers.get("authorization", "").startswith("Bearer "):
@@ -123,7 +129,7 @@ class HostileUpstream:
                 link: str | None = f'<{self.tag_links[repository]}>; rel="next"'
             else:
                 link = self.tag_list_links.get(repository)
-            await self._answer(send, 200, self.tag_lists[repository], "application/json",
+            await self._answer(send, 200, self.tag_lists[repository], self.tag_list_media_type,
                                [(b"link", link.encode())] if link else [])
             return
         referrers = re.fullmatch(r"/v2/(?P<repo>.+)/referrers/[^/]+", path)
@@ -197,6 +203,17 @@ class HostileUpstream:
                 await asyncio.sleep(pause)
         finally:
             watcher.cancel()
+
+    @staticmethod
+    def _with_rate_limit(send: Send, rate_limit: tuple[bytes, bytes]) -> Send:
+        """``send`` adding the ratelimit-* headers to the start of the answer."""
+        async def sending(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"ratelimit-limit", rate_limit[0]),
+                                                  (b"ratelimit-remaining", rate_limit[1])]}
+            await send(message)
+
+        return sending
 
     @staticmethod
     async def _answer(send: Send, status: int, body: bytes, media_type: str,

@@ -22,3 +22,9 @@ async def wait_for(pilot, condition, timeout: float = 10.0) -> None:
             return
         await pilot.pause(0.05)
     assert condition()
+
+
+def screen_lines(app) -> list[str]:
+    """The characters of the screen as drawn now, one string a line (the compositor's strips: what
+    the driver would send to the terminal, without the styles)."""
+    return [strip.text for strip in app.screen._compositor.render_strips()]

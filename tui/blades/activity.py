@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -11,6 +10,8 @@ from textual.widgets import DataTable, Input, Label, Static
 from regcache.proxy.state.statistics import RecordedEvent, Totals
 
 from .. import format as fmt
+from ..text import text
+from ..widgets.text_input import TextInput
 from .base import Blade
 
 KEEP = 1000
@@ -39,7 +40,7 @@ class ActivityBlade(Blade):
     def compose(self) -> ComposeResult:
         yield Label("Activity", classes="blade-title")
         yield Static("", id="activity-totals", classes="summary")
-        yield Input(placeholder="/ to filter: repository, tag, hit, miss, stale, error, client, rule",
+        yield TextInput(placeholder="/ to filter: repository, tag, hit, miss, stale, error, client, rule",
                     id="activity-filter", compact=True)
         table: DataTable = DataTable(id="activity-table", cursor_type="row", zebra_stripes=True)
         table.add_columns("Time", "Result", "Repository", "Reference", "Size", "Took", "Client")
@@ -57,10 +58,10 @@ class ActivityBlade(Blade):
         self.app.call_from_thread(self._show, new, totals)
 
     def _show(self, new: list[RecordedEvent], totals: Totals) -> None:
-        self.query_one("#activity-totals", Static).update(
+        self.query_one("#activity-totals", Static).update(text(
             f"hits {fmt.ratio(totals.hit_ratio)} · {totals.hits} hit {totals.misses} miss {totals.stale} stale "
             f"{totals.errors} error · served {fmt.size(totals.bytes_served)} · "
-            f"upstream {fmt.size(totals.bytes_fetched)}")
+            f"upstream {fmt.size(totals.bytes_fetched)}"))
         if not new and self.query_one(DataTable).row_count:
             return
         if new:
@@ -74,10 +75,10 @@ class ActivityBlade(Blade):
         rows = []
         for recorded in shown:
             e = recorded.event
-            rows.append((str(recorded.id), (fmt.when(e.ts), Text(e.result, style=RESULT_STYLES.get(e.result, "")),
-                                            e.repository, fmt.reference(e.reference),
-                                            fmt.size(e.bytes) if e.bytes else "-", fmt.duration(e.duration_ms),
-                                            e.client)))
+            rows.append((str(recorded.id), (text(fmt.when(e.ts)), text(e.result, RESULT_STYLES.get(e.result, "")),
+                                            text(e.repository), text(fmt.reference(e.reference)),
+                                            text(fmt.size(e.bytes) if e.bytes else "-"),
+                                            text(fmt.duration(e.duration_ms)), text(e.client))))
         self.fill(table, rows)
 
     def on_input_changed(self, event: Input.Changed) -> None:

@@ -14,6 +14,7 @@ from regcache.proxy.core.errors import RegcacheError, unwrap_error
 from ..backend import Backend
 from ..messages import ConfigurationChanged
 from ..screens.confirm import ConfirmScreen
+from ..text import notify
 
 if TYPE_CHECKING:
     from textual.worker import Worker
@@ -78,13 +79,17 @@ class Blade(Vertical):
             table.move_cursor(row=keys.index(current))
 
     def changed(self, message: str) -> None:
-        """After a change: say so, reload, and tell the other blades."""
-        self.notify(message)
+        """After a change: say so (``message`` may hold data: it is shown as text), reload, and tell the
+        other blades."""
+        notify(self, message)
         self.load()
         self.post_message(ConfigurationChanged(self.CHANGES))
 
     def confirm_change(self, title: str, detail: str, change: Callable[[Backend], object], done: str) -> None:
-        """Ask first; on yes run ``change`` off the UI thread and report ``done`` (or the engine's error)."""
+        """Ask first; on yes run ``change`` off the UI thread and report ``done`` (or the engine's error).
+
+        ``title`` and ``detail`` are shown as text; values interpolated into a multi-line ``detail`` go
+        through :func:`regcache.tui.text.printable` so their line breaks cannot forge lines."""
 
         def answered(yes: bool | None) -> None:
             if yes:
@@ -108,6 +113,6 @@ class Blade(Vertical):
             inner = unwrap_error(exc)
             if not isinstance(inner, RegcacheError):
                 raise
-            self.app.call_from_thread(self.notify, str(inner), severity="error", timeout=10)
+            self.app.call_from_thread(notify, self, str(inner), severity="error", timeout=10)
             return
         self.app.call_from_thread(self.changed, done(result) if callable(done) else done)

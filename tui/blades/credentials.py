@@ -11,6 +11,7 @@ from regcache.proxy.core.models import CredentialSet, Upstream
 
 from .. import format as fmt
 from ..screens.credential_form import CredentialForm
+from ..text import text
 from .base import Blade
 from .rules import health_text
 
@@ -42,14 +43,14 @@ class CredentialsBlade(Blade):
     def _show(self, sets: list[CredentialSet], upstreams: list[Upstream], budgets: dict) -> None:
         self.credential_sets, self.upstreams = sets, upstreams
         self.fill(self.query_one(DataTable), [
-            (cs.name, (cs.name, health_text(cs), cs.login_server, fmt.budget(budgets.get((cs.login_server, cs.name))),
-                       cs.health.error_code or "",
-                       cs.username_secret_id, cs.password_secret_id)) for cs in sets])
+            (cs.name, (text(cs.name), health_text(cs), text(cs.login_server),
+                       text(fmt.budget(budgets.get((cs.login_server, cs.name)))), text(cs.health.error_code or ""),
+                       text(cs.username_secret_id), text(cs.password_secret_id))) for cs in sets])
         unhealthy = sum(cs.health.status.value == "Unhealthy" for cs in sets)
-        self.query_one("#credentials-summary", Static).update(
+        self.query_one("#credentials-summary", Static).update(text(
             (f"{len(sets)} credential sets" + (f", {unhealthy} unhealthy" if unhealthy else "")
              + " · secret values stay in the keyring")
-            if sets else "No credentials yet. Press n to create a set for an upstream login.")
+            if sets else "No credentials yet. Press n to create a set for an upstream login."))
 
     def action_new_credentials(self) -> None:
         def created(cs: CredentialSet | None) -> None:

@@ -15,6 +15,7 @@ from regcache.proxy.core.settings import FilesystemStorage, StorageConfig
 from regcache.proxy.state.statistics import CacheSize, RecordedEvent, Totals
 
 from .. import format as fmt
+from ..text import text
 from .base import Blade
 
 
@@ -59,37 +60,40 @@ class OverviewBlade(Blade):
         facts.add_column(style="bold", no_wrap=True)
         facts.add_column()
         state_style = "green" if status.state == "running" else "bold red" if status.error else "yellow"
-        facts.add_row("Proxy", Text(status.label.removeprefix("proxy "), style=state_style))
+        # a str in a rich Table cell is parsed as markup: every cell is text
+        facts.add_row(text("Proxy"), text(status.label.removeprefix("proxy "), state_style))
         if status.state == "running":
-            facts.add_row("Metrics", f"http://{status.address}/metrics (Prometheus)")
+            facts.add_row(text("Metrics"), text(f"http://{status.address}/metrics (Prometheus)"))
         wildcards = sum(r.is_wildcard for r in data.rules)
-        facts.add_row("Cache rules", f"{len(data.rules)} ({wildcards} wildcard)")
+        facts.add_row(text("Cache rules"), text(f"{len(data.rules)} ({wildcards} wildcard)"))
         unhealthy = sum(cs.health.status is HealthStatus.UNHEALTHY for cs in data.credential_sets)
-        facts.add_row("Credentials", Text(f"{len(data.credential_sets)}" + (f" ({unhealthy} unhealthy)"
-                                                                             if unhealthy else ""),
-                                          style="bold red" if unhealthy else ""))
-        facts.add_row("Storage", fmt.storage(data.storage))
+        facts.add_row(text("Credentials"), text(f"{len(data.credential_sets)}" + (f" ({unhealthy} unhealthy)"
+                                                                                  if unhealthy else ""),
+                                                "bold red" if unhealthy else ""))
+        facts.add_row(text("Storage"), text(fmt.storage(data.storage)))
         limit = f" of {data.max_size} max" if data.max_size else ""
-        facts.add_row("Cache size", f"{fmt.size(data.size.blob_bytes)}{limit} in "
-                                    f"{fmt.count(data.size.blobs, 'blob')}, "
-                                    f"{fmt.count(data.size.manifests, 'manifest')}, "
-                                    f"{fmt.count(data.repositories, 'repository', 'repositories')}")
+        facts.add_row(text("Cache size"), text(f"{fmt.size(data.size.blob_bytes)}{limit} in "
+                                               f"{fmt.count(data.size.blobs, 'blob')}, "
+                                               f"{fmt.count(data.size.manifests, 'manifest')}, "
+                                               f"{fmt.count(data.repositories, 'repository', 'repositories')}"))
         t = data.totals
-        facts.add_row("Hit ratio", f"{fmt.ratio(t.hit_ratio)} ({fmt.count(t.hits, 'hit')}, "
-                                   f"{fmt.count(t.misses, 'miss', 'misses')}, {t.stale} stale, "
-                                   f"{fmt.count(t.errors, 'error')})")
-        facts.add_row("Served", f"{fmt.size(t.bytes_served)} to clients, "
-                                f"{fmt.size(t.bytes_fetched)} fetched upstream")
+        facts.add_row(text("Hit ratio"), text(f"{fmt.ratio(t.hit_ratio)} ({fmt.count(t.hits, 'hit')}, "
+                                              f"{fmt.count(t.misses, 'miss', 'misses')}, {t.stale} stale, "
+                                              f"{fmt.count(t.errors, 'error')})"))
+        facts.add_row(text("Served"), text(f"{fmt.size(t.bytes_served)} to clients, "
+                                           f"{fmt.size(t.bytes_fetched)} fetched upstream"))
         self.query_one("#overview-facts", Static).update(facts)
         if not data.errors:
-            self.query_one("#overview-errors", Static).update(Text("None.", style="dim"))
+            self.query_one("#overview-errors", Static).update(text("None.", "dim"))
             return
         lines = Text()
         for recorded in data.errors:
             e = recorded.event
-            lines.append(f"{fmt.when(e.ts)}  ", style="dim")
-            lines.append(f"{e.repository}:{fmt.reference(e.reference)}  ", style="bold")
-            lines.append(f"HTTP {e.status}\n")
-            lines.append(f"  {e.detail or ''}\n", style="red")
+            lines.append_text(text(f"{fmt.when(e.ts)}  ", "dim"))
+            lines.append_text(text(f"{e.repository}:{fmt.reference(e.reference)}  ", "bold"))
+            lines.append_text(text(f"HTTP {e.status}"))
+            lines.append("\n")
+            lines.append_text(text(f"  {e.detail or ''}", "red"))
+            lines.append("\n")
         lines.rstrip()
         self.query_one("#overview-errors", Static).update(lines)

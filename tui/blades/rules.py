@@ -18,6 +18,7 @@ from ..screens.rule_credentials import RuleCredentialsForm
 from ..screens.rule_details import RuleDetailsScreen
 from ..screens.rule_form import RuleForm
 from ..screens.rule_settings import RuleSettingsForm
+from ..text import notify, printable, text
 from .base import Blade
 
 
@@ -32,18 +33,18 @@ class RulesData:
 def credentials_cell(name: str | None, cs: CredentialSet | None) -> Text:
     """The rule's credential set with a health mark: ✓ healthy, ✗ unhealthy (details on Credentials)."""
     if name is None:
-        return Text("-", style="dim")
+        return text("-", "dim")
     if cs is None or cs.health.status is HealthStatus.UNKNOWN:
-        return Text(f"{name} ?", style="yellow")
+        return text(f"{name} ?", "yellow")
     healthy = cs.health.status is HealthStatus.HEALTHY
-    return Text(f"{name} {'✓' if healthy else '✗'}", style="green" if healthy else "bold red")
+    return text(f"{name} {'✓' if healthy else '✗'}", "green" if healthy else "bold red")
 
 
 def health_text(cs: CredentialSet | None) -> Text:
     if cs is None:
-        return Text("-", style="dim")
+        return text("-", "dim")
     style = {HealthStatus.HEALTHY: "green", HealthStatus.UNHEALTHY: "bold red"}.get(cs.health.status, "yellow")
-    return Text(cs.health.status.value, style=style)
+    return text(cs.health.status.value, style)
 
 
 class RulesBlade(Blade):
@@ -79,18 +80,18 @@ class RulesBlade(Blade):
         rows = []
         for rule in data.rules:
             usage = data.usage.get(rule.name, RuleUsage())
-            rows.append((rule.name, (rule.name, rule.target_repository, rule.source_repository,
+            rows.append((rule.name, (text(rule.name), text(rule.target_repository), text(rule.source_repository),
                                      credentials_cell(rule.credential_set, sets.get(rule.credential_set or "")),
-                                     str(usage.repositories), str(usage.hits))))
+                                     text(usage.repositories), text(usage.hits))))
         self.fill(self.query_one(DataTable), rows)
-        self.query_one("#rules-summary", Static).update(
+        self.query_one("#rules-summary", Static).update(text(
             f"{len(data.rules)} of 1,000 rules: clients pull Target, regcache fetches Source"
-            if data.rules else "No cache rules yet. Press n to create one.")
+            if data.rules else "No cache rules yet. Press n to create one."))
 
     def _selected_rule(self) -> CacheRule | None:
         key = self.selected_key()
         if self.data is None or key is None:
-            self.notify("No cache rule selected", severity="warning")
+            notify(self, "No cache rule selected", severity="warning")
             return None
         return next((r for r in self.data.rules if r.name == key), None)
 
@@ -125,7 +126,7 @@ class RulesBlade(Blade):
         rule = self._selected_rule()
         if rule is not None:
             self.confirm_change(f"Delete cache rule {rule.name}?",
-                                f"{rule.target_repository} => {rule.source_repository}\n"
+                                f"{printable(rule.target_repository)} => {printable(rule.source_repository)}\n"
                                 "What it cached stays until it is evicted.",
                                 lambda b: b.control.delete_rule(rule.name), f"Deleted cache rule {rule.name}")
 

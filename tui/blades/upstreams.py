@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -12,6 +11,7 @@ from regcache.proxy.core.models import ANONYMOUS, Upstream
 
 from .. import format as fmt
 from ..screens.upstream_form import UpstreamForm
+from ..text import text
 from .base import Blade
 
 
@@ -32,7 +32,7 @@ class UpstreamsBlade(Blade):
 
     def compose(self) -> ComposeResult:
         yield Label("Upstreams", classes="blade-title")
-        yield Static("Registries cache rules can pull from", classes="summary")
+        yield Static(text("Registries cache rules can pull from"), classes="summary")
         table: DataTable = DataTable(id="upstreams-table", cursor_type="row", zebra_stripes=True)
         table.add_columns("Login server", "URL", "Pulls", "Anonymous budget", "Kind")
         yield table
@@ -47,8 +47,9 @@ class UpstreamsBlade(Blade):
     def _show(self, upstreams: list[Upstream], budgets: dict) -> None:
         self.upstreams = {u.login_server: u for u in upstreams}
         self.fill(self.query_one(DataTable), [
-            (u.login_server, (u.login_server, u.base_url, u.auth_policy.value,
-                              fmt.budget(budgets.get((u.login_server, ANONYMOUS))), kind(u))) for u in upstreams])
+            (u.login_server, (text(u.login_server), text(u.base_url), text(u.auth_policy.value),
+                              text(fmt.budget(budgets.get((u.login_server, ANONYMOUS)))), text(kind(u))))
+            for u in upstreams])
         self._show_origins()
 
     @on(DataTable.RowHighlighted)
@@ -56,8 +57,8 @@ class UpstreamsBlade(Blade):
         """Which origins besides its own the highlighted upstream's redirects and token service may use."""
         upstream = self.upstreams.get(self.selected_key() or "")
         origins = ", ".join(upstream.allowed_origins) if upstream and upstream.allowed_origins else "none"
-        text = f"Allowed origins of {upstream.login_server}: {origins}" if upstream else ""
-        self.query_one("#upstream-origins", Static).update(Text(text))  # data: never parsed as markup
+        shown = f"Allowed origins of {upstream.login_server}: {origins}" if upstream else ""
+        self.query_one("#upstream-origins", Static).update(text(shown))
 
     def action_add_upstream(self) -> None:
         def added(upstream: Upstream | None) -> None:

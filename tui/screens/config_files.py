@@ -14,7 +14,9 @@ from textual.widgets import Button, Footer, Input, Label, Select, Static, TextAr
 from regcache.proxy.core.errors import RegcacheError
 
 from ..messages import ConfigurationChanged
+from ..text import printable, text
 from ..widgets.form_row import FormRow
+from ..widgets.text_input import TextInput
 from .confirm import ConfirmScreen
 
 
@@ -24,12 +26,13 @@ class _FileScreen(ModalScreen[None]):
     def action_close(self) -> None:
         self.dismiss(None)
 
-    def show(self, text: str, status: str = "") -> None:
-        self.query_one(TextArea).load_text(text)
-        self.query_one("#status", Static).update(status)
+    def show(self, content: str, status: str = "") -> None:
+        """``content`` in the text area (its lines kept, control characters spelled out), ``status`` above it."""
+        self.query_one(TextArea).load_text(printable(content, limit=None, multiline=True))
+        self.query_one("#status", Static).update(text(status))
 
     def report(self, status: str) -> None:
-        self.query_one("#status", Static).update(status)
+        self.query_one("#status", Static).update(text(status))
 
 
 class ClientConfigScreen(_FileScreen):
@@ -46,7 +49,7 @@ class ClientConfigScreen(_FileScreen):
                                             ("podman / skopeo / CRI-O: registries.conf", "podman"),
                                             ("docker: daemon.json", "docker")], value="containerd",
                                            allow_blank=False, id="client", compact=True))
-            yield FormRow("regcache address", Input(self.address, id="address", compact=True))
+            yield FormRow("regcache address", TextInput(printable(self.address), id="address", compact=True))
             yield Static("", id="status", classes="detail")
             yield TextArea("", read_only=True, id="files")
         yield Footer()
@@ -98,7 +101,8 @@ class RulesFileScreen(_FileScreen):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog details"):
             yield Label("Rules file", classes="title")
-            yield FormRow("File", Input(str(Path.cwd() / "regcache-rules.yaml"), id="path", compact=True))
+            yield FormRow("File", TextInput(printable(Path.cwd() / "regcache-rules.yaml", limit=None), id="path",
+                                        compact=True))
             with Horizontal(classes="buttons"):
                 yield Button("Export to file", id="export")
                 yield Button("Plan from file", id="plan")
@@ -146,7 +150,7 @@ class RulesFileScreen(_FileScreen):
             self.app.call_from_thread(self.show, "no changes: the configuration already matches the file",
                                       f"nothing to apply from {path}")
             return
-        listing = "\n".join(str(c) for c in changes)
+        listing = "\n".join(printable(c) for c in changes)
 
         def answered(yes: bool | None) -> None:
             if yes:
@@ -155,7 +159,7 @@ class RulesFileScreen(_FileScreen):
         self.app.call_from_thread(self.show, listing, f"{len(changes)} change(s) in {path}")
         self.app.call_from_thread(self.app.push_screen,
                                   ConfirmScreen(f"Apply {len(changes)} change(s) from {path.name}?",
-                                                "\n".join(str(c) for c in changes[:8])
+                                                "\n".join(printable(c) for c in changes[:8])
                                                 + ("\n..." if len(changes) > 8 else "")), answered)
 
     @work(thread=True, exclusive=True, group="rules-file")
@@ -174,7 +178,7 @@ class RulesFileScreen(_FileScreen):
         except (RegcacheError, OSError) as exc:
             self.app.call_from_thread(self.report, f"error: {exc}")
             return
-        lines = "\n".join(str(c) for c in changes) or "no changes: the configuration already matches the file"
+        lines = "\n".join(printable(c) for c in changes) or "no changes: the configuration already matches the file"
         if action == "apply":
             status = f"applied {len(changes)} change(s) from {path}"
             self.app.call_from_thread(self.app.post_message, ConfigurationChanged("rules"))

@@ -8,9 +8,12 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, Label, Static
 
+from ..text import text
+
 
 class ConfirmScreen(ModalScreen[bool]):
-    """Returns True for yes."""
+    """Returns True for yes. ``title`` (one line) and ``detail`` are shown as text, never as markup; a
+    ``detail`` of several lines is composed by the caller from values made :func:`~regcache.tui.text.printable`."""
 
     BINDINGS = [
         Binding("y", "answer(True)", "Yes", id="confirm.yes"),
@@ -24,9 +27,9 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog confirm"):
-            yield Label(self._title, classes="title")
+            yield Label(text(self._title), classes="title")
             if self._detail:
-                yield Static(self._detail, classes="detail")
+                yield Static(text(self._detail, multiline=True), classes="detail")
             with Horizontal(classes="buttons"):
                 yield Button("Yes (y)", variant="error", id="yes")
                 yield Button("No (n)", id="no")

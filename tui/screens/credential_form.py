@@ -10,6 +10,7 @@ from regcache.proxy.core.errors import RegcacheError
 from regcache.proxy.core.models import AuthPolicy, CredentialSet, Upstream
 
 from ..backend import Backend
+from ..text import text
 from ..widgets.credential_fields import CredentialFields
 from ..widgets.form_row import FormRow
 from .form import FieldError, FormScreen
@@ -28,7 +29,7 @@ class CredentialForm(FormScreen[CredentialSet | None]):
         with Vertical(classes="dialog"):
             yield Label("Create credentials", classes="title")
             with VerticalScroll(classes="fields"):
-                yield FormRow("Login server", Select([(u.login_server, u.login_server) for u in self._upstreams],
+                yield FormRow("Login server", Select([(text(u.login_server), u.login_server) for u in self._upstreams],
                                                      allow_blank=False, id="login-server", compact=True))
                 yield Static(id="login_server-error", classes="error")
                 yield CredentialFields()

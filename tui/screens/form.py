@@ -14,6 +14,7 @@ from textual.widgets import Button, Footer, Static
 from regcache.proxy.core.errors import RegcacheError
 
 from ..backend import Backend
+from ..text import text
 
 T = TypeVar("T")
 
@@ -71,7 +72,7 @@ class FormScreen(ModalScreen[T], Generic[T]):
         if not target:
             target = self.query(f"#{self.FALLBACK_ERROR_FIELD}-error")
         error = target.first(Static)
-        error.update(message)
+        error.update(text(message))  # engine errors quote what was typed or stored
         error.display = True
 
     @work(thread=True, exclusive=True, group="form-save")

@@ -15,7 +15,9 @@ from regcache.proxy.core.errors import RegcacheError, unwrap_error
 from regcache.proxy.core.models import CacheRule
 from regcache.proxy.core.units import format_size
 
+from ..text import printable, text
 from ..widgets.form_row import FormRow
+from ..widgets.text_input import TextInput
 
 
 class ImageActionScreen(ModalScreen[None]):
@@ -34,11 +36,11 @@ class ImageActionScreen(ModalScreen[None]):
         rule = self.rule
         example = f"{rule.target_prefix}/app:1.0" if rule.is_wildcard else f"{rule.target_repository}:latest"
         with Vertical(classes="dialog"):
-            yield Label(f"{title}: {self.rule.name}", classes="title")
-            yield FormRow("Image", Input(placeholder=f"TARGET_REPO:TAG, e.g. {example.lstrip('/')}", id="image",
-                                         compact=True))
+            yield Label(text(f"{title}: {self.rule.name}"), classes="title")
+            yield FormRow("Image", TextInput(placeholder=printable(f"TARGET_REPO:TAG, e.g. {example.lstrip('/')}"),
+                                         id="image", compact=True))
             if self.mode == "warm":
-                yield FormRow("Platform", Input("linux/amd64", id="platform", placeholder="os/arch, or all",
+                yield FormRow("Platform", TextInput("linux/amd64", id="platform", placeholder="os/arch, or all",
                                                 compact=True))
             yield Static("", id="outcome", classes="detail")
             with Horizontal(classes="buttons"):
@@ -63,7 +65,7 @@ class ImageActionScreen(ModalScreen[None]):
     def action_run(self) -> None:
         image = self.query_one("#image", Input).value.strip()
         platform = self.query_one("#platform", Input).value.strip() if self.mode == "warm" else ""
-        self.query_one("#outcome", Static).update("working...")
+        self.query_one("#outcome", Static).update(text("working..."))
         self.run_image_action(image, platform)
 
     @work(thread=True, exclusive=True, group="image-action")
@@ -73,16 +75,17 @@ class ImageActionScreen(ModalScreen[None]):
             if self.mode == "warm":
                 chosen = None if platform == "all" else platform or None
                 result = backend.run_job(lambda ops: ops.warm(image, chosen))
-                text = (f"{result.repository}@{result.digest}\n{result.blobs} blob(s): fetched "
-                        f"{format_size(result.bytes_fetched)} from the upstream, {format_size(result.bytes_cached)} "
-                        f"already cached")
+                outcome = (f"{printable(result.repository)}@{printable(result.digest)}\n{result.blobs} blob(s): "
+                           f"fetched {format_size(result.bytes_fetched)} from the upstream, "
+                           f"{format_size(result.bytes_cached)} already cached")
             else:
                 probe = backend.run_job(lambda ops: ops.test_rule(self.rule.name, image))
                 fields = dataclasses.asdict(probe)
-                text = "\n".join(f"{k.replace('_', ' '):>18}  {'-' if v is None else v}" for k, v in fields.items())
+                outcome = "\n".join(f"{k.replace('_', ' '):>18}  {'-' if v is None else printable(v)}"
+                                     for k, v in fields.items())
         except BaseException as exc:  # shown in the dialog: the operator fixes the input and runs again
             inner = unwrap_error(exc)
             if not isinstance(inner, RegcacheError):
                 raise
-            text = f"error: {inner}"
-        self.app.call_from_thread(self.query_one("#outcome", Static).update, text)
+            outcome = f"error: {printable(inner)}"
+        self.app.call_from_thread(self.query_one("#outcome", Static).update, text(outcome, multiline=True))

@@ -9,6 +9,7 @@ from textual.widgets import Button, Label, Select, Static
 from regcache.proxy.core.models import CacheRule, CredentialSet
 
 from ..backend import Backend
+from ..text import text
 from ..widgets.form_row import FormRow
 from .form import FormScreen
 
@@ -23,13 +24,13 @@ class RuleCredentialsForm(FormScreen[CacheRule | None]):
     def __init__(self, rule: CacheRule, credential_sets: list[CredentialSet]) -> None:
         super().__init__()
         self._rule = rule
-        self._options = [(cs.name, cs.name) for cs in credential_sets
+        self._options = [(text(cs.name), cs.name) for cs in credential_sets
                          if cs.login_server == rule.source_login_server]
 
     def compose_form(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(f"Credentials of cache rule {self._rule.name}", classes="title")
-            yield Static(f"{self._rule.target_repository} => {self._rule.source_repository}", classes="detail")
+            yield Label(text(f"Credentials of cache rule {self._rule.name}"), classes="title")
+            yield Static(text(f"{self._rule.target_repository} => {self._rule.source_repository}"), classes="detail")
             yield FormRow("Credentials", Select([("(none: pull anonymously)", NONE), *self._options],
                                                 allow_blank=False, value=self._rule.credential_set or NONE,
                                                 id="credential-set", compact=True))

@@ -19,8 +19,10 @@ from regcache.proxy.core.errors import RegcacheError
 from regcache.proxy.core.models import AuthPolicy, CacheRule, CredentialSet, Upstream
 
 from ..backend import Backend
+from ..text import text
 from ..widgets.credential_fields import CredentialFields
 from ..widgets.form_row import FormRow
+from ..widgets.text_input import TextInput
 from .form import FieldError, FormScreen
 
 
@@ -38,12 +40,12 @@ class RuleForm(FormScreen[CacheRule | None]):
         with Vertical(classes="dialog"):
             yield Label("New cache rule", classes="title")
             with VerticalScroll(classes="fields"):
-                yield FormRow("Rule name", Input(placeholder="e.g. ubuntu-cache", id="name", compact=True))
+                yield FormRow("Rule name", TextInput(placeholder="e.g. ubuntu-cache", id="name", compact=True))
                 yield Static(id="name-error", classes="error")
-                yield FormRow("Source", Select([(f"{u.login_server}  ({u.title or 'custom'})", u.login_server)
+                yield FormRow("Source", Select([(text(f"{u.login_server}  ({u.title or 'custom'})"), u.login_server)
                                                 for u in self._upstreams], allow_blank=False, id="login-server",
                                                compact=True))
-                yield FormRow("Repository path", Input(placeholder="library/ubuntu, or acme/* for all under acme/",
+                yield FormRow("Repository path", TextInput(placeholder="library/ubuntu, or acme/* for all under acme/",
                                                        id="path", compact=True))
                 yield Static(id="source-error", classes="error")
                 yield Checkbox("Authentication", id="auth")
@@ -55,7 +57,7 @@ class RuleForm(FormScreen[CacheRule | None]):
                                   id="select-row")
                     yield CredentialFields(id="new-creds")
                 yield Static(id="credential_set-error", classes="error")
-                yield FormRow("Destination", Input(placeholder="namespace clients pull: ubuntu, team/* or *",
+                yield FormRow("Destination", TextInput(placeholder="namespace clients pull: ubuntu, team/* or *",
                                                    id="target", compact=True))
                 yield Static(id="target-error", classes="error")
             with Horizontal(classes="buttons"):
@@ -85,7 +87,7 @@ class RuleForm(FormScreen[CacheRule | None]):
         creating = self.query_one("#create-creds", RadioButton).value
         self.query_one("#select-row").display = not creating
         self.query_one("#new-creds").display = creating
-        options = [(cs.name, cs.name) for cs in self._credential_sets if cs.login_server == self.login_server]
+        options = [(text(cs.name), cs.name) for cs in self._credential_sets if cs.login_server == self.login_server]
         select = self.query_one("#credential-set", Select)
         select.set_options(options)
 

@@ -11,7 +11,9 @@ from regcache.proxy.core.settings import parse_rule_settings
 from regcache.proxy.core.units import format_duration
 
 from ..backend import Backend
+from ..text import printable, text
 from ..widgets.form_row import FormRow
+from ..widgets.text_input import TextInput
 from .form import FormScreen
 
 
@@ -27,21 +29,22 @@ class RuleSettingsForm(FormScreen[CacheRule | None]):
     def compose_form(self) -> ComposeResult:
         rule = self._rule
         with Vertical(classes="dialog"):
-            yield Label(f"Settings of cache rule {rule.name}", classes="title")
-            yield Static(f"{rule.target_repository} => {rule.source_repository}", classes="detail")
-            yield FormRow("Freshness", Input(format_duration(rule.freshness or 0) or "0s", id="freshness",
+            yield Label(text(f"Settings of cache rule {rule.name}"), classes="title")
+            yield Static(text(f"{rule.target_repository} => {rule.source_repository}"), classes="detail")
+            yield FormRow("Freshness", TextInput(format_duration(rule.freshness or 0) or "0s", id="freshness",
                                              placeholder="serve a tag this long unchecked, e.g. 10m", compact=True))
             yield Static(id="freshness-error", classes="error")
             yield Checkbox("Serve cached tags while the upstream fails", rule.serve_stale_on_error, id="stale")
             yield Checkbox("Serve cached tags the upstream deleted", rule.serve_stale_if_deleted, id="deleted")
-            yield FormRow("Retention", Input(format_duration(rule.retention) or "", id="retention",
+            yield FormRow("Retention", TextInput(format_duration(rule.retention) or "", id="retention",
                                              placeholder="evict when unpulled this long, e.g. 30d (empty: keep)",
                                              compact=True))
             yield Static(id="retention-error", classes="error")
-            yield FormRow("Sync tags", Input(rule.sync_tags or "", id="sync-tags",
+            # a regex keeps its meaning with its control characters spelled out (\x1b matches ESC)
+            yield FormRow("Sync tags", TextInput(printable(rule.sync_tags or "", limit=None), id="sync-tags",
                                              placeholder="semver:>=1.2,<2 or a regex (empty: off)", compact=True))
             yield Static(id="sync_tags-error", classes="error")
-            yield FormRow("Sync every", Input(format_duration(rule.sync_interval) or "", id="sync-interval",
+            yield FormRow("Sync every", TextInput(format_duration(rule.sync_interval) or "", id="sync-interval",
                                               placeholder="1h when empty", compact=True))
             yield Static(id="sync_interval-error", classes="error")
             with Horizontal(classes="buttons"):

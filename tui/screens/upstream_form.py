@@ -10,6 +10,7 @@ from regcache.proxy.core.models import AuthPolicy, Upstream
 
 from ..backend import Backend
 from ..widgets.form_row import FormRow
+from ..widgets.text_input import TextInput
 from .form import FormScreen
 
 
@@ -21,18 +22,18 @@ class UpstreamForm(FormScreen[Upstream | None]):
             yield Label("Add upstream registry", classes="title")
             yield Static("A built-in login server (docker.io, ghcr.io, ...) gets its URL overridden.",
                          classes="detail")
-            yield FormRow("Login server", Input(placeholder="HOST[:PORT], e.g. harbor.example.com",
+            yield FormRow("Login server", TextInput(placeholder="HOST[:PORT], e.g. harbor.example.com",
                                                 id="login-server", compact=True))
             yield Static(id="login_server-error", classes="error")
-            yield FormRow("API base URL", Input(placeholder="https:// unless http:// is written out",
+            yield FormRow("API base URL", TextInput(placeholder="https:// unless http:// is written out",
                                                 id="url", compact=True))
             yield Static(id="url-error", classes="error")
             yield FormRow("Pulls allowed", Select([(p.description, p.value) for p in AuthPolicy],
                                                   value=AuthPolicy.BOTH.value, allow_blank=False, id="auth",
                                                   compact=True))
             yield Static(id="auth-error", classes="error")
-            yield FormRow("Allowed origins", Input(placeholder="scheme://host:port ... (token service, CDN)",
-                                                   id="allow-origins", compact=True))
+            yield FormRow("Allowed origins", TextInput(placeholder="scheme://host:port ... (token service, CDN)",
+                                                       id="allow-origins", compact=True))
             yield Static(id="allow_origin-error", classes="error")
             with Horizontal(classes="buttons"):
                 yield Button("Add (ctrl+s)", variant="primary", id="save")

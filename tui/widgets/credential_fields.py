@@ -16,7 +16,9 @@ from textual.widgets import Input, Label, RadioButton, RadioSet, Static
 from regcache.proxy.config.control import ControlPlane
 from regcache.proxy.core.models import CredentialSet
 
+from ..text import text
 from .form_row import FormRow
+from .text_input import TextInput
 
 KEYRING_SERVICE = "regcache"
 
@@ -63,22 +65,22 @@ class CredentialFields(Vertical):
     DEFAULT_CLASSES = "credential-fields"
 
     def compose(self) -> ComposeResult:
-        yield FormRow("Credentials name", Input(placeholder="5-50 letters, digits, hyphens", id="cred-name",
+        yield FormRow("Credentials name", TextInput(placeholder="5-50 letters, digits, hyphens", id="cred-name",
                                                 compact=True))
         with RadioSet(id="cred-mode"):
             yield RadioButton("Store values in the keyring", value=True, id="cred-keyring")
             yield RadioButton("Enter secret URIs", id="cred-uris")
-        yield FormRow("Username", Input(placeholder="upstream user name", password=True, id="cred-username",
+        yield FormRow("Username", TextInput(placeholder="upstream user name", password=True, id="cred-username",
                                         compact=True), id="cred-username-row")
-        yield FormRow("Password", Input(placeholder="password or token: never shown again", password=True,
+        yield FormRow("Password", TextInput(placeholder="password or token: never shown again", password=True,
                                         id="cred-password", compact=True), id="cred-password-row")
         yield Static(id="cred-error", classes="error")
 
     def on_radio_set_changed(self, event: RadioSet.Changed) -> None:
         event.stop()
         keyring = event.pressed.id == "cred-keyring"
-        self.query_one("#cred-username-row Label", Label).update("Username" if keyring else "Username URI")
-        self.query_one("#cred-password-row Label", Label).update("Password" if keyring else "Password URI")
+        self.query_one("#cred-username-row Label", Label).update(text("Username" if keyring else "Username URI"))
+        self.query_one("#cred-password-row Label", Label).update(text("Password" if keyring else "Password URI"))
         for input_id, placeholder in (("cred-username", "upstream user name" if keyring else
                                        "keyring://SERVICE/NAME or env://VAR"),
                                       ("cred-password", "password or token: never shown again" if keyring else
@@ -102,5 +104,5 @@ class CredentialFields(Vertical):
 
     def show_error(self, message: str) -> None:
         error = self.query_one("#cred-error", Static)
-        error.update(message)
+        error.update(text(message))  # engine errors quote what was typed
         error.display = True

@@ -7,6 +7,8 @@ from textual.containers import Horizontal
 from textual.widget import Widget
 from textual.widgets import Label
 
+from ..text import text
+
 
 class FormRow(Horizontal):
     """``Label | field``; give the field ``compact=True`` where it supports it."""
@@ -19,5 +21,5 @@ class FormRow(Horizontal):
         self._field = field
 
     def compose(self) -> ComposeResult:
-        yield Label(self._label, classes="form-label")
+        yield Label(text(self._label), classes="form-label")
         yield self._field

@@ -6,6 +6,7 @@ from textual.widgets import OptionList
 from textual.widgets.option_list import Option
 
 from ..messages import Navigate
+from ..text import text
 
 BLADES: tuple[tuple[str, str], ...] = (
     ("overview", "Overview"),
@@ -20,7 +21,7 @@ class NavList(OptionList):
     """Blade names; moving the highlight shows that blade."""
 
     def __init__(self) -> None:
-        super().__init__(*(Option(f"{i} {title}", id=blade) for i, (blade, title) in enumerate(BLADES, 1)),
+        super().__init__(*(Option(text(f"{i} {title}"), id=blade) for i, (blade, title) in enumerate(BLADES, 1)),
                          id="nav")
 
     def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
