@@ -272,9 +272,44 @@ def raise_open_files_limit() -> int:
 
 
 def connection_cap(max_connections: int, open_files: int) -> int:
-    """``max-connections``, lowered to leave files for the database, blobs and upstream connections."""
-    reserve = max(64, open_files // 8)
+    """``max-connections``, lowered to leave files for the database, blobs and upstream connections, and for
+    the connections accepted before the guard sees them (a few batches of ACCEPT_BATCH)."""
+    reserve = max(64, open_files // 8) + 3 * ACCEPT_BATCH
     return max(16, min(max_connections, open_files - reserve))
+
+
+class _AcceptErrors:
+    """The event loop's exception handler while the proxy listens: running out of files while accepting is one
+    rate-limited warning, not a traceback per refused accept (asyncio pauses accepting for a second and the
+    guard sheds meanwhile); everything else goes to the handler that was there."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.previous = loop.get_exception_handler()
+        self._logged = 0.0
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        exc = context.get("exception")
+        if (isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)
+                and str(context.get("message", "")).startswith("socket.accept()")):
+            now = time.monotonic()
+            if now - self._logged >= 10:
+                self._logged = now
+                log.warning("out of open files while accepting connections (%s); accepting again in a second",
+                            exc.strerror)
+            return
+        if self.previous is not None:
+            self.previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        self.loop.set_exception_handler(self)
+        try:
+            yield
+        finally:
+            self.loop.set_exception_handler(self.previous)
 
 
 # -- forwarding headers: only from a proxy named with --trusted-proxy ---------------------------------
@@ -347,11 +382,26 @@ class _Server(uvicorn.Server):
         yield
 
 
+#: connections the kernel queues for accepting
+LISTEN_BACKLOG = 2048
+#: connections accepted per wake-up of the event loop; the connection guard sheds between two such batches
+ACCEPT_BATCH = 64
+
+
+class _ListeningSocket(socket.socket):
+    """asyncio takes one number for the listen queue and for the accepts per wake-up: we want a long queue
+    (a burst of connections waits in the kernel, not in SYN retries) and short batches (each accepted
+    connection takes a file before the guard sees it)."""
+
+    def listen(self, backlog: int = LISTEN_BACKLOG) -> None:
+        super().listen(max(backlog, LISTEN_BACKLOG))
+
+
 def bind(address: ListenAddress) -> socket.socket:
     family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
     # IPPROTO_TCP, not 0: accepted sockets inherit it, and asyncio disables Nagle (TCP_NODELAY) only on sockets
     # that say they are TCP; with Nagle, a response's body waits ~40 ms for the ACK of its headers
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock = _ListeningSocket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((address.host, address.port))
@@ -361,7 +411,7 @@ def bind(address: ListenAddress) -> socket.socket:
             raise ListenError(f"port {address.port} on {address.host} is already in use; stop what listens there "
                               f"or choose another address with --listen HOST:PORT") from None
         raise ListenError(f"cannot listen on {address}: {exc.strerror}") from None
-    sock.listen(2048)
+    sock.listen(LISTEN_BACKLOG)
     sock.set_inheritable(True)
     return sock
 
@@ -475,7 +525,7 @@ class ProxyServer:
                            lifespan="off", log_config=None, access_log=False, timeout_graceful_shutdown=10,
                            server_header=False, http=_H11Protocol, ws="none", proxy_headers=False,
                            timeout_keep_alive=limits.keepalive_timeout,  # type: ignore[arg-type]  # float works
-                           h11_max_incomplete_event_size=MAX_REQUEST_HEAD, **tls)
+                           h11_max_incomplete_event_size=MAX_REQUEST_HEAD, backlog=ACCEPT_BATCH, **tls)
 
         sock = bind(self.address)
         self.address = ListenAddress(self.address.host, sock.getsockname()[1])
@@ -491,14 +541,15 @@ class ProxyServer:
                                                  check_host=is_loopback(self.metrics_address.host))
                 self._metrics_server = _Server(config(metrics_app))
                 servers.append((self._metrics_server, metrics_sock))
-            async with anyio.create_task_group() as tg:
-                for each, each_sock in servers:
-                    tg.start_soon(self._serve_one, each, each_sock)
-                while not all(each.started for each, _ in servers):
-                    if any(each.should_exit for each, _ in servers):
-                        raise self._startup_failure()
-                    await anyio.sleep(0.01)
-                task_status.started(self.address)
+            with _AcceptErrors(asyncio.get_running_loop()).installed():
+                async with anyio.create_task_group() as tg:
+                    for each, each_sock in servers:
+                        tg.start_soon(self._serve_one, each, each_sock)
+                    while not all(each.started for each, _ in servers):
+                        if any(each.should_exit for each, _ in servers):
+                            raise self._startup_failure()
+                        await anyio.sleep(0.01)
+                    task_status.started(self.address)
         finally:
             for _, each_sock in servers:
                 each_sock.close()

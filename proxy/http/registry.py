@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from regcache.proxy.core.errors import NameUnknown, PullError
+from regcache.proxy.core.errors import NameUnknown, PullError, ValidationError
 from regcache.proxy.core.models import PullEvent, Result, RuleMatch
 from regcache.proxy.core.oci import OCI_INDEX
 from regcache.proxy.core.references import is_digest, is_repository_name, is_tag
@@ -365,9 +365,10 @@ class HostCheck:
     @staticmethod
     def refusal(name: str) -> RegistryError:
         try:
-            how = f"`regcache settings set {ALLOWED_HOSTS_SETTING} {parse_host_names(name)[0]}`"
-        except (ValueError, IndexError):
-            how = f"`regcache settings set {ALLOWED_HOSTS_SETTING} NAME`"
+            valid = parse_host_names(name) == (name,)
+        except ValidationError:
+            valid = False
+        how = f"`regcache settings set {ALLOWED_HOSTS_SETTING} {name if valid else 'NAME'}`"
         return RegistryError(403, "DENIED", f"this regcache listens on loopback and answers only Host localhost, "
                                             f"127.0.0.1 or [::1], not {name[:100]!r} (a defence against DNS "
                                             f"rebinding); to answer that name too (e.g. an nginx on this machine "
