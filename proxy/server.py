@@ -524,7 +524,7 @@ class ProxyServer:
             return _Config(ForwardedFor(app, self.trusted_proxies), guard=guard, header_timeout=limits.header_timeout,
                            lifespan="off", log_config=None, access_log=False, timeout_graceful_shutdown=10,
                            server_header=False, http=_H11Protocol, ws="none", proxy_headers=False,
-                           timeout_keep_alive=limits.keepalive_timeout,  # type: ignore[arg-type]  # float works
+                           timeout_keep_alive=limits.keepalive_timeout,  # a float works: call_later takes it
                            h11_max_incomplete_event_size=MAX_REQUEST_HEAD, backlog=ACCEPT_BATCH, **tls)
 
         sock = bind(self.address)

@@ -96,7 +96,7 @@ def _text(value: str) -> str:
 
 
 #: key -> (parse, format, help); values are stored as numbers (bytes or seconds), or as text (_TEXT_SETTINGS)
-SETTINGS: dict[str, tuple[Callable[..., float], Callable[[float], str | None], str]] = {
+SETTINGS: dict[str, tuple[Callable[..., object], Callable[[Any], str | None], str]] = {
     MAX_SIZE_SETTING: (parse_size, _size,
                        "cache size limit; least recently pulled blobs are evicted above it (e.g. 50GiB)"),
     MANIFEST_MAX_SIZE_SETTING: (parse_size, _size,
