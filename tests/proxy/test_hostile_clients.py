@@ -287,6 +287,11 @@ def test_forwarding_headers_are_ignored_unless_a_trusted_proxy_sends_them(config
 
     with pytest.raises(ListenError, match="--trusted-proxy 'proxy.lan' must be an IP address or network"):
         ProxyServer(behind.home, "127.0.0.1:0", trusted_proxies=["127.0.0.1,proxy.lan"])
+    refused = cli("serve", "--listen", "127.0.0.1:0", "--trusted-proxy", "127.0.0.1", "--trusted-proxy", "*")
+    assert refused.exit_code == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "error: --trusted-proxy '*' must be an IP address or network, e.g. 127.0.0.1 or 10.0.0.0/8 (the address "
+        "the proxy in front connects from)")
 
 
 @pytest.mark.parametrize("path", ["/v2/", "/metrics"])
