@@ -4,19 +4,32 @@
 port that is taken is an error for the caller, not a log line. The app's engine (cache, downloads,
 event log, background jobs) runs apart from its listener (:meth:`ProxyServer.running`): the TUI's
 embedded proxy keeps it, and the jobs the TUI starts in it, when its port cannot be bound.
+
+Clients are not trusted to be reasonable (the settings are read when the proxy starts): a request head
+must arrive within ``header-timeout`` of connecting or of the previous response, an idle kept-alive
+connection is closed after ``keepalive-timeout``, and at most ``max-connections`` (never more than the
+open-files limit allows, whose soft value is raised to the hard one) are open at once: over it, the
+connections still sending a head are closed, oldest first, before a new one is refused, so idle
+connections never starve a pull. ``X-Forwarded-For``/``-Proto`` are read only from ``--trusted-proxy``
+addresses; ``Forwarded`` never.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
+import http
 import ipaddress
 import logging
 import os
 import re
+import resource
 import socket
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +40,11 @@ import h11
 import uvicorn
 from anyio.abc import TaskStatus
 from anyio.from_thread import BlockingPortal
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from regcache.proxy.core.errors import RegcacheError, unwrap_error
+from regcache.proxy.core.settings import HEADER_TIMEOUT_SETTING, MAX_CONNECTIONS_SETTING, ServerLimits
 from regcache.proxy.http.errors import API_VERSION_HEADER, RegistryError
 from regcache.proxy.http.registry import check_storage, create_app, create_metrics_app
 from regcache.proxy.jobs.operations import Operations
@@ -66,8 +81,150 @@ class ListenAddress:
 MAX_REQUEST_HEAD = 16 * 1024
 
 
+def _raw_response(error: RegistryError) -> bytes:
+    """``error`` as a whole HTTP/1.1 response that closes the connection, for a connection with no request (yet)."""
+    body = error.body()
+    head = [f"HTTP/1.1 {error.status} {http.HTTPStatus(error.status).phrase}", "content-type: application/json",
+            f"content-length: {len(body)}", *(f"{name.lower()}: {value}" for name, value in API_VERSION_HEADER.items()),
+            *(f"{name.lower()}: {value}" for name, value in error.headers.items()), "connection: close"]
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+
+
+class ConnectionGuard:
+    """The client connections of one proxy (all its listeners) against one cap.
+
+    Connections waiting for a request head (new, or kept alive between requests) are kept oldest first;
+    at the cap, a new connection closes the oldest of them, and is refused (503) only when every open
+    connection is serving a request. A slowloris holds connections that send their head slowly; they
+    are the first to go, and the newest (a real client's, which sends its head at once) the last.
+    """
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._open: set[_H11Protocol] = set()
+        self._waiting: OrderedDict[_H11Protocol, None] = OrderedDict()
+        #: connections closed to make room, and connections refused, since the start
+        self.shed = 0
+        self.refused = 0
+        self._logged = 0.0
+
+    @property
+    def open(self) -> int:
+        return len(self._open)
+
+    def admit(self, connection: _H11Protocol) -> bool:
+        """Count a new connection, closing waiting ones to make room; False: refuse it (all are serving)."""
+        while len(self._open) >= self.cap and self._waiting:
+            oldest, _ = self._waiting.popitem(last=False)
+            self._open.discard(oldest)
+            oldest.shed()
+            self.shed += 1
+            self._log(f"closed connections still sending their request head to make room (setting "
+                      f"{MAX_CONNECTIONS_SETTING}: {self.cap})")
+        if len(self._open) >= self.cap:
+            self.refused += 1
+            self._log(f"refused new connections: all {self.cap} are serving requests (setting "
+                      f"{MAX_CONNECTIONS_SETTING})")
+            return False
+        self._open.add(connection)
+        self._waiting[connection] = None
+        return True
+
+    def waiting(self, connection: _H11Protocol) -> None:
+        """The connection waits for a request head: the newest waiting one."""
+        if connection in self._open:
+            self._waiting.pop(connection, None)
+            self._waiting[connection] = None
+
+    def serving(self, connection: _H11Protocol) -> None:
+        self._waiting.pop(connection, None)
+
+    def closed(self, connection: _H11Protocol) -> None:
+        self._open.discard(connection)
+        self._waiting.pop(connection, None)
+
+    def _log(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self._logged >= 10:  # a flood would otherwise write a line per connection
+            self._logged = now
+            log.warning("%s; %d shed and %d refused so far", message, self.shed, self.refused)
+
+
+class _Config(uvicorn.Config):
+    """uvicorn's configuration, with what our protocol adds: the connection guard and the head timeout."""
+
+    def __init__(self, app: ASGIApp, *, guard: ConnectionGuard, header_timeout: float, **kwargs) -> None:
+        super().__init__(app, **kwargs)
+        self.guard = guard
+        self.header_timeout = header_timeout
+
+
 class _H11Protocol(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol; a request it cannot parse gets OCI error JSON, not uvicorn's plain text."""
+    """uvicorn's HTTP/1.1 protocol, with a deadline for request heads and the connection guard; a request it
+    cannot parse gets OCI error JSON, not uvicorn's plain text."""
+
+    def __init__(self, config: uvicorn.Config, *args, **kwargs) -> None:
+        super().__init__(config, *args, **kwargs)
+        assert isinstance(config, _Config), "the proxy's listeners run with _Config"
+        self.guard = config.guard
+        self.header_timeout = config.header_timeout
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if not self.guard.admit(self):
+            transport.write(_raw_response(RegistryError(
+                503, "UNAVAILABLE", f"regcache is serving its maximum of {self.guard.cap} connections (setting "
+                                    f"{MAX_CONNECTIONS_SETTING}); retry shortly", headers={"Retry-After": "1"})))
+            transport.close()
+            return
+        self._await_head()
+
+    def _await_head(self) -> None:
+        """From now on the next request head must arrive within the head timeout."""
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
+        self.guard.waiting(self)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def data_received(self, data: bytes) -> None:
+        cycle = self.cycle
+        super().data_received(data)
+        if self.cycle is not cycle and self._head_timer is not None:  # a whole head arrived: a request runs
+            self._cancel_head_timer()
+            self.guard.serving(self)
+
+    def on_response_complete(self) -> None:
+        cycle = self.cycle
+        super().on_response_complete()  # arms the keep-alive timer; may start a pipelined request
+        if not self.transport.is_closing() and self.cycle is cycle:
+            self._await_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        self.guard.closed(self)
+        super().connection_lost(exc)
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self.conn.trailing_data[0] and self.conn.our_state is h11.IDLE:  # part of a head came: say why
+            self.transport.write(_raw_response(RegistryError(
+                408, "UNSUPPORTED", f"the request line and headers did not arrive within {self.header_timeout:g} s "
+                                    f"(setting {HEADER_TIMEOUT_SETTING})")))
+        self.guard.closed(self)
+        self.transport.close()
+
+    def shed(self) -> None:
+        """Closed by the guard to make room for a new connection."""
+        self._cancel_head_timer()
+        if not self.transport.is_closing():
+            self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
         if len(self.conn.trailing_data[0]) > MAX_REQUEST_HEAD:
@@ -88,6 +245,135 @@ class _H11Protocol(H11Protocol):
         self.transport.close()
 
 
+# -- open files: every connection is one ----------------------------------------------------------
+
+_limit_logged = False
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (logged once per process); returns the soft limit now."""
+    global _limit_logged
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    raised = soft
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            raised = wanted
+        except (OSError, ValueError) as exc:  # e.g. above the kernel's nr_open
+            log.warning("could not raise the open-files limit from %d to %d: %s", soft, wanted, exc)
+    if not _limit_logged:
+        _limit_logged = True
+        if raised != soft:
+            log.info("raised the open-files limit (each client connection is one) from %d to %d", soft, raised)
+        else:
+            log.info("the open-files limit is %d (each client connection is one)", soft)
+    return raised if raised != resource.RLIM_INFINITY else 1 << 20
+
+
+def connection_cap(max_connections: int, open_files: int) -> int:
+    """``max-connections``, lowered to leave files for the database, blobs and upstream connections, and for
+    the connections accepted before the guard sees them (a few batches of ACCEPT_BATCH)."""
+    reserve = max(64, open_files // 8) + 3 * ACCEPT_BATCH
+    return max(16, min(max_connections, open_files - reserve))
+
+
+class _AcceptErrors:
+    """The event loop's exception handler while the proxy listens: running out of files while accepting is one
+    rate-limited warning, not a traceback per refused accept (asyncio pauses accepting for a second and the
+    guard sheds meanwhile); everything else goes to the handler that was there."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.previous = loop.get_exception_handler()
+        self._logged = 0.0
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        exc = context.get("exception")
+        if (isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)
+                and str(context.get("message", "")).startswith("socket.accept()")):
+            now = time.monotonic()
+            if now - self._logged >= 10:
+                self._logged = now
+                log.warning("out of open files while accepting connections (%s); accepting again in a second",
+                            exc.strerror)
+            return
+        if self.previous is not None:
+            self.previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        self.loop.set_exception_handler(self)
+        try:
+            yield
+        finally:
+            self.loop.set_exception_handler(self.previous)
+
+
+# -- forwarding headers: only from a proxy named with --trusted-proxy ---------------------------------
+
+TrustedNetworks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+def parse_trusted_proxies(values: Iterable[str]) -> TrustedNetworks:
+    """``127.0.0.1``, ``10.0.0.0/8,::1``: the addresses whose X-Forwarded-For/-Proto are believed."""
+    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for value in values:
+        for part in value.split(","):
+            text = part.strip()
+            if not text:
+                continue
+            try:
+                networks.append(ipaddress.ip_network(text.strip("[]"), strict=False))
+            except ValueError:
+                raise ListenError(f"--trusted-proxy {text[:100]!r} must be an IP address or network, e.g. "
+                                  f"127.0.0.1 or 10.0.0.0/8 (the address the proxy in front connects from)") from None
+    return tuple(networks)
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text.strip().strip("[]"))
+    except ValueError:
+        return None
+
+
+class ForwardedFor:
+    """The client address from ``X-Forwarded-For`` (and the scheme from ``X-Forwarded-Proto``), only when the
+    connection comes from a trusted proxy; otherwise any client could choose the address the event log and
+    the login back-off see. The nearest address that is not a trusted proxy wins; a value that is not an IP
+    address ends the walk (the proxy's own address stays). ``Forwarded`` is never read."""
+
+    def __init__(self, app: ASGIApp, trusted: TrustedNetworks) -> None:
+        self.app = app
+        self.trusted = trusted
+
+    def _trusted(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> bool:
+        return address is not None and any(address in network for network in self.trusted)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = scope.get("client")
+        if scope["type"] == "http" and client and self._trusted(_address(client[0])):
+            hops = ",".join(v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-for").split(",")
+            found = None
+            for hop in reversed([h for h in hops if h.strip()]):
+                address = _address(hop)
+                if address is None:
+                    break
+                found = address
+                if not self._trusted(address):
+                    break
+            scope = dict(scope)
+            if found is not None:
+                scope["client"] = (str(found), 0)
+            protos = [v.decode("latin-1").strip().lower() for k, v in scope["headers"] if k == b"x-forwarded-proto"]
+            if protos and protos[-1] in ("http", "https"):
+                scope["scheme"] = protos[-1]
+        await self.app(scope, receive, send)
+
+
 class _Server(uvicorn.Server):
     """uvicorn without its signal handlers: the owner of the loop decides when to stop."""
 
@@ -96,11 +382,26 @@ class _Server(uvicorn.Server):
         yield
 
 
+#: connections the kernel queues for accepting
+LISTEN_BACKLOG = 2048
+#: connections accepted per wake-up of the event loop; the connection guard sheds between two such batches
+ACCEPT_BATCH = 64
+
+
+class _ListeningSocket(socket.socket):
+    """asyncio takes one number for the listen queue and for the accepts per wake-up: we want a long queue
+    (a burst of connections waits in the kernel, not in SYN retries) and short batches (each accepted
+    connection takes a file before the guard sees it)."""
+
+    def listen(self, backlog: int = LISTEN_BACKLOG) -> None:
+        super().listen(max(backlog, LISTEN_BACKLOG))
+
+
 def bind(address: ListenAddress) -> socket.socket:
     family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
     # IPPROTO_TCP, not 0: accepted sockets inherit it, and asyncio disables Nagle (TCP_NODELAY) only on sockets
     # that say they are TCP; with Nagle, a response's body waits ~40 ms for the ACK of its headers
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock = _ListeningSocket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((address.host, address.port))
@@ -110,7 +411,7 @@ def bind(address: ListenAddress) -> socket.socket:
             raise ListenError(f"port {address.port} on {address.host} is already in use; stop what listens there "
                               f"or choose another address with --listen HOST:PORT") from None
         raise ListenError(f"cannot listen on {address}: {exc.strerror}") from None
-    sock.listen(2048)
+    sock.listen(LISTEN_BACKLOG)
     sock.set_inheritable(True)
     return sock
 
@@ -138,8 +439,9 @@ def allow_anonymous_from_env() -> bool:
     return os.environ.get(ALLOW_ANONYMOUS_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def check_exposure(home: Path, address: ListenAddress, allow_anonymous: bool) -> None:
-    """Refuse a non-loopback address while no client token exists, unless anonymous pulls are allowed."""
+def check_exposure(home: Path, address: ListenAddress, allow_anonymous: bool, metrics: bool = False) -> None:
+    """Refuse a non-loopback address (of the registry, or of ``--metrics-listen``) while no client token exists,
+    unless anonymous pulls are allowed."""
     if allow_anonymous or is_loopback(address.host):
         return
     from regcache.proxy.state.store import StateStore
@@ -150,6 +452,11 @@ def check_exposure(home: Path, address: ListenAddress, allow_anonymous: bool) ->
             return
     finally:
         store.close()
+    if metrics:
+        raise ListenError(f"refusing to serve metrics on {address} (--metrics-listen) without client "
+                          f"authentication: anyone who can reach it could read what this cache serves; create a "
+                          f"token with `regcache token create -n NAME --repository PATTERN` (scrapers then send "
+                          f"it as Basic auth), listen on 127.0.0.1, or pass --allow-anonymous")
     raise ListenError(f"refusing to listen on {address} without client authentication: anyone who can reach it "
                       f"could pull through this cache; create a token with `regcache token create -n NAME "
                       f"--repository PATTERN` or pass --allow-anonymous")
@@ -161,7 +468,8 @@ class ProxyServer:
     def __init__(self, home: Path, listen: str | ListenAddress = DEFAULT_LISTEN, *,
                  tls_cert: str | None = None, tls_key: str | None = None,
                  secrets: SecretResolver | None = None, freshness: float = 0.0, transport=None,
-                 metrics_listen: str | None = None, allow_anonymous: bool | None = None) -> None:
+                 metrics_listen: str | None = None, allow_anonymous: bool | None = None,
+                 trusted_proxies: Iterable[str] = ()) -> None:
         self.home = home
         self.address = listen if isinstance(listen, ListenAddress) else ListenAddress.parse(listen)
         self.metrics_address = ListenAddress.parse(metrics_listen) if metrics_listen else None
@@ -169,10 +477,16 @@ class ProxyServer:
             raise ListenError("TLS needs both --tls-cert and --tls-key")
         #: anonymous pulls beyond loopback (None: $REGCACHE_ALLOW_ANONYMOUS); see check_exposure
         self.allow_anonymous = allow_anonymous_from_env() if allow_anonymous is None else allow_anonymous
+        #: the proxies whose X-Forwarded-For/-Proto are believed (none: those headers are ignored)
+        self.trusted_proxies = parse_trusted_proxies(trusted_proxies)
         # exposed beyond loopback: stay closed even if every token is deleted while serving
         require_auth = not (self.allow_anonymous or is_loopback(self.address.host))
+        # a loopback listener answers only loopback Host names (DNS rebinding); beyond it, tokens are required
         self.app = create_app(home, secrets=secrets, transport=transport, freshness=freshness,
-                              serve_metrics=metrics_listen is None, require_auth=require_auth)
+                              serve_metrics=metrics_listen is None, require_auth=require_auth,
+                              check_host=is_loopback(self.address.host))
+        #: the connections of every listener of this proxy (set when it listens)
+        self.connections: ConnectionGuard | None = None
         self._tls = (tls_cert, tls_key)
         self._secrets = secrets
         self._server: _Server | None = None
@@ -186,6 +500,8 @@ class ProxyServer:
     async def serve(self, *, task_status: TaskStatus[ListenAddress] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve until ``stop()``; reports the bound address (its real port if 0 was asked) when ready."""
         await anyio.to_thread.run_sync(check_exposure, self.home, self.address, self.allow_anonymous)
+        if self.metrics_address is not None:
+            await anyio.to_thread.run_sync(check_exposure, self.home, self.metrics_address, self.allow_anonymous, True)
         await check_storage(self.home, self._secrets)  # a wrong bucket or key fails here, in one clear line
         async with self.running():
             await self.listen(task_status=task_status)
@@ -198,31 +514,42 @@ class ProxyServer:
 
     async def listen(self, *, task_status: TaskStatus[ListenAddress] = anyio.TASK_STATUS_IGNORED) -> None:
         """Answer on the address until ``stop()``, inside :meth:`running`."""
+        limits: ServerLimits = self.app.state.limits  # read by the engine's start (running)
+        guard = self.connections = ConnectionGuard(connection_cap(limits.max_connections, raise_open_files_limit()))
+        if guard.cap < limits.max_connections:
+            log.info("at most %d client connections: the open-files limit leaves room for no more (setting %s: %d)",
+                     guard.cap, MAX_CONNECTIONS_SETTING, limits.max_connections)
+
+        def config(app: ASGIApp, **tls: str | None) -> _Config:
+            return _Config(ForwardedFor(app, self.trusted_proxies), guard=guard, header_timeout=limits.header_timeout,
+                           lifespan="off", log_config=None, access_log=False, timeout_graceful_shutdown=10,
+                           server_header=False, http=_H11Protocol, ws="none", proxy_headers=False,
+                           timeout_keep_alive=limits.keepalive_timeout,  # a float works: call_later takes it
+                           h11_max_incomplete_event_size=MAX_REQUEST_HEAD, backlog=ACCEPT_BATCH, **tls)
+
         sock = bind(self.address)
         self.address = ListenAddress(self.address.host, sock.getsockname()[1])
-        config = uvicorn.Config(self.app, lifespan="off", log_config=None, access_log=False,
-                                ssl_certfile=self._tls[0], ssl_keyfile=self._tls[1],
-                                timeout_graceful_shutdown=10, server_header=False,
-                                http=_H11Protocol, h11_max_incomplete_event_size=MAX_REQUEST_HEAD)
-        server = _Server(config)
+        server = _Server(config(self.app, ssl_certfile=self._tls[0], ssl_keyfile=self._tls[1]))
         self._server = server
         servers = [(server, sock)]
         try:
             if self.metrics_address is not None:
                 metrics_sock = bind(self.metrics_address)
                 self.metrics_address = ListenAddress(self.metrics_address.host, metrics_sock.getsockname()[1])
-                self._metrics_server = _Server(uvicorn.Config(create_metrics_app(self.app), lifespan="off",
-                                                              log_config=None, access_log=False,
-                                                              server_header=False))
+                exposed = not (self.allow_anonymous or is_loopback(self.metrics_address.host))
+                metrics_app = create_metrics_app(self.app, require_auth=exposed,
+                                                 check_host=is_loopback(self.metrics_address.host))
+                self._metrics_server = _Server(config(metrics_app))
                 servers.append((self._metrics_server, metrics_sock))
-            async with anyio.create_task_group() as tg:
-                for each, each_sock in servers:
-                    tg.start_soon(self._serve_one, each, each_sock)
-                while not all(each.started for each, _ in servers):
-                    if any(each.should_exit for each, _ in servers):
-                        raise self._startup_failure()
-                    await anyio.sleep(0.01)
-                task_status.started(self.address)
+            with _AcceptErrors(asyncio.get_running_loop()).installed():
+                async with anyio.create_task_group() as tg:
+                    for each, each_sock in servers:
+                        tg.start_soon(self._serve_one, each, each_sock)
+                    while not all(each.started for each, _ in servers):
+                        if any(each.should_exit for each, _ in servers):
+                            raise self._startup_failure()
+                        await anyio.sleep(0.01)
+                    task_status.started(self.address)
         finally:
             for _, each_sock in servers:
                 each_sock.close()

@@ -33,13 +33,19 @@ from regcache.proxy.core.models import (
 from regcache.proxy.core.rules import RuleSet, check_credentials, check_name, check_new_rule, check_settings
 from regcache.proxy.core.secret_ids import SecretId
 from regcache.proxy.core.settings import (
+    ALLOWED_HOSTS_SETTING,
     BLOB_MAX_SIZE_SETTING,
     BLOB_MIN_RATE_SETTING,
     BLOB_RATE_WINDOW_SETTING,
     EVENTS_MAX_AGE_SETTING,
     EVENTS_MAX_COUNT_SETTING,
+    HEADER_TIMEOUT_SETTING,
+    KEEPALIVE_TIMEOUT_SETTING,
     LIST_MAX_SIZE_SETTING,
+    LOGIN_BACKOFF_SETTING,
+    LOGIN_QUEUE_SETTING,
     MANIFEST_MAX_SIZE_SETTING,
+    MAX_CONNECTIONS_SETTING,
     MAX_SIZE_SETTING,
     RULE_SETTINGS,
     RULES_FILE_MAX_SIZE_SETTING,
@@ -49,6 +55,7 @@ from regcache.proxy.core.settings import (
     UPSTREAM_DEADLINE_SETTING,
     StorageConfig,
     parse_count,
+    parse_host_names,
     storage_from_json,
     storage_to_json,
 )
@@ -71,8 +78,35 @@ def _size(n: float) -> str:
     return format_size(int(n))
 
 
-#: key -> (parse, format, help); values are stored as numbers (bytes or seconds)
-SETTINGS: dict[str, tuple[Callable[..., float], Callable[[float], str | None], str]] = {
+def _count(text: str, field: str | None = None) -> int:
+    value = text.strip()
+    if not value.isascii() or not value.isdigit() or not 0 < int(value) <= 1_000_000:
+        raise ValidationError(f"{value[:50]!r} must be a whole number from 1 to 1000000", field=field)
+    return int(value)
+
+
+def _positive_duration(text: str, field: str | None = None) -> float:
+    seconds = parse_duration(text, field)
+    if not 0 < seconds <= 3600:
+        raise ValidationError(f"{text.strip()[:50]!r} must be a duration above 0s and at most 1h, e.g. 10s",
+                              field=field)
+    return seconds
+
+
+def _whole(n: float) -> str:
+    return str(int(n))
+
+
+def _host_names(text: str, field: str | None = None) -> str:
+    return ",".join(parse_host_names(text, field))
+
+
+def _text(value: str) -> str:
+    return value
+
+
+#: key -> (parse, format, help); values are stored as numbers (bytes or seconds), or as text (_TEXT_SETTINGS)
+SETTINGS: dict[str, tuple[Callable[..., object], Callable[[Any], str | None], str]] = {
     MAX_SIZE_SETTING: (parse_size, _size,
                        "cache size limit; least recently pulled blobs are evicted above it (e.g. 50GiB)"),
     MANIFEST_MAX_SIZE_SETTING: (parse_size, _size,
@@ -107,7 +141,27 @@ SETTINGS: dict[str, tuple[Callable[..., float], Callable[[float], str | None], s
     TOKEN_MAX_LIFETIME_SETTING: (parse_duration, format_duration,
                                  "longest an upstream token is reused, whatever lifetime its token service "
                                  "claims (default 1d; at least 1s)"),
+    # what a client may hold of the server (read when the proxy starts)
+    HEADER_TIMEOUT_SETTING: (_positive_duration, format_duration,
+                             "time for a client to send a request line and headers, from connecting or from the "
+                             "previous response (default 10s); slower connections are closed"),
+    KEEPALIVE_TIMEOUT_SETTING: (_positive_duration, format_duration,
+                                "time a kept-alive client connection may stay idle between requests (default 5s)"),
+    MAX_CONNECTIONS_SETTING: (_count, _whole,
+                              "client connections at once (default 1024, and never more than the open-files limit "
+                              "allows); over it, connections still sending their headers are closed, oldest first"),
+    ALLOWED_HOSTS_SETTING: (_host_names, _text,
+                            "Host names a loopback listener answers besides localhost, 127.0.0.1 and [::1], "
+                            "comma-separated (e.g. a name an nginx on this machine forwards); others get 403"),
+    LOGIN_QUEUE_SETTING: (_count, _whole,
+                          "client-token logins that may wait for a password check (default 32; 2 run at once); "
+                          "when full, logins get 429 with Retry-After"),
+    LOGIN_BACKOFF_SETTING: (parse_duration, format_duration,
+                            "longest a client address is refused (429) after 5 failed logins in a minute; the "
+                            "refusal doubles from 1s up to this (default 60s; 0 turns the back-off off)"),
 }
+#: settings stored as text rather than as a number
+_TEXT_SETTINGS = frozenset({ALLOWED_HOSTS_SETTING})
 
 
 
@@ -353,7 +407,7 @@ class ControlPlane:
         result = {}
         for key, (_, fmt, _) in SETTINGS.items():
             raw = self.store.setting(key)
-            result[key] = (fmt(float(raw)) or "") if raw else ""
+            result[key] = (fmt(raw if key in _TEXT_SETTINGS else float(raw)) or "") if raw else ""
         return result
 
     def set_setting(self, key: str, value: str) -> str:

@@ -110,6 +110,71 @@ def parse_count(text: str, field: str | None = None) -> int:
         raise ValidationError(f"{text!r} must be a whole number of at least 1, e.g. 1000000", field=field)
     return int(digits)
 
+#: bounds on what a client may hold (docs: README, "Limits on what a client may do")
+HEADER_TIMEOUT_SETTING = "header-timeout"
+KEEPALIVE_TIMEOUT_SETTING = "keepalive-timeout"
+MAX_CONNECTIONS_SETTING = "max-connections"
+ALLOWED_HOSTS_SETTING = "allowed-hosts"
+LOGIN_QUEUE_SETTING = "login-queue"
+LOGIN_BACKOFF_SETTING = "login-backoff"
+SERVER_LIMIT_SETTINGS = (HEADER_TIMEOUT_SETTING, KEEPALIVE_TIMEOUT_SETTING, MAX_CONNECTIONS_SETTING,
+                         ALLOWED_HOSTS_SETTING, LOGIN_QUEUE_SETTING, LOGIN_BACKOFF_SETTING)
+
+#: a host name as a Host header carries it (without the port): DNS labels, or an IPv6 literal in brackets
+_HOST_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?"
+                        r"|\[[0-9a-f:.]{2,45}\]")
+
+
+def parse_host_names(text: str, field: str | None = None) -> tuple[str, ...]:
+    """``nginx.example, cache.lan`` as lower-case host names (no port, no scheme); empty for ``""``."""
+    names: list[str] = []
+    for part in text.split(","):
+        name = part.strip().lower()
+        if not name:
+            continue
+        if not _HOST_NAME.fullmatch(name):
+            raise ValidationError(f"host name {name[:100]!r} is not valid: give names as a Host header carries them, "
+                                  f"without scheme or port, separated by commas (e.g. cache.example.com,[fd00::1])",
+                                  field=field)
+        if name.rstrip(".") not in names:
+            names.append(name.rstrip("."))
+    return tuple(names)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """What one client may hold of the server: time to send a request head, idle time, connections, logins."""
+
+    #: seconds for a request line and headers to arrive, from the connection's start or the previous response
+    header_timeout: float = 10.0
+    #: seconds a kept-alive connection may stay idle between requests
+    keepalive_timeout: float = 5.0
+    #: connections at once (also bounded by the open-files limit); over it, those still reading a head are shed
+    max_connections: int = 1024
+    #: Host names a loopback listener answers besides localhost, 127.0.0.1 and [::1]
+    allowed_hosts: tuple[str, ...] = ()
+    #: password verifications that may wait for one of the running ones (a full queue answers 429)
+    login_queue: int = 32
+    #: the longest a client address is refused after failed logins (0: no back-off)
+    login_backoff: float = 60.0
+
+    @classmethod
+    def from_settings(cls, values: Mapping[str, str | None]) -> ServerLimits:
+        """The limits from stored setting values (absent: the default)."""
+        default = cls()
+
+        def number(key: str, fallback: float) -> float:
+            raw = values.get(key)
+            return float(raw) if raw else fallback
+
+        return cls(number(HEADER_TIMEOUT_SETTING, default.header_timeout),
+                   number(KEEPALIVE_TIMEOUT_SETTING, default.keepalive_timeout),
+                   int(number(MAX_CONNECTIONS_SETTING, default.max_connections)),
+                   parse_host_names(values.get(ALLOWED_HOSTS_SETTING) or ""),
+                   int(number(LOGIN_QUEUE_SETTING, default.login_queue)),
+                   number(LOGIN_BACKOFF_SETTING, default.login_backoff))
+
+
 
 STORAGE_SETTING = "storage"
 FILESYSTEM = "filesystem"

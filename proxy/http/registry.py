@@ -6,10 +6,11 @@ from the end of the path, as the distribution registry does.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -22,11 +23,12 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from regcache.proxy.core.errors import NameUnknown, PullError
+from regcache.proxy.core.errors import NameUnknown, PullError, ValidationError
 from regcache.proxy.core.models import PullEvent, Result, RuleMatch
 from regcache.proxy.core.oci import OCI_INDEX
 from regcache.proxy.core.references import is_digest, is_repository_name, is_tag
 from regcache.proxy.core.referrers import FILTERS_APPLIED_HEADER, build_index
+from regcache.proxy.core.settings import ALLOWED_HOSTS_SETTING, SERVER_LIMIT_SETTINGS, ServerLimits, parse_host_names
 from regcache.proxy.core.tokens import ClientToken
 from regcache.proxy.http.client_auth import ClientAuth
 from regcache.proxy.http.errors import API_VERSION_HEADER, RegistryError, oci_error, unsupported
@@ -325,6 +327,67 @@ class ApiVersionHeader:
         await self.app(scope, receive, send_with_header)
 
 
+def _host_name(header: str) -> str:
+    """The name in a ``Host`` header, lower-case, without its port or final dot (``[::1]`` keeps its brackets)."""
+    value = header.strip().lower()
+    if value.startswith("["):
+        return value[:value.find("]") + 1] if "]" in value else value
+    name, sep, port = value.rpartition(":")
+    return (name if sep and port.isdigit() else value).rstrip(".")
+
+
+def loopback_host(name: str) -> bool:
+    """``localhost``, or an address literal on loopback (``127.0.0.1``, ``[::1]``): names no DNS answer can move."""
+    if name == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(name[1:-1] if name.startswith("[") and name.endswith("]") else name)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+class HostCheck:
+    """On a loopback listener, answer only a ``Host`` that names this machine (or an allowed name): 403 otherwise.
+
+    A web page the operator opens can make its own name resolve to 127.0.0.1 (DNS rebinding) and then read
+    whatever a loopback listener without client tokens serves; its requests carry the page's name as ``Host``.
+    A request without ``Host`` (HTTP/1.0) cannot come from a browser, and is answered.
+    """
+
+    def __init__(self, app: ASGIApp, allowed: Callable[[], tuple[str, ...]]) -> None:
+        self.app = app
+        self.allowed = allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            header = next((v for k, v in scope["headers"] if k == b"host"), None)
+            name = _host_name(header.decode("latin-1")) if header is not None else None
+            if name is not None and not loopback_host(name) and name not in self.allowed():
+                await _error_response(self.refusal(name), scope["method"])(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def refusal(name: str) -> RegistryError:
+        try:
+            valid = parse_host_names(name) == (name,)
+        except ValidationError:
+            valid = False
+        how = f"`regcache settings set {ALLOWED_HOSTS_SETTING} {name if valid else 'NAME'}`"
+        return RegistryError(403, "DENIED", f"this regcache listens on loopback and answers only Host localhost, "
+                                            f"127.0.0.1 or [::1], not {name[:100]!r} (a defence against DNS "
+                                            f"rebinding); to answer that name too (e.g. an nginx on this machine "
+                                            f"forwards it), run {how} and restart the proxy")
+
+
+async def _registry_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RegistryError)
+    return _error_response(exc, request.method)
+
+
 async def _metrics(app: Starlette) -> Response:
     """The Prometheus exposition of ``app``'s proxy, with the cache size read now."""
     metrics: ProxyMetrics = app.state.metrics
@@ -335,13 +398,21 @@ async def _metrics(app: Starlette) -> Response:
     return Response(metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
 
-def create_metrics_app(registry_app: Starlette) -> Starlette:
-    """A separate app serving only ``/metrics`` of ``registry_app`` (for ``--metrics-listen``)."""
+def create_metrics_app(registry_app: Starlette, *, require_auth: bool = False, check_host: bool = False) -> Starlette:
+    """A separate app serving only ``/metrics`` of ``registry_app`` (for ``--metrics-listen``).
+
+    It asks for a client token (any) whenever ``/v2/`` does, and always with ``require_auth`` (its own
+    address is beyond loopback); ``check_host`` answers only loopback ``Host`` names (see HostCheck).
+    """
 
     async def endpoint(request: Request) -> Response:
+        await registry_app.state.registry.auth.authenticate(request, require=require_auth)
         return await _metrics(registry_app)
 
-    return Starlette(routes=[Route("/metrics", endpoint)])
+    app = Starlette(routes=[Route("/metrics", endpoint)], exception_handlers={RegistryError: _registry_error})
+    if check_host:
+        app.add_middleware(HostCheck, allowed=lambda: registry_app.state.limits.allowed_hosts)
+    return app
 
 
 async def check_storage(home: Path, secrets: SecretResolver | None = None) -> None:
@@ -356,12 +427,14 @@ async def check_storage(home: Path, secrets: SecretResolver | None = None) -> No
 
 def create_app(home: Path, *, secrets: SecretResolver | None = None,
                transport: httpx.AsyncBaseTransport | None = None, freshness: float = 0.0,
-               serve_metrics: bool = True, require_auth: bool = False) -> Starlette:
+               serve_metrics: bool = True, require_auth: bool = False, check_host: bool = False) -> Starlette:
     """The registry ASGI app for the state directory ``home``; its lifespan owns every background task.
 
     ``/metrics`` is served beside ``/v2/`` unless ``serve_metrics`` is False (metrics on their own address).
-    Once a client token exists every ``/v2/`` request needs one; ``require_auth`` refuses anonymous
-    requests even while none exists (a server exposed beyond loopback).
+    Once a client token exists every ``/v2/`` (and ``/metrics``) request needs one; ``require_auth`` refuses
+    anonymous requests even while none exists (a server exposed beyond loopback). ``check_host`` (a loopback
+    listener) answers only loopback ``Host`` names and the ``allowed-hosts`` setting (see HostCheck).
+    The lifespan reads the server limits (``app.state.limits``) once, when it starts.
     """
     metrics = ProxyMetrics()
 
@@ -372,6 +445,8 @@ def create_app(home: Path, *, secrets: SecretResolver | None = None,
         upstream = UpstreamClient(transport)
         events = EventLog(state, metrics=metrics)
         app.state.state_store = state
+        app.state.limits = limits = ServerLimits.from_settings({key: store.setting(key)
+                                                                for key in SERVER_LIMIT_SETTINGS})
         try:
             async with anyio.create_task_group() as writer_group:
                 await writer_group.start(events.run)
@@ -386,7 +461,8 @@ def create_app(home: Path, *, secrets: SecretResolver | None = None,
                         downloads.start_soon(run_eviction, state, backend, name="eviction")
                         downloads.start_soon(run_tag_sync, cache, name="tag sync")
                         downloads.start_soon(run_event_pruning, state, name="event pruning")
-                        app.state.registry = Registry(cache, events, ClientAuth(state, require=require_auth))
+                        app.state.registry = Registry(cache, events,
+                                                      ClientAuth(state, require=require_auth, limits=limits))
                         app.state.operations = Operations(cache, home, secrets)
                         try:
                             yield
@@ -401,10 +477,6 @@ def create_app(home: Path, *, secrets: SecretResolver | None = None,
 
     async def handle(request: Request) -> Response:
         return await request.app.state.registry(request)
-
-    async def registry_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RegistryError)
-        return _error_response(exc, request.method)
 
     async def pull_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, PullError)
@@ -429,6 +501,7 @@ def create_app(home: Path, *, secrets: SecretResolver | None = None,
         return _error_response(error, request.method)
 
     async def metrics_endpoint(request: Request) -> Response:
+        await request.app.state.registry.auth.authenticate(request)  # any token, whenever /v2/ needs one
         return await _metrics(request.app)
 
     methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -437,10 +510,12 @@ def create_app(home: Path, *, secrets: SecretResolver | None = None,
         routes.append(Route("/metrics", metrics_endpoint))
     app = Starlette(
         routes=routes,
-        exception_handlers={RegistryError: registry_error, PullError: pull_error, HTTPException: framework_error,
+        exception_handlers={RegistryError: _registry_error, PullError: pull_error, HTTPException: framework_error,
                             Exception: unexpected_error},
         lifespan=lifespan,
     )
     app.add_middleware(ApiVersionHeader)
+    if check_host:
+        app.add_middleware(HostCheck, allowed=lambda: app.state.limits.allowed_hosts)
     app.state.metrics = metrics
     return app

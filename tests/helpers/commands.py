@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -23,10 +24,12 @@ class ServeProcess:
     """``regcache --home HOME serve ARGS``, started and read until it says where it serves."""
 
 
-    def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None,
+                 preexec_fn: Callable[[], None] | None = None) -> None:
+        # preexec_fn: run in the child before regcache starts (e.g. to lower its open-files limit)
         self.proc = subprocess.Popen([regcache_executable(), "--home", str(home), "serve", *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env={**os.environ, **(env or {})})
+                                     env={**os.environ, **(env or {})}, preexec_fn=preexec_fn)
         self.lines: list[str] = []
         self.url = self._wait_ready()
         # Keep reading: a full pipe would block the server on its next log line.

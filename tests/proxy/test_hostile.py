@@ -615,9 +615,9 @@ RAW_REQUEST_LINES = [b"GET /v2/ HTTP/1.1 extra", b"GET  /v2/ HTTP/1.1", b"GET /v
 def test_requests_no_http_client_would_send(world: World, kind: str, target: bytes, header: bytes,
                                             line: bytes) -> None:
     """What h11 (under uvicorn) refuses is answered with OCI error JSON too, not with uvicorn's plain text."""
-    head = {"target": b"GET " + target + b" HTTP/1.1\r\nHost: regcache",
-            "header": b"GET /v2/team/app/manifests/1.0 HTTP/1.1\r\nHost: regcache\r\n" + header,
-            "line": line + b"\r\nHost: regcache"}[kind]
+    head = {"target": b"GET " + target + b" HTTP/1.1\r\nHost: localhost",
+            "header": b"GET /v2/team/app/manifests/1.0 HTTP/1.1\r\nHost: localhost\r\n" + header,
+            "line": line + b"\r\nHost: localhost"}[kind]
     world.writes.recording = True
     try:
         answer = send_raw(world.regcache.host, head + b"\r\nConnection: close\r\n\r\n")

@@ -38,10 +38,13 @@ def tui_command(ctx: click.Context, listen: str = "127.0.0.1:5000", allow_anonym
               help="Serve Prometheus /metrics on this address instead of beside the registry API.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
+@click.option("--trusted-proxy", "trusted_proxies", metavar="ADDR[,ADDR]", multiple=True,
+              help="Believe X-Forwarded-For/-Proto only from these addresses or networks (a reverse proxy in "
+                   "front, e.g. 127.0.0.1); without it those headers are ignored.")
 @allow_anonymous_option
 @click.pass_context
 def serve(ctx: click.Context, listen: str, tls_cert: str | None, tls_key: str | None, metrics_listen: str | None,
-          log_level: str, allow_anonymous: bool = False) -> None:
+          log_level: str, trusted_proxies: tuple[str, ...] = (), allow_anonymous: bool = False) -> None:
     """Run the registry proxy in the foreground (stops cleanly on SIGTERM or Ctrl-C)."""
     import logging
     import signal
@@ -58,7 +61,7 @@ def serve(ctx: click.Context, listen: str, tls_cert: str | None, tls_key: str | 
 
     async def run() -> None:
         server = ProxyServer(home, listen, tls_cert=tls_cert, tls_key=tls_key, metrics_listen=metrics_listen,
-                             allow_anonymous=allow_anonymous)
+                             allow_anonymous=allow_anonymous, trusted_proxies=trusted_proxies)
         async with anyio.create_task_group() as tg:
             await tg.start(server.serve)  # a taken port raises here
             say(f"regcache: serving {server.url} (state: {home})")
