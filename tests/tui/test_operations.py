@@ -107,3 +107,22 @@ async def test_client_config_and_rules_file(filled_backend, tmp_path, monkeypatc
         await wait_for(pilot, lambda: isinstance(app.screen, RulesFileScreen)
                        and "applied" in str(app.screen.query_one("#status", Static).render()))
     assert sorted(r.name for r in filled_backend.control.list_rules()) == ["all-mcr-renamed", "team-ghcr", "ubuntu"]
+
+
+@pytest.mark.parametrize(("content", "said"), [(b"\xff\xfe\x00binary\x00" * 100, "binary"),
+                                               (b"cacheRules: []\nname: caf\xe9\n", "UTF-8")])
+async def test_a_binary_rules_file_is_one_clear_error_in_the_tui(filled_backend, tmp_path, monkeypatch, content,
+                                                                 said):
+    """The TUI reads a rules file as the CLI does: bounded, UTF-8 or one line saying why, never a crash."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "regcache-rules.yaml").write_bytes(content)
+    app = make_app(filled_backend)
+    async with app.run_test(size=(100, 30)) as pilot:
+        app.push_screen(RulesFileScreen())
+        await wait_for(pilot, lambda: isinstance(app.screen, RulesFileScreen) and app.screen.query(TextArea))
+        await pilot.click("#plan")
+        status = app.screen.query_one("#status", Static)
+        await wait_for(pilot, lambda: "error" in str(status.render()))
+        assert said in str(status.render()), str(status.render())
+        assert app.is_running
+    assert [r.name for r in filled_backend.control.list_rules()] == ["ubuntu", "all-mcr", "team-ghcr"]

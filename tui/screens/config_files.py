@@ -135,13 +135,20 @@ class RulesFileScreen(_FileScreen):
     def action_apply(self) -> None:
         self._confirm_apply(self._path())
 
+    def _read(self, path: Path) -> str:
+        """The rules file as the CLI reads it: bounded by rules-file-max-size, UTF-8 or a clear error."""
+        from regcache.proxy.config.declarative import read_rules_file
+
+        with path.open("rb") as stream:
+            return self.app.backend.call(lambda b: read_rules_file(b.control, stream))  # type: ignore[attr-defined]
+
     @work(thread=True, exclusive=True, group="rules-file")
     def _confirm_apply(self, path: Path) -> None:
         """Show the plan and ask before a bulk change: apply only on yes."""
         from regcache.proxy.config.declarative import plan_document
 
         try:
-            text = path.read_text()
+            text = self._read(path)
             changes = self.app.backend.call(lambda b: plan_document(b.control, text))  # type: ignore[attr-defined]
         except (RegcacheError, OSError) as exc:
             self.app.call_from_thread(self.report, f"error: {exc}")
@@ -172,7 +179,7 @@ class RulesFileScreen(_FileScreen):
                 path.write_text(text)
                 self.app.call_from_thread(self.report, f"wrote {path}")
                 return
-            text = path.read_text()
+            text = self._read(path)
             run = apply_document if action == "apply" else plan_document
             changes = self.app.backend.call(lambda b: run(b.control, text))  # type: ignore[attr-defined]
         except (RegcacheError, OSError) as exc:
