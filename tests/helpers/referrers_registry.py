@@ -8,22 +8,12 @@ overrides the referrers answer (status, content type, body) to play a broken ups
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import re
-import socket
-import threading
-import time
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
 from urllib.parse import parse_qs
 
-import uvicorn
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+from tests.helpers.loopback_server import LoopbackServer, Receive, Scope, Send
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 _PATH = re.compile(r"/v2/(?P<repo>.+)/(?P<kind>manifests|blobs|referrers)/(?P<ref>[^/]+)")
@@ -42,21 +32,15 @@ class ReferrersRegistry:
         #: (status, content type, body) to answer every referrers request with, instead of the real index
         self.answer: tuple[int, str, bytes] | None = None
         self.requests: list[tuple[str, str]] = []
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self._sock = sock
-        self._server = uvicorn.Server(uvicorn.Config(self.app, interface="asgi3", log_config=None, access_log=False,
-                                                     lifespan="off", timeout_graceful_shutdown=1))
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._server.serve([sock])), daemon=True)
+        self.server = LoopbackServer(self.app)
 
     @property
     def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return self.server.host
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return self.server.url
 
     def put_manifest(self, repository: str, media_type: str, data: bytes, tag: str | None = None) -> str:
         digest = digest_of(data)
@@ -71,18 +55,11 @@ class ReferrersRegistry:
         return digest
 
     def start(self) -> ReferrersRegistry:
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the referrers registry did not start")
-            time.sleep(0.01)
+        self.server.start()
         return self
 
     def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(10)
-        self._sock.close()
+        self.server.stop()
 
     def _referrers(self, repository: str, subject: str, artifact_type: str | None) -> bytes:
         found = []
