@@ -38,12 +38,31 @@ def test_every_cited_path_exists(document):
 
 def test_readme_guarantees_cite_their_tests_or_benchmarks():
     text = (ROOT / "README.md").read_text()
-    table = text[text.index("### Guarantees"):text.index("## Operations beyond ACR")]
+    table = text[text.index("### Guarantees"):text.index("## Compatibility")]
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| guarantee")
             and not line.startswith("|---")]
     assert rows
     for row in rows:
         assert any(path.startswith(("tests/", "bench/")) for path in cited_paths(row)), row
+
+
+def test_every_compatibility_cell_names_a_test():
+    """The compatibility tables: a cell says "-" (not shown), "not allowed", "same test", or names its test
+    (the upstream table's last column describes the wire, in words)."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Compatibility"):text.index("## Operations beyond ACR")]
+    clients, upstreams = section.split("| upstream |")
+    words = ("-", "not allowed", "not allowed (as ACR)", "same test")
+    checked = 0
+    for table, described in ((clients, 0), (upstreams, 1)):
+        for row in table.splitlines():
+            if not row.startswith("| ") or row.startswith("| client |"):
+                continue
+            cells = [cell.strip() for cell in row.strip("|").split("|")][1:]
+            for cell in cells[:len(cells) - described]:
+                assert cell in words or CITED_TEST.search(cell) or cited_paths(cell), (row, cell)
+                checked += 1
+    assert checked >= 30
 
 
 def test_a_missing_path_is_seen():
