@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import h11
@@ -41,12 +41,13 @@ import uvicorn
 from anyio.abc import TaskStatus
 from anyio.from_thread import BlockingPortal
 from starlette.types import ASGIApp, Receive, Scope, Send
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.h11_impl import H11Protocol, RequestResponseCycle
 
 from regcache.proxy.core.errors import RegcacheError, unwrap_error
 from regcache.proxy.core.settings import HEADER_TIMEOUT_SETTING, MAX_CONNECTIONS_SETTING, ServerLimits
 from regcache.proxy.http.errors import API_VERSION_HEADER, RegistryError
 from regcache.proxy.http.registry import check_storage, create_app, create_metrics_app
+from regcache.proxy.http.sendfile import ZERO_COPY_SEND
 from regcache.proxy.jobs.operations import Operations
 from regcache.proxy.secrets import SecretResolver
 
@@ -159,6 +160,48 @@ class _Config(uvicorn.Config):
         self.header_timeout = header_timeout
 
 
+class _FileSpan:
+    """``count`` bytes of a file, as h11 frames them: it only asks their length (``send_with_data_passthrough``)."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+
+class _ZeroCopyCycle(RequestResponseCycle):
+    """uvicorn's request cycle, also taking ``http.response.zerocopysend``: the file goes to the socket by
+    ``loop.sendfile`` (the kernel's sendfile on plain TCP; bounded reads over TLS), framed by h11."""
+
+    async def send(self, message: Any) -> None:
+        if message["type"] != ZERO_COPY_SEND:
+            await super().send(message)
+            return
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        if self.disconnected:
+            return
+        if not self.response_started or self.response_complete:
+            raise RuntimeError(f"'{ZERO_COPY_SEND}' is a response body: send it after the start, before the end")
+        count = int(message["count"])
+        if self.scope["method"] != "HEAD" and count > 0:
+            try:
+                for part in self.conn.send_with_data_passthrough(h11.Data(data=_FileSpan(count))):  # type: ignore[arg-type]
+                    if isinstance(part, _FileSpan):
+                        await asyncio.get_running_loop().sendfile(self.transport, message["file"],
+                                                                  int(message.get("offset", 0)), count)
+                    else:
+                        self.transport.write(part)
+            except ConnectionError:  # the client went away mid-file: as uvicorn treats a lost connection
+                self.disconnected = True
+                self.transport.close()
+                return
+        message["sent"] = count  # what the app reads back: the whole range reached the socket
+        # the end of the body (or more to come) as uvicorn does it: keep-alive, close, next request
+        await super().send({"type": "http.response.body", "body": b"", "more_body": message.get("more_body", False)})
+
+
 class _H11Protocol(H11Protocol):
     """uvicorn's HTTP/1.1 protocol, with a deadline for request heads and the connection guard; a request it
     cannot parse gets OCI error JSON, not uvicorn's plain text."""
@@ -190,6 +233,15 @@ class _H11Protocol(H11Protocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+
+    def handle_events(self) -> None:
+        cycle = self.cycle
+        super().handle_events()
+        if self.cycle is not cycle and type(self.cycle) is RequestResponseCycle:
+            # a request cycle was just made and its task not yet run: it becomes one that also sends files
+            # (uvicorn offers no hook to choose the class; the instance layout is the same)
+            self.cycle.__class__ = _ZeroCopyCycle
+            self.cycle.scope.setdefault("extensions", {})[ZERO_COPY_SEND] = {}
 
     def data_received(self, data: bytes) -> None:
         cycle = self.cycle

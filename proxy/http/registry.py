@@ -33,6 +33,7 @@ from regcache.proxy.core.tokens import ClientToken
 from regcache.proxy.http.client_auth import ClientAuth
 from regcache.proxy.http.errors import API_VERSION_HEADER, RegistryError, oci_error, unsupported
 from regcache.proxy.http.ranges import parse_range
+from regcache.proxy.http.sendfile import FileRangeResponse
 from regcache.proxy.jobs.eviction import run_eviction
 from regcache.proxy.jobs.operations import Operations
 from regcache.proxy.jobs.pruning import run_event_pruning
@@ -231,11 +232,28 @@ class Registry:
             status = 206
             start, end = byte_range.start, byte_range.end
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{blob.size}"
+        local = blob.local_file
+        if local is not None and end is not None:  # a warm file: the server may send it without copying
+            return FileRangeResponse(local, start, end, status, headers, self._file_sent(
+                request, name, digest, blob.result, status, started, match, blob.detail))
         if end is not None:
             headers["Content-Length"] = str(end - start)
         chunks = blob.chunks(start, end if byte_range is not None else None)
         body = self._counted(request, chunks, name, digest, blob.result, status, started, match, blob.detail)
         return StreamingResponse(body, status, headers=headers)
+
+    def _file_sent(self, request: Request, name: str, digest: str, result: Result, status: int, started: float,
+                   match: RuleMatch | None, detail: str | None) -> Callable[[int, BaseException | None], None]:
+        """What records the event of a blob sent from its file, once the body ended (as :meth:`_counted`)."""
+        def done(sent: int, error: BaseException | None) -> None:
+            outcome, why, answered = result, detail, status
+            if isinstance(error, ConnectionError) or (error is not None and not isinstance(error, Exception)):
+                why = f"the client went away after {sent} bytes"
+            elif error is not None:
+                outcome, why, answered = Result.ERROR, f"the transfer failed after {sent} bytes: {error}", 502
+                log.warning("blob %s for %s: %s", digest, request.client.host if request.client else "?", why)
+            self._event(request, "blob", name, digest, outcome, answered, started, match, sent, why)
+        return done
 
     async def _counted(self, request: Request, chunks: AsyncIterator[bytes], name: str, digest: str, result: Result,
                        status: int, started: float, match: RuleMatch | None,

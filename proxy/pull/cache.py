@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from pathlib import Path
 
 import anyio
 
@@ -111,6 +112,11 @@ class ServedBlob:
     @property
     def downloading(self) -> bool:
         return isinstance(self._source, BlobStream)
+
+    @property
+    def local_file(self) -> Path | None:
+        """The verified file on this machine's disk (a filesystem hit), which can be sent as it is."""
+        return self._source.path if isinstance(self._source, StoredBlob) else None
 
     def chunks(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Bytes ``start`` to ``end`` (exclusive; None: to the end)."""

@@ -1,0 +1,73 @@
+"""A response body sent from a file: by the kernel (``sendfile``) where the server allows it, else bounded reads.
+
+The ASGI extension ``http.response.zerocopysend`` (asgiref's spec) lets an app hand the server a file and
+a range instead of bytes. regcache's own HTTP/1.1 protocol (regcache.proxy.server) offers it and answers
+with ``loop.sendfile``: on a plain TCP connection the kernel copies the file to the socket, so a warm
+blob never passes through Python, and each client costs no buffer of its own; over TLS asyncio falls
+back to 256 KiB reads. Without the extension (another server, a test client) the file is read here in
+:data:`CHUNK` pieces, each written only once the client took the previous one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import anyio
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+#: the ASGI extension (and message type) of a body sent from a file descriptor
+ZERO_COPY_SEND = "http.response.zerocopysend"
+#: reads without the extension: small enough that a slow client holds little, big enough to be cheap
+CHUNK = 1024 * 1024
+
+
+class FileRangeResponse(Response):
+    """Bytes ``start`` to ``end`` (exclusive) of ``path``, with ``headers`` (Content-Length is set here).
+
+    ``done(sent, error)`` runs once the body ended: all of it sent, or ``error`` after ``sent`` bytes (an
+    OSError: the file failed; a ConnectionError: the client went away); it is how the event log learns
+    what a transfer did.
+    """
+
+    def __init__(self, path: Path, start: int, end: int, status: int, headers: Mapping[str, str],
+                 done: Callable[[int, BaseException | None], None]) -> None:
+        super().__init__(None, status, headers={**headers, "Content-Length": str(end - start)})
+        self.path, self.start, self.end, self.done = path, start, end, done
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        sent, error = 0, None
+        try:
+            # opening a local file does not block the loop long enough to be worth a thread hop per request
+            with open(self.path, "rb") as file:
+                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+                if scope["method"] == "HEAD":
+                    await send({"type": "http.response.body", "body": b""})
+                elif ZERO_COPY_SEND in scope.get("extensions", {}):
+                    message = {"type": ZERO_COPY_SEND, "file": file, "offset": self.start,
+                               "count": self.end - self.start}
+                    await send(message)
+                    sent = int(message.get("sent", 0))  # the server says what reached the socket (0: the client left)
+                    if sent < self.end - self.start:
+                        error = ConnectionResetError("the client went away")
+                else:
+                    sent = await self._read_and_send(file.fileno(), send)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self.done(sent, error)
+
+    async def _read_and_send(self, fd: int, send: Send) -> int:
+        offset = self.start
+        while offset < self.end:
+            data = await anyio.to_thread.run_sync(os.pread, fd, min(CHUNK, self.end - offset), offset)
+            if not data:
+                raise OSError(f"{self.path} is shorter than expected")
+            offset += len(data)
+            await send({"type": "http.response.body", "body": data, "more_body": offset < self.end})
+        if self.start == self.end:
+            await send({"type": "http.response.body", "body": b""})
+        return offset - self.start

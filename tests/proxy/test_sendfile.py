@@ -1,0 +1,60 @@
+"""Warm blobs leave by the kernel's sendfile: no byte of them is read into Python, ranges included; a client
+that goes away mid-file is an event that says so, and the server goes on serving."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+import regcache.proxy.http.sendfile as sendfile_module
+import regcache.proxy.storage.download as download_module
+
+
+@pytest.fixture
+def warm(regcache, anonymous_registry, push_image):
+    server = regcache.add_upstream(anonymous_registry)
+    regcache.control.create_rule("team-rule", f"{server}/team/*", "team/*")
+    image = push_image(anonymous_registry, "team/big", "1", layers=[8 * 1024 * 1024])
+    layer = image.layers[0]
+    with regcache.http() as http:
+        assert http.get(f"/v2/team/big/blobs/{layer.digest}").content == layer.data  # cold: now stored
+    return layer
+
+
+def test_a_warm_blob_and_its_ranges_are_sent_without_reading_them_in_python(regcache, warm, monkeypatch):
+    def no_reads(*args):
+        raise AssertionError("a warm blob was read into Python")
+
+    monkeypatch.setattr(sendfile_module.os, "pread", no_reads)
+    monkeypatch.setattr(download_module.os, "pread", no_reads)
+    with regcache.http() as http:
+        whole = http.get(f"/v2/team/big/blobs/{warm.digest}")
+        assert whole.status_code == 200 and whole.content == warm.data
+        assert whole.headers["content-length"] == str(warm.size)
+        part = http.get(f"/v2/team/big/blobs/{warm.digest}", headers={"Range": "bytes=1000-2999999"})
+        assert part.status_code == 206 and part.content == warm.data[1000:3000000]
+        assert part.headers["content-range"] == f"bytes 1000-2999999/{warm.size}"
+        head = http.head(f"/v2/team/big/blobs/{warm.digest}")
+        assert head.status_code == 200 and head.headers["content-length"] == str(warm.size)
+    hits = [e for e in regcache.events() if e["kind"] == "blob" and e["result"] == "hit"]
+    assert {e["bytes"] for e in hits if e["method"] == "GET"} >= {warm.size, 3000000 - 1000}
+
+
+def test_a_client_that_goes_away_mid_file_is_an_event_and_the_server_goes_on(regcache, warm):
+    host, port = regcache.host.rsplit(":", 1)
+    with socket.create_connection((host, int(port))) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(f"GET /v2/team/big/blobs/{warm.digest} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # reset
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        gone = [e for e in regcache.events() if "went away" in (e["detail"] or "")]
+        if gone:
+            break
+        time.sleep(0.2)
+    assert gone and gone[-1]["bytes"] < warm.size and gone[-1]["result"] == "hit", gone
+    with regcache.http() as http:
+        assert http.get(f"/v2/team/big/blobs/{warm.digest}").content == warm.data
