@@ -367,6 +367,10 @@ def loopback_host(name: str) -> bool:
     return address.is_loopback
 
 
+#: the unauthenticated readiness endpoint (load balancers, Kubernetes probes): no token, no Host check
+HEALTH_PATH = "/healthz"
+
+
 class HostCheck:
     """On a loopback listener, answer only a ``Host`` that names this machine (or an allowed name): 403 otherwise.
 
@@ -380,7 +384,7 @@ class HostCheck:
         self.allowed = allowed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] == "http" and scope["path"] != HEALTH_PATH:  # readiness reveals nothing: any Host
             header = next((v for k, v in scope["headers"] if k == b"host"), None)
             name = _host_name(header.decode("latin-1")) if header is not None else None
             if name is not None and not loopback_host(name) and name not in self.allowed():
@@ -482,9 +486,11 @@ def create_app(home: Path, *, secrets: SecretResolver | None = None,
                         app.state.registry = Registry(cache, events,
                                                       ClientAuth(state, require=require_auth, limits=limits))
                         app.state.operations = Operations(cache, home, secrets)
+                        app.state.ready = True
                         try:
                             yield
                         finally:
+                            app.state.ready = False  # probes see the node leave before it stops answering
                             downloads.cancel_scope.cancel()
                 finally:
                     events.close()
@@ -523,7 +529,14 @@ def create_app(home: Path, *, secrets: SecretResolver | None = None,
         return await _metrics(request.app)
 
     methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-    routes = [Route("/v2/{path:path}", handle, methods=methods), Route("/v2", handle, methods=methods)]
+    async def health_endpoint(request: Request) -> Response:
+        """Readiness for load balancers and probes: the engine runs. Unauthenticated, so it says nothing else."""
+        ready = getattr(request.app.state, "ready", False)
+        return JSONResponse({"status": "ok" if ready else "starting"}, 200 if ready else 503,
+                            headers={"Cache-Control": "no-store"})
+
+    routes = [Route("/v2/{path:path}", handle, methods=methods), Route("/v2", handle, methods=methods),
+              Route(HEALTH_PATH, health_endpoint, methods=["GET", "HEAD"])]
     if serve_metrics:
         routes.append(Route("/metrics", metrics_endpoint))
     app = Starlette(
