@@ -210,6 +210,10 @@ class ObjectStore:
     def tag_key(self, source: str, tag: str) -> str:
         return f"{self.prefix}tags/{source}/{tag}"
 
+    def member_key(self, node_id: str = "") -> str:
+        """A fleet member's heartbeat (docs/scale-out.md, "A fleet"); without ``node_id``, the prefix of all."""
+        return f"{self.prefix}fleet/members/{node_id}" + (".json" if node_id else "")
+
     def _owner_key(self, upload_id: str) -> str:
         return f"{self.prefix}uploads/{upload_id.replace('/', '_')}"
 
@@ -259,6 +263,14 @@ class ObjectStore:
             await self._client.put_object(Bucket=self.config.bucket, Key=key, Body=content, ContentType=content_type)
         except Exception as exc:
             raise self.error("write an object", exc) from None
+
+    async def list_keys(self, prefix: str, limit: int = 1000) -> list[str]:
+        """Keys of completed objects under ``prefix``, at most ``limit`` of them (one page)."""
+        try:
+            listed = await self._client.list_objects_v2(Bucket=self.config.bucket, Prefix=prefix, MaxKeys=limit)
+        except Exception as exc:
+            raise self.error("list objects", exc) from None
+        return [item["Key"] for item in listed.get("Contents", [])]
 
     async def delete(self, key: str) -> None:
         try:

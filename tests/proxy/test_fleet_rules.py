@@ -1,0 +1,86 @@
+"""The fleet's pure rules: rendezvous ownership, configuration fingerprints, heartbeats and peer signatures."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from regcache.proxy.core.errors import ValidationError
+from regcache.proxy.core.fleet import (
+    SIGNATURE_WINDOW,
+    Member,
+    fingerprint,
+    owner_of,
+    ranked,
+    signature,
+    verify_signature,
+)
+from regcache.proxy.core.models import AuthPolicy, CacheRule, CredentialSet, Upstream
+
+
+def members(n: int) -> list[Member]:
+    return [Member(f"node-{i}", f"http://10.0.0.{i}:5000", "fp", "1.0", 1) for i in range(n)]
+
+
+def test_every_node_computes_the_same_owner_whatever_the_order_it_lists_members():
+    fleet = members(5)
+    for key in (f"sha256:{i:064x}" for i in range(50)):
+        assert owner_of(key, fleet) == owner_of(key, list(reversed(fleet))) == ranked(key, fleet)[0]
+
+
+def test_ownership_spreads_and_a_leaving_member_moves_only_its_own_keys():
+    fleet = members(4)
+    keys = [f"sha256:{i:064x}" for i in range(2000)]
+    before = {key: owner_of(key, fleet) for key in keys}
+    assert all(count > 350 for count in Counter(m.node_id for m in before.values()).values())
+    gone = fleet[2]
+    after = {key: owner_of(key, [m for m in fleet if m != gone]) for key in keys}
+    moved = [key for key in keys if before[key] != after[key]]
+    assert moved and all(before[key] == gone for key in moved)
+    # who takes over is who ranked second
+    assert all(after[key] == ranked(key, fleet)[1] for key in moved)
+    assert owner_of("sha256:0", []) is None
+
+
+def test_the_fingerprint_changes_with_what_decides_a_fetch_and_nothing_else():
+    rules = [CacheRule("team-rule", "ghcr.io/acme/*", "team/*", "creds")]
+    upstreams = [Upstream("ghcr.io", "https://ghcr.io", AuthPolicy.BOTH)]
+    sets = [CredentialSet("creds", "ghcr.io", "keyring://a/u", "keyring://a/p")]
+    base = fingerprint(rules, upstreams, sets)
+    assert fingerprint(list(reversed(rules)), upstreams, sets) == base
+    assert fingerprint([CacheRule("team-rule", "ghcr.io/other/*", "team/*", "creds")], upstreams, sets) != base
+    assert fingerprint(rules, [Upstream("ghcr.io", "https://mirror.example", AuthPolicy.BOTH)], sets) != base
+    assert fingerprint(rules, upstreams, [CredentialSet("creds", "ghcr.io", "keyring://a/u", "env://P")]) != base
+    # settings that decide nothing about a fetch (freshness) do not split the fleet
+    assert fingerprint([CacheRule("team-rule", "ghcr.io/acme/*", "team/*", "creds", freshness=60)],
+                       upstreams, sets) == base
+
+
+def test_a_heartbeat_round_trips_and_garbage_is_refused():
+    member = Member("node-1", "https://10.0.0.1:5000", "fp", "0.2.0", 7)
+    assert Member.from_json(member.to_json()) == member
+    for bad in (b"", b"[]", b'{"node_id": "x"}', b"{" * 10_000,
+                Member("", "http://a:1", "f", "v", 1).to_json(),
+                Member("n", "file:///etc/passwd", "f", "v", 1).to_json(),
+                Member("n", "http://a:1/\x1b[2J", "f", "v", 1).to_json()):
+        with pytest.raises(ValidationError):
+            Member.from_json(bad)
+
+
+def test_a_peer_request_is_signed_for_its_method_target_node_and_time():
+    header = signature("s3cret", "GET", "/_regcache/peer/v1/team/app/blobs/sha256:0?source=x", "node-1", 1000)
+    assert verify_signature("s3cret", "GET", "/_regcache/peer/v1/team/app/blobs/sha256:0?source=x", header,
+                            1000) == "node-1"
+    assert verify_signature("other", "GET", "/_regcache/peer/v1/team/app/blobs/sha256:0?source=x", header, 1000) is None
+    assert verify_signature("s3cret", "GET", "/_regcache/peer/v1/team/app/blobs/sha256:1?source=x", header,
+                            1000) is None
+    assert verify_signature("s3cret", "HEAD", "/_regcache/peer/v1/team/app/blobs/sha256:0?source=x", header,
+                            1000) is None
+    assert verify_signature("s3cret", "GET", "/_regcache/peer/v1/team/app/blobs/sha256:0?source=x", header,
+                            1000 + SIGNATURE_WINDOW + 1) is None  # replayed later
+    forged = header.replace("node-1", "node-2", 1)
+    assert verify_signature("s3cret", "GET", "/_regcache/peer/v1/team/app/blobs/sha256:0?source=x", forged,
+                            1000) is None
+    for junk in ("", "node", "node:abc:def", "::", "n:1000"):
+        assert verify_signature("s3cret", "GET", "/", junk, 1000) is None
