@@ -39,6 +39,8 @@ from regcache.proxy.core.settings import (
     BLOB_RATE_WINDOW_SETTING,
     EVENTS_MAX_AGE_SETTING,
     EVENTS_MAX_COUNT_SETTING,
+    FLEET_ADDRESS_SETTING,
+    FLEET_SECRET_SETTING,
     HEADER_TIMEOUT_SETTING,
     KEEPALIVE_TIMEOUT_SETTING,
     LIST_MAX_SIZE_SETTING,
@@ -105,6 +107,14 @@ def _text(value: str) -> str:
     return value
 
 
+def _fleet_address(text: str, field: str | None = None) -> str:
+    return normalize_base_url(text)
+
+
+def _secret_id(text: str, field: str | None = None) -> str:
+    return str(SecretId.parse(text, field=field or "value"))
+
+
 #: key -> (parse, format, help); values are stored as numbers (bytes or seconds), or as text (_TEXT_SETTINGS)
 SETTINGS: dict[str, tuple[Callable[..., object], Callable[[Any], str | None], str]] = {
     MAX_SIZE_SETTING: (parse_size, _size,
@@ -135,6 +145,12 @@ SETTINGS: dict[str, tuple[Callable[..., object], Callable[[Any], str | None], st
     EVENTS_MAX_COUNT_SETTING: (parse_count, lambda n: str(int(n)),
                                "how many pull events are kept at most (default 1000000); older ones are pruned, "
                                "the statistics keep counting them"),
+    FLEET_ADDRESS_SETTING: (_fleet_address, _text,
+                            "the URL the other nodes on this bucket reach this node at (e.g. http://10.0.0.5:5000); "
+                            "with fleet-secret set and s3 storage, nodes download each cold blob once between them"),
+    FLEET_SECRET_SETTING: (_secret_id, _text,
+                           "the secret id (keyring://, env://) of the secret every fleet member signs its peer "
+                           "requests with; the same secret on every node"),
     RULES_FILE_MAX_SIZE_SETTING: (parse_size, _size,
                                   "largest rules file `regcache rules apply` reads (default 1MiB); larger ones "
                                   "are refused before they are parsed"),
@@ -161,7 +177,7 @@ SETTINGS: dict[str, tuple[Callable[..., object], Callable[[Any], str | None], st
                             "refusal doubles from 1s up to this (default 60s; 0 turns the back-off off)"),
 }
 #: settings stored as text rather than as a number
-_TEXT_SETTINGS = frozenset({ALLOWED_HOSTS_SETTING})
+_TEXT_SETTINGS = frozenset({ALLOWED_HOSTS_SETTING, FLEET_ADDRESS_SETTING, FLEET_SECRET_SETTING})
 
 
 

@@ -185,6 +185,11 @@ def source_of(upstream: UpstreamRepository, credential_set: CredentialSet | None
 #: the detail of a blob miss served from a download another request had started: its bytes were
 #: fetched once, for that request, so statistics and metrics do not count them as fetched again
 JOINED_DOWNLOAD = "joined a download already in progress"
+#: the detail of a blob miss streamed from the fleet member that downloads it (docs/scale-out.md): fetched
+#: from the upstream once, by that member
+PEER_DOWNLOAD = "streamed from the fleet member that downloads it"
+#: misses whose bytes this node did not fetch from an upstream
+NOT_FETCHED_HERE = (JOINED_DOWNLOAD, PEER_DOWNLOAD)
 
 
 @dataclass(frozen=True, slots=True)

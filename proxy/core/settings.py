@@ -35,6 +35,12 @@ TOKEN_MAX_LIFETIME_SETTING = "token-max-lifetime"
 UPSTREAM_LIMIT_SETTINGS = (MANIFEST_MAX_SIZE_SETTING, LIST_MAX_SIZE_SETTING, TOKEN_MAX_SIZE_SETTING,
                            UPSTREAM_DEADLINE_SETTING, BLOB_MAX_SIZE_SETTING, BLOB_MIN_RATE_SETTING,
                            BLOB_RATE_WINDOW_SETTING, TOKEN_MAX_LIFETIME_SETTING)
+#: a fleet of nodes on one bucket (docs/scale-out.md, "A fleet"): the URL the other members reach this node's
+#: peer endpoint at, and the id of the secret every member signs its peer requests with
+FLEET_ADDRESS_SETTING = "fleet-address"
+FLEET_SECRET_SETTING = "fleet-secret"
+#: this node's id in the fleet, made at its first start (not an operator's setting)
+FLEET_NODE_ID_SETTING = "fleet-node-id"
 #: the largest rules file `regcache rules apply` reads (docs: README, "Limits")
 RULES_FILE_MAX_SIZE_SETTING = "rules-file-max-size"
 DEFAULT_RULES_FILE_MAX_SIZE = 1024 * 1024

@@ -32,6 +32,7 @@ from regcache.proxy.core.settings import ALLOWED_HOSTS_SETTING, SERVER_LIMIT_SET
 from regcache.proxy.core.tokens import ClientToken
 from regcache.proxy.http.client_auth import ClientAuth
 from regcache.proxy.http.errors import API_VERSION_HEADER, RegistryError, oci_error, unsupported
+from regcache.proxy.http.fleet import PeerEndpoint, joined_fleet
 from regcache.proxy.http.ranges import parse_range
 from regcache.proxy.http.sendfile import FileRangeResponse
 from regcache.proxy.jobs.eviction import run_eviction
@@ -47,6 +48,7 @@ from regcache.proxy.state.store import AsyncStateStore, StateStore
 from regcache.proxy.storage.backend import open_backend
 from regcache.proxy.storage.blobs import BlobStore
 from regcache.proxy.upstream.client import UpstreamClient
+from regcache.proxy.upstream.peer import PEER_PREFIX
 
 log = logging.getLogger("regcache.registry")
 
@@ -198,7 +200,7 @@ class Registry:
             return Response(b"", 200, headers={**headers, "Content-Length": str(len(served.content))})
         return Response(served.content, 200, headers=headers)
 
-    async def blob(self, request: Request, name: str, digest: str) -> Response:
+    async def blob(self, request: Request, name: str, digest: str, forward: bool = True) -> Response:
         started = time.perf_counter()
         match = None
         try:
@@ -211,7 +213,7 @@ class Registry:
                 return Response(b"", 200, headers={**API_VERSION_HEADER, "Docker-Content-Digest": digest,
                                                    "Content-Length": str(size), "Accept-Ranges": "bytes",
                                                    "Content-Type": "application/octet-stream"})
-            blob = await self.cache.blob(match, digest)
+            blob = await self.cache.blob(match, digest, forward)
             try:
                 byte_range = parse_range(request.headers.get("range"), blob.size)
                 if byte_range is not None:  # a part is served only from verified bytes
@@ -384,7 +386,8 @@ class HostCheck:
         self.allowed = allowed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] != HEALTH_PATH:  # readiness reveals nothing: any Host
+        # readiness reveals nothing, and peers sign their requests with the fleet secret: any Host
+        if scope["type"] == "http" and scope["path"] != HEALTH_PATH and not scope["path"].startswith(PEER_PREFIX):
             header = next((v for k, v in scope["headers"] if k == b"host"), None)
             name = _host_name(header.decode("latin-1")) if header is not None else None
             if name is not None and not loopback_host(name) and name not in self.allowed():
@@ -483,15 +486,19 @@ def create_app(home: Path, *, secrets: SecretResolver | None = None,
                         downloads.start_soon(run_eviction, state, backend, name="eviction")
                         downloads.start_soon(run_tag_sync, cache, name="tag sync")
                         downloads.start_soon(run_event_pruning, state, name="event pruning")
-                        app.state.registry = Registry(cache, events,
-                                                      ClientAuth(state, require=require_auth, limits=limits))
+                        registry = Registry(cache, events, ClientAuth(state, require=require_auth, limits=limits))
+                        app.state.registry = registry
                         app.state.operations = Operations(cache, home, secrets)
-                        app.state.ready = True
-                        try:
-                            yield
-                        finally:
-                            app.state.ready = False  # probes see the node leave before it stops answering
-                            downloads.cancel_scope.cancel()
+                        async with joined_fleet(state, backend, secrets or SecretResolver(), cache,
+                                                downloads) as fleet_secret:
+                            app.state.peer = None if fleet_secret is None else PeerEndpoint(
+                                cache, fleet_secret, lambda r, n, d: registry.blob(r, n, d, forward=False))
+                            app.state.ready = True
+                            try:
+                                yield
+                            finally:
+                                app.state.ready = False  # probes see the node leave before it stops answering
+                                downloads.cancel_scope.cancel()
                 finally:
                     events.close()
         finally:
@@ -535,8 +542,16 @@ def create_app(home: Path, *, secrets: SecretResolver | None = None,
         return JSONResponse({"status": "ok" if ready else "starting"}, 200 if ready else 503,
                             headers={"Cache-Control": "no-store"})
 
+    async def peer_endpoint(request: Request) -> Response:
+        peer = getattr(request.app.state, "peer", None)
+        if peer is None:
+            raise RegistryError(404, "NOT_FOUND", "this node is in no fleet (s3 storage, fleet-address and "
+                                                  "fleet-secret make one)")
+        return await peer(request)
+
     routes = [Route("/v2/{path:path}", handle, methods=methods), Route("/v2", handle, methods=methods),
-              Route(HEALTH_PATH, health_endpoint, methods=["GET", "HEAD"])]
+              Route(HEALTH_PATH, health_endpoint, methods=["GET", "HEAD"]),
+              Route(PEER_PREFIX + "{path:path}", peer_endpoint, methods=["GET"])]
     if serve_metrics:
         routes.append(Route("/metrics", metrics_endpoint))
     app = Starlette(

@@ -35,8 +35,10 @@ from regcache.proxy.core.errors import (
     UpstreamRateLimited,
     UpstreamUnavailable,
 )
+from regcache.proxy.core.fleet import fingerprint
 from regcache.proxy.core.models import (
     JOINED_DOWNLOAD,
+    PEER_DOWNLOAD,
     CacheRule,
     CredentialHealth,
     CredentialSet,
@@ -63,17 +65,18 @@ from regcache.proxy.pull.single_flight import SingleFlight
 from regcache.proxy.secrets import SecretResolver
 from regcache.proxy.state.store import AsyncStateStore, StateStore
 from regcache.proxy.storage.blobs import BlobStore
-from regcache.proxy.storage.download import BlobStorageError, BlobStream, StoredBlob
+from regcache.proxy.storage.download import BlobStorageError, BlobStream, FetchedBlob, StoredBlob
+from regcache.proxy.storage.fleet import FleetMembership
 from regcache.proxy.upstream.client import (
     Credentials,
     UpstreamAuthError,
-    UpstreamBlob,
     UpstreamClient,
     UpstreamError,
     UpstreamManifest,
     UpstreamNotFound,
     UpstreamUnreachable,
 )
+from regcache.proxy.upstream.peer import PeerClient, PeerUnavailable
 
 log = logging.getLogger("regcache.cache")
 
@@ -234,6 +237,9 @@ class PullThroughCache:
         self._credentials: dict[str, tuple[float, Credentials]] = {}
         #: concurrent requests for one manifest share one upstream fetch (as blobs share one download)
         self._flights: SingleFlight[ServedManifest] = SingleFlight()
+        #: the fleet this node is in (s3 storage with fleet-address set), and how it asks the other members
+        self.fleet: FleetMembership | None = None
+        self.peers: PeerClient | None = None
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -251,6 +257,8 @@ class PullThroughCache:
         self._credential_sets = {cs.name: cs for cs in sets}
         self._credentials.clear()
         self._version = version
+        if self.fleet is not None:  # only members configured alike fetch for each other
+            self.fleet.set_fingerprint(fingerprint(rules, list(self._catalogue), sets))
 
     async def resolve(self, name: str, ns: str | None = None) -> RuleMatch:
         """The rule serving ``name`` (or, in mirror mode, ``ns/name``); NAME_UNKNOWN when none does."""
@@ -516,8 +524,13 @@ class PullThroughCache:
 
     # -- blobs ---------------------------------------------------------------------------------
 
-    async def blob(self, match: RuleMatch, digest: str) -> ServedBlob:
-        """A stored blob (hit) or a stream of the single-flight download of it for this source (miss)."""
+    async def blob(self, match: RuleMatch, digest: str, forward: bool = True) -> ServedBlob:
+        """A stored blob (hit) or a stream of the single-flight download of it for this source (miss).
+
+        In a fleet, a miss goes to the member that owns the digest, which streams its single download
+        (``forward=False``: a request from a peer, answered here and never forwarded again); a member that
+        cannot be asked is passed over, and this node downloads on its own.
+        """
         repo, source, registry = match.repository, self.source(match), match.upstream.login_server
         path = match.upstream.path
         stored = await self.blobs.lookup(digest, source)
@@ -531,13 +544,32 @@ class PullThroughCache:
             # Stored for another source, and this one has not proved it has the blob: its own upstream
             # must send the bytes, verified, before they are served through this rule.
         creds = await self.credentials(match.rule)
+        owner = self.fleet.owner(digest) if self.fleet is not None and forward else None
+        from_peer = owner is not None and self.fleet is not None and owner.node_id != self.fleet.me.node_id
+        peer_fed = False
 
         @asynccontextmanager
-        async def fetch() -> AsyncIterator[UpstreamBlob]:
-            # entering the upstream's response goes through the same bookkeeping as every other call
+        async def fetch() -> AsyncIterator[FetchedBlob]:
+            nonlocal peer_fed
             async with AsyncExitStack() as stack:
-                yield await self.upstream_call(
-                    match, creds, lambda up: stack.enter_async_context(self.upstream.blob(up, path, digest, creds)))
+                got: FetchedBlob | None = None
+                if from_peer and owner is not None and self.peers is not None and self.fleet is not None:
+                    try:
+                        got = await stack.enter_async_context(self.peers.blob(owner, repo, digest, source))
+                        peer_fed = True
+                        if self.metrics is not None:
+                            self.metrics.peer_fetch()
+                    except PeerUnavailable as exc:  # the next-ranked member is asked next time; now: our own
+                        self.fleet.failed(owner.node_id)
+                        if self.metrics is not None:
+                            self.metrics.own_download("peer unavailable")
+                        log.warning("%s; downloading %s on this node", exc, digest)
+                # entering the upstream's response goes through the same bookkeeping as every other call
+                if got is None:
+                    got = await self.upstream_call(
+                        match, creds,
+                        lambda up: stack.enter_async_context(self.upstream.blob(up, path, digest, creds)))
+                yield got
 
         def link(s: StateStore) -> None:
             s.link(repo, source, digest, "blob")
@@ -549,7 +581,8 @@ class PullThroughCache:
                 await self.shared.link(source, digest)
 
         try:
-            stream = self.blobs.stream(digest, fetch, source, verified)
+            # a blob the owner streams is stored by the owner: this node only verifies and serves it
+            stream = self.blobs.stream(digest, fetch, source, verified, keep=lambda: not peer_fed)
         except BlobStorageError as exc:  # not even the temporary file could be made: our disk, not the upstream
             raise _storage_failure(exc) from None
         try:
@@ -561,7 +594,8 @@ class PullThroughCache:
         except Exception as exc:
             raise UpstreamBadContent(f"fetching blob {digest} from upstream {match.upstream.login_server} "
                                      f"failed: {exc}") from None
-        return ServedBlob(digest, size, Result.MISS, JOINED_DOWNLOAD if stream.joined else None, self.blobs, stream)
+        detail = JOINED_DOWNLOAD if stream.joined else PEER_DOWNLOAD if peer_fed else None
+        return ServedBlob(digest, size, Result.MISS, detail, self.blobs, stream)
 
     async def _proved(self, match: RuleMatch, source: str, digest: str) -> bool:
         """Link a stored blob to ``source`` if another node showed that source has it, or if its registry,

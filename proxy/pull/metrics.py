@@ -9,7 +9,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from regcache.proxy.core.models import JOINED_DOWNLOAD, PullEvent
+from regcache.proxy.core.models import NOT_FETCHED_HERE, PullEvent
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 NO_RULE = "-"
@@ -36,6 +36,12 @@ class ProxyMetrics:
                                      "failed uploads mean blobs are not stored", ["action"], registry=r)
         self.events_dropped = Counter("regcache_events_dropped", "Pull events not logged: the writer fell behind "
                                       "(the Activity log and statistics miss them)", registry=r)
+        self.peer_fetches = Counter("regcache_fleet_peer_fetches", "Cold blobs streamed from the fleet member "
+                                    "that downloads them", registry=r)
+        self.own_downloads = Counter("regcache_fleet_own_downloads", "Cold blobs this node downloaded itself "
+                                     "although another member owns them", ["reason"], registry=r)
+        self.peer_serves = Counter("regcache_fleet_peer_serves", "Blobs this node streamed to other members",
+                                   registry=r)
         self.latency = Histogram("regcache_request_duration_seconds", "Time to answer a request",
                                  ["rule", "kind"], registry=r,
                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
@@ -50,12 +56,21 @@ class ProxyMetrics:
             self.hits.labels(rule).inc()
         elif event.result == "miss":
             self.misses.labels(rule).inc()
-            if event.kind == "blob" and event.detail != JOINED_DOWNLOAD:
+            if event.kind == "blob" and event.detail not in NOT_FETCHED_HERE:
                 self.bytes_fetched.labels(rule).inc(event.bytes)
         elif event.result == "stale":
             self.stale.labels(rule).inc()
         if event.result != "error":
             self.bytes_served.labels(rule).inc(event.bytes)
+
+    def peer_fetch(self) -> None:
+        self.peer_fetches.inc()
+
+    def own_download(self, reason: str) -> None:
+        self.own_downloads.labels(reason).inc()
+
+    def peer_serve(self) -> None:
+        self.peer_serves.inc()
 
     def upstream_error(self, rule: str, upstream: str, kind: str) -> None:
         self.upstream_errors.labels(rule, upstream, kind).inc()

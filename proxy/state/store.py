@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
 
 from regcache.proxy.core.errors import StateError
 from regcache.proxy.core.models import (
-    JOINED_DOWNLOAD,
+    NOT_FETCHED_HERE,
     AuthPolicy,
     CacheRule,
     CredentialHealth,
@@ -474,12 +474,12 @@ class StateStore:
                 "INSERT INTO event_rollups (rule, repository, result, requests, bytes, bytes_fetched) "
                 "SELECT COALESCE(rule, ''), CASE WHEN result IN ('hit', 'miss') THEN COALESCE(repository, '') "
                 "ELSE '' END, result, COUNT(*), COALESCE(SUM(bytes), 0), "
-                "COALESCE(SUM(CASE WHEN kind = 'blob' AND result = 'miss' AND (detail IS NULL OR detail != ?) "
+                "COALESCE(SUM(CASE WHEN kind = 'blob' AND result = 'miss' AND (detail IS NULL OR detail NOT IN (?, ?)) "
                 "THEN bytes ELSE 0 END), 0) "
                 "FROM events WHERE id BETWEEN ? AND ? GROUP BY 1, 2, 3 "
                 "ON CONFLICT (rule, repository, result) DO UPDATE SET "
                 "requests = requests + excluded.requests, bytes = bytes + excluded.bytes, "
-                "bytes_fetched = bytes_fetched + excluded.bytes_fetched", [JOINED_DOWNLOAD, low, last])
+                "bytes_fetched = bytes_fetched + excluded.bytes_fetched", [*NOT_FETCHED_HERE, low, last])
             return self.conn.execute("DELETE FROM events WHERE id BETWEEN ? AND ?", [low, last]).rowcount
 
     # -- statistics ----------------------------------------------------------------------------------
@@ -502,7 +502,7 @@ class StateStore:
                 totals["bytes_served"] += size
         totals["bytes_fetched"] = self.conn.execute(  # a request that joined a download fetched nothing more
             "SELECT COALESCE(SUM(bytes), 0) FROM events WHERE kind = 'blob' AND result = 'miss' "
-            "AND (detail IS NULL OR detail != ?)", [JOINED_DOWNLOAD]).fetchone()[0] + self.conn.execute(
+            "AND (detail IS NULL OR detail NOT IN (?, ?))", list(NOT_FETCHED_HERE)).fetchone()[0] + self.conn.execute(
             "SELECT COALESCE(SUM(bytes_fetched), 0) FROM event_rollups").fetchone()[0]
         return totals
 

@@ -95,6 +95,10 @@ class FilesystemBackend:
                    publish: Callable[[], None]) -> str | None:
         final = self.path_for(d.digest)
         await fetch()
+        if not d.keep:  # served, verified, and stored by the fleet member that streamed it
+            publish()
+            unlink(d.tmp_path)
+            return None
         try:  # fsync reports deferred write errors; mkdir needs an inode, which a full disk may lack
             await anyio.to_thread.run_sync(os.fsync, d.fd)
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -198,6 +202,8 @@ class BucketUpload:
         try:
             while not d.headers_received:
                 await d.changed()
+            if not d.keep:  # the fleet member that streams it stores it
+                return
             part = part_size_for(d.size)
             offset = 0
             while not d.verified:

@@ -101,9 +101,11 @@ class BlobStore:
         return self.backend.open(blob, start, end)
 
     def stream(self, digest: str, fetch: BlobFetch, flight: str = "",
-               on_verified: Callable[[], Awaitable[None]] | None = None) -> BlobStream:
+               on_verified: Callable[[], Awaitable[None]] | None = None,
+               keep: Callable[[], bool] | None = None) -> BlobStream:
         """Join ``flight``'s download of ``digest``, starting it if none runs (then ``on_verified`` runs once
-        its bytes verified). Call only after ``lookup()`` said no.
+        its bytes verified, and ``keep``, asked once the source answered, says whether they are stored
+        here). Call only after ``lookup()`` said no.
 
         No await happens between finding (or creating) the download and opening the reader's file
         descriptor, so the temporary file cannot be renamed away in between. Raises BlobStorageError
@@ -121,6 +123,8 @@ class BlobStore:
             download = Download(digest, tmp_path, fd, flight)
             self._inflight[(digest, flight)] = download
             download.on_verified = on_verified
+            if keep is not None:
+                download.keep_if = keep
             self._tg.start_soon(self._download, download, fetch, name=f"download {digest}")
         return BlobStream(download, os.open(download.tmp_path, os.O_RDONLY), joined)
 
@@ -130,6 +134,7 @@ class BlobStore:
         hasher = hashlib.new(algorithm)
         async with fetch() as fetched:
             d.size = fetched.size
+            d.keep = d.keep_if()  # decided before any reader or upload looks at it
             d.headers_received = True
             d.notify()
             notified = 0

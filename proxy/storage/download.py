@@ -102,6 +102,10 @@ class Download:
         self.error: BaseException | None = None
         #: what the request that started the download runs once its bytes verified, before they are kept
         self.on_verified: Callable[[], Awaitable[None]] | None = None
+        #: asked once the source answered: whether this node stores the bytes (not when a fleet member streams
+        #: them from its own download, which it stores itself)
+        self.keep_if: Callable[[], bool] = lambda: True
+        self.keep = True
         self._event = anyio.Event()
 
     def notify(self) -> None:

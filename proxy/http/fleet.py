@@ -1,0 +1,106 @@
+"""This node in a fleet (docs/scale-out.md, "A fleet"): joining it at start, and answering its peers.
+
+A node joins when its storage is the shared bucket and both ``fleet-address`` and ``fleet-secret`` are
+set: it heartbeats in the bucket (regcache.proxy.storage.fleet) and asks the owner of each cold blob for
+it (regcache.proxy.upstream.peer). Its registry app answers the same requests from the others at
+``/_regcache/peer/v1/<name>/blobs/<digest>?source=...``: signed with the fleet secret (no client token,
+no Host check), served only when this node's own rule for ``<name>`` reads from that same source, with
+this node's own proof (a stored, linked blob, or its own single download), and never forwarded again.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets as random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from urllib.parse import parse_qs
+
+import anyio
+from anyio.abc import TaskGroup
+from starlette.requests import Request
+from starlette.responses import Response
+
+from regcache.proxy.core.errors import RegcacheError
+from regcache.proxy.core.fleet import SIGNATURE_HEADER, Member, verify_signature
+from regcache.proxy.core.references import is_digest, is_repository_name
+from regcache.proxy.core.settings import FLEET_ADDRESS_SETTING, FLEET_NODE_ID_SETTING, FLEET_SECRET_SETTING
+from regcache.proxy.http.errors import RegistryError
+from regcache.proxy.pull.cache import PullThroughCache
+from regcache.proxy.secrets import SecretResolver
+from regcache.proxy.state.store import AsyncStateStore
+from regcache.proxy.storage.backend import BlobBackend, BucketBackend
+from regcache.proxy.storage.fleet import FleetMembership
+from regcache.proxy.upstream.peer import PEER_PREFIX, PeerClient
+
+log = logging.getLogger("regcache.fleet")
+
+#: this package's version, announced in heartbeats (`regcache fleet status` shows mixed versions)
+VERSION = "0.1.0"
+
+
+@asynccontextmanager
+async def joined_fleet(state: AsyncStateStore, backend: BlobBackend, secrets: SecretResolver,
+                       cache: PullThroughCache, tasks: TaskGroup) -> AsyncIterator[str | None]:
+    """Join the fleet when configured (yields the fleet secret, for the peer endpoint), else yield None."""
+    address, secret_id, node_id = await state.run(lambda s: (s.setting(FLEET_ADDRESS_SETTING),
+                                                             s.setting(FLEET_SECRET_SETTING),
+                                                             s.setting(FLEET_NODE_ID_SETTING)))
+    if not address or not secret_id or not isinstance(backend, BucketBackend):
+        if address and not isinstance(backend, BucketBackend):
+            log.warning("%s is set but the storage is not a bucket: this node is in no fleet", FLEET_ADDRESS_SETTING)
+        yield None
+        return
+    try:
+        secret = await anyio.to_thread.run_sync(secrets.get, secret_id)  # a keyring may block
+    except RegcacheError as exc:
+        log.error("not joining the fleet: its secret %s cannot be read: %s", secret_id, exc)
+        yield None
+        return
+    if not node_id:
+        node_id = random.token_hex(8)
+        await state.run(lambda s: s.set_setting(FLEET_NODE_ID_SETTING, node_id))
+    membership = FleetMembership(backend.objects, Member(node_id, address, "", VERSION, 0))
+    peers = PeerClient(node_id, secret)
+    cache.fleet, cache.peers = membership, peers
+    await cache.refresh()  # the fingerprint goes out with the first heartbeat
+    await tasks.start(membership.run)
+    log.info("joined the fleet on %s as %s (%s)", backend.objects.where, node_id, address)
+    try:
+        yield secret
+    finally:
+        cache.fleet = cache.peers = None
+        await peers.aclose()
+
+
+class PeerEndpoint:
+    """Answers the fleet's peer requests with ``blob`` (the registry's blob handler, never forwarding)."""
+
+    def __init__(self, cache: PullThroughCache, secret: str,
+                 blob: Callable[[Request, str, str], Awaitable[Response]]) -> None:
+        self.cache = cache
+        self._secret = secret
+        self._blob = blob
+
+    async def __call__(self, request: Request) -> Response:
+        target = request.scope["raw_path"].decode("latin-1")
+        query = request.scope["query_string"].decode("latin-1")
+        if query:
+            target += f"?{query}"
+        peer = verify_signature(self._secret, request.method, target, request.headers.get(SIGNATURE_HEADER, ""),
+                                time.time())
+        if peer is None:
+            raise RegistryError(401, "UNAUTHORIZED", "a peer request must be signed with this fleet's secret "
+                                                     "(the fleet-secret setting, the same on every node)")
+        name, sep, digest = request.scope["path"][len(PEER_PREFIX):].rpartition("/blobs/")
+        source = parse_qs(query).get("source", [""])[0]
+        if not sep or not is_repository_name(name) or not is_digest(digest) or not source:
+            raise RegistryError(400, "NAME_INVALID", "a peer request names a repository, a digest and a source")
+        match = await self.cache.resolve(name)
+        if self.cache.source(match) != source:  # another configuration: the asking node downloads on its own
+            raise RegistryError(409, "DENIED", f"this node reads {name} from another source than the asking node")
+        log.debug("fleet member %s asked for %s of %s", peer, digest, name)
+        if self.cache.metrics is not None:
+            self.cache.metrics.peer_serve()
+        return await self._blob(request, name, digest)

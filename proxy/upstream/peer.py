@@ -1,0 +1,80 @@
+"""PeerClient: a node asking the fleet member that owns a blob to stream its single download (docs/scale-out.md).
+
+The request names the client-side repository and the *source* (upstream repository and access) it is
+for; the owner resolves the repository with its own rules, serves only if its source is the same, and
+never forwards it again. Requests are signed with the fleet secret (regcache.proxy.core.fleet). A peer
+that cannot be reached or answers 5xx before its body is :class:`PeerUnavailable`: the caller then
+downloads on its own. Bytes are verified against the digest by the caller, as an upstream's are.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from urllib.parse import quote
+
+import httpx
+
+from regcache.proxy.core.fleet import SIGNATURE_HEADER, Member, signature
+
+#: the path every peer request goes to (the owner's registry app serves it beside /v2/)
+PEER_PREFIX = "/_regcache/peer/v1/"
+#: a peer that does not answer within this is skipped (the owner's own upstream wait is not bounded by it)
+PEER_CONNECT_TIMEOUT = 2.0
+#: a peer's body must keep moving; one that stalls this long is cut (its clients retry)
+PEER_READ_TIMEOUT = 30.0
+
+
+class PeerUnavailable(Exception):
+    """The owner could not be asked (unreachable, refused, 5xx): download on our own."""
+
+
+def peer_target(repository: str, digest: str, source: str) -> str:
+    """The path and query of a peer blob request (what is signed)."""
+    return f"{PEER_PREFIX}{repository}/blobs/{digest}?source={quote(source, safe='')}"
+
+
+class PeerBlob:
+    """A peer's answer: the announced size and the bytes as they arrive."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        length = response.headers.get("content-length")
+        self.size = int(length) if length and length.isdigit() else None
+        self._response = response
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        async for chunk in self._response.aiter_raw():
+            yield chunk
+
+
+class PeerClient:
+    """Signed requests from node ``node_id`` to the other members, with the fleet ``secret``."""
+
+    def __init__(self, node_id: str, secret: str, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.node_id = node_id
+        self._secret = secret
+        self._client = httpx.AsyncClient(
+            transport=transport, follow_redirects=False, headers={"User-Agent": "regcache-peer"},
+            timeout=httpx.Timeout(PEER_READ_TIMEOUT, connect=PEER_CONNECT_TIMEOUT))
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    @asynccontextmanager
+    async def blob(self, owner: Member, repository: str, digest: str, source: str) -> AsyncIterator[PeerBlob]:
+        """Stream ``digest`` from ``owner``'s single download (or its store) for ``source``."""
+        target = peer_target(repository, digest, source)
+        headers = {SIGNATURE_HEADER: signature(self._secret, "GET", target, self.node_id, int(time.time()))}
+        request = self._client.build_request("GET", owner.address.rstrip("/") + target, headers=headers)
+        try:
+            response = await self._client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise PeerUnavailable(f"fleet member {owner.node_id} at {owner.address} did not answer: "
+                                  f"{type(exc).__name__}") from None
+        try:
+            if response.status_code != 200:  # even a 404: our own upstream request then says what is wrong
+                raise PeerUnavailable(f"fleet member {owner.node_id} answered HTTP {response.status_code}")
+            yield PeerBlob(response)
+        finally:
+            await response.aclose()

@@ -1,0 +1,156 @@
+"""A fleet downloads each cold blob once: two `regcache serve` nodes on one bucket, heartbeating in it, each
+asking the owner of a digest to stream its single download (docs/scale-out.md, "A fleet").
+
+Real parts only: docker-registry upstream (behind a counting pass-through front), Swift, two `regcache serve`
+processes, nginx round robin, skopeo.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from regcache.proxy.config.control import ControlPlane
+from regcache.proxy.core.fleet import HEARTBEAT_INTERVAL, SIGNATURE_HEADER, signature
+from regcache.proxy.upstream.peer import peer_target
+from tests.helpers.commands import ServeProcess
+from tests.proxy.fronts import PASS, FaultyFront
+from tests.registries.server import free_port
+from tests.registries.skopeo import OciLayout, assert_pulled
+
+from .nodes import bucket_keys, configure_nodes, s3_env
+
+MiB = 1024 * 1024
+CLIENTS = 8
+SECRET_VAR = "REGCACHE_TEST_FLEET_SECRET"
+FLEET_SECRET = "the-fleet-secret-of-these-tests-0123456789"
+
+
+def join(home: Path, port: int, secret_id: str = f"env://{SECRET_VAR}") -> None:
+    control = ControlPlane.open(home)
+    try:
+        control.set_setting("fleet-address", f"http://127.0.0.1:{port}")
+        control.set_setting("fleet-secret", secret_id)
+    finally:
+        control.close()
+
+
+def wait_for_members(swift, bucket: str, count: int, timeout: float = 20) -> None:
+    """Until ``count`` heartbeats are in the bucket and every node had time to read the others' beat."""
+    deadline = time.monotonic() + timeout
+    while len([k for k in bucket_keys(swift, bucket) if "/fleet/members/" in k]) < count:
+        assert time.monotonic() < deadline, "the nodes did not heartbeat"
+        time.sleep(0.2)
+    time.sleep(HEARTBEAT_INTERVAL * 1.5)
+
+
+def metric(node: ServeProcess, name: str) -> float:
+    text = httpx.get(f"{node.url}/metrics").text
+    return sum(float(value) for value in re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.M))
+
+
+@pytest.fixture
+def fleet(tmp_path, keyring_env, swift_s3, s3_bucket, anonymous_registry):
+    """Start nodes (name -> extra rules) on one bucket, in one fleet; stopped (and checked) at teardown."""
+    front = FaultyFront(anonymous_registry.url, PASS).start()  # counts the blob GETs reaching the upstream
+    env = {**keyring_env, **s3_env(swift_s3), SECRET_VAR: FLEET_SECRET}
+    nodes: dict[str, ServeProcess] = {}
+    homes: dict[str, Path] = {}
+
+    def start(rules: dict[str, str], names=("a", "b")) -> dict[str, ServeProcess]:
+        homes.update(configure_nodes(tmp_path, swift_s3, s3_bucket, front.host, front.url, rules, names))
+        for name in names:
+            port = free_port()
+            join(homes[name], port)
+            nodes[name] = ServeProcess(homes[name], "--listen", f"127.0.0.1:{port}", env=env)
+        wait_for_members(swift_s3, s3_bucket, len(nodes))
+        return nodes
+
+    start.front = front  # type: ignore[attr-defined]
+    start.homes = homes  # type: ignore[attr-defined]
+    yield start
+    outputs = {name: node.terminate() for name, node in nodes.items() if node.proc.poll() is None}
+    front.stop()
+    for name, (code, output) in outputs.items():
+        assert code == 0, f"node {name}:\n{output}"
+        assert "Traceback" not in output, f"node {name}:\n{output}"
+
+
+def test_eight_pulls_over_two_nodes_download_each_blob_once(tmp_path, fleet, anonymous_registry, push_image,
+                                                            skopeo, load_balancer):
+    image = push_image(anonymous_registry, "acme/fleet", "1.0", layers=[12 * MiB, 3 * MiB, 200_000])
+    anonymous_registry.clear_log()
+    nodes = fleet({"fleet": "acme/fleet"})
+    balancer = load_balancer([node.host for node in nodes.values()])
+    ready = threading.Barrier(CLIENTS)
+
+    def pull(index: int) -> OciLayout:
+        ready.wait(timeout=30)  # all start together: every blob is cold on both nodes
+        return skopeo.copy_to_oci(f"{balancer.host}/fleet:1.0", tmp_path / f"pull-{index}", "1.0")
+
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        layouts = list(pool.map(pull, range(CLIENTS)))
+    for layout in layouts:
+        assert_pulled(layout, "1.0", image)
+    per_blob = Counter(digest for _, digest in (entry.blob for entry in anonymous_registry.blob_gets()))
+    print(f"\nupstream blob GETs per blob: {dict(per_blob)}; peer fetches: "
+          f"{ {n: metric(node, 'regcache_fleet_peer_fetches_total') for n, node in nodes.items()} }")
+    assert set(per_blob) == set(image.blobs) and set(per_blob.values()) == {1}, per_blob  # once for the fleet
+    assert fleet.front.blob_gets == len(image.blobs)
+    assert sum(metric(node, "regcache_fleet_peer_fetches_total") for node in nodes.values()) >= 1
+    assert sum(metric(node, "regcache_fleet_own_downloads_total") for node in nodes.values()) == 0
+
+
+def test_a_dead_owner_is_passed_over_and_a_lone_node_still_serves(tmp_path, fleet, anonymous_registry, push_image,
+                                                                 skopeo):
+    image = push_image(anonymous_registry, "acme/alone", "1.0", layers=[2 * MiB, 100_000, 50_000, 30_000])
+    nodes = fleet({"alone": "acme/alone"})
+    nodes["a"].proc.send_signal(signal.SIGKILL)  # no goodbye: its heartbeat stays in the bucket
+    nodes["a"].proc.wait(10)
+    started = time.monotonic()
+    assert_pulled(skopeo.copy_to_oci(f"{nodes['b'].host}/alone:1.0", tmp_path / "alone", "1.0"), "1.0", image)
+    assert time.monotonic() - started < 10
+    # the blobs the dead node owned were downloaded here, and counted so
+    per_blob = Counter(digest for _, digest in (entry.blob for entry in anonymous_registry.blob_gets()))
+    assert set(per_blob) == set(image.blobs)
+    assert metric(nodes["b"], "regcache_fleet_peer_fetches_total") == 0
+
+
+def test_nodes_configured_differently_download_on_their_own(tmp_path, fleet, anonymous_registry, push_image,
+                                                            skopeo):
+    image = push_image(anonymous_registry, "acme/split", "1.0", layers=[1 * MiB, 100_000, 60_000])
+    nodes = fleet({"split": "acme/split"}, names=("a",))
+    nodes.update(fleet({"split": "acme/split", "other": "acme/other"}, names=("b",)))  # another fingerprint
+    for name, node in nodes.items():
+        assert_pulled(skopeo.copy_to_oci(f"{node.host}/split:1.0", tmp_path / name, "1.0"), "1.0", image)
+        assert metric(node, "regcache_fleet_peer_fetches_total") == 0
+
+
+def test_the_peer_endpoint_answers_only_signed_requests_for_its_own_sources(fleet, anonymous_registry, push_image):
+    image = push_image(anonymous_registry, "acme/peer", "1.0", layers=[100_000])
+    nodes = fleet({"peer": "acme/peer"})
+    digest = image.layers[0].digest
+    source = f"anonymous/{fleet.front.host}/acme/peer"
+    target = peer_target("peer", digest, source)
+    url = nodes["a"].url + target
+    assert httpx.get(url).status_code == 401
+    forged = signature("not-the-secret", "GET", target, "node-x", int(time.time()))
+    assert httpx.get(url, headers={SIGNATURE_HEADER: forged}).status_code == 401
+    stale = signature(FLEET_SECRET, "GET", target, "node-x", int(time.time()) - 3600)
+    assert httpx.get(url, headers={SIGNATURE_HEADER: stale}).status_code == 401
+    other = peer_target("peer", digest, "anonymous/elsewhere.example/acme/peer")
+    signed_other = signature(FLEET_SECRET, "GET", other, "node-x", int(time.time()))
+    assert httpx.get(nodes["a"].url + other, headers={SIGNATURE_HEADER: signed_other}).status_code == 409
+    signed = signature(FLEET_SECRET, "GET", target, "node-x", int(time.time()))
+    answer = httpx.get(url, headers={SIGNATURE_HEADER: signed, "Host": "anything.example"})
+    assert answer.status_code == 200 and answer.content == image.layers[0].data
+    # the peer path is for peers: a client token-less /v2/ request still goes through the usual checks
+    assert httpx.get(nodes["a"].url + "/v2/", headers={"Host": "anything.example"}).status_code == 403
