@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 
 import anyio
 from anyio.abc import TaskStatus
@@ -126,3 +127,31 @@ class FleetMembership:
         for gone in set(self._seen) - listed:  # left cleanly (or its heartbeat was removed): not asked again
             del self._seen[gone]
         self.last_read = now
+
+
+@dataclass(frozen=True, slots=True)
+class MemberStatus:
+    """A heartbeat as `regcache fleet status` shows it: the member, and seconds since the bucket stored it."""
+
+    member: Member
+    age: float
+
+    @property
+    def live(self) -> bool:
+        return self.age <= MEMBER_TTL
+
+
+async def read_members(objects: ObjectStore, now: datetime | None = None) -> list[MemberStatus]:
+    """Every heartbeat in the bucket, with its age by the bucket's clock (the nodes' clocks are in sync: NTP)."""
+    now = now or datetime.now(timezone.utc)
+    found: list[MemberStatus] = []
+    for key in await objects.list_keys(objects.member_key(), MAX_MEMBERS):
+        stored = await objects.read(key)
+        if stored is None:
+            continue
+        try:
+            member = Member.from_json(stored.content)
+        except ValidationError:
+            continue
+        found.append(MemberStatus(member, max((now - stored.last_modified).total_seconds(), 0.0)))
+    return sorted(found, key=lambda s: s.member.node_id)

@@ -7,8 +7,11 @@ processes, nginx round robin, skopeo.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import signal
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -21,7 +24,7 @@ import pytest
 from regcache.proxy.config.control import ControlPlane
 from regcache.proxy.core.fleet import HEARTBEAT_INTERVAL, SIGNATURE_HEADER, signature
 from regcache.proxy.upstream.peer import peer_target
-from tests.helpers.commands import ServeProcess
+from tests.helpers.commands import ServeProcess, regcache_executable
 from tests.proxy.fronts import PASS, FaultyFront
 from tests.registries.server import free_port
 from tests.registries.skopeo import OciLayout, assert_pulled
@@ -132,6 +135,24 @@ def test_nodes_configured_differently_download_on_their_own(tmp_path, fleet, ano
     for name, node in nodes.items():
         assert_pulled(skopeo.copy_to_oci(f"{node.host}/split:1.0", tmp_path / name, "1.0"), "1.0", image)
         assert metric(node, "regcache_fleet_peer_fetches_total") == 0
+
+
+def test_fleet_status_shows_the_members_and_the_owner_of_a_digest(fleet, keyring_env, swift_s3,
+                                                                   anonymous_registry, push_image):
+    nodes = fleet({"status": "acme/status"})
+    env = {**os.environ, **keyring_env, **s3_env(swift_s3)}
+    digest = "sha256:" + "ab" * 32
+    shown = subprocess.run([regcache_executable(), "--home", str(fleet.homes["a"]), "fleet", "status", "--digest",
+                            digest, "-o", "json"], capture_output=True, text=True, env=env, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    rows = json.loads(shown.stdout)
+    assert sorted(r["address"] for r in rows) == sorted(n.url for n in nodes.values())
+    assert all(r["live"] == "yes" and r["sameConfiguration"] == "yes" for r in rows), rows
+    assert [r["owner"] for r in rows].count("yes") == 1
+    assert sum("(this node)" in r["nodeId"] for r in rows) == 1
+    table = subprocess.run([regcache_executable(), "--home", str(fleet.homes["b"]), "fleet", "status"],
+                           capture_output=True, text=True, env=env, timeout=60)
+    assert table.returncode == 0 and "HEARTBEAT" in table.stdout and "Traceback" not in table.stderr
 
 
 def test_the_peer_endpoint_answers_only_signed_requests_for_its_own_sources(fleet, anonymous_registry, push_image):

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cache": ("cache", "cache"),
     "client-config": ("client_config", "client_config"),
     "credential-set": ("credential_set", "credential_set"),
+    "fleet": ("fleet", "fleet"),
     "gc": ("gc", "gc"),
     "rules": ("rules", "rules"),
     "secret": ("secret", "secret"),
