@@ -47,7 +47,7 @@ from regcache.proxy.core.errors import RegcacheError, unwrap_error
 from regcache.proxy.core.settings import HEADER_TIMEOUT_SETTING, MAX_CONNECTIONS_SETTING, ServerLimits
 from regcache.proxy.http.errors import API_VERSION_HEADER, RegistryError
 from regcache.proxy.http.registry import check_storage, create_app, create_metrics_app
-from regcache.proxy.http.sendfile import ZERO_COPY_SEND
+from regcache.proxy.http.sendfile import ABORT, ZERO_COPY_SEND
 from regcache.proxy.jobs.operations import Operations
 from regcache.proxy.secrets import SecretResolver
 
@@ -171,10 +171,15 @@ class _FileSpan:
 
 
 class _ZeroCopyCycle(RequestResponseCycle):
-    """uvicorn's request cycle, also taking ``http.response.zerocopysend``: the file goes to the socket by
-    ``loop.sendfile`` (the kernel's sendfile on plain TCP; bounded reads over TLS), framed by h11."""
+    """uvicorn's request cycle, also taking ``http.response.zerocopysend`` (the file goes to the socket by
+    ``loop.sendfile``: the kernel's sendfile on plain TCP, bounded reads over TLS, framed by h11) and
+    regcache's ``http.response.regcache.abort`` (a body cut short: the connection closes quietly)."""
 
     async def send(self, message: Any) -> None:
+        if message["type"] == ABORT:  # the body's source failed after the start: a cut transfer, no traceback
+            self.disconnected = True
+            self.transport.close()
+            return
         if message["type"] != ZERO_COPY_SEND:
             await super().send(message)
             return
@@ -241,7 +246,8 @@ class _H11Protocol(H11Protocol):
             # a request cycle was just made and its task not yet run: it becomes one that also sends files
             # (uvicorn offers no hook to choose the class; the instance layout is the same)
             self.cycle.__class__ = _ZeroCopyCycle
-            self.cycle.scope.setdefault("extensions", {})[ZERO_COPY_SEND] = {}
+            extensions = self.cycle.scope.setdefault("extensions", {})
+            extensions[ZERO_COPY_SEND] = extensions[ABORT] = {}
 
     def data_received(self, data: bytes) -> None:
         cycle = self.cycle

@@ -19,7 +19,7 @@ import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -34,7 +34,7 @@ from regcache.proxy.http.client_auth import ClientAuth
 from regcache.proxy.http.errors import API_VERSION_HEADER, RegistryError, oci_error, unsupported
 from regcache.proxy.http.fleet import PeerEndpoint, joined_fleet
 from regcache.proxy.http.ranges import parse_range
-from regcache.proxy.http.sendfile import FileRangeResponse
+from regcache.proxy.http.sendfile import FileRangeResponse, StreamedResponse
 from regcache.proxy.jobs.eviction import run_eviction
 from regcache.proxy.jobs.operations import Operations
 from regcache.proxy.jobs.pruning import run_event_pruning
@@ -242,7 +242,7 @@ class Registry:
             headers["Content-Length"] = str(end - start)
         chunks = blob.chunks(start, end if byte_range is not None else None)
         body = self._counted(request, chunks, name, digest, blob.result, status, started, match, blob.detail)
-        return StreamingResponse(body, status, headers=headers)
+        return StreamedResponse(body, status, headers=headers)
 
     def _file_sent(self, request: Request, name: str, digest: str, result: Result, status: int, started: float,
                    match: RuleMatch | None, detail: str | None) -> Callable[[int, BaseException | None], None]:

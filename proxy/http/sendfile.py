@@ -1,4 +1,6 @@
-"""A response body sent from a file: by the kernel (``sendfile``) where the server allows it, else bounded reads.
+"""Response bodies the server sends its own way: a file by the kernel's ``sendfile``, and a stream cut short.
+
+A file: by the kernel (``sendfile``) where the server allows it, else bounded reads.
 
 The ASGI extension ``http.response.zerocopysend`` (asgiref's spec) lets an app hand the server a file and
 a range instead of bytes. regcache's own HTTP/1.1 protocol (regcache.proxy.server) offers it and answers
@@ -15,13 +17,37 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import anyio
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 #: the ASGI extension (and message type) of a body sent from a file descriptor
 ZERO_COPY_SEND = "http.response.zerocopysend"
 #: reads without the extension: small enough that a slow client holds little, big enough to be cheap
 CHUNK = 1024 * 1024
+#: regcache's ASGI extension for a body whose source failed after the response started: the server closes
+#: the connection (the client sees a cut transfer and retries) and logs no traceback, the app having
+#: recorded the failure already
+ABORT = "http.response.regcache.abort"
+
+
+class StreamedResponse(StreamingResponse):
+    """A streamed body (a download in flight, a bucket object) whose source may fail after the start."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._abortable = ABORT in scope.get("extensions", {})
+        await super().__call__(scope, receive, send)
+
+    async def stream_response(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        try:
+            async for chunk in self.body_iterator:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except Exception:
+            if not self._abortable:
+                raise
+            await send({"type": ABORT})
+            return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 class FileRangeResponse(Response):

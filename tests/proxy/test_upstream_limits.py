@@ -102,9 +102,9 @@ def _nothing_kept(regcache) -> None:
 
 
 def _last_blob_event(regcache) -> str:
-    row = regcache.control.store.conn.execute(
-        "SELECT detail FROM events WHERE kind = 'blob' ORDER BY id DESC LIMIT 1").fetchone()
-    return row[0] or ""
+    """The detail of the last blob event, once the event writer wrote it."""
+    blobs = [e for e in regcache.events() if e["kind"] == "blob"]
+    return (blobs[-1]["detail"] or "") if blobs else ""
 
 
 def _wait_until_idle(regcache, seconds: float = 10) -> None:

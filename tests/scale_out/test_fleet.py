@@ -25,7 +25,7 @@ from regcache.proxy.config.control import ControlPlane
 from regcache.proxy.core.fleet import HEARTBEAT_INTERVAL, SIGNATURE_HEADER, signature
 from regcache.proxy.upstream.peer import peer_target
 from tests.helpers.commands import ServeProcess, regcache_executable
-from tests.proxy.fronts import PASS, FaultyFront
+from tests.proxy.fronts import PASS, THROTTLE, FaultyFront
 from tests.registries.server import free_port
 from tests.registries.skopeo import OciLayout, assert_pulled
 
@@ -175,3 +175,34 @@ def test_the_peer_endpoint_answers_only_signed_requests_for_its_own_sources(flee
     assert answer.status_code == 200 and answer.content == image.layers[0].data
     # the peer path is for peers: a client token-less /v2/ request still goes through the usual checks
     assert httpx.get(nodes["a"].url + "/v2/", headers={"Host": "anything.example"}).status_code == 403
+
+
+def test_an_owner_dying_mid_download_costs_a_retry_never_wrong_bytes(fleet, keyring_env, swift_s3,
+                                                                     anonymous_registry, push_image):
+    image = push_image(anonymous_registry, "acme/slow", "1.0", layers=[4 * MiB])
+    nodes = fleet({"slow": "acme/slow"})
+    fleet.front.mode = THROTTLE  # the upstream sends 256 KiB every 0.2 s: the owner is still downloading
+    fleet.front.throttle_delay = 0.2
+    layer = image.layers[0]
+    env = {**os.environ, **keyring_env, **s3_env(swift_s3)}
+    shown = subprocess.run([regcache_executable(), "--home", str(fleet.homes["a"]), "fleet", "status", "--digest",
+                            layer.digest, "-o", "json"], capture_output=True, text=True, env=env, timeout=60)
+    owner_url = next(r["address"] for r in json.loads(shown.stdout) if r["owner"] == "yes")
+    owner = next(name for name, node in nodes.items() if node.url == owner_url)
+    other = nodes["b" if owner == "a" else "a"]
+
+    received = bytearray()
+    with pytest.raises(httpx.HTTPError), httpx.stream("GET", f"{other.url}/v2/slow/blobs/{layer.digest}",
+                                                      timeout=30) as answer:
+        assert answer.status_code == 200 and answer.headers["content-length"] == str(layer.size)
+        for chunk in answer.iter_raw():
+            received += chunk
+            if len(received) >= 512 * 1024 and nodes[owner].proc.poll() is None:
+                nodes[owner].proc.send_signal(signal.SIGKILL)  # the owner dies while it streams
+    assert len(received) < layer.size and layer.data.startswith(bytes(received))  # cut short, never wrong
+    fleet.front.mode = PASS
+    started = time.monotonic()
+    again = httpx.get(f"{other.url}/v2/slow/blobs/{layer.digest}", timeout=30)
+    assert again.status_code == 200 and again.content == layer.data
+    assert time.monotonic() - started < 10
+    assert metric(other, "regcache_fleet_own_downloads_total") >= 1
