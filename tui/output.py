@@ -102,13 +102,14 @@ def upstream_resource(upstream: Upstream, rate_limit: RateLimitRecord | None = N
         "defaultUrl": upstream.default_url,
         "title": upstream.title,
         "allowedOrigins": list(upstream.allowed_origins),
+        "caBundle": upstream.ca_bundle,
         "rateLimit": rate_limit_resource(rate_limit),
     }
 
 
 UPSTREAM_COLUMNS: Sequence[Column] = (
     ("LOGIN SERVER", "loginServer"), ("URL", "url"), ("AUTH", "authPolicy"), ("KIND", "kind"),
-    ("ALLOWED ORIGINS", "allowedOrigins"),
+    ("ALLOWED ORIGINS", "allowedOrigins"), ("CA BUNDLE", "caBundle"),
 )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from regcache.proxy.core.catalogue import (
     BUILTIN_UPSTREAMS,
     UpstreamCatalogue,
+    check_ca_bundle_path,
     normalize_allowed_origins,
     normalize_base_url,
     normalize_login_server,
@@ -37,6 +38,7 @@ from regcache.proxy.core.settings import (
     BLOB_MAX_SIZE_SETTING,
     BLOB_MIN_RATE_SETTING,
     BLOB_RATE_WINDOW_SETTING,
+    CA_BUNDLE_MAX_SIZE_SETTING,
     EVENTS_MAX_AGE_SETTING,
     EVENTS_MAX_COUNT_SETTING,
     FLEET_ADDRESS_SETTING,
@@ -56,6 +58,7 @@ from regcache.proxy.core.settings import (
     TOKEN_MAX_SIZE_SETTING,
     UPSTREAM_DEADLINE_SETTING,
     StorageConfig,
+    UpstreamLimits,
     parse_count,
     parse_host_names,
     storage_from_json,
@@ -73,6 +76,7 @@ from regcache.proxy.core.tokens import (
 from regcache.proxy.core.units import format_duration, format_size, parse_duration, parse_size
 from regcache.proxy.secrets import SecretResolver
 from regcache.proxy.state.store import StateStore
+from regcache.proxy.upstream.tls import read_ca_bundle
 
 
 #: settings of the whole cache: key -> (parse, format, description)
@@ -157,6 +161,8 @@ SETTINGS: dict[str, tuple[Callable[..., object], Callable[[Any], str | None], st
     TOKEN_MAX_LIFETIME_SETTING: (parse_duration, format_duration,
                                  "longest an upstream token is reused, whatever lifetime its token service "
                                  "claims (default 1d; at least 1s)"),
+    CA_BUNDLE_MAX_SIZE_SETTING: (parse_size, _size,
+                                 "largest CA bundle file an upstream may name with --ca-bundle (default 1MiB)"),
     # what a client may hold of the server (read when the proxy starts)
     HEADER_TIMEOUT_SETTING: (_positive_duration, format_duration,
                              "time for a client to send a request line and headers, from connecting or from the "
@@ -358,25 +364,31 @@ class ControlPlane:
     # -- upstreams -----------------------------------------------------------------------------
 
     def add_upstream(self, login_server: str, url: str, auth: str | None = None,
-                     allow_origins: Sequence[str] = ()) -> Upstream:
+                     allow_origins: Sequence[str] = (), ca_bundle: str | None = None) -> Upstream:
         """Add (or replace) a custom upstream, or override the base URL of a built-in one.
 
         ``allow_origins`` (``scheme://host[:port]``) are the origins besides the upstream's own that its
         redirects and token realms may reach on a loopback, link-local or private address, and that may
         receive the credential set as a token realm. They replace the entry's previous ones; an override of
         a built-in takes exactly these (the built-in's known realm hosts belong to its own URL).
+        ``ca_bundle`` is a PEM file of CA certificates trusted for the upstream's own origin besides the
+        operating system's store (:meth:`check_ca_bundle`); it replaces the previous one too.
         """
         server = normalize_login_server(login_server)
         base_url = normalize_base_url(url)
         origins = normalize_allowed_origins(allow_origins, base_url)
+        bundle = self.check_ca_bundle(ca_bundle) if ca_bundle is not None else None
+        if bundle is not None and not base_url.startswith("https://"):
+            raise ValidationError(f"a CA bundle verifies TLS, but {base_url} is plain http; give the https:// URL "
+                                  f"of the upstream", field="ca_bundle")
         with self.store.transaction():
             if server in BUILTIN_UPSTREAMS:
                 builtin = BUILTIN_UPSTREAMS[server]
                 if auth is not None and AuthPolicy.parse(auth) is not builtin.auth_policy:
                     raise ValidationError(
-                        f"{server} is built in with the policy {builtin.auth_policy.value!r}; only its URL "
-                        f"and allowed origins can be overridden", field="auth")
-                self.store.upsert_upstream(server, base_url, None, "override", origins)
+                        f"{server} is built in with the policy {builtin.auth_policy.value!r}; only its URL, "
+                        f"allowed origins and CA bundle can be overridden", field="auth")
+                self.store.upsert_upstream(server, base_url, None, "override", origins, bundle)
             else:
                 policy = AuthPolicy.parse(auth) if auth else AuthPolicy.BOTH
                 for rule in self.store.cache_rules():
@@ -384,8 +396,17 @@ class ControlPlane:
                         check_credentials(server, rule.credential_set,
                                           {cs.name: cs for cs in self.store.credential_sets()},
                                           UpstreamCatalogue([Upstream(server, base_url, policy)]))
-                self.store.upsert_upstream(server, base_url, policy, "custom", origins)
+                self.store.upsert_upstream(server, base_url, policy, "custom", origins, bundle)
             return self.catalogue().get(server)
+
+    def check_ca_bundle(self, path: str) -> str:
+        """The absolute path of a usable CA bundle: a readable regular file within the ca-bundle-max-size
+        setting holding at least one PEM certificate OpenSSL accepts; else a ValidationError saying why."""
+        given = check_ca_bundle_path(path)
+        absolute = os.path.abspath(os.path.expanduser(given))  # the proxy's working directory is not the caller's
+        setting = self.store.setting(CA_BUNDLE_MAX_SIZE_SETTING)
+        read_ca_bundle(absolute, UpstreamLimits.from_settings({CA_BUNDLE_MAX_SIZE_SETTING: setting}).ca_bundle_bytes)
+        return absolute
 
     def remove_upstream(self, login_server: str) -> Upstream:
         """Remove a custom upstream (refused while rules use it), or a built-in's URL override."""

@@ -36,13 +36,17 @@ HEADER = "# regcache configuration: apply with `regcache rules apply -f FILE` (d
 RULE_KEYS = {"name", "sourceRepository", "targetRepository", "credentialSet", "freshness", "retention",
              "serveStaleOnError", "serveStaleIfDeleted", "syncTags", "syncInterval"}
 SET_KEYS = {"name", "loginServer", "usernameSecretId", "passwordSecretId"}
-UPSTREAM_KEYS = {"loginServer", "url", "authPolicy", "allowedOrigins"}
+UPSTREAM_KEYS = {"loginServer", "url", "authPolicy", "allowedOrigins", "caBundle"}
 #: a rules file nests four levels (document, section, entry, value); anything deeper is refused unbuilt
 MAX_DEPTH = 8
 
 
 def _origins_change(old: tuple[str, ...], new: tuple[str, ...]) -> str:
     return f"allowed origins {', '.join(old) or 'none'} -> {', '.join(new) or 'none'}"
+
+
+def _bundle_change(old: str | None, new: str | None) -> str:
+    return f"CA bundle {old or 'none'} -> {new or 'none'}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +96,8 @@ def export_document(control: ControlPlane) -> str:
             continue
         if u.allowed_origins:
             upstreams[-1]["allowedOrigins"] = list(u.allowed_origins)
+        if u.ca_bundle:
+            upstreams[-1]["caBundle"] = u.ca_bundle
     doc = {
         "upstreams": upstreams,
         "credentialSets": [{"name": cs.name, "loginServer": cs.login_server,
@@ -304,36 +310,40 @@ def _run(control: ControlPlane, doc: dict[str, list[dict]], execute: bool) -> li
         url = normalize_base_url(entry["url"])
         origins = normalize_allowed_origins(entry.get("allowedOrigins") or [], url)
         policy = AuthPolicy.parse(entry["authPolicy"], field="authPolicy") if "authPolicy" in entry else None
+        # checked now, so a plan shows a missing or broken file before anything is applied
+        bundle = control.check_ca_bundle(entry["caBundle"]) if entry.get("caBundle") else None
+        bundle_diff = [_bundle_change(current.ca_bundle, bundle)] if current and current.ca_bundle != bundle else []
         if current is not None and current.builtin:
             if policy is not None and policy is not current.auth_policy:
                 raise ValidationError(f"{server} is built in with the auth policy {current.auth_policy.value!r}; "
-                                      f"a rules file can override only its url and allowed origins",
+                                      f"a rules file can override only its url, allowed origins and CA bundle",
                                       field="authPolicy")
             # a built-in left as it is keeps its known realm hosts unless the file names allowed origins for it
             origins_changed = current.allowed_origins != origins and (current.overridden or "allowedOrigins" in entry
                                                                       or current.base_url != url)
-            if current.base_url == url and not origins_changed:
+            if current.base_url == url and not origins_changed and not bundle_diff:
                 continue
             diffs = ([f"url {current.base_url} -> {url}"] if current.base_url != url else []) + (
-                [_origins_change(current.allowed_origins, origins)] if origins_changed else [])
+                [_origins_change(current.allowed_origins, origins)] if origins_changed else []) + bundle_diff
             changes.append(Change("~" if current.overridden else "+", "upstream", server, "; ".join(diffs)))
             if execute:
-                control.add_upstream(server, url, None, origins)
+                control.add_upstream(server, url, None, origins, bundle)
             continue
         policy = policy or AuthPolicy.BOTH
         if current is None:
             changes.append(Change("+", "upstream", server, f"{url}; auth policy {policy.value}" + (
-                f"; allowed origins {', '.join(origins)}" if origins else "")))
+                f"; allowed origins {', '.join(origins)}" if origins else "") + (
+                f"; CA bundle {bundle}" if bundle else "")))
         else:
             diffs = ([f"url {current.base_url} -> {url}"] if current.base_url != url else []) + (
                 [f"auth policy {current.auth_policy.value} -> {policy.value}"] if current.auth_policy != policy
                 else []) + ([_origins_change(current.allowed_origins, origins)]
-                            if current.allowed_origins != origins else [])
+                            if current.allowed_origins != origins else []) + bundle_diff
             if not diffs:
                 continue
             changes.append(Change("~", "upstream", server, "; ".join(diffs)))
         if execute:
-            control.add_upstream(server, url, policy.value, origins)
+            control.add_upstream(server, url, policy.value, origins, bundle)
 
     # credential sets: create or change secret ids (shown old -> new: ids only, never values)
     for i, entry in enumerate(doc["credentialSets"]):

@@ -8,7 +8,7 @@ from dataclasses import replace
 from urllib.parse import SplitResult, urlsplit
 
 from regcache.proxy.core.errors import NotFoundError, ValidationError
-from regcache.proxy.core.models import AuthPolicy, Upstream
+from regcache.proxy.core.models import AuthPolicy, Upstream, UpstreamOverride
 from regcache.proxy.core.references import is_login_server
 from regcache.proxy.core.text import check_printable
 
@@ -152,21 +152,32 @@ def normalize_allowed_origins(values: Sequence[str], base_url: str) -> tuple[str
     return tuple(origins)
 
 
+def check_ca_bundle_path(value: str) -> str:
+    """The path of a CA bundle as an operator gave it: plain text, not blank (the file is read in config/)."""
+    path = check_printable(value, "ca_bundle", "the CA bundle path").strip()
+    if not path:
+        raise ValidationError("the CA bundle path is empty; give the path of a PEM file of CA certificates",
+                              field="ca_bundle")
+    return path
+
+
 class UpstreamCatalogue:
     """Every upstream regcache knows: built-ins (possibly with an overridden URL) and custom ones.
 
-    ``overrides`` maps a built-in login server to its URL and allowed origins; an override's allowances
-    replace the built-in's (its known realm hosts belong to the built-in URL, not to one pointed elsewhere).
+    ``overrides`` maps a built-in login server to its URL, allowed origins and CA bundle; an override's
+    allowances replace the built-in's (its known realm hosts belong to the built-in URL, not to one pointed
+    elsewhere).
     """
 
     def __init__(self, custom: Iterable[Upstream] = (),
-                 overrides: Mapping[str, tuple[str, tuple[str, ...]]] | None = None) -> None:
+                 overrides: Mapping[str, UpstreamOverride] | None = None) -> None:
         entries: dict[str, Upstream] = {}
         overrides = overrides or {}
         for server, builtin in BUILTIN_UPSTREAMS.items():
             if server in overrides:
-                url, origins = overrides[server]
-                builtin = replace(builtin, base_url=url, default_url=builtin.base_url, allowed_origins=origins)
+                o = overrides[server]
+                builtin = replace(builtin, base_url=o.base_url, default_url=builtin.base_url,
+                                  allowed_origins=o.allowed_origins, ca_bundle=o.ca_bundle)
             entries[server] = builtin
         for upstream in custom:
             entries[upstream.login_server] = upstream

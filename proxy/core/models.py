@@ -56,10 +56,22 @@ class Upstream:
     #: loopback, link-local or private address, and to which a token realm may receive the credential set
     #: (regcache.proxy.upstream.policy)
     allowed_origins: tuple[str, ...] = ()
+    #: absolute path of a PEM file of CA certificates trusted for its own origin besides the operating
+    #: system's trust store (regcache.proxy.upstream.tls), or ``None``
+    ca_bundle: str | None = None
 
     @property
     def overridden(self) -> bool:
         return self.default_url is not None
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamOverride:
+    """What an operator changed of a built-in upstream: its URL, and the allowances that go with that URL."""
+
+    base_url: str
+    allowed_origins: tuple[str, ...] = ()
+    ca_bundle: str | None = None
 
 
 #: the identity of pulls without a credential set (rate-limit budgets are kept per identity)

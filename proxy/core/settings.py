@@ -32,9 +32,11 @@ BLOB_MAX_SIZE_SETTING = "blob-max-size"
 BLOB_MIN_RATE_SETTING = "blob-min-rate"
 BLOB_RATE_WINDOW_SETTING = "blob-rate-window"
 TOKEN_MAX_LIFETIME_SETTING = "token-max-lifetime"
+#: the largest CA bundle file an upstream may name (`upstream add --ca-bundle`)
+CA_BUNDLE_MAX_SIZE_SETTING = "ca-bundle-max-size"
 UPSTREAM_LIMIT_SETTINGS = (MANIFEST_MAX_SIZE_SETTING, LIST_MAX_SIZE_SETTING, TOKEN_MAX_SIZE_SETTING,
                            UPSTREAM_DEADLINE_SETTING, BLOB_MAX_SIZE_SETTING, BLOB_MIN_RATE_SETTING,
-                           BLOB_RATE_WINDOW_SETTING, TOKEN_MAX_LIFETIME_SETTING)
+                           BLOB_RATE_WINDOW_SETTING, TOKEN_MAX_LIFETIME_SETTING, CA_BUNDLE_MAX_SIZE_SETTING)
 #: a fleet of nodes on one bucket (docs/scale-out.md, "A fleet"): the URL the other members reach this node's
 #: peer endpoint at, and the id of the secret every member signs its peer requests with
 FLEET_ADDRESS_SETTING = "fleet-address"
@@ -66,6 +68,8 @@ class UpstreamLimits:
     blob_rate_window: float = 60.0
     #: seconds a token service's token is reused at most, whatever ``expires_in`` it claims (NaN, inf, 10**400)
     token_lifetime: float = 86400.0
+    #: a CA bundle file (a distribution's whole system bundle is about 220 KiB)
+    ca_bundle_bytes: int = 1024 * 1024
 
     @classmethod
     def from_settings(cls, values: Mapping[str, str | None]) -> UpstreamLimits:
@@ -83,7 +87,8 @@ class UpstreamLimits:
                    int(number(BLOB_MAX_SIZE_SETTING, default.blob_bytes)),
                    int(number(BLOB_MIN_RATE_SETTING, default.blob_min_rate)),
                    number(BLOB_RATE_WINDOW_SETTING, default.blob_rate_window),
-                   number(TOKEN_MAX_LIFETIME_SETTING, default.token_lifetime))
+                   number(TOKEN_MAX_LIFETIME_SETTING, default.token_lifetime),
+                   int(number(CA_BUNDLE_MAX_SIZE_SETTING, default.ca_bundle_bytes)))
 
 
 #: how long and how many pull events are kept (docs: README, "Limits"); their counts survive as roll-ups

@@ -254,6 +254,7 @@ class PullThroughCache:
         self.upstream.limits = limits
         self._rules = RuleSet(rules)
         self._catalogue = UpstreamCatalogue(custom, overrides)
+        await self.upstream.reload_ca_bundles(self._catalogue)  # a changed or vanished file is seen at a reload
         self._credential_sets = {cs.name: cs for cs in sets}
         self._credentials.clear()
         self._version = version

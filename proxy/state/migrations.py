@@ -218,3 +218,13 @@ def m009_referrers(db: Database) -> None:
         pk=("repository", "source", "subject"),
         not_null={"referrers", "fetched_at"},
     )
+
+
+@migration
+def m012_upstream_ca_bundle(db: Database) -> None:
+    """The CA bundle an upstream names (the path of a PEM file; NULL: the operating system's trust store only).
+
+    Only the path is stored: the file is read when the upstream is added and at every configuration reload
+    (regcache.proxy.upstream.tls).
+    """
+    db.table("upstreams").add_column("ca_bundle", str)

@@ -30,6 +30,7 @@ from regcache.proxy.core.models import (
     RateLimitRecord,
     TagSyncRecord,
     Upstream,
+    UpstreamOverride,
     utc_now,
 )
 from regcache.proxy.core.tokens import ClientToken
@@ -256,21 +257,22 @@ class StateStore:
     def custom_upstreams(self) -> list[Upstream]:
         return [
             Upstream(r["login_server"], r["base_url"], AuthPolicy(r["auth_policy"]), False, "custom",
-                     allowed_origins=_origins(r))
+                     allowed_origins=_origins(r), ca_bundle=r.get("ca_bundle") or None)
             for r in self._rows("SELECT * FROM upstreams WHERE kind = 'custom' ORDER BY login_server")
         ]
 
-    def upstream_overrides(self) -> dict[str, tuple[str, tuple[str, ...]]]:
-        """Built-in login server -> (overriding URL, the override's allowed origins)."""
-        return {r["login_server"]: (r["base_url"], _origins(r))
+    def upstream_overrides(self) -> dict[str, UpstreamOverride]:
+        """Built-in login server -> what overrides it (URL, allowed origins, CA bundle)."""
+        return {r["login_server"]: UpstreamOverride(r["base_url"], _origins(r), r.get("ca_bundle") or None)
                 for r in self._rows("SELECT * FROM upstreams WHERE kind = 'override'")}
 
     def upsert_upstream(self, login_server: str, base_url: str, auth_policy: AuthPolicy | None, kind: str,
-                        allowed_origins: tuple[str, ...] = ()) -> None:
+                        allowed_origins: tuple[str, ...] = (), ca_bundle: str | None = None) -> None:
         self.db.table("upstreams").upsert({
             "login_server": login_server, "base_url": base_url,
             "auth_policy": auth_policy.value if auth_policy else None, "kind": kind,
-            "allowed_origins": json.dumps(list(allowed_origins)), "created_at": _ts(utc_now()),
+            "allowed_origins": json.dumps(list(allowed_origins)), "ca_bundle": ca_bundle,
+            "created_at": _ts(utc_now()),
         }, pk="login_server")
 
     def delete_upstream(self, login_server: str) -> bool:

@@ -6,6 +6,9 @@ follows redirects itself, hop by hop under the outbound policy (:mod:`.policy`):
 is only ever sent to the upstream's own origin, targets outside its own and allowed origins go through
 a public-addresses-only connection pool, and https never leads to http. Logs never carry a query
 string of an upstream URL (presigned redirects sign there) nor an ``Authorization`` value.
+
+TLS is verified against the operating system's trust store, and for an upstream's own origin also against
+the CA bundle it names (:mod:`.tls`): one client per distinct bundle, read again on every configuration reload.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import json
 import logging
 import math
 import re
-from collections.abc import AsyncIterator
+import ssl
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -23,7 +27,8 @@ import anyio
 import httpcore
 import httpx
 
-from regcache.proxy.core.models import ANONYMOUS, Upstream
+from regcache.proxy.core.errors import ValidationError
+from regcache.proxy.core.models import ANONYMOUS, AuthPolicy, Upstream
 from regcache.proxy.core.oci import MANIFEST_TYPES, OCI_INDEX, load_json, media_type_of
 from regcache.proxy.core.references import is_tag
 from regcache.proxy.core.settings import (
@@ -48,6 +53,7 @@ from regcache.proxy.upstream.policy import (
     redact_url,
     route,
 )
+from regcache.proxy.upstream.tls import CaBundle, bundle_context, read_ca_bundle, system_context, tls_error
 
 log = logging.getLogger(__name__)
 
@@ -230,10 +236,51 @@ def _too_large(upstream: Upstream, what: str, limit: int, setting: str) -> Upstr
                                  f"`regcache settings set {setting} SIZE`)")
 
 
+def _add_command(upstream: Upstream, origins: Iterable[str] = (), ca_bundle: str | None = None) -> str:
+    """The `upstream add` command that keeps what ``upstream`` has (add replaces it all) with ``origins`` and
+    ``ca_bundle`` (when given) added."""
+    parts = ["regcache upstream add", f"--login-server {upstream.login_server}", f"--url {upstream.base_url}"]
+    if not upstream.builtin and upstream.auth_policy is not AuthPolicy.BOTH:  # add without --auth resets it
+        parts.append(f"--auth {upstream.auth_policy.value}")
+    parts += [f"--allow-origin {o}" for o in (*upstream.allowed_origins, *origins)]
+    bundle = ca_bundle or upstream.ca_bundle
+    if bundle:
+        parts.append(f"--ca-bundle {bundle}")
+    return f"`{' '.join(parts)}`"
+
+
 def _allow_hint(upstream: Upstream, origin: str) -> str:
     """The command that allows ``origin`` for ``upstream``, keeping the origins it allows already."""
-    origins = " ".join(f"--allow-origin {o}" for o in (*upstream.allowed_origins, origin))
-    return f"`regcache upstream add --login-server {upstream.login_server} --url {upstream.base_url} {origins}`"
+    return _add_command(upstream, [origin])
+
+
+def _tls_failure(upstream: Upstream, url: httpx.URL, own: bool, exc: ssl.SSLError) -> UpstreamUnreachable:
+    """What a client is told when TLS with ``url`` failed: whose certificate, why, and what to do about it."""
+    where = f"[{url.host}]:{url.port or 443}" if ":" in url.host else f"{url.host}:{url.port or 443}"
+    if not isinstance(exc, ssl.SSLCertVerificationError):
+        return UpstreamUnreachable(upstream.login_server, f"TLS handshake with {where} failed "
+                                                          f"({exc.reason or type(exc).__name__})")
+    why = exc.verify_message or exc.reason or "certificate verify failed"
+    if not own:
+        advice = (f"it is not the upstream's own origin, so only the operating system's trust store is used (a CA "
+                  f"bundle covers {origin(upstream.base_url)} alone): install its CA there")
+    elif upstream.ca_bundle:
+        advice = (f"neither its CA bundle {upstream.ca_bundle} nor the operating system's trust store holds a CA "
+                  f"that signed it; put the right CA certificate in that file, then run "
+                  f"{_add_command(upstream)} again to reload it")
+    else:
+        advice = (f"if a private CA signed it, pass that CA's certificate (a PEM file) with --ca-bundle: "
+                  f"{_add_command(upstream, ca_bundle='CA.pem')}")
+    return UpstreamUnreachable(upstream.login_server, f"the TLS certificate of {where} is not trusted ({why}); "
+                                                      f"{advice}")
+
+
+def _bundle_or_problem(path: str, max_bytes: int) -> CaBundle | str:
+    """The CA bundle at ``path``, or why it cannot be used (blocking: a worker thread runs it)."""
+    try:
+        return read_ca_bundle(path, max_bytes)
+    except ValidationError as exc:
+        return exc.message
 
 
 class UpstreamClient:
@@ -247,15 +294,22 @@ class UpstreamClient:
     def __init__(self, transport: httpx.AsyncBaseTransport | None = None,
                  timeout: httpx.Timeout = DEFAULT_TIMEOUT,
                  public_transport: httpx.AsyncBaseTransport | None = None) -> None:
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
-        self._client = httpx.AsyncClient(
-            transport=transport, timeout=timeout, follow_redirects=False, limits=limits,
-            headers={"User-Agent": "regcache"},
-        )
+        self._transport = transport
+        self._timeout = timeout
+        self._pool_limits = limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+        #: the operating system's trust store (truststore), which every connection without a CA bundle verifies
+        self.ssl_context = system_context()
+        self._client = self._new_client(self.ssl_context)
         self._public = httpx.AsyncClient(
-            transport=public_transport or transport or PublicOnlyTransport(limits), timeout=timeout,
-            follow_redirects=False, limits=limits, headers={"User-Agent": "regcache"},
+            transport=public_transport or transport or PublicOnlyTransport(limits, ssl_context=self.ssl_context),
+            timeout=timeout, follow_redirects=False, limits=limits, headers={"User-Agent": "regcache"},
         )
+        #: the CA bundles upstreams name, by path, as last read: the bundle, or why it cannot be used
+        self._bundles: dict[str, CaBundle | str] = {}
+        #: a client per distinct CA bundle (by fingerprint), for the own origins of the upstreams naming it
+        self._bundle_clients: dict[str, httpx.AsyncClient] = {}
+        #: clients of bundles no upstream names any more: a pull may still stream through one; closed on aclose
+        self._retired: list[httpx.AsyncClient] = []
         self.tokens = TokenCache()
         #: what one answer may cost (the proxy sets them from its settings)
         self.limits = UpstreamLimits()
@@ -266,8 +320,65 @@ class UpstreamClient:
         self._rate_limits_changed: dict[tuple[str, str], int] = {}
 
     async def aclose(self) -> None:
-        await self._client.aclose()
-        await self._public.aclose()
+        for client in (self._client, self._public, *self._bundle_clients.values(), *self._retired):
+            await client.aclose()
+        self._bundle_clients.clear()
+        self._retired.clear()
+
+    # -- TLS trust: the system store, and CA bundles -------------------------------------------
+
+    #: retired bundle clients kept open for pulls still streaming through them; past it the oldest is closed
+    MAX_RETIRED_CLIENTS = 8
+
+    def _new_client(self, ssl_context: ssl.SSLContext) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=self._transport, verify=ssl_context, timeout=self._timeout,
+                                 follow_redirects=False, limits=self._pool_limits, headers={"User-Agent": "regcache"})
+
+    async def reload_ca_bundles(self, upstreams: Iterable[Upstream]) -> None:
+        """Read the CA bundle of every upstream in ``upstreams`` again (the configuration was reloaded).
+
+        A bundle that changed gets a new client; one that can no longer be read (gone, changed into something
+        else) fails its upstreams' requests with an error naming it until a reload finds it usable again.
+        Never raises: one upstream's bad bundle must not stop the others.
+        """
+        paths = sorted({u.ca_bundle for u in upstreams if u.ca_bundle})
+        limit = self.limits.ca_bundle_bytes
+        loaded = await anyio.to_thread.run_sync(lambda: {path: _bundle_or_problem(path, limit) for path in paths}) \
+            if paths else {}
+        for path, bundle in loaded.items():
+            if isinstance(bundle, str) and self._bundles.get(path) != bundle:
+                log.warning("%s; pulls from the upstreams naming it fail until it is fixed", bundle)
+        self._bundles = loaded
+        wanted = {b.fingerprint for b in loaded.values() if isinstance(b, CaBundle)}
+        for fingerprint in [f for f in self._bundle_clients if f not in wanted]:
+            self._retired.append(self._bundle_clients.pop(fingerprint))
+        while len(self._retired) > self.MAX_RETIRED_CLIENTS:
+            await self._retired.pop(0).aclose()
+
+    async def _own_origin_client(self, upstream: Upstream) -> httpx.AsyncClient:
+        """The client for ``upstream``'s own origin: the system store's, or its CA bundle's (read if it was not
+        read since the configuration was loaded); UpstreamUnreachable naming the bundle when it is unusable."""
+        path = upstream.ca_bundle
+        if path is None:
+            return self._client
+        bundle = self._bundles.get(path)
+        if bundle is None:
+            bundle = await anyio.to_thread.run_sync(_bundle_or_problem, path, self.limits.ca_bundle_bytes)
+            self._bundles[path] = bundle
+        if isinstance(bundle, str):
+            raise UpstreamUnreachable(upstream.login_server, f"cannot verify TLS: {bundle}; fix the file, then run "
+                                                             f"{_add_command(upstream)} again to reload it")
+        client = self._bundle_clients.get(bundle.fingerprint)
+        if client is None:
+            client = self._bundle_clients[bundle.fingerprint] = self._new_client(bundle_context(bundle))
+        return client
+
+    async def _client_for(self, upstream: Upstream, target: httpx.URL, trusted: bool) -> httpx.AsyncClient:
+        """The client reaching ``target``: its upstream's own origin with the upstream's trust, other trusted
+        (allowed) origins with the system store, anything else through the public-addresses-only pool."""
+        if not trusted:
+            return self._public
+        return await self._own_origin_client(upstream) if is_own_origin(upstream, target) else self._client
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -297,10 +408,12 @@ class UpstreamClient:
         what = "a link to"
         for _ in range(MAX_REDIRECTS + 1):
             try:
-                client = self._client if route(upstream, previous, target) is Route.TRUSTED else self._public
+                trusted = route(upstream, previous, target) is Route.TRUSTED
             except OutboundRefused as exc:
                 raise self._refused(upstream, what, exc) from None
-            if not is_own_origin(upstream, target):
+            client = await self._client_for(upstream, target, trusted)
+            own = is_own_origin(upstream, target)
+            if not own:
                 # another origin (a blob CDN, even an allowed one) never gets our upstream login
                 headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
             request = client.build_request(method, target, headers=headers)
@@ -309,6 +422,9 @@ class UpstreamClient:
             except OutboundRefused as exc:  # the public pool found the name on a non-public address
                 raise self._refused(upstream, what, exc, target) from None
             except httpx.HTTPError as exc:
+                failure = tls_error(exc)
+                if failure is not None:
+                    raise _tls_failure(upstream, target, own, failure) from None
                 raise UpstreamUnreachable(upstream.login_server, f"{_cause(exc)} at {target.host}") from None
             location = response.headers.get("location")
             if response.status_code not in REDIRECTS or not location:
@@ -340,12 +456,12 @@ class UpstreamClient:
             raise UpstreamProtocolError(server, "sent a Bearer challenge without a realm")
         try:
             realm_url = httpx.URL(realm)
-            client = self._client if realm_route(upstream, realm_url, creds is not None) is Route.TRUSTED \
-                else self._public
+            trusted = realm_route(upstream, realm_url, creds is not None) is Route.TRUSTED
         except httpx.InvalidURL:
             raise UpstreamProtocolError(server, "sent a Bearer challenge whose realm is not a URL") from None
         except OutboundRefused as exc:
             raise self._refused(upstream, "the token service at", exc) from None
+        client = await self._client_for(upstream, realm_url, trusted)
         params = {k: v for k, v in (("service", challenge.params.get("service")),
                                     ("scope", challenge.params.get("scope") or scope)) if v}
         headers = {"Authorization": basic_header(creds.username, creds.password)} if creds else {}
@@ -358,6 +474,9 @@ class UpstreamClient:
         except OutboundRefused as exc:
             raise self._refused(upstream, "the token service at", exc, realm_url) from None
         except httpx.HTTPError as exc:
+            failure = tls_error(exc)
+            if failure is not None:
+                raise _tls_failure(upstream, realm_url, is_own_origin(upstream, realm_url), failure) from None
             raise UpstreamUnreachable(server, f"token service {realm_url.host} {_cause(exc)}") from None
         if response.status_code in (401, 403):
             raise UpstreamAuthError(server, f"token service refused {who} (HTTP {response.status_code})",

@@ -27,6 +27,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Iterable
 
 import anyio
@@ -189,11 +190,14 @@ class PublicOnlyTransport(httpx.AsyncHTTPTransport):
     Pooled connections are reused per origin, and each was made to a checked address, so no request through
     this transport reaches a non-public address. (``_pool`` is what httpx's transport sends through;
     tests/proxy/test_outbound_policy.py checks that a loopback target through this transport is refused.)
+    ``ssl_context`` is the trust its https connections verify against: the upstream client gives the operating
+    system's store, never an upstream's CA bundle.
     """
 
-    def __init__(self, limits: httpx.Limits, backend: httpcore.AsyncNetworkBackend | None = None) -> None:
+    def __init__(self, limits: httpx.Limits, backend: httpcore.AsyncNetworkBackend | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         super().__init__(limits=limits, trust_env=False)
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(), max_connections=limits.max_connections,
+            ssl_context=ssl_context or httpx.create_ssl_context(), max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry, network_backend=backend or PublicAddressBackend())

@@ -117,7 +117,8 @@ REFUSALS = [
     pytest.param([], ["upstream", "remove", "--login-server", "ghcr.io"], "has no URL override",
                  id="remove built-in upstream"),
     pytest.param([], ["upstream", "add", "--login-server", "docker.io", "--url", "http://127.0.0.1:1", "--auth",
-                      "anonymous"], "only its URL and allowed origins can be overridden", id="change built-in policy"),
+                      "anonymous"], "only its URL, allowed origins and CA bundle can be overridden",
+                 id="change built-in policy"),
     pytest.param([], ["upstream", "add", "--login-server", "harbor.local", "--url", "ftp://harbor.local"],
                  "must use https://", id="upstream bad scheme"),
     pytest.param([["upstream", "add", "--login-server", "harbor.local:8443", "--url", "harbor.local:8443"],
@@ -301,7 +302,7 @@ def test_upstreams(home):
                            "--auth", "anonymous", "-o", "json").stdout)
     assert custom == {"loginServer": "harbor.local:8443", "url": "https://harbor.local:8443",
                       "authPolicy": "anonymous", "builtIn": False, "defaultUrl": None, "title": "custom",
-                      "allowedOrigins": [], "rateLimit": None}
+                      "allowedOrigins": [], "caBundle": None, "rateLimit": None}
     ok("cache", "create", "-n", "harbor-app", "-s", "harbor.local:8443/team/app", "-t", "app")
     assert "built-in, URL overridden" in ok("upstream", "list").stdout
 

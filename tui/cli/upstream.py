@@ -33,12 +33,16 @@ def upstream() -> None:
               help="scheme://host[:port] besides the URL's own that the upstream's redirects and token service "
                    "may use even on a loopback, link-local or private address, and that may receive the credential "
                    "set as its token service (repeatable; replaces the upstream's previous ones).")
+@click.option("--ca-bundle", metavar="PATH", default=None,
+              help="PEM file of CA certificates trusted for the URL's own origin besides the operating system's "
+                   "trust store (a private CA); read now and whenever the proxy reloads its configuration.")
 @output_option
 @engine_command
 def upstream_add(control: ControlPlane, login_server: str, url: str, auth: str | None,
-                 allow_origins: tuple[str, ...], fmt: str) -> None:
-    """Add or replace a custom upstream, or override a built-in upstream's URL and allowed origins."""
-    emit(upstream_resource(control.add_upstream(login_server, url, auth, allow_origins)), UPSTREAM_COLUMNS, fmt)
+                 allow_origins: tuple[str, ...], ca_bundle: str | None, fmt: str) -> None:
+    """Add or replace a custom upstream, or override a built-in upstream's URL, allowed origins and CA bundle."""
+    emit(upstream_resource(control.add_upstream(login_server, url, auth, allow_origins, ca_bundle)),
+         UPSTREAM_COLUMNS, fmt)
 
 
 @upstream.command("list")
