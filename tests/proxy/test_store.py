@@ -176,3 +176,27 @@ def test_the_proxy_makes_an_existing_state_directory_private_when_it_starts(tmp_
     finally:
         rc.proxy.stop()
         rc.control.close()
+
+
+def test_a_second_open_in_one_process_keeps_the_first_connection_current(home):
+    """Opening the database again in a process (the TUI's engine and its screens, a job's own engine) must not
+    drop the locks of the connections already open: another process (a CLI command) closing its connection
+    would take itself for the last one, delete the WAL and shared memory, and the first connection would read
+    a stale database from then on (a health the CLI recorded never reaching the TUI)."""
+    import subprocess
+
+    from tests.helpers.commands import regcache_executable
+
+    first = StateStore.open(home)
+    second = StateStore.open(home)
+    try:
+        assert first.setting("max-size") is None
+        for size in ("1GiB", "2GiB"):
+            subprocess.run([regcache_executable(), "--home", str(home), "settings", "set", "max-size", size],
+                           check=True, capture_output=True, timeout=60)
+            assert (home / "state.db-shm").exists()  # still shared: the command did not take itself for the last
+        assert first.setting("max-size") == str(2 * 1024**3)
+        assert second.setting("max-size") == str(2 * 1024**3)
+    finally:
+        first.close()
+        second.close()
