@@ -80,7 +80,7 @@ class _PromptRefused(Exception):
 
 _guard_lock = threading.Lock()
 _guard_depth = 0
-_real_getpass = getpass.getpass
+_saved_getpass: Any = None
 
 
 def _refuse_prompt(prompt: str = "", stream: Any = None) -> str:
@@ -94,10 +94,10 @@ def _prompts_refused() -> Iterator[None]:
     Process-wide (a backend looks ``getpass.getpass`` up when it calls it), counted so that threads of the
     proxy and of the TUI may overlap; nothing in those processes prompts on purpose.
     """
-    global _guard_depth
+    global _guard_depth, _saved_getpass
     with _guard_lock:
         if _guard_depth == 0:
-            getpass.getpass = _refuse_prompt
+            _saved_getpass, getpass.getpass = getpass.getpass, _refuse_prompt
         _guard_depth += 1
     try:
         yield
@@ -105,7 +105,7 @@ def _prompts_refused() -> Iterator[None]:
         with _guard_lock:
             _guard_depth -= 1
             if _guard_depth == 0:
-                getpass.getpass = _real_getpass
+                getpass.getpass, _saved_getpass = _saved_getpass, None
 
 
 def _members(backend: Any) -> list[Any]:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from regcache.proxy import secrets as secrets_module
 from regcache.proxy.core.errors import KeyringUnavailableError, SecretError, ValidationError
 from regcache.proxy.secrets import EnvSecretStore, KeyringSecretStore, SecretId, SecretResolver
 from tests.helpers.keyrings import make_encrypted_keyring
@@ -258,14 +257,19 @@ def test_a_locked_encrypted_keyring_never_prompts_and_unlocks_once(encrypted_key
 
 def test_a_new_encrypted_keyring_file_is_not_created_by_a_prompt(encrypted_keyring_env, monkeypatch):
     """Writing to an encrypted keyring that has no file yet would ask for a new password: refused."""
+    import getpass
+
     asked: list[str] = []
-    monkeypatch.setattr("regcache.proxy.secrets._real_getpass", lambda *a, **k: asked.append("x") or "pw")
+
+    def recorder(prompt: str = "", stream: object = None) -> str:
+        asked.append(prompt)
+        return "pw"
+
+    monkeypatch.setattr("getpass.getpass", recorder)
     with pytest.raises(SecretError, match="asked for a password") as info:
         SecretResolver().set("keyring://regcache/hub-token", "t0ken")
     assert info.value.code == "KeyringLocked" and asked == []
-    import getpass
-
-    assert getpass.getpass is not secrets_module._refuse_prompt  # the guard is undone
+    assert getpass.getpass is recorder  # the guard is undone
 
 
 def test_an_interactive_resolver_asks_once_for_the_keyring_password(encrypted_keyring_env, tmp_path, monkeypatch):
