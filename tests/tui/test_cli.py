@@ -467,3 +467,66 @@ def test_an_error_quoting_stored_data_is_escaped(legacy):
     assert json.loads(shown.stdout)["authCredentials"][0]["secretAccess"]["username"]["errorCode"] == \
         "InvalidSecretId"  # its id is not valid now
     assert_printed_as_text(shown)
+
+
+def test_secret_list_and_delete(home, keyring_env, tmp_path, monkeypatch):
+    secrets_dir = tmp_path / "run-secrets"
+    secrets_dir.mkdir(mode=0o700)
+    (secrets_dir / "hub-token").write_text("t0ken-from-file\n")
+    (secrets_dir / "hub-token").chmod(0o600)
+    monkeypatch.setenv("REGCACHE_TEST_HUB_USER", "someone")
+    ok("secret", "set", "keyring://regcache/ghcr-token", input="gh-t0ken\n")
+    ok("credential-set", "create", "-n", "hub-creds", "-l", "docker.io", "-u", "env://REGCACHE_TEST_HUB_USER",
+       "-p", f"file://{secrets_dir}/hub-token")
+    ok("credential-set", "create", "-n", "ghcr-creds", "-l", "ghcr.io", "-u", "keyring://regcache/ghcr-user",
+       "-p", "keyring://regcache/ghcr-token")
+    listed = {s["secretId"]: s for s in json.loads(ok("secret", "list", "-o", "json").stdout)}
+    assert set(listed) == {"env://REGCACHE_TEST_HUB_USER", f"file://{secrets_dir}/hub-token",
+                           "keyring://regcache/ghcr-user", "keyring://regcache/ghcr-token"}
+    assert listed[f"file://{secrets_dir}/hub-token"]["readable"] == "yes"
+    assert listed[f"file://{secrets_dir}/hub-token"]["usedBy"] == ["credential set hub-creds (password)"]
+    assert listed["keyring://regcache/ghcr-user"]["readable"] == "no"
+    assert listed["keyring://regcache/ghcr-user"]["errorCode"] == "SecretNotFound"
+    table = ok("secret", "list").stdout
+    assert "READABLE HERE" in table and "t0ken" not in table and "someone" not in table
+
+    # file:// and env:// are read-only sources: refused before a value is asked for
+    for args in (["secret", "set", f"file://{secrets_dir}/hub-token"],
+                 ["secret", "delete", "env://REGCACHE_TEST_HUB_USER"],
+                 ["secret", "delete", f"file://{secrets_dir}/hub-token", "-y"]):
+        refused = cli(*args, input="never-stored\n")
+        assert refused.exit_code == 1 and refused.stderr.startswith("error: ")
+        assert "read-only source" in refused.stderr or "not regcache's to delete" in refused.stderr
+    assert (secrets_dir / "hub-token").read_text() == "t0ken-from-file\n"
+
+    # a referenced keyring secret is kept unless --force
+    in_use = cli("secret", "delete", "keyring://regcache/ghcr-token", "-y")
+    assert in_use.exit_code == 1 and "used by credential set ghcr-creds (password)" in in_use.stderr
+    assert "--force" in in_use.stderr
+    from regcache.proxy.secrets import SecretResolver
+
+    assert SecretResolver().get("keyring://regcache/ghcr-token") == "gh-t0ken"
+    forced = ok("secret", "delete", "keyring://regcache/ghcr-token", "--force", "-y")
+    assert "deleted keyring://regcache/ghcr-token" in forced.stderr
+    gone = cli("secret", "delete", "keyring://regcache/ghcr-token", "--force", "-y")
+    assert gone.exit_code == 1 and "there is no keyring://regcache/ghcr-token in the keyring" in gone.stderr
+    ok("secret", "set", "keyring://regcache/spare", input="x\n")
+    assert cli("secret", "delete", "keyring://regcache/spare").exit_code == 1  # no terminal to confirm: -y
+    ok("secret", "delete", "keyring://regcache/spare", "-y")
+
+
+def test_file_secret_refused_when_others_can_write_it(home, keyring_env, tmp_path):
+    secrets_dir = tmp_path / "run-secrets"
+    secrets_dir.mkdir(mode=0o700)
+    (secrets_dir / "token").write_text("t0ken\n")
+    (secrets_dir / "token").chmod(0o666)
+    created = cli("credential-set", "create", "-n", "hub-creds", "-l", "docker.io", "-u", "env://USER", "-p",
+                  f"file://{secrets_dir}/token")
+    assert created.exit_code == 0
+    assert "writable by its group or others (mode 0666)" in created.stderr and "t0ken" not in created.stderr
+    listed = json.loads(ok("secret", "list", "-o", "json").stdout)
+    assert [s["errorCode"] for s in listed if s["secretId"].startswith("file://")] == ["SecretFileUnsafe"]
+    (secrets_dir / "token").chmod(0o644)
+    shown = cli("credential-set", "show", "-n", "hub-creds", "-o", "json")
+    password = json.loads(shown.stdout)["authCredentials"][0]["secretAccess"]["password"]
+    assert password["readable"] and "readable by its group or others" in password["reason"]

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import click
 
 from regcache.proxy.config.control import ControlPlane
+from regcache.proxy.core.secret_ids import SecretId
 from regcache.tui.cli import common
 from regcache.tui.cli.common import (
     CONTEXT_SETTINGS,
@@ -73,7 +74,10 @@ def secret_delete(control: ControlPlane, secret_id: str, force: bool, yes: bool)
 
     env://VAR and file:///PATH values are not regcache's: it only reads them.
     """
-    secret_id = control.secrets.check_writable(secret_id)
+    secret = SecretId.parse(secret_id, field="secret_id")
+    secret_id = str(secret)
+    if not secret.ours:
+        control.delete_secret(secret_id)  # refused: says where that value lives
     users = control.secret_references().get(secret_id, [])
     if users and force:
         say(f"warning: {secret_id} is used by {', '.join(users)}")
