@@ -57,3 +57,21 @@ def no_keyring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict
     _reset_keyring()
     yield env
     _reset_keyring()
+
+
+@pytest.fixture
+def encrypted_keyring_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """keyrings.alt's EncryptedKeyring chosen explicitly, storing under this test's tmp dir (empty: tests
+    fill it with tests.helpers.keyrings.make_encrypted_keyring). Returns the environment for subprocesses."""
+    from tests.helpers.keyrings import ENCRYPTED_KEYRING
+
+    env = {
+        "PYTHON_KEYRING_BACKEND": ENCRYPTED_KEYRING,
+        "XDG_DATA_HOME": str(tmp_path / "xdg-data"),
+        "XDG_CONFIG_HOME": str(tmp_path / "xdg-config"),
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    _reset_keyring()
+    yield env
+    _reset_keyring()

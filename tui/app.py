@@ -25,6 +25,7 @@ from .blades.rules import RulesBlade
 from .blades.upstreams import UpstreamsBlade
 from .messages import ConfigurationChanged, Navigate
 from .screens.config_files import ClientConfigScreen, RulesFileScreen
+from .screens.unlock import UnlockScreen
 from .text import notify, printable
 from .widgets.nav import BLADES, NavList
 
@@ -73,6 +74,22 @@ class RegcacheApp(App[None]):
         self.query_one(NavList).focus()
         if self.proxy is not None:
             self.start_proxy()
+        self.ask_keyring_password()
+
+    @work(thread=True, exclusive=True, group="unlock")
+    def ask_keyring_password(self) -> None:
+        """A keyring backend that needs a password is unlocked here, once, in a modal: nothing in the TUI's
+        process ever prompts on the terminal (regcache.proxy.secrets)."""
+        lock = self.backend.control.secrets.keyring_lock()
+        if lock is not None:
+            self.call_from_thread(self.push_screen, UnlockScreen(lock), self._keyring_answered)
+
+    def _keyring_answered(self, unlocked: bool | None) -> None:
+        if unlocked:
+            notify(self, "Keyring unlocked for this session", title="Keyring")
+        else:
+            notify(self, "The keyring stays locked: pulls through credential sets with keyring:// secrets fail "
+                         "until regcache is started again", title="Keyring", severity="warning", timeout=10)
 
     def watch_proxy_status(self, status: ProxyStatus) -> None:
         self.sub_title = printable(status.label)  # the address and the error are data

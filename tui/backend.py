@@ -19,6 +19,7 @@ from regcache.proxy.state.statistics import CacheStatistics
 
 if TYPE_CHECKING:
     from regcache.proxy.jobs.operations import Operations
+    from regcache.proxy.pull.cache import LoginCheck
     from regcache.proxy.server import EmbeddedProxy
 
 T = TypeVar("T")
@@ -56,6 +57,12 @@ class Backend:
         from regcache.proxy.jobs.operations import Operations
 
         return Operations.run_alone(self.home, self.control.secrets, fn)
+
+    def check_credential_set(self, name: str) -> LoginCheck:
+        """Log in to the upstream with credential set ``name`` for real and record the answer as its health
+        (the Credentials blade's re-check, ``r``): call it from a worker thread. ``.verified`` False: the
+        upstream could not tell (unreachable, no login asked, secrets unreadable here); ``.message`` says why."""
+        return self.run_job(lambda ops: ops.check_credential_set(name))
 
     def close(self) -> None:
         with self._lock:

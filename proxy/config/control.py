@@ -21,7 +21,7 @@ from regcache.proxy.core.catalogue import (
     normalize_base_url,
     normalize_login_server,
 )
-from regcache.proxy.core.errors import ConflictError, NotFoundError, SecretError, ValidationError
+from regcache.proxy.core.errors import ConflictError, NotFoundError, ValidationError
 from regcache.proxy.core.models import (
     AuthPolicy,
     CacheRule,
@@ -32,7 +32,7 @@ from regcache.proxy.core.models import (
     utc_now,
 )
 from regcache.proxy.core.rules import RuleSet, check_credentials, check_name, check_new_rule, check_settings
-from regcache.proxy.core.secret_ids import SecretId
+from regcache.proxy.core.secret_ids import SecretAccess, SecretId
 from regcache.proxy.core.settings import (
     ALLOWED_HOSTS_SETTING,
     BLOB_MAX_SIZE_SETTING,
@@ -53,6 +53,8 @@ from regcache.proxy.core.settings import (
     MAX_SIZE_SETTING,
     RULE_SETTINGS,
     RULES_FILE_MAX_SIZE_SETTING,
+    SECRET_FILE_MAX_SIZE_LIMIT,
+    SECRET_FILE_MAX_SIZE_SETTING,
     STORAGE_SETTING,
     TOKEN_MAX_LIFETIME_SETTING,
     TOKEN_MAX_SIZE_SETTING,
@@ -97,6 +99,14 @@ def _positive_duration(text: str, field: str | None = None) -> float:
         raise ValidationError(f"{text.strip()[:50]!r} must be a duration above 0s and at most 1h, e.g. 10s",
                               field=field)
     return seconds
+
+
+def _secret_file_size(text: str, field: str | None = None) -> int:
+    size = parse_size(text, field)
+    if not 0 < size <= SECRET_FILE_MAX_SIZE_LIMIT:
+        raise ValidationError(f"{text.strip()[:50]!r} must be a size above 0 and at most "
+                              f"{format_size(SECRET_FILE_MAX_SIZE_LIMIT)}, e.g. 64KiB", field=field)
+    return size
 
 
 def _whole(n: float) -> str:
@@ -181,6 +191,9 @@ SETTINGS: dict[str, tuple[Callable[..., object], Callable[[Any], str | None], st
     LOGIN_BACKOFF_SETTING: (parse_duration, format_duration,
                             "longest a client address is refused (429) after 5 failed logins in a minute; the "
                             "refusal doubles from 1s up to this (default 60s; 0 turns the back-off off)"),
+    SECRET_FILE_MAX_SIZE_SETTING: (_secret_file_size, _size,
+                                   "largest file a file:// secret id may name (default 64KiB, at most 1MiB); "
+                                   "a larger one is refused unread"),
 }
 #: settings stored as text rather than as a number
 _TEXT_SETTINGS = frozenset({ALLOWED_HOSTS_SETTING, FLEET_ADDRESS_SETTING, FLEET_SECRET_SETTING})
@@ -203,6 +216,9 @@ class ControlPlane:
     def __init__(self, store: StateStore, secrets: SecretResolver | None = None) -> None:
         self.store = store
         self.secrets = secrets or SecretResolver()
+        raw = store.setting(SECRET_FILE_MAX_SIZE_SETTING)
+        if raw:
+            self.secrets.file_max_size = int(float(raw))
 
     @classmethod
     def open(cls, home: str | os.PathLike[str] | None = None, secrets: SecretResolver | None = None) -> ControlPlane:
@@ -285,16 +301,14 @@ class ControlPlane:
 
     # -- credential sets -----------------------------------------------------------------------
 
-    def check_health(self, cs: CredentialSet) -> CredentialHealth:
-        """Whether both secrets of ``cs`` can be read now (the upstream login is checked on pulls)."""
-        try:
-            for secret_id in (cs.username_secret_id, cs.password_secret_id):
-                self.secrets.get(secret_id)
-        except SecretError as exc:
-            return CredentialHealth.unhealthy(exc.code, exc.message)
-        except ValidationError as exc:  # an id stored before ids were checked as they are now
-            return CredentialHealth.unhealthy("InvalidSecretId", exc.message)
-        return CredentialHealth.healthy()
+    def secret_access(self, cs: CredentialSet) -> tuple[SecretAccess, SecretAccess]:
+        """Whether THIS process can read the username and password of ``cs`` now (never prompts, never writes).
+
+        Separate from the set's health, which is the last real upstream login (:class:`CredentialHealth`):
+        a shell without the ``env://`` variables, or with the keyring locked, says so here and changes
+        nothing that the proxy or another process reports.
+        """
+        return self.secrets.check(cs.username_secret_id), self.secrets.check(cs.password_secret_id)
 
     def check_new_credential_set_name(self, name: str) -> None:
         """Refuse a bad or taken name before anything (such as a secret) is stored under it."""
@@ -307,8 +321,8 @@ class ControlPlane:
         server = normalize_login_server(login_server)
         username = str(SecretId.parse(username_id, field="username_secret_id"))
         password = str(SecretId.parse(password_id, field="password_secret_id"))
+        # health Unknown: nothing has logged in with it yet (`credential-set show --check` does)
         cs = CredentialSet(name, server, username, password, created_at=utc_now())
-        cs = replace(cs, health=self.check_health(cs))
         with self.store.transaction():
             if self.store.credential_set(name) is not None:
                 raise ConflictError(f"a credential set named {name!r} already exists", field="name")
@@ -330,20 +344,21 @@ class ControlPlane:
         username = str(SecretId.parse(username_id, field="username_secret_id")) if username_id else None
         password = str(SecretId.parse(password_id, field="password_secret_id")) if password_id else None
         with self.store.transaction():
-            cs = self.get_credential_set(name)
-            cs = replace(cs, username_secret_id=username or cs.username_secret_id,
-                         password_secret_id=password or cs.password_secret_id)
-            cs = replace(cs, health=self.check_health(cs))
+            old = self.get_credential_set(name)
+            cs = replace(old, username_secret_id=username or old.username_secret_id,
+                         password_secret_id=password or old.password_secret_id)
+            if (cs.username_secret_id, cs.password_secret_id) != (old.username_secret_id, old.password_secret_id):
+                cs = replace(cs, health=CredentialHealth())  # other secrets: no login has tried them yet
             self.store.upsert_credential_set(cs)
         return cs
 
     def refresh_credential_set(self, name: str) -> CredentialSet:
-        """Re-check that the secrets can be read, and store the health."""
-        cs = self.get_credential_set(name)
-        return self.record_health(name, self.check_health(cs))
+        """The credential set as stored now; it writes nothing (re-checking means logging in to the upstream:
+        ``Operations.check_credential_set``, or ``Backend.check_credential_set`` in the TUI)."""
+        return self.get_credential_set(name)
 
     def record_health(self, name: str, health: CredentialHealth) -> CredentialSet:
-        """Store a health result (the proxy records ``UpstreamAuthFailed`` here)."""
+        """Store the result of a real upstream login (the engine calls this; reads never do)."""
         cs = self.store.record_credential_health(name, health)
         if cs is None:
             raise _no_credential_set(name)
@@ -476,6 +491,42 @@ class ControlPlane:
     def set_secret(self, secret_id: str, value: str) -> None:
         """Store a secret value in the keyring (never in the state database)."""
         self.secrets.set(secret_id, value)
+
+    def secret_references(self) -> dict[str, list[str]]:
+        """Every secret id the configuration names, and what names it (``credential set hub (password)``)."""
+        refs: dict[str, list[str]] = {}
+        for cs in self.store.credential_sets():
+            refs.setdefault(cs.username_secret_id, []).append(f"credential set {cs.name} (username)")
+            refs.setdefault(cs.password_secret_id, []).append(f"credential set {cs.name} (password)")
+        storage = self.storage()
+        for label, secret_id in (("access key id", getattr(storage, "access_key_id", None)),
+                                 ("secret access key", getattr(storage, "secret_access_key", None))):
+            if secret_id:
+                refs.setdefault(secret_id, []).append(f"storage ({label})")
+        return refs
+
+    def list_secrets(self) -> list[tuple[SecretAccess, list[str]]]:
+        """The secret ids the configuration references, whether this process can read each (and why), and
+        what uses each; never a value, never a prompt."""
+        return [(self.secrets.check(secret_id), users) for secret_id, users in sorted(self.secret_references().items())]
+
+    def delete_secret(self, secret_id: str, force: bool = False) -> str:
+        """Delete a ``keyring://`` secret (refused while the configuration uses it, unless ``force``).
+
+        ``env://`` and ``file://`` values are not regcache's: it only reads them, and says where they live.
+        """
+        secret = SecretId.parse(secret_id, field="secret_id")
+        if not secret.ours:
+            self.secrets.delete(str(secret))  # raises: explains whose it is
+        users = self.secret_references().get(str(secret), [])
+        if users and not force:
+            raise ConflictError(f"{secret} is used by {', '.join(users)}; point those at another secret first, or "
+                                f"pass --force to delete it anyway (their pulls then fail until it is stored "
+                                f"again)", field="secret_id")
+        if not self.secrets.delete(str(secret)):
+            raise NotFoundError(f"there is no {secret} in the keyring (see `regcache secret list`)",
+                                field="secret_id")
+        return str(secret)
 
     # -- client tokens -------------------------------------------------------------------------
 

@@ -46,6 +46,11 @@ FLEET_NODE_ID_SETTING = "fleet-node-id"
 #: the largest rules file `regcache rules apply` reads (docs: README, "Limits")
 RULES_FILE_MAX_SIZE_SETTING = "rules-file-max-size"
 DEFAULT_RULES_FILE_MAX_SIZE = 1024 * 1024
+#: the largest file a ``file://`` secret id may name (docs: README, "Limits"); a larger one is refused unread
+SECRET_FILE_MAX_SIZE_SETTING = "secret-file-max-size"
+DEFAULT_SECRET_FILE_MAX_SIZE = 64 * 1024
+#: the most ``secret-file-max-size`` may be raised to: a secret is a password, a token or a key, never a payload
+SECRET_FILE_MAX_SIZE_LIMIT = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)

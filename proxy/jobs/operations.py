@@ -28,7 +28,7 @@ from regcache.proxy.jobs.prefetch import (
     warm_image,
 )
 from regcache.proxy.jobs.tagsync import SyncOutcome, sync_rule
-from regcache.proxy.pull.cache import PullThroughCache
+from regcache.proxy.pull.cache import LoginCheck, PullThroughCache
 from regcache.proxy.secrets import SecretResolver
 from regcache.proxy.state.store import StateStore
 
@@ -72,6 +72,10 @@ class Operations:
     async def test_rule(self, rule_name: str, image: str) -> RuleProbe:
         """What rule ``rule_name`` maps ``image`` to, whether its credentials work, the upstream digest."""
         return await probe_rule(self.cache, rule_name, image)
+
+    async def check_credential_set(self, name: str) -> LoginCheck:
+        """Log in to the upstream with credential set ``name`` now and record the answer as its health."""
+        return await self.cache.check_credential_set(name)
 
     async def sync_tags(self, rule_name: str) -> list[SyncOutcome]:
         """Fetch the new or moved tags of rule ``rule_name`` that match its tag filter, now."""

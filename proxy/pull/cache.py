@@ -27,6 +27,7 @@ from regcache.proxy.core.errors import (
     ManifestInvalid,
     ManifestUnknown,
     NameUnknown,
+    NotFoundError,
     PullError,
     SecretError,
     StorageFull,
@@ -42,7 +43,6 @@ from regcache.proxy.core.models import (
     CacheRule,
     CredentialHealth,
     CredentialSet,
-    HealthStatus,
     Result,
     RuleMatch,
     Upstream,
@@ -59,7 +59,7 @@ from regcache.proxy.core.oci import (
 from regcache.proxy.core.references import is_digest
 from regcache.proxy.core.referrers import Referrer, fallback_tag, from_stored, parse_index, to_stored
 from regcache.proxy.core.rules import RuleSet
-from regcache.proxy.core.settings import UPSTREAM_LIMIT_SETTINGS, UpstreamLimits
+from regcache.proxy.core.settings import SECRET_FILE_MAX_SIZE_SETTING, UPSTREAM_LIMIT_SETTINGS, UpstreamLimits
 from regcache.proxy.pull.metrics import ProxyMetrics
 from regcache.proxy.pull.single_flight import SingleFlight
 from regcache.proxy.secrets import SecretResolver
@@ -82,8 +82,20 @@ log = logging.getLogger("regcache.cache")
 
 #: how long resolved secrets are reused before the keyring is asked again
 CREDENTIALS_TTL = 60.0
+#: a login result the same as the recorded one is written again (a new time) at most this often
+HEALTH_REFRESH = 300.0
 #: containerd's ?ns= for Docker Hub may name its API host rather than its login server
 NS_ALIASES = {"registry-1.docker.io": "docker.io", "index.docker.io": "docker.io"}
+
+
+@dataclass(frozen=True, slots=True)
+class LoginCheck:
+    """A re-check of a credential set: the set (its health as recorded now), whether the upstream answered
+    about the login (``verified``; only then was the health recorded), and what happened, in one line."""
+
+    credential_set: CredentialSet
+    verified: bool
+    message: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,10 +260,13 @@ class PullThroughCache:
         version = await self.state.data_version()
         if version == self._version:
             return
-        rules, custom, overrides, sets, limits = await self.state.run(
+        rules, custom, overrides, sets, limits, secret_file_max = await self.state.run(
             lambda s: (s.cache_rules(), s.custom_upstreams(), s.upstream_overrides(), s.credential_sets(),
-                       UpstreamLimits.from_settings({key: s.setting(key) for key in UPSTREAM_LIMIT_SETTINGS})))
+                       UpstreamLimits.from_settings({key: s.setting(key) for key in UPSTREAM_LIMIT_SETTINGS}),
+                       s.setting(SECRET_FILE_MAX_SIZE_SETTING)))
         self.upstream.limits = limits
+        if secret_file_max:
+            self.secrets.file_max_size = int(float(secret_file_max))
         self._rules = RuleSet(rules)
         self._catalogue = UpstreamCatalogue(custom, overrides)
         await self.upstream.reload_ca_bundles(self._catalogue)  # a changed or vanished file is seen at a reload
@@ -290,17 +305,26 @@ class PullThroughCache:
         name = rule.credential_set
         if name is None:
             return None
-        cached = self._credentials.get(name)
-        if cached and cached[0] > time.monotonic():
-            return cached[1]
         cs = self._credential_sets.get(name)
         if cs is None:
             raise CacheUnavailable(f"credential set {name!r} of rule {rule.name!r} is gone")
+        return await self._login_of(cs)
+
+    async def _login_of(self, cs: CredentialSet) -> Credentials:
+        """The username and password of ``cs``, read by this process (reused for CREDENTIALS_TTL).
+
+        A secret this process cannot read fails the pull with the reason, but is no login result: the set's
+        health (what every process shows) stays what the upstream last said.
+        """
+        name = cs.name
+        cached = self._credentials.get(name)
+        if cached and cached[0] > time.monotonic():
+            return cached[1]
         try:
             username, password = await anyio.to_thread.run_sync(
                 lambda: (self.secrets.get(cs.username_secret_id), self.secrets.get(cs.password_secret_id)))
         except SecretError as exc:
-            await self._record_health(name, CredentialHealth.unhealthy(exc.code, exc.message))
+            log.warning("credential set %s cannot be used by this process: %s", name, exc)
             raise CacheUnavailable(f"credential set {name!r} cannot be used: {exc}") from None
         creds = Credentials(name, username, password)
         self._credentials[name] = (time.monotonic() + CREDENTIALS_TTL, creds)
@@ -317,9 +341,12 @@ class PullThroughCache:
         return source_of(match.upstream, cs)
 
     async def _record_health(self, name: str, health: CredentialHealth) -> None:
+        """Record a real upstream login result (the only writer of credential health)."""
         cs = self._credential_sets.get(name)
-        if cs is not None and (cs.health.status, cs.health.error_code) == (health.status, health.error_code):
-            return
+        if (cs is not None and (cs.health.status, cs.health.error_code) == (health.status, health.error_code)
+                and cs.health.checked_at is not None and health.checked_at is not None
+                and (health.checked_at - cs.health.checked_at).total_seconds() < HEALTH_REFRESH):
+            return  # the same answer again, recorded moments ago: no write per pull
         try:
             updated = await self.state.run(lambda s: s.record_credential_health(name, health))
         except Exception as exc:
@@ -342,11 +369,45 @@ class PullThroughCache:
                 await self._record_health(creds.identity, CredentialHealth.unhealthy("UpstreamAuthFailed", str(exc)))
             raise
         await self._save_rate_limits()
-        if creds is not None:
-            cs = self._credential_sets.get(creds.identity)
-            if cs is not None and cs.health.status is not HealthStatus.HEALTHY:
-                await self._record_health(creds.identity, CredentialHealth.healthy())
+        if creds is not None:  # the upstream accepted the login: clears UpstreamAuthFailed
+            await self._record_health(creds.identity, CredentialHealth.healthy())
         return result
+
+    async def check_credential_set(self, name: str) -> LoginCheck:
+        """Log in to the upstream with credential set ``name`` now, as ``docker login`` does, and record the
+        result as its health when the upstream answered about the login (accepted or refused).
+
+        An unreachable upstream, or secrets this process cannot read, records nothing: the health stays the
+        last real answer, and the returned check says why nothing was learned.
+        """
+        await self.refresh()
+        cs = self._credential_sets.get(name)
+        if cs is None:
+            raise NotFoundError(f"credential set {name!r} does not exist (see `regcache credential-set list`)",
+                                field="name")
+        try:
+            upstream = self._catalogue.get(cs.login_server)
+        except Exception:
+            return LoginCheck(cs, False, f"its upstream {cs.login_server} is no longer configured")
+        try:
+            creds = await self._login_of(cs)
+        except CacheUnavailable as exc:
+            return LoginCheck(cs, False, str(exc))
+        try:
+            asked = await self.upstream.check_login(upstream, creds)
+        except UpstreamAuthError as exc:
+            self._credentials.pop(name, None)
+            await self._record_health(name, CredentialHealth.unhealthy("UpstreamAuthFailed", str(exc)))
+            return LoginCheck(self._credential_sets.get(name, cs), True, str(exc))
+        except UpstreamError as exc:
+            return LoginCheck(cs, False, f"the login could not be checked: {exc}")
+        finally:
+            await self._save_rate_limits()
+        if not asked:
+            return LoginCheck(cs, False, f"{cs.login_server} answers without asking for a login; the credentials "
+                                         f"are checked on the next pull that needs them")
+        await self._record_health(name, CredentialHealth.healthy())
+        return LoginCheck(self._credential_sets.get(name, cs), True, f"{cs.login_server} accepted the login")
 
     async def _save_rate_limits(self) -> None:
         changes = self.upstream.take_rate_limit_changes()

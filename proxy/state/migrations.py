@@ -221,6 +221,18 @@ def m009_referrers(db: Database) -> None:
 
 
 @migration
+def m011_credential_health(db: Database) -> None:
+    """A credential set's health is the last real upstream login, written only by the engine when an upstream
+    accepts or refuses a login. Before, whoever looked wrote it: a ``credential-set show`` in a shell without
+    the ``env://`` variables stored SecretNotFound, a read of the secrets stored Healthy. Only a refusal by the
+    upstream (UpstreamAuthFailed) is known to be a login result; every other recorded health becomes Unknown
+    until the next login (an authenticated pull, or ``credential-set show --check``)."""
+    db.execute("UPDATE credential_sets SET health_status = 'Unknown', health_error_code = NULL, "
+               "health_message = NULL, health_checked_at = NULL "
+               "WHERE health_error_code IS NULL OR health_error_code != 'UpstreamAuthFailed'")
+
+
+@migration
 def m012_upstream_ca_bundle(db: Database) -> None:
     """The CA bundle an upstream names (the path of a PEM file; NULL: the operating system's trust store only).
 

@@ -110,8 +110,16 @@ class StateStore:
         try:
             home.mkdir(parents=True, exist_ok=True, mode=0o700)
             make_private(home)
-            # made 0600 before SQLite opens it: its WAL and shared-memory files take the database's mode
-            os.close(os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o600))
+            # made 0600 before SQLite opens it: its WAL and shared-memory files take the database's mode.
+            # Only when absent: closing any descriptor of the database file drops every POSIX lock this
+            # process holds on it, the shared locks of its open connections included; another process
+            # closing its last connection would then take itself for the last one, checkpoint and delete
+            # the WAL and shared memory under them, and this process would read a stale database from then on.
+            if not self.path.exists():
+                try:
+                    os.close(os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                except FileExistsError:  # another thread or process made it meanwhile
+                    pass
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                    check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:

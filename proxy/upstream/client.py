@@ -587,6 +587,43 @@ class UpstreamClient:
 
     # -- the registry API ----------------------------------------------------------------------
 
+    async def check_login(self, upstream: Upstream, creds: Credentials) -> bool:
+        """Log in as ``docker login`` does: GET /v2/, answer its challenge with ``creds`` (Basic, or a token
+        request without a repository scope) and GET /v2/ again with the answer.
+
+        True when the upstream accepted the login; False when it never asked for one; UpstreamAuthError when
+        it refused it; UpstreamUnreachable or UpstreamProtocolError when it could not tell.
+        """
+        server = upstream.login_server
+        url = f"{upstream.base_url}/v2/"
+
+        async def get(headers: dict[str, str]) -> httpx.Response:
+            response = await self._send_following_redirects(upstream, "GET", url, headers, stream=True)
+            await response.aclose()
+            self._observe_rate_limit(upstream, creds, response)
+            if response.status_code == 429 or response.status_code >= 500:
+                raise UpstreamUnreachable(server, f"answered HTTP {response.status_code} to a login",
+                                          response.status_code)
+            return response
+
+        async with self._deadline(upstream, "a login"):
+            response = await get({})
+            if response.status_code != 401:
+                if 200 <= response.status_code < 300:
+                    return False
+                raise UpstreamProtocolError(server, f"answered HTTP {response.status_code} at /v2/",
+                                            response.status_code)
+            challenge = parse_challenge(response.headers.get("www-authenticate", ""))
+            auth, _ = await self._authorize(upstream, challenge, "", creds)
+            response = await get({"Authorization": auth})
+        if response.status_code in (401, 403):
+            raise UpstreamAuthError(server, f"refused the credentials of credential set {creds.identity!r} "
+                                            f"(HTTP {response.status_code})", response.status_code)
+        if not 200 <= response.status_code < 300:
+            raise UpstreamProtocolError(server, f"answered HTTP {response.status_code} to a login at /v2/",
+                                        response.status_code)
+        return True
+
     async def manifest(self, upstream: Upstream, repository: str, reference: str, creds: Credentials | None,
                        method: str = "GET") -> UpstreamManifest:
         """GET or HEAD a manifest by tag or digest, accepting every manifest type we can store."""

@@ -176,3 +176,54 @@ def test_the_proxy_makes_an_existing_state_directory_private_when_it_starts(tmp_
     finally:
         rc.proxy.stop()
         rc.control.close()
+
+
+def test_a_second_open_in_one_process_keeps_the_first_connection_current(home):
+    """Opening the database again in a process (the TUI's engine and its screens, a job's own engine) must not
+    drop the locks of the connections already open: another process (a CLI command) closing its connection
+    would take itself for the last one, delete the WAL and shared memory, and the first connection would read
+    a stale database from then on (a health the CLI recorded never reaching the TUI)."""
+    import subprocess
+
+    from tests.helpers.commands import regcache_executable
+
+    first = StateStore.open(home)
+    second = StateStore.open(home)
+    try:
+        assert first.setting("max-size") is None
+        for size in ("1GiB", "2GiB"):
+            subprocess.run([regcache_executable(), "--home", str(home), "settings", "set", "max-size", size],
+                           check=True, capture_output=True, timeout=60)
+            assert (home / "state.db-shm").exists()  # still shared: the command did not take itself for the last
+        assert first.setting("max-size") == str(2 * 1024**3)
+        assert second.setting("max-size") == str(2 * 1024**3)
+    finally:
+        first.close()
+        second.close()
+
+
+def test_m011_keeps_only_health_that_was_a_login_result(home, monkeypatch):
+    """Health written by reads (a secret found, or not found in some shell) is forgotten; a refusal by the
+    upstream stays until the next login."""
+    from regcache.proxy.core.models import CredentialHealth, CredentialSet
+
+    before = [m for m in MIGRATIONS if m.__name__ != "m011_credential_health"]
+    monkeypatch.setattr("regcache.proxy.state.store.MIGRATIONS", before)
+    store = StateStore.open(home)
+    try:
+        for name, health in (("read-ok", CredentialHealth.healthy()),
+                             ("read-missing", CredentialHealth.unhealthy("SecretNotFound", "not in this shell")),
+                             ("refused", CredentialHealth.unhealthy("UpstreamAuthFailed", "HTTP 401"))):
+            store.upsert_credential_set(CredentialSet(name, "docker.io", "env://U", "env://P", health))
+    finally:
+        store.close()
+    monkeypatch.setattr("regcache.proxy.state.store.MIGRATIONS", MIGRATIONS)
+    store = StateStore.open(home)
+    try:
+        health = {cs.name: cs.health for cs in store.credential_sets()}
+        assert store.applied_migrations()[-1] == "m011_credential_health"
+    finally:
+        store.close()
+    assert {n: (h.status.value, h.error_code) for n, h in health.items()} == {
+        "read-ok": ("Unknown", None), "read-missing": ("Unknown", None), "refused": ("Unhealthy", "UpstreamAuthFailed")}
+    assert health["read-ok"].checked_at is None and health["refused"].message == "HTTP 401"

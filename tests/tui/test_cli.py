@@ -111,7 +111,8 @@ REFUSALS = [
     pytest.param([], ["credential-set", "create", "-n", "hub-creds", "-l", "docker.io", "-u", "env://U", "-p",
                       "env://P"], "named 'hub-creds' already exists", id="duplicate credential set"),
     pytest.param([], ["credential-set", "create", "-n", "bad-ids", "-l", "docker.io", "-u", "my-username", "-p",
-                      "env://P"], "must be a secret id, keyring://SERVICE/NAME or env://VARIABLE", id="bad secret id"),
+                      "env://P"], "must be a secret id, keyring://SERVICE/NAME, env://VARIABLE or file:///PATH",
+                 id="bad secret id"),
     pytest.param([], ["credential-set", "create", "-n", "nowhere", "-l", "nowhere.example", "-u", "env://U",
                       "-p", "env://P"], "unknown login server 'nowhere.example'", id="credential set unknown server"),
     pytest.param([], ["upstream", "remove", "--login-server", "ghcr.io"], "has no URL override",
@@ -218,20 +219,29 @@ def test_credential_set_health(home, keyring_env):
     created = json.loads(ok("credential-set", "create", "-n", "hub-creds", "-l", "docker.io",
                             "-u", "keyring://regcache/u", "-p", "keyring://regcache/p", "-o", "json").stdout)
     assert created["loginServer"] == "docker.io"
+    # the health is the last upstream login: none yet; whether this shell can read the secrets is apart
     health = created["authCredentials"][0]["credentialHealth"]
-    assert health["status"] == "Unhealthy" and health["errorCode"] == "SecretNotFound"
-    assert "keyring://regcache/u" in health["errorMessage"]
+    assert (health["status"], health["errorCode"], health["checkedAt"]) == ("Unknown", None, None)
+    access = created["authCredentials"][0]["secretAccess"]
+    assert created["secretsReadable"] == "no"
+    assert access["username"]["errorCode"] == "SecretNotFound"
+    assert "keyring://regcache/u" in access["username"]["reason"]
     ok("secret", "set", "keyring://regcache/u", input="someone\n")
     ok("secret", "set", "keyring://regcache/p", input="pa55word\n")
     shown = json.loads(ok("credential-set", "show", "-n", "hub-creds", "-o", "json").stdout)
-    assert shown["authCredentials"][0]["credentialHealth"]["status"] == "Healthy"
+    assert shown["authCredentials"][0]["credentialHealth"]["status"] == "Unknown"  # reading logs in nowhere
+    assert shown["secretsReadable"] == "yes"
+    assert shown["authCredentials"][0]["secretAccess"]["password"] == {"readable": True, "reason": "readable",
+                                                                       "errorCode": None}
     assert shown["authCredentials"][0]["usernameSecretIdentifier"] == "keyring://regcache/u"
     listed = ok("credential-set", "list").stdout
-    assert "hub-creds" in listed and "Healthy" in listed
-    updated = json.loads(ok("credential-set", "update", "-n", "hub-creds", "-p", "env://REGCACHE_TEST_NOPE",
-                            "-o", "json").stdout)
+    assert "hub-creds" in listed and "Unknown" in listed and "SECRETS READABLE HERE" in listed
+    updated = cli("credential-set", "update", "-n", "hub-creds", "-p", "env://REGCACHE_TEST_NOPE", "-o", "json")
+    assert updated.exit_code == 0
+    assert "warning: this process cannot read the password of credential set hub-creds" in updated.stderr
+    updated = json.loads(updated.stdout)
     assert updated["authCredentials"][0]["passwordSecretIdentifier"] == "env://REGCACHE_TEST_NOPE"
-    assert updated["authCredentials"][0]["credentialHealth"]["errorCode"] == "SecretNotFound"
+    assert updated["authCredentials"][0]["secretAccess"]["password"]["errorCode"] == "SecretNotFound"
 
 
 def test_secrets_never_reach_the_database_or_output(configured):
@@ -243,10 +253,10 @@ def test_secrets_never_reach_the_database_or_output(configured):
         outputs.append(ok("credential-set", "show", "-n", "hub-creds", "-o", fmt))
         outputs.append(ok("cache", "list", "-o", fmt))
     outputs.append(ok("credential-set", "update", "-n", "ghcr-creds", "-u", "keyring://regcache/hub-user"))
-    # the secrets really are usable (health reads them from the keyring) ...
+    # the secrets really are usable (show reads them from the keyring) ...
     shown = ok("credential-set", "show", "-n", "hub-creds", "-o", "json")
     outputs.append(shown)
-    assert json.loads(shown.stdout)["authCredentials"][0]["credentialHealth"]["status"] == "Healthy"
+    assert json.loads(shown.stdout)["secretsReadable"] == "yes"
     # ... but appear in no output and in no file of the state directory (database, WAL, shared memory)
     state_files = [p for p in configured.rglob("*") if p.is_file()]
     assert any(p.name == "state.db" for p in state_files)
@@ -280,9 +290,12 @@ def test_missing_keyring_backend_is_a_clear_error(home, no_keyring):
     line, = result.stderr.splitlines()
     assert line.startswith("error: no usable keyring backend on this host")
     assert "PYTHON_KEYRING_BACKEND" in line
-    created = json.loads(ok("credential-set", "create", "-n", "hub-creds", "-l", "docker.io", "-u",
-                            "keyring://regcache/u", "-p", "keyring://regcache/p", "-o", "json").stdout)
-    assert created["authCredentials"][0]["credentialHealth"]["errorCode"] == "KeyringUnavailable"
+    created = ok("credential-set", "create", "-n", "hub-creds", "-l", "docker.io", "-u",
+                 "keyring://regcache/u", "-p", "keyring://regcache/p", "-o", "json")
+    assert json.loads(created.stdout)["authCredentials"][0]["secretAccess"]["username"]["errorCode"] == \
+        "KeyringUnavailable"
+    assert created.stderr.startswith("warning: this process cannot read the username of credential set hub-creds: "
+                                     "no usable keyring backend")
 
 
 def test_upstreams(home):
@@ -449,5 +462,72 @@ def test_an_error_quoting_stored_data_is_escaped(legacy):
     assert result.exit_code == 1 and "U+001B (ESC)" in result.stderr
     assert_printed_as_text(result)
     shown = cli("credential-set", "show", "-n", "evil-creds", "-o", "tsv")
-    assert shown.exit_code == 0 and "Unhealthy\tInvalidSecretId" in shown.stdout  # its id is not valid now
+    assert shown.exit_code == 0 and "Unhealthy\tSecretNotFound\tno\t" in shown.stdout  # as stored; not readable
     assert_printed_as_text(shown)
+    shown = cli("credential-set", "show", "-n", "evil-creds", "-o", "json")
+    assert json.loads(shown.stdout)["authCredentials"][0]["secretAccess"]["username"]["errorCode"] == \
+        "InvalidSecretId"  # its id is not valid now
+    assert_printed_as_text(shown)
+
+
+def test_secret_list_and_delete(home, keyring_env, tmp_path, monkeypatch):
+    secrets_dir = tmp_path / "run-secrets"
+    secrets_dir.mkdir(mode=0o700)
+    (secrets_dir / "hub-token").write_text("t0ken-from-file\n")
+    (secrets_dir / "hub-token").chmod(0o600)
+    monkeypatch.setenv("REGCACHE_TEST_HUB_USER", "someone")
+    ok("secret", "set", "keyring://regcache/ghcr-token", input="gh-t0ken\n")
+    ok("credential-set", "create", "-n", "hub-creds", "-l", "docker.io", "-u", "env://REGCACHE_TEST_HUB_USER",
+       "-p", f"file://{secrets_dir}/hub-token")
+    ok("credential-set", "create", "-n", "ghcr-creds", "-l", "ghcr.io", "-u", "keyring://regcache/ghcr-user",
+       "-p", "keyring://regcache/ghcr-token")
+    listed = {s["secretId"]: s for s in json.loads(ok("secret", "list", "-o", "json").stdout)}
+    assert set(listed) == {"env://REGCACHE_TEST_HUB_USER", f"file://{secrets_dir}/hub-token",
+                           "keyring://regcache/ghcr-user", "keyring://regcache/ghcr-token"}
+    assert listed[f"file://{secrets_dir}/hub-token"]["readable"] == "yes"
+    assert listed[f"file://{secrets_dir}/hub-token"]["usedBy"] == ["credential set hub-creds (password)"]
+    assert listed["keyring://regcache/ghcr-user"]["readable"] == "no"
+    assert listed["keyring://regcache/ghcr-user"]["errorCode"] == "SecretNotFound"
+    table = ok("secret", "list").stdout
+    assert "READABLE HERE" in table and "t0ken" not in table and "someone" not in table
+
+    # file:// and env:// are read-only sources: refused before a value is asked for
+    for args in (["secret", "set", f"file://{secrets_dir}/hub-token"],
+                 ["secret", "delete", "env://REGCACHE_TEST_HUB_USER"],
+                 ["secret", "delete", f"file://{secrets_dir}/hub-token", "-y"]):
+        refused = cli(*args, input="never-stored\n")
+        assert refused.exit_code == 1 and refused.stderr.startswith("error: ")
+        assert "read-only source" in refused.stderr or "not regcache's to delete" in refused.stderr
+    assert (secrets_dir / "hub-token").read_text() == "t0ken-from-file\n"
+
+    # a referenced keyring secret is kept unless --force
+    in_use = cli("secret", "delete", "keyring://regcache/ghcr-token", "-y")
+    assert in_use.exit_code == 1 and "used by credential set ghcr-creds (password)" in in_use.stderr
+    assert "--force" in in_use.stderr
+    from regcache.proxy.secrets import SecretResolver
+
+    assert SecretResolver().get("keyring://regcache/ghcr-token") == "gh-t0ken"
+    forced = ok("secret", "delete", "keyring://regcache/ghcr-token", "--force", "-y")
+    assert "deleted keyring://regcache/ghcr-token" in forced.stderr
+    gone = cli("secret", "delete", "keyring://regcache/ghcr-token", "--force", "-y")
+    assert gone.exit_code == 1 and "there is no keyring://regcache/ghcr-token in the keyring" in gone.stderr
+    ok("secret", "set", "keyring://regcache/spare", input="x\n")
+    assert cli("secret", "delete", "keyring://regcache/spare").exit_code == 1  # no terminal to confirm: -y
+    ok("secret", "delete", "keyring://regcache/spare", "-y")
+
+
+def test_file_secret_refused_when_others_can_write_it(home, keyring_env, tmp_path):
+    secrets_dir = tmp_path / "run-secrets"
+    secrets_dir.mkdir(mode=0o700)
+    (secrets_dir / "token").write_text("t0ken\n")
+    (secrets_dir / "token").chmod(0o666)
+    created = cli("credential-set", "create", "-n", "hub-creds", "-l", "docker.io", "-u", "env://USER", "-p",
+                  f"file://{secrets_dir}/token")
+    assert created.exit_code == 0
+    assert "writable by its group or others (mode 0666)" in created.stderr and "t0ken" not in created.stderr
+    listed = json.loads(ok("secret", "list", "-o", "json").stdout)
+    assert [s["errorCode"] for s in listed if s["secretId"].startswith("file://")] == ["SecretFileUnsafe"]
+    (secrets_dir / "token").chmod(0o644)
+    shown = cli("credential-set", "show", "-n", "hub-creds", "-o", "json")
+    password = json.loads(shown.stdout)["authCredentials"][0]["secretAccess"]["password"]
+    assert password["readable"] and "readable by its group or others" in password["reason"]

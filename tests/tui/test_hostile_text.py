@@ -41,6 +41,7 @@ from regcache.tui.screens.rule_credentials import RuleCredentialsForm
 from regcache.tui.screens.rule_details import RuleDetailsScreen
 from regcache.tui.screens.rule_form import RuleForm
 from regcache.tui.screens.rule_settings import RuleSettingsForm
+from regcache.tui.screens.unlock import UnlockScreen
 from regcache.tui.screens.upstream_form import UpstreamForm
 from tests.helpers.pilot import screen_lines, wait_for
 
@@ -164,6 +165,28 @@ async def open_warm(pilot) -> None:
     await wait_for(pilot, lambda: "working" not in "".join(screen_lines(pilot.app)))
 
 
+class HostileKeyring:
+    """A keyring backend needing a password whose file path (from XDG_DATA_HOME) carries markup and escapes."""
+
+    file_path = f"/home/a[/b]c{CLEAR}{BIDI}/crypted_pass.cfg"
+
+    def _unlock(self) -> None:  # pragma: no cover - regcache never lets a backend prompt
+        raise AssertionError("prompted")
+
+    def get_password(self, service: str, name: str) -> str | None:
+        return None  # every password is wrong: the error quoting the path shows too
+
+
+async def open_unlock(pilot) -> None:
+    from regcache.proxy.secrets import KeyringLock
+
+    pilot.app.push_screen(UnlockScreen(KeyringLock([HostileKeyring()])))
+    await settle(pilot)
+    pilot.app.screen.query_one("#unlock-password", Input).value = "guess"
+    await pilot.press("enter")
+    await settle(pilot)
+
+
 async def open_confirm(pilot) -> None:
     await blade(pilot, "5")
     table = pilot.app.query_one("#upstreams-table", DataTable)
@@ -222,6 +245,7 @@ CASES: dict[type, Case] = {
     RuleSettingsForm: Case(open_rule_settings, ("regex:^(v|[/]release)", f"{IPV6}/evil/app", "[bold]")),
     ImageActionScreen: Case(open_warm, ("a[/b]c",)),
     ConfirmScreen: Case(open_confirm, (f"Remove upstream {IPV6}?",)),
+    UnlockScreen: Case(open_unlock, ("/home/a[/b]c\\x1b[2J\\u202e/crypted_pass.cfg", "wrong password")),
     CredentialForm: Case(open_credential_form, (IPV6, "'[@click=app.quit]'")),
     UpstreamForm: Case(open_upstream_form, ("'a[/b]c\ufffd[2j'",)),
     ClientConfigScreen: Case(open_client_config, ("address 'a[/b]c:5000\ufffd' must be HOST:PORT",)),

@@ -17,6 +17,7 @@ import click
 from regcache.proxy.config.control import ControlPlane
 from regcache.proxy.core.errors import RegcacheError, unwrap_error
 from regcache.proxy.core.text import printable
+from regcache.proxy.secrets import SecretResolver
 from regcache.tui.output import (
     FORMATS,
     Column,
@@ -55,7 +56,8 @@ def say_document(text: str) -> None:
 def control_of(ctx: click.Context) -> ControlPlane:
     obj = ctx.find_root().obj
     if obj.get("control") is None:
-        obj["control"] = ControlPlane.open(obj.get("home"))
+        # on a terminal a command may ask once, without echo, for a keyring's password; elsewhere it never asks
+        obj["control"] = ControlPlane.open(obj.get("home"), SecretResolver(interactive=interactive()))
         ctx.call_on_close(obj["control"].close)
     return obj["control"]
 
