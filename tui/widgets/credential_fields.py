@@ -19,6 +19,7 @@ from regcache.proxy.core.models import CredentialSet
 from ..text import text
 from .form_row import FormRow
 from .text_input import TextInput
+from .toggles import StateRadioButton
 
 KEYRING_SERVICE = "regcache"
 
@@ -68,8 +69,8 @@ class CredentialFields(Vertical):
         yield FormRow("Credentials name", TextInput(placeholder="5-50 letters, digits, hyphens", id="cred-name",
                                                 compact=True))
         with RadioSet(id="cred-mode"):
-            yield RadioButton("Store values in the keyring", value=True, id="cred-keyring")
-            yield RadioButton("Enter secret URIs", id="cred-uris")
+            yield StateRadioButton("Store values in the keyring", value=True, id="cred-keyring")
+            yield StateRadioButton("Enter secret URIs", id="cred-uris")
         yield FormRow("Username", TextInput(placeholder="upstream user name", password=True, id="cred-username",
                                         compact=True), id="cred-username-row")
         yield FormRow("Password", TextInput(placeholder="password or token: never shown again", password=True,
