@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from regcache.proxy.config.control import ControlPlane
+from regcache.proxy.core.models import CredentialSet
 from regcache.proxy.secrets import SecretResolver
 from regcache.proxy.state.statistics import CacheStatistics
 
@@ -56,6 +57,14 @@ class Backend:
         from regcache.proxy.jobs.operations import Operations
 
         return Operations.run_alone(self.home, self.control.secrets, fn)
+
+    def recheck_credential_set(self, name: str) -> CredentialSet:
+        """Check credential set ``name`` again now and record the outcome (what `r` on Credentials does).
+
+        The engine's re-check: today it reads the set's secrets. Call it from a worker thread; it takes the
+        lock itself (a re-check that logs in to the upstream must not hold it for the whole login).
+        """
+        return self.call(lambda b: b.control.refresh_credential_set(name))
 
     def close(self) -> None:
         with self._lock:
