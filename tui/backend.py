@@ -58,6 +58,10 @@ class Backend:
 
         return Operations.run_alone(self.home, self.control.secrets, fn)
 
+    def cached_tags(self, repository: str) -> list[tuple[str, str]]:
+        """(tag, digest) of every cached tag of ``repository``: call it inside :meth:`call`."""
+        return self.control.store.tagged(repository)
+
     def recheck_credential_set(self, name: str) -> CredentialSet:
         """Check credential set ``name`` again now and record the outcome (what `r` on Credentials does).
 

@@ -102,7 +102,7 @@ class CredentialsBlade(Blade):
         unhealthy = sum(cs.health.status.value == "Unhealthy" for cs in sets)
         self.query_one("#credentials-summary", Static).update(text(
             (fmt.count(len(sets), "credential set") + (f", {unhealthy} unhealthy" if unhealthy else "")
-             + " · secret values stay in the keyring · enter: details")
+             + " · enter: details and edit")
             if sets else "No credentials yet. Press n to create a set for an upstream login."))
 
     def _selected(self) -> CredentialSet | None:

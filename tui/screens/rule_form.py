@@ -124,6 +124,9 @@ class RuleForm(FormScreen[CacheRule | None]):
                 try:
                     created = new_credentials.save(backend.control, login_server)
                 except RegcacheError as exc:
+                    field = getattr(exc, "field", None)
+                    if field in CredentialFields.ERROR_FIELDS:  # beside the new credentials' own field
+                        raise FieldError(CredentialFields.ERROR_FIELDS[field], f"credentials: {exc}") from None
                     raise FieldError("credential_set", f"credentials: {exc}") from None
             try:
                 return backend.control.create_rule(name, f"{login_server}/{path}", target,

@@ -68,13 +68,17 @@ class CredentialFields(Vertical):
     def compose(self) -> ComposeResult:
         yield FormRow("Credentials name", TextInput(placeholder="5-50 letters, digits, hyphens", id="cred-name",
                                                 compact=True))
+        yield Static(id="cred-name-error", classes="error")
         with RadioSet(id="cred-mode"):
             yield StateRadioButton("Store values in the keyring", value=True, id="cred-keyring")
             yield StateRadioButton("Enter secret URIs", id="cred-uris")
-        yield FormRow("Username", TextInput(placeholder="upstream user name", password=True, id="cred-username",
-                                        compact=True), id="cred-username-row")
+        # a user name is no secret: it is shown as typed; the password field is masked
+        yield FormRow("Username", TextInput(placeholder="upstream user name", id="cred-username", compact=True),
+                      id="cred-username-row")
+        yield Static(id="cred-username-error", classes="error")
         yield FormRow("Password", TextInput(placeholder="password or token: never shown again", password=True,
                                         id="cred-password", compact=True), id="cred-password-row")
+        yield Static(id="cred-password-error", classes="error")
         yield Static(id="cred-error", classes="error")
 
     def on_radio_set_changed(self, event: RadioSet.Changed) -> None:
@@ -87,7 +91,7 @@ class CredentialFields(Vertical):
                                       ("cred-password", "password or token: never shown again" if keyring else
                                        "keyring://SERVICE/NAME or env://VAR")):
             field = self.query_one(f"#{input_id}", Input)
-            field.password = keyring
+            field.password = keyring and input_id == "cred-password"  # secret URIs are not secrets
             field.placeholder = placeholder
             field.value = ""
 
@@ -103,7 +107,11 @@ class CredentialFields(Vertical):
         for input_id in ("cred-username", "cred-password"):
             self.query_one(f"#{input_id}", Input).value = ""
 
-    def show_error(self, message: str) -> None:
-        error = self.query_one("#cred-error", Static)
+    #: the engine's error fields, and the field of this widget each belongs beside
+    ERROR_FIELDS = {"name": "cred-name", "username_secret_id": "cred-username", "password_secret_id": "cred-password"}
+
+    def show_error(self, message: str, field: str | None = None) -> None:
+        """``message`` beside the field the engine named (``name``, ``username_secret_id`` ...), else below all."""
+        error = self.query_one(f"#{self.ERROR_FIELDS.get(field or '', 'cred')}-error", Static)
         error.update(text(message))  # engine errors quote what was typed
         error.display = True
