@@ -27,7 +27,7 @@ from .base import Blade
 #: the columns that share the table's width (Repos and Hits follow them, beyond 80 columns)
 FITTED = ("Name", "Target", "Source", "Creds", "Created")
 #: the table's width when it has none yet (80 columns less the navigation, padding and scrollbar)
-DEFAULT_TABLE_WIDTH = 62
+DEFAULT_TABLE_WIDTH = 64
 
 
 @dataclass(frozen=True)
@@ -127,8 +127,9 @@ class RulesBlade(Blade):
             cells.append((rule, [printable(rule.name), printable(rule.target_repository),
                                  printable(rule.source_repository), creds[0], created(rule)], creds[1]))
         natural = [max([len(title), *(len(c[1][i]) for c in cells)]) for i, title in enumerate(FITTED)]
-        # each column has a cell padding of 1 on both sides; a vertical scrollbar may take 2 more
-        room = (table.size.width or DEFAULT_TABLE_WIDTH) - 2 * len(FITTED) - 2
+        # each column has a cell padding of 1 on both sides; a vertical scrollbar takes 2 more when rows overflow
+        scrollbar = 2 if len(shown) >= (table.size.height or 20) - 1 else 0
+        room = (table.size.width or DEFAULT_TABLE_WIDTH) - 2 * len(FITTED) - scrollbar
         widths = fit_widths(natural, room)
         rows = []
         for rule, values, creds_style in cells:

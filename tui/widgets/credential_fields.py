@@ -1,6 +1,6 @@
 """The fields that define new credentials, shared by the Credentials form and the New cache rule form.
 
-With "Store values in the keyring" the typed username and password go to the OS keyring under
+With "Store in the keyring" the typed username and password go to the OS keyring under
 ``keyring://regcache/<name>-username`` and ``-password``; the inputs are masked and cleared after
 a save, and the values are never shown again.
 """
@@ -70,7 +70,7 @@ class CredentialFields(Vertical):
                                                 compact=True))
         yield Static(id="cred-name-error", classes="error")
         with RadioSet(id="cred-mode"):
-            yield StateRadioButton("Store values in the keyring", value=True, id="cred-keyring")
+            yield StateRadioButton("Store in the keyring", value=True, id="cred-keyring")
             yield StateRadioButton("Enter secret URIs", id="cred-uris")
         # a user name is no secret: it is shown as typed; the password field is masked
         yield FormRow("Username", TextInput(placeholder="upstream user name", id="cred-username", compact=True),
