@@ -16,9 +16,12 @@ from .. import format as fmt
 from ..screens.credential_edit import CredentialEditForm
 from ..screens.credential_form import CredentialForm
 from ..text import notify, printable, text
-from ..widgets.row_table import RowTable
+from ..widgets.row_table import RowTable, cut
 from .base import Blade
 from .rules import health_text
+
+#: the error column's width: the whole message is in the details (Enter), the columns after it stay in reach
+ERROR_WIDTH = 48
 
 
 @dataclass(frozen=True)
@@ -80,8 +83,8 @@ class CredentialsBlade(Blade):
         yield Label("Credentials", classes="blade-title")
         yield Static("", id="credentials-summary", classes="summary")
         table = RowTable(id="credentials-table")
-        table.add_columns("Name", "Health", "Used by", "Created", "Error", "Login server", "Budget",
-                          "Username secret", "Password secret")
+        table.add_columns("Name", "Health", "Used by", "Created", "Error", "Login server", "Username secret",
+                          "Password secret", "Budget")
         yield table
 
     @work(thread=True, exclusive=True, group="credentials-load")
@@ -94,9 +97,10 @@ class CredentialsBlade(Blade):
         self.data = data
         self.fill(self.query_one(DataTable), [
             (cs.name, (text(cs.name), health_text(cs), text(users_text(data.used_by.get(cs.name, []))),
-                       text(cs.created_at.strftime("%Y-%m-%d")), text(error_text(cs), "red", limit=200),
-                       text(cs.login_server), text(fmt.budget(data.budgets.get((cs.login_server, cs.name)))),
-                       text(cs.username_secret_id), text(cs.password_secret_id)))
+                       text(cs.created_at.strftime("%Y-%m-%d")),
+                       text(cut(printable(error_text(cs)), ERROR_WIDTH), "red"),
+                       text(cs.login_server), text(cs.username_secret_id), text(cs.password_secret_id),
+                       text(fmt.budget(data.budgets.get((cs.login_server, cs.name))))))
             for cs in data.credential_sets])
         sets = data.credential_sets
         unhealthy = sum(cs.health.status.value == "Unhealthy" for cs in sets)
