@@ -299,19 +299,8 @@ class ControlPlane:
         goes unless a manifest the repository keeps refers to it. Blobs no repository links any more are
         returned in :attr:`Purge.orphans` for the gc to delete (:meth:`Operations.purge` does).
         """
-        check_printable(repository, "repository", "the repository")
-        if tag is not None and digest is not None:
-            raise ValidationError("give a tag or a digest to purge, not both (neither purges the whole repository)",
-                                  field="tag")
-        if tag is not None:
-            check_printable(tag, "tag", "the tag")
-        if digest is not None and not is_digest(digest):
-            raise ValidationError(f"{digest[:80]!r} is not a digest (sha256:<64 hex digits> or sha512:<128>)",
-                                  field="digest")
         with self.store.transaction():
-            if not self.store.is_cached_repository(repository):
-                raise NotFoundError(f"repository {repository!r} is not cached (see the rule's details or "
-                                    f"`regcache cache list`)", field="repository")
+            self.check_purge(repository, tag, digest)
             linked = self.store.linked_digests(repository)
             if tag is None and digest is None:
                 tags = tuple(sorted({t for t, _ in self.store.tagged(repository)}))
@@ -339,6 +328,22 @@ class ControlPlane:
                 self.store.unlink(repository, unlinked)
             orphans = tuple(self.store.unlinked_blobs(unlinked))
         return Purge(repository, tags, tuple(unlinked), orphans)
+
+    def check_purge(self, repository: str, tag: str | None = None, digest: str | None = None) -> None:
+        """Refuse a purge that cannot be done (bad input, a repository not cached) before anyone is asked to
+        confirm it; :meth:`purge` checks again."""
+        check_printable(repository, "repository", "the repository")
+        if tag is not None and digest is not None:
+            raise ValidationError("give a tag or a digest to purge, not both (neither purges the whole repository)",
+                                  field="tag")
+        if tag is not None:
+            check_printable(tag, "tag", "the tag")
+        if digest is not None and not is_digest(digest):
+            raise ValidationError(f"{digest[:80]!r} is not a digest (sha256:<64 hex digits> or sha512:<128>)",
+                                  field="digest")
+        if not self.store.is_cached_repository(repository):
+            raise NotFoundError(f"repository {repository!r} is not cached (see the rule's details in the TUI)",
+                                field="repository")
 
     def _closure(self, roots: Iterable[str]) -> set[str]:
         """``roots`` and every digest their manifests refer to, through indexes (stored manifests only)."""

@@ -147,6 +147,7 @@ def cache_purge(control: ControlPlane, repository: str, tag: str | None, digest:
 
     if tag is not None and digest is not None:
         raise click.UsageError("give --tag or --digest, not both (neither purges the whole repository)")
+    control.check_purge(repository, tag, digest)  # refused before the question, not after it
     what = f"{repository}:{tag}" if tag else f"{repository}@{digest}" if digest else f"repository {repository}"
     confirm(f"purge {what} from the cache", yes)
     report = run_job(control, lambda ops: ops.purge(repository, tag, digest))
