@@ -4,6 +4,7 @@ delete."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 from textual import work
 from textual.app import ComposeResult
@@ -144,7 +145,8 @@ class CredentialsBlade(Blade):
     @work(thread=True, group="blade-change")
     def run_recheck(self, name: str) -> None:
         """The engine's re-check of ``name`` (see :meth:`Backend.recheck_credential_set`), off the UI thread."""
-        self._report(lambda: self.backend.recheck_credential_set(name), health_message)
+        self._report(lambda: self.backend.recheck_credential_set(name),
+                     lambda checked: health_message(cast(CredentialSet, checked)))
 
     def action_delete_credentials(self) -> None:
         name = self.selected_key()
