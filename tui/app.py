@@ -22,6 +22,7 @@ from .blades.base import Blade
 from .blades.credentials import CredentialsBlade
 from .blades.overview import OverviewBlade
 from .blades.rules import RulesBlade
+from .blades.tokens import TokensBlade
 from .blades.upstreams import UpstreamsBlade
 from .messages import ConfigurationChanged, Navigate
 from .screens.config_files import ClientConfigScreen, RulesFileScreen
@@ -41,6 +42,7 @@ class RegcacheApp(App[None]):
         Binding("3", "show_blade('credentials')", "Credentials", show=False, id="app.credentials"),
         Binding("4", "show_blade('activity')", "Activity", show=False, id="app.activity"),
         Binding("5", "show_blade('upstreams')", "Upstreams", show=False, id="app.upstreams"),
+        Binding("6", "show_blade('tokens')", "Tokens", show=False, id="app.tokens"),
         Binding("q", "quit", "Quit", id="app.quit"),
     ]
 
@@ -67,6 +69,7 @@ class RegcacheApp(App[None]):
                 yield CredentialsBlade(id="credentials")
                 yield ActivityBlade(id="activity")
                 yield UpstreamsBlade(id="upstreams")
+                yield TokensBlade(id="tokens")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -153,8 +156,10 @@ class RegcacheApp(App[None]):
              "test_rule"),
             ("Create credentials", "A credential set with values in the keyring or secret URIs", "credentials",
              "new_credentials"),
-            ("Re-check credentials", "Check that the selected credential set's secrets can be read",
+            ("Re-check credentials", "Check the selected credential set again and record the outcome",
              "credentials", "check_health"),
+            ("Credentials details", "Health and its message, the rules using it; edit its secret ids",
+             "credentials", "edit_credentials"),
             ("Delete credentials", "Delete the selected credential set (asks first)", "credentials",
              "delete_credentials"),
             ("Filter activity", "Filter the live pull log", "activity", "filter"),
@@ -162,6 +167,13 @@ class RegcacheApp(App[None]):
              "add_upstream"),
             ("Remove upstream", "Remove the selected custom upstream or URL override", "upstreams",
              "remove_upstream"),
+            ("Create client token", "A login for clients, scoped to repositories; its password is shown once",
+             "tokens", "new_token"),
+            ("Delete client token", "Delete the selected client token (asks first)", "tokens", "delete_token"),
+            ("Search cache rules", "Filter the cache rules by name, target, source or credentials", "rules",
+             "search"),
+            ("Purge cached content", "Open the selected rule's details to purge a tag, a digest or a repository",
+             "rules", "details"),
         )
         for title, help_text, blade, action in actions:
             yield SystemCommand(title, help_text, lambda b=blade, a=action: self.run_blade_action(b, a))

@@ -64,6 +64,10 @@ class Backend:
         upstream could not tell (unreachable, no login asked, secrets unreadable here); ``.message`` says why."""
         return self.run_job(lambda ops: ops.check_credential_set(name))
 
+    def cached_tags(self, repository: str) -> list[tuple[str, str]]:
+        """(tag, digest) of every cached tag of ``repository``: call it inside :meth:`call`."""
+        return self.control.store.tagged(repository)
+
     def close(self) -> None:
         with self._lock:
             self.control.close()

@@ -8,8 +8,8 @@ refused input leaves the database untouched.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -31,6 +31,8 @@ from regcache.proxy.core.models import (
     Upstream,
     utc_now,
 )
+from regcache.proxy.core.oci import load_json
+from regcache.proxy.core.references import is_digest
 from regcache.proxy.core.rules import RuleSet, check_credentials, check_name, check_new_rule, check_settings
 from regcache.proxy.core.secret_ids import SecretAccess, SecretId
 from regcache.proxy.core.settings import (
@@ -200,6 +202,31 @@ _TEXT_SETTINGS = frozenset({ALLOWED_HOSTS_SETTING, FLEET_ADDRESS_SETTING, FLEET_
 
 
 
+@dataclass(frozen=True, slots=True)
+class Purge:
+    """What :meth:`ControlPlane.purge` removed of a cached repository, and the blobs it left unlinked."""
+
+    repository: str
+    tags: tuple[str, ...]
+    #: the manifests and blobs the repository no longer links
+    unlinked: tuple[str, ...]
+    #: (digest, size, path, last access) of stored blobs no repository links any more: the gc's to delete
+    orphans: tuple[tuple[str, int, str, datetime | None], ...]
+
+
+def _referenced(content: bytes) -> list[str]:
+    """The digests a manifest's content refers to: an index's manifests, an image's config and layers (and
+    its subject is left alone: it belongs to whoever pulled it)."""
+    try:
+        doc = load_json(content)
+    except ValueError:
+        return []
+    if not isinstance(doc, dict):
+        return []
+    descriptors = [doc.get("config"), *(doc.get("layers") or []), *(doc.get("manifests") or [])]
+    return [d["digest"] for d in descriptors if isinstance(d, dict) and isinstance(d.get("digest"), str)]
+
+
 def _check_setting_names(settings: dict[str, Any]) -> None:
     unknown = set(settings) - set(RULE_SETTINGS)
     if unknown:
@@ -298,6 +325,77 @@ class ControlPlane:
             rule = self.get_rule(name)
             self.store.delete_cache_rule(name)
         return rule
+
+    # -- cached content ------------------------------------------------------------------------
+
+    def purge(self, repository: str, tag: str | None = None, digest: str | None = None) -> Purge:
+        """Remove a tag, a digest or a whole repository from the cache, e.g. after an upstream served bad content;
+        the next pull fetches it from the upstream again.
+
+        A tag goes with its manifest unless another tag of the repository points at it; a digest goes with every
+        tag pointing at it; what a removed manifest refers to (an index's images, an image's config and layers)
+        goes unless a manifest the repository keeps refers to it. Blobs no repository links any more are
+        returned in :attr:`Purge.orphans` for the gc to delete (:meth:`Operations.purge` does).
+        """
+        with self.store.transaction():
+            self.check_purge(repository, tag, digest)
+            linked = self.store.linked_digests(repository)
+            if tag is None and digest is None:
+                tags = tuple(sorted({t for t, _ in self.store.tagged(repository)}))
+                self.store.forget_repository(repository)
+                unlinked = linked
+            else:
+                tagged = self.store.tagged(repository)
+                if tag is not None:
+                    roots = sorted({d for t, d in tagged if t == tag})
+                    if not roots:
+                        raise NotFoundError(f"{repository}:{tag} is not cached", field="tag")
+                    tags = tuple(self.store.delete_tags(repository, tag=tag))
+                    still_tagged = {d for t, d in tagged if t != tag}
+                    roots = [d for d in roots if d not in still_tagged]  # another tag keeps its manifest
+                else:
+                    assert digest is not None
+                    if digest not in linked and all(d != digest for _, d in tagged):
+                        raise NotFoundError(f"{repository}@{digest} is not cached", field="digest")
+                    tags = tuple(self.store.delete_tags(repository, digest=digest))
+                    roots = [digest]
+                gone = self._closure(roots)
+                kept = self._closure([d for d in linked if d not in gone])
+                # what was asked for goes even when a kept index refers to it; what it refers to only if unshared
+                unlinked = sorted(d for d in gone if (d in roots or d not in kept) and d in linked)
+                self.store.unlink(repository, unlinked)
+            orphans = tuple(self.store.unlinked_blobs(unlinked))
+        return Purge(repository, tags, tuple(unlinked), orphans)
+
+    def check_purge(self, repository: str, tag: str | None = None, digest: str | None = None) -> None:
+        """Refuse a purge that cannot be done (bad input, a repository not cached) before anyone is asked to
+        confirm it; :meth:`purge` checks again."""
+        check_printable(repository, "repository", "the repository")
+        if tag is not None and digest is not None:
+            raise ValidationError("give a tag or a digest to purge, not both (neither purges the whole repository)",
+                                  field="tag")
+        if tag is not None:
+            check_printable(tag, "tag", "the tag")
+        if digest is not None and not is_digest(digest):
+            raise ValidationError(f"{digest[:80]!r} is not a digest (sha256:<64 hex digits> or sha512:<128>)",
+                                  field="digest")
+        if not self.store.is_cached_repository(repository):
+            raise NotFoundError(f"repository {repository!r} is not cached (see the rule's details in the TUI)",
+                                field="repository")
+
+    def _closure(self, roots: Iterable[str]) -> set[str]:
+        """``roots`` and every digest their manifests refer to, through indexes (stored manifests only)."""
+        seen: set[str] = set()
+        pending = list(roots)
+        while pending:
+            digest = pending.pop()
+            if digest in seen:
+                continue
+            seen.add(digest)
+            manifest = self.store.manifest(digest)
+            if manifest is not None:
+                pending.extend(_referenced(manifest[1]))
+        return seen
 
     # -- credential sets -----------------------------------------------------------------------
 

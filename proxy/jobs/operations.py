@@ -10,14 +10,23 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 
 import anyio
 
+from regcache.proxy.config.control import ControlPlane, Purge
 from regcache.proxy.core.errors import NotFoundError
-from regcache.proxy.jobs.eviction import DEFAULT_MIN_IDLE, CollectionReport, collect_garbage
+from regcache.proxy.jobs.eviction import (
+    DEFAULT_MIN_IDLE,
+    CollectionReport,
+    EvictionCandidate,
+    EvictionPlan,
+    collect_garbage,
+    evict,
+)
 from regcache.proxy.jobs.prefetch import (
     Progress,
     RuleProbe,
@@ -33,6 +42,15 @@ from regcache.proxy.secrets import SecretResolver
 from regcache.proxy.state.store import StateStore
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeReport:
+    """What a purge removed: tags and links (``purge``), and the blobs and bytes deleted with them."""
+
+    purge: Purge
+    blobs_deleted: int
+    bytes_freed: int
 
 
 class Operations:
@@ -83,6 +101,15 @@ class Operations:
         if rule is None:
             raise NotFoundError(f"cache rule {rule_name!r} does not exist (see `regcache cache list`)", field="name")
         return await sync_rule(self.cache, rule)
+
+    async def purge(self, repository: str, tag: str | None = None, digest: str | None = None) -> PurgeReport:
+        """Remove a tag, a digest or a whole cached repository (:meth:`ControlPlane.purge`), then delete the
+        blobs no repository links any more, as the gc evicts (the storage backend releases them first)."""
+        purged = await self.cache.state.run(lambda s: ControlPlane(s, self.secrets).purge(repository, tag, digest))
+        plan = EvictionPlan(tuple(EvictionCandidate(d, size, path, last_access, f"purged from {repository}")
+                                  for d, size, path, last_access in purged.orphans), (), 0, None)
+        freed = await evict(self.cache.state, plan, self.cache.blobs.backend) if plan.candidates else 0
+        return PurgeReport(purged, len(plan.candidates), freed)
 
     async def collect_garbage(self, *, min_idle: float = DEFAULT_MIN_IDLE,
                               stale_uploads_after: timedelta | None = None, dry_run: bool = False,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import replace
@@ -430,6 +430,55 @@ class StateStore:
             if digest in usage:
                 usage[digest][3].append(repository)
         return usage
+
+    # -- purge: what an operator removes from the cache by hand ----------------------------------------
+
+    def is_cached_repository(self, name: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM repositories WHERE name = ?", [name]).fetchone() is not None
+
+    def tagged(self, repository: str) -> list[tuple[str, str]]:
+        """(tag, digest) of every tag of ``repository``, from any source, by tag."""
+        return [(r[0], r[1]) for r in self.conn.execute(
+            "SELECT DISTINCT tag, digest FROM tags WHERE repository = ? ORDER BY tag, digest", [repository])]
+
+    def linked_digests(self, repository: str, kind: str | None = None) -> list[str]:
+        """The digests ``repository`` links (manifests and blobs, or only ``kind``), from any source."""
+        sql = "SELECT DISTINCT digest FROM repository_contents WHERE repository = ?"
+        args = [repository]
+        if kind is not None:
+            sql += " AND kind = ?"
+            args.append(kind)
+        return [r[0] for r in self.conn.execute(sql + " ORDER BY digest", args)]
+
+    def delete_tags(self, repository: str, *, tag: str | None = None, digest: str | None = None) -> list[str]:
+        """Remove the tags of ``repository`` named ``tag`` or pointing at ``digest`` (every source's); the
+        names of the tags removed."""
+        column, value = ("tag", tag) if tag is not None else ("digest", digest)
+        removed = [r[0] for r in self.conn.execute(
+            f"SELECT DISTINCT tag FROM tags WHERE repository = ? AND {column} = ? ORDER BY tag", [repository, value])]
+        self.conn.execute(f"DELETE FROM tags WHERE repository = ? AND {column} = ?", [repository, value])
+        return removed
+
+    def unlink(self, repository: str, digests: Iterable[str]) -> None:
+        """``repository`` no longer has ``digests`` (for any source), nor the referrers listed for them; a
+        manifest no repository links any more is dropped."""
+        for digest in digests:
+            self.conn.execute("DELETE FROM repository_contents WHERE repository = ? AND digest = ?",
+                              [repository, digest])
+            self.conn.execute("DELETE FROM referrers WHERE repository = ? AND subject = ?", [repository, digest])
+        self.conn.execute("DELETE FROM manifests WHERE digest NOT IN "
+                          "(SELECT digest FROM repository_contents WHERE kind = 'manifest')")
+
+    def unlinked_blobs(self, digests: Iterable[str]) -> list[tuple[str, int, str, datetime | None]]:
+        """(digest, size, path, last access) of the stored blobs among ``digests`` that no repository links."""
+        found = []
+        for digest in digests:
+            row = self.conn.execute(
+                "SELECT digest, size, path, last_access FROM blobs WHERE digest = ? AND NOT EXISTS "
+                "(SELECT 1 FROM repository_contents WHERE digest = ?)", [digest, digest]).fetchone()
+            if row:
+                found.append((row[0], row[1], row[2], _dt(row[3])))
+        return found
 
     def forget_repository(self, name: str) -> None:
         """Drop a repository's tags, links and record (retention expired); manifests nobody links go too."""

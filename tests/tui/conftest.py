@@ -49,6 +49,13 @@ def populate(backend: Backend) -> None:
         )):
             store.insert_cache_rule(CacheRule(name, source, target, cred, T0.replace(minute=i),
                                               sync_tags="semver:>=22.04" if name == "ubuntu" else None))
+    from datetime import timedelta
+
+    from regcache.proxy.core.tokens import ClientToken
+
+    store.insert_client_token(ClientToken("ci-pull", ("team/*", "ubuntu"), "scrypt$1$1$1$AA==$AA==", T0,
+                                          T0.replace(year=2099), T0 + timedelta(hours=2)))
+    store.insert_client_token(ClientToken("laptop-dev", ("*",), "scrypt$1$1$1$AA==$AA==", T0))
     store.record_rate_limit("docker.io", "hub-creds", "200;w=21600", "143;w=21600", 2)
     store.record_repository("ubuntu", "ubuntu", "docker.io/library/ubuntu", T0)
     store.record_repository("team/api", "team-ghcr", "ghcr.io/acme/api", T0)

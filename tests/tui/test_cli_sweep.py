@@ -42,7 +42,7 @@ BASE: dict[str, str] = {
     "username_id": "env://SWEEP_USER", "password_id": "env://SWEEP_PASSWORD", "repositories": "app",
     "image": "app:latest", "secret_id": "keyring://regcache/sweep", "key": "max-size", "value": "1GiB",
     "client": "podman", "endpoint": "http://127.0.0.1:9", "bucket": "bucket", "access_key_id": "env://SWEEP_USER",
-    "secret_access_key": "env://SWEEP_PASSWORD", "stream": "rules.yaml",
+    "secret_access_key": "env://SWEEP_PASSWORD", "stream": "rules.yaml", "cache purge:repository": "app",
 }
 
 #: flags given on every invocation of a command: without the bucket check, a hostile value that got through

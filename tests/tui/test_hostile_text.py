@@ -25,6 +25,7 @@ from textual.widgets import ContentSwitcher, DataTable, Input, Select
 import regcache.tui.blades
 import regcache.tui.screens
 from regcache.proxy.core.models import ANONYMOUS, PullEvent, Result
+from regcache.proxy.core.tokens import ClientToken
 from regcache.proxy.pull.events import event_row
 from regcache.tui.backend import Backend, ProxyStatus
 from regcache.tui.blades.activity import ActivityBlade
@@ -32,15 +33,18 @@ from regcache.tui.blades.base import Blade
 from regcache.tui.blades.credentials import CredentialsBlade
 from regcache.tui.blades.overview import OverviewBlade
 from regcache.tui.blades.rules import RulesBlade
+from regcache.tui.blades.tokens import TokensBlade
 from regcache.tui.blades.upstreams import UpstreamsBlade
 from regcache.tui.screens.config_files import ClientConfigScreen, RulesFileScreen
 from regcache.tui.screens.confirm import ConfirmScreen
+from regcache.tui.screens.credential_edit import CredentialEditForm
 from regcache.tui.screens.credential_form import CredentialForm
 from regcache.tui.screens.image_action import ImageActionScreen
 from regcache.tui.screens.rule_credentials import RuleCredentialsForm
 from regcache.tui.screens.rule_details import RuleDetailsScreen
 from regcache.tui.screens.rule_form import RuleForm
 from regcache.tui.screens.rule_settings import RuleSettingsForm
+from regcache.tui.screens.token_form import TokenForm, TokenPasswordScreen
 from regcache.tui.screens.unlock import UnlockScreen
 from regcache.tui.screens.upstream_form import UpstreamForm
 from tests.helpers.pilot import screen_lines, wait_for
@@ -65,6 +69,8 @@ REFERENCE = f"[bold]v1{CLEAR}"
 DETAIL = f"upstream said [@click=app.quit] [link=https://evil.example]x\x07\r{BIDI}unbalanced ["
 TAG = f"[b]tag{CLEAR}"
 SHOWN_OSC52 = "\\x1b]52;c;ZXZpbA==\\x07"
+TOKEN = f"a[/b]c{CLEAR}tok"  # a client token stored before names were checked
+TOKEN_REPOSITORY = f"[@click=app.quit]{BIDI}/*"
 
 
 @pytest.fixture
@@ -89,6 +95,7 @@ def seed(backend: Backend) -> None:
     store.record_repository("app", "evil-rule", f"{IPV6}/evil/app", T0)
     store.set_tag("app", f"anonymous/{IPV6}/evil/app", TAG, "sha256:" + "c" * 64, T0)
     store.record_tag_sync("evil-rule", "app", "failed", 0, DETAIL)
+    store.insert_client_token(ClientToken(TOKEN, (TOKEN_REPOSITORY,), "scrypt$1$1$1$AA==$AA==", T0))
     store.insert_events([event_row(PullEvent(CLIENT, "GET", "manifest", "app", REFERENCE, Result.ERROR, 502,
                                              "evil-rule", 0, 12.0, DETAIL, T0))])
 
@@ -230,11 +237,35 @@ async def open_rules_file(pilot) -> None:
     await settle(pilot)
 
 
+async def open_credential_edit(pilot) -> None:
+    await blade(pilot, "3")
+    table = pilot.app.query_one("#credentials-table", DataTable)
+    table.move_cursor(row=table.get_row_index("evil-creds"))
+    table.focus()
+    await pilot.press("enter")
+    await settle(pilot)
+
+
+async def open_token_form(pilot) -> None:
+    await blade(pilot, "6")
+    await pilot.press("n")
+    await settle(pilot)
+    await save_with(pilot, {"#name": f"a[/b]c{CLEAR}", "#repositories": "team/*"})
+
+
+async def open_token_password(pilot) -> None:
+    """The once-shown password of a token whose name (stored before the checks) and password are hostile."""
+    await blade(pilot, "6")
+    token = ClientToken(TOKEN, (TOKEN_REPOSITORY,), "x", T0)
+    pilot.app.push_screen(TokenPasswordScreen(token, f"pw[/b]{OSC52}", f"127.0.0.1:5000{BIDI}"))
+    await settle(pilot)
+
+
 CASES: dict[type, Case] = {
     OverviewBlade: Case(lambda p: blade(p, "1"), ("[bold]v1\\x1b[2J", "[@click=app.quit]", "bind a[/b]c")),
     RulesBlade: Case(lambda p: blade(p, "2"), (f"{IPV6}/evil/app", "evil-creds")),
-    CredentialsBlade: Case(lambda p: blade(p, "3"), (USERNAME_ID, SHOWN_OSC52 + "\\u202etxt.exe",
-                                                      "[@click=app.quit]7\\x1b[2J/[link=https://evil.example]100")),
+    # the budget is the last column: beyond the pane here, it is read in the details (CredentialEditForm)
+    CredentialsBlade: Case(lambda p: blade(p, "3"), (USERNAME_ID, SHOWN_OSC52 + "\\u202etxt.exe")),
     ActivityBlade: Case(lambda p: blade(p, "4"), ("a[/b]c" + SHOWN_OSC52, "[bold]v1\\x1b[2J")),
     UpstreamsBlade: Case(lambda p: blade(p, "5"), (IPV6, f"http://{IPV6}", "9\\x1b[2J\\u202e/a[/b]c")),
     RuleDetailsScreen: Case(open_details, ("regex:^(v|[/]release)[@click=app.quit]\\x1b\\[2J",
@@ -250,6 +281,13 @@ CASES: dict[type, Case] = {
     UpstreamForm: Case(open_upstream_form, ("'a[/b]c\ufffd[2j'",)),
     ClientConfigScreen: Case(open_client_config, ("address 'a[/b]c:5000\ufffd' must be HOST:PORT",)),
     RulesFileScreen: Case(open_rules_file, ("a[/b]c",)),
+    TokensBlade: Case(lambda p: blade(p, "6"), ("a[/b]c\\x1b[2Jtok", "[@click=app.quit]\\u202e/*")),
+    TokenForm: Case(open_token_form, ("'a[/b]c\ufffd[2J'",)),
+    TokenPasswordScreen: Case(open_token_password, ("Token a[/b]c\\x1b[2Jtok created", "pw[/b]" + SHOWN_OSC52,
+                                                    "docker login 127.0.0.1:5000\\u202e -u a[/b]c\\x1b[2Jtok")),
+    CredentialEditForm: Case(open_credential_edit, (USERNAME_ID, "keyring://svc/" + SHOWN_OSC52 + "\\u202etxt.exe",
+                                                    "Used by       evil-rule",
+                                                    "[@click=app.quit]7\\x1b[2J/[link=https://evil.example]100")),
 }
 
 

@@ -36,7 +36,8 @@ async def settle(pilot) -> None:
     await pilot.pause(0.05)
 
 
-BLADES = [("overview", "1"), ("rules", "2"), ("credentials", "3"), ("activity", "4"), ("upstreams", "5")]
+BLADES = [("overview", "1"), ("rules", "2"), ("credentials", "3"), ("activity", "4"), ("upstreams", "5"),
+          ("tokens", "6")]
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
@@ -60,14 +61,63 @@ def test_new_rule_form(snap_compare, filled_backend, size):
     assert snap_compare(make_app(filled_backend), terminal_size=size, run_before=open_form)
 
 
-def test_rule_details(snap_compare, filled_backend):
-    async def open_details(pilot):
-        await pilot.press("2")
+def opening(*keys: str):
+    """A ``run_before`` that presses ``keys`` one at a time, letting the screen settle after each."""
+    async def run(pilot):
+        for key in keys:
+            await pilot.press(key)
+            await settle(pilot)
+
+    return run
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_rule_details(snap_compare, filled_backend, size):
+    """The repositories, the digest of each tag, and the purge keys."""
+    assert snap_compare(make_app(filled_backend), terminal_size=size, run_before=opening("2", "enter"))
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_rules_search(snap_compare, filled_backend, size):
+    assert snap_compare(make_app(filled_backend), terminal_size=size,
+                        run_before=opening("2", "slash", "t", "e", "a", "m"))
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_rule_settings(snap_compare, filled_backend, size):
+    """Checkboxes on ([x]) and off ([ ]) told apart without colour."""
+    assert snap_compare(make_app(filled_backend), terminal_size=size, run_before=opening("2", "s"))
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_credential_form(snap_compare, filled_backend, size):
+    assert snap_compare(make_app(filled_backend), terminal_size=size, run_before=opening("3", "n"))
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_credential_details(snap_compare, filled_backend, size):
+    assert snap_compare(make_app(filled_backend), terminal_size=size, run_before=opening("3", "down", "enter"))
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_token_form(snap_compare, filled_backend, size):
+    assert snap_compare(make_app(filled_backend), terminal_size=size, run_before=opening("6", "n"))
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_token_password(snap_compare, filled_backend, size):
+    """The once-shown password (a fixed one here: a generated one differs every run)."""
+    from regcache.tui.screens.token_form import TokenPasswordScreen
+
+    async def show(pilot):
+        await pilot.press("6")
         await settle(pilot)
-        await pilot.press("enter")
+        token = filled_backend.control.get_token("ci-pull")
+        password = "Xq7-1fixedPasswordForTheSnapshot0123456789ab"
+        pilot.app.push_screen(TokenPasswordScreen(token, password, "127.0.0.1:5000"))
         await settle(pilot)
 
-    assert snap_compare(make_app(filled_backend), terminal_size=(120, 40), run_before=open_details)
+    assert snap_compare(make_app(filled_backend), terminal_size=size, run_before=show)
 
 
 # -- the start-up keyring dialog (tui/screens/unlock.py): a stand-in keyring with a fixed path --------------

@@ -17,6 +17,7 @@ from regcache.proxy.state.statistics import CacheSize, RecordedEvent, Totals
 from .. import format as fmt
 from ..text import text
 from .base import Blade
+from .tokens import client_login
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class OverviewData:
     errors: list[RecordedEvent]
     max_size: str = ""
     storage: StorageConfig = FilesystemStorage()
+    tokens: int = 0
 
 
 class OverviewBlade(Blade):
@@ -48,7 +50,8 @@ class OverviewBlade(Blade):
             usage = b.stats.rule_usage()
             return OverviewData(b.control.list_rules(), b.control.list_credential_sets(), b.stats.cache_size(),
                                 sum(u.repositories for u in usage.values()), b.stats.totals(),
-                                b.stats.recent_errors(5), b.control.settings()["max-size"], b.control.storage())
+                                b.stats.recent_errors(5), b.control.settings()["max-size"], b.control.storage(),
+                                len(b.control.list_tokens()))
 
         data = self.backend.call(read)
         self.app.call_from_thread(self._show, data)
@@ -70,6 +73,7 @@ class OverviewBlade(Blade):
         facts.add_row(text("Credentials"), text(f"{len(data.credential_sets)}" + (f" ({unhealthy} unhealthy)"
                                                                                   if unhealthy else ""),
                                                 "bold red" if unhealthy else ""))
+        facts.add_row(text("Client login"), text(client_login(data.tokens), "bold" if data.tokens else ""))
         facts.add_row(text("Storage"), text(fmt.storage(data.storage)))
         limit = f" of {data.max_size} max" if data.max_size else ""
         facts.add_row(text("Cache size"), text(f"{fmt.size(data.size.blob_bytes)}{limit} in "

@@ -13,6 +13,7 @@ from regcache.tui.cli.common import (
     CONTEXT_SETTINGS,
     Failure,
     camel,
+    confirm,
     confirmed_delete,
     emit,
     engine_command,
@@ -126,6 +127,38 @@ def cache_list(control: ControlPlane, fmt: str) -> None:
 def cache_delete(control: ControlPlane, name: str, yes: bool) -> None:
     """Delete a cache rule (what it cached stays until evicted)."""
     confirmed_delete("cache rule", name, yes, control.get_rule, control.delete_rule)
+
+
+@cache.command("purge")
+@click.option("--repository", "-r", required=True, metavar="REPO",
+              help="A cached repository, as clients pull it (e.g. ubuntu or team/api).")
+@click.option("--tag", metavar="TAG", help="Purge only this tag (and its manifest unless another tag keeps it).")
+@click.option("--digest", metavar="DIGEST", help="Purge only this manifest digest and every tag pointing at it.")
+@click.option("-y", "--yes", is_flag=True, help="Do not prompt for confirmation.")
+@output_option
+@engine_command
+def cache_purge(control: ControlPlane, repository: str, tag: str | None, digest: str | None, yes: bool,
+                fmt: str) -> None:
+    """Remove a tag, a digest or a whole repository from the cache (e.g. after an upstream served bad content).
+
+    The next pull fetches it from the upstream again. Blobs no other repository links are deleted.
+    """
+    from regcache.proxy.core.units import format_size
+
+    if tag is not None and digest is not None:
+        raise click.UsageError("give --tag or --digest, not both (neither purges the whole repository)")
+    control.check_purge(repository, tag, digest)  # refused before the question, not after it
+    what = f"{repository}:{tag}" if tag else f"{repository}@{digest}" if digest else f"repository {repository}"
+    confirm(f"purge {what} from the cache", yes)
+    report = run_job(control, lambda ops: ops.purge(repository, tag, digest))
+    purged = report.purge
+    emit({"repository": purged.repository, "tags": list(purged.tags), "unlinked": list(purged.unlinked),
+          "blobsDeleted": report.blobs_deleted, "bytesFreed": report.bytes_freed},
+         (("REPOSITORY", "repository"), ("TAGS", "tags"), ("BLOBS DELETED", "blobsDeleted"),
+          ("BYTES FREED", "bytesFreed")), fmt)
+    say(f"purged {what}: {len(purged.tags)} tag(s), {len(purged.unlinked)} manifest(s) and blob link(s), "
+        f"{report.blobs_deleted} blob(s) deleted ({format_size(report.bytes_freed)}); the next pull fetches "
+        f"from the upstream")
 
 
 @cache.command("sync")

@@ -38,13 +38,13 @@ class CredentialForm(FormScreen[CredentialSet | None]):
                 yield Button("Cancel (esc)", id="cancel")
 
     def on_mount(self) -> None:
-        self.query_one("#cred-name").focus()
+        self.query_one("#login-server").focus()  # the first field
 
     def show_error(self, field: str | None, message: str) -> None:
         if field == "login_server":
             super().show_error(field, message)
         else:
-            self.query_one(CredentialFields).show_error(message)
+            self.query_one(CredentialFields).show_error(message, field)
 
     def action_save(self) -> None:
         self.clear_errors()

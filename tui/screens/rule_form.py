@@ -23,6 +23,7 @@ from ..text import text
 from ..widgets.credential_fields import CredentialFields
 from ..widgets.form_row import FormRow
 from ..widgets.text_input import TextInput
+from ..widgets.toggles import StateCheckbox, StateRadioButton
 from .form import FieldError, FormScreen
 
 
@@ -48,11 +49,11 @@ class RuleForm(FormScreen[CacheRule | None]):
                 yield FormRow("Repository path", TextInput(placeholder="library/ubuntu, or acme/* for all under acme/",
                                                        id="path", compact=True))
                 yield Static(id="source-error", classes="error")
-                yield Checkbox("Authentication", id="auth")
+                yield StateCheckbox("Authentication", id="auth")
                 with Vertical(id="auth-section"):
                     with RadioSet(id="creds-mode"):
-                        yield RadioButton("Select credentials", value=True, id="select-creds")
-                        yield RadioButton("Create new credentials", id="create-creds")
+                        yield StateRadioButton("Select credentials", value=True, id="select-creds")
+                        yield StateRadioButton("Create new credentials", id="create-creds")
                     yield FormRow("Credentials", Select([], prompt="choose", id="credential-set", compact=True),
                                   id="select-row")
                     yield CredentialFields(id="new-creds")
@@ -123,6 +124,9 @@ class RuleForm(FormScreen[CacheRule | None]):
                 try:
                     created = new_credentials.save(backend.control, login_server)
                 except RegcacheError as exc:
+                    field = getattr(exc, "field", None)
+                    if field in CredentialFields.ERROR_FIELDS:  # beside the new credentials' own field
+                        raise FieldError(CredentialFields.ERROR_FIELDS[field], f"credentials: {exc}") from None
                     raise FieldError("credential_set", f"credentials: {exc}") from None
             try:
                 return backend.control.create_rule(name, f"{login_server}/{path}", target,

@@ -14,6 +14,7 @@ from ..backend import Backend
 from ..text import printable, text
 from ..widgets.form_row import FormRow
 from ..widgets.text_input import TextInput
+from ..widgets.toggles import StateCheckbox
 from .form import FormScreen
 
 
@@ -34,8 +35,8 @@ class RuleSettingsForm(FormScreen[CacheRule | None]):
             yield FormRow("Freshness", TextInput(format_duration(rule.freshness or 0) or "0s", id="freshness",
                                              placeholder="serve a tag this long unchecked, e.g. 10m", compact=True))
             yield Static(id="freshness-error", classes="error")
-            yield Checkbox("Serve cached tags while the upstream fails", rule.serve_stale_on_error, id="stale")
-            yield Checkbox("Serve cached tags the upstream deleted", rule.serve_stale_if_deleted, id="deleted")
+            yield StateCheckbox("Serve cached tags while the upstream fails", rule.serve_stale_on_error, id="stale")
+            yield StateCheckbox("Serve cached tags the upstream deleted", rule.serve_stale_if_deleted, id="deleted")
             yield FormRow("Retention", TextInput(format_duration(rule.retention) or "", id="retention",
                                              placeholder="evict when unpulled this long, e.g. 30d (empty: keep)",
                                              compact=True))

@@ -1,6 +1,6 @@
 """The fields that define new credentials, shared by the Credentials form and the New cache rule form.
 
-With "Store values in the keyring" the typed username and password go to the OS keyring under
+With "Store in the keyring" the typed username and password go to the OS keyring under
 ``keyring://regcache/<name>-username`` and ``-password``; the inputs are masked and cleared after
 a save, and the values are never shown again.
 """
@@ -19,6 +19,7 @@ from regcache.proxy.core.models import CredentialSet
 from ..text import text
 from .form_row import FormRow
 from .text_input import TextInput
+from .toggles import StateRadioButton
 
 KEYRING_SERVICE = "regcache"
 
@@ -67,13 +68,17 @@ class CredentialFields(Vertical):
     def compose(self) -> ComposeResult:
         yield FormRow("Credentials name", TextInput(placeholder="5-50 letters, digits, hyphens", id="cred-name",
                                                 compact=True))
+        yield Static(id="cred-name-error", classes="error")
         with RadioSet(id="cred-mode"):
-            yield RadioButton("Store values in the keyring", value=True, id="cred-keyring")
-            yield RadioButton("Enter secret URIs", id="cred-uris")
-        yield FormRow("Username", TextInput(placeholder="upstream user name", password=True, id="cred-username",
-                                        compact=True), id="cred-username-row")
+            yield StateRadioButton("Store in the keyring", value=True, id="cred-keyring")
+            yield StateRadioButton("Enter secret URIs", id="cred-uris")
+        # a user name is no secret: it is shown as typed; the password field is masked
+        yield FormRow("Username", TextInput(placeholder="upstream user name", id="cred-username", compact=True),
+                      id="cred-username-row")
+        yield Static(id="cred-username-error", classes="error")
         yield FormRow("Password", TextInput(placeholder="password or token: never shown again", password=True,
                                         id="cred-password", compact=True), id="cred-password-row")
+        yield Static(id="cred-password-error", classes="error")
         yield Static(id="cred-error", classes="error")
 
     def on_radio_set_changed(self, event: RadioSet.Changed) -> None:
@@ -86,7 +91,7 @@ class CredentialFields(Vertical):
                                       ("cred-password", "password or token: never shown again" if keyring else
                                        "keyring://SERVICE/NAME or env://VAR")):
             field = self.query_one(f"#{input_id}", Input)
-            field.password = keyring
+            field.password = keyring and input_id == "cred-password"  # secret URIs are not secrets
             field.placeholder = placeholder
             field.value = ""
 
@@ -102,7 +107,11 @@ class CredentialFields(Vertical):
         for input_id in ("cred-username", "cred-password"):
             self.query_one(f"#{input_id}", Input).value = ""
 
-    def show_error(self, message: str) -> None:
-        error = self.query_one("#cred-error", Static)
+    #: the engine's error fields, and the field of this widget each belongs beside
+    ERROR_FIELDS = {"name": "cred-name", "username_secret_id": "cred-username", "password_secret_id": "cred-password"}
+
+    def show_error(self, message: str, field: str | None = None) -> None:
+        """``message`` beside the field the engine named (``name``, ``username_secret_id`` ...), else below all."""
+        error = self.query_one(f"#{self.ERROR_FIELDS.get(field or '', 'cred')}-error", Static)
         error.update(text(message))  # engine errors quote what was typed
         error.display = True

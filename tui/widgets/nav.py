@@ -14,6 +14,7 @@ BLADES: tuple[tuple[str, str], ...] = (
     ("credentials", "Credentials"),
     ("activity", "Activity"),
     ("upstreams", "Upstreams"),
+    ("tokens", "Tokens"),
 )
 
 
