@@ -48,7 +48,7 @@ class CredentialsBlade(Blade):
                        text(cs.username_secret_id), text(cs.password_secret_id))) for cs in sets])
         unhealthy = sum(cs.health.status.value == "Unhealthy" for cs in sets)
         self.query_one("#credentials-summary", Static).update(text(
-            (f"{len(sets)} credential sets" + (f", {unhealthy} unhealthy" if unhealthy else "")
+            (fmt.count(len(sets), "credential set") + (f", {unhealthy} unhealthy" if unhealthy else "")
              + " · secret values stay in the keyring")
             if sets else "No credentials yet. Press n to create a set for an upstream login."))
 

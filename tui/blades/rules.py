@@ -11,8 +11,10 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Label, Static
 
 from regcache.proxy.core.models import CacheRule, CredentialSet, HealthStatus, Upstream
+from regcache.proxy.core.rules import MAX_RULES
 from regcache.proxy.state.statistics import RuleUsage
 
+from .. import format as fmt
 from ..screens.image_action import ImageActionScreen
 from ..screens.rule_credentials import RuleCredentialsForm
 from ..screens.rule_details import RuleDetailsScreen
@@ -85,7 +87,8 @@ class RulesBlade(Blade):
                                      text(usage.repositories), text(usage.hits))))
         self.fill(self.query_one(DataTable), rows)
         self.query_one("#rules-summary", Static).update(text(
-            f"{len(data.rules)} of 1,000 rules: clients pull Target, regcache fetches Source"
+            f"{fmt.count(len(data.rules))} of {fmt.count(MAX_RULES, 'rule')}: clients pull Target, "
+            "regcache fetches Source"
             if data.rules else "No cache rules yet. Press n to create one."))
 
     def _selected_rule(self) -> CacheRule | None:
