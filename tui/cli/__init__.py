@@ -70,7 +70,7 @@ class LazyGroup(click.Group):
 @click.option("--home", type=click.Path(file_okay=False), envvar="REGCACHE_HOME",
               help="State directory (default: $REGCACHE_HOME, else ~/.local/share/regcache).")
 @click.option("--force", "force_tui", is_flag=True, envvar="REGCACHE_FORCE_TUI",
-              help="With no command: draw the TUI even when standard output is not a terminal.")
+              help="Draw the TUI even when standard output is not a terminal.")
 @click.version_option(package_name="regcache")
 @click.pass_context
 def main(ctx: click.Context, home: str | None, force_tui: bool) -> None:
@@ -80,7 +80,8 @@ def main(ctx: click.Context, home: str | None, force_tui: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["home"] = home
+    ctx.obj["force_tui"] = force_tui  # also for `regcache --force tui`
     if ctx.invoked_subcommand is None:
         from regcache.tui.cli.run import tui_command
 
-        ctx.invoke(tui_command, force_tui=force_tui)
+        ctx.invoke(tui_command)

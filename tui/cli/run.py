@@ -45,7 +45,7 @@ def tui_command(ctx: click.Context, listen: str = "127.0.0.1:5000", allow_anonym
     home = ctx.find_root().obj.get("home")
     try:
         check_exposure(resolve_home(home), ListenAddress.parse(listen), allow_anonymous)  # before the screen opens
-        check_terminal(force_tui)
+        check_terminal(force_tui or bool(ctx.find_root().obj.get("force_tui")))
         from regcache.tui.app import run_app  # Textual loads only here: the other commands stay fast
 
         run_app(home=home, listen=listen, allow_anonymous=allow_anonymous)
