@@ -14,9 +14,8 @@ import yaml
 
 from regcache.proxy.config.control import ControlPlane
 from regcache.tui.cli.query import QUERY_MAX_LENGTH
-from tests.helpers.cli import cli, ok
+from tests.helpers.cli import COMMANDS, cli, inputs, invocation, ok
 from tests.helpers.state import dump_database
-from tests.tui.test_cli_sweep import COMMANDS
 
 #: what a terminal would act on if printed raw
 RAW = ("\x1b", "\x07", "\x9b", "\x85", "\u202e", "\u2066")
@@ -247,8 +246,6 @@ def test_errors_name_the_flags_not_the_engines_fields(home, keyring_env):
 def test_no_error_names_an_engine_field(home, keyring_env, monkeypatch):
     """Every command, every input given a control character: the errors name options, never fields such as
     username_secret_id (a snake_case word is an engine name: options are --kebab-case, arguments UPPER)."""
-    from tests.tui.test_cli_sweep import inputs, invocation
-
     monkeypatch.setattr("regcache.tui.app.run_app", lambda *a, **k: None)
     control = ControlPlane.open(home)
     try:
