@@ -235,9 +235,14 @@ def test_errors_name_the_flags_not_the_engines_fields(home, keyring_env):
          "--sync-interval contains the control character"),
         (["settings", "set", "max-size", "a\x07"], "VALUE contains the control character"),
         (["gc", "--min-idle", "a\x07"], "--min-idle contains the control character"),
+        # a message that names its input in words keeps them (not `--source-repo repository contains`)
+        (["cache", "create", "-n", "my-app", "-s", "ghcr.io/a\x1b", "-t", "b"],
+         "the source repository contains the control character"),
+        (["token", "create", "-n", "my-token", "--repository", "*", "--password-stdin"],
+         "the password has 5 characters"),
     ]
     for args, words in cases:
-        result = cli(*args)
+        result = cli(*args, input="short\n")
         line, = result.stderr.splitlines()
         assert result.exit_code == 1 and line.startswith(f"error: {words}"), line
         assert "_secret_id" not in line and "sync_interval" not in line

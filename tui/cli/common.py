@@ -82,7 +82,6 @@ FIELD_PARAMS = {
     "password_secret_id": "password_id",
     "credential_set": "cred_set",
     "allow_origin": "allow_origins",
-    "password": "password_stdin",
     "file": ("path", "stream"),
 }
 
@@ -112,8 +111,8 @@ def message_with_flags(command: click.Command | None, exc: RegcacheError) -> str
     if re.search(r"[_-]", field):  # an identifier, never a word of a sentence: replaced wherever it appears
         message = re.sub(rf"(?<![\w-]){re.escape(field)}(?![\w-])", flag, message)
     spoken = field.replace("_", " ")
-    for label in (field, spoken, f"the {spoken}"):  # a message that starts with the field's bare name
-        if message.startswith(f"{label} ") and not message.startswith(f"{label} '"):
+    for label in (field, spoken, f"the {spoken}"):  # the field's bare name as the subject: `value contains ...`
+        if re.match(rf"{re.escape(label)} (contains|is|must|has) ", message):
             return flag + message[len(label):]
     return message
 
