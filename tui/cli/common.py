@@ -65,11 +65,7 @@ name_option = click.option("-n", "--name", required=True, help="Name (5-50 lette
 
 
 class Failure(click.ClickException):
-    """A refused command: one line on stderr, exit status 1 (or ``exit_code``)."""
-
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+    """A refused command: one line on stderr, exit status 1."""
 
     def show(self, file: Any = None) -> None:
         say(f"error: {self.format_message()}")

@@ -11,8 +11,8 @@ with ``==``, counted as it is reached; so an expression that doubles its result 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import jmespath
 from jmespath import exceptions as jmespath_errors
@@ -21,6 +21,9 @@ from jmespath.visitor import Options, TreeInterpreter
 
 from regcache.proxy.core.errors import ValidationError
 from regcache.proxy.core.text import check_printable
+
+if TYPE_CHECKING:
+    from jmespath.visitor import _TreeNode
 
 #: the longest expression accepted (the ACR docs' are a few dozen characters)
 QUERY_MAX_LENGTH = 2048
@@ -72,9 +75,10 @@ class _BoundedFunctions(jmespath_functions.Functions):
     def __init__(self, budget: _Budget) -> None:
         self.budget = budget
 
-    def call_function(self, function_name: str, resolved_args: list[Any]) -> Any:
-        self.budget.weigh(*(a for a in resolved_args if isinstance(a, (str, list, dict))))
-        result = super().call_function(function_name, resolved_args)
+    def call_function(self, function_name: str, resolved_args: Iterable[Any]) -> Any:
+        args = list(resolved_args)
+        self.budget.weigh(*(a for a in args if isinstance(a, (str, list, dict))))
+        result = super().call_function(function_name, args)
         self.budget.weigh(result)
         return result
 
@@ -85,22 +89,20 @@ class _BoundedInterpreter(TreeInterpreter):
     def __init__(self, budget: _Budget) -> None:
         super().__init__(Options(custom_functions=_BoundedFunctions(budget)))
         self.budget = budget
-        equals: Callable[[Any, Any], bool] = TreeInterpreter.COMPARATOR_FUNC["eq"]
-        unequal: Callable[[Any, Any], bool] = TreeInterpreter.COMPARATOR_FUNC["ne"]
 
-        def weighed(compare: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
-            def run(left: Any, right: Any) -> bool:
-                budget.weigh(left, right)  # comparing two nested values walks them both
-                return compare(left, right)
-            return run
-
-        self.COMPARATOR_FUNC = {**TreeInterpreter.COMPARATOR_FUNC, "eq": weighed(equals), "ne": weighed(unequal)}
-
-    def visit(self, node: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+    def visit(self, node: _TreeNode, *args: Any, **kwargs: Any) -> Any:
         self.budget.spend()
         return super().visit(node, *args, **kwargs)
 
-    def visit_flatten(self, node: dict[str, Any], value: Any) -> Any:
+    def visit_comparator(self, node: _TreeNode, value: Any) -> Any:
+        if node["value"] not in ("eq", "ne"):  # orderings: numbers and strings only
+            return super().visit_comparator(node, value)
+        left = self.visit(node["children"][0], value)
+        right = self.visit(node["children"][1], value)
+        self.budget.weigh(left, right)  # comparing two nested values walks them both
+        return self.COMPARATOR_FUNC[node["value"]](left, right)
+
+    def visit_flatten(self, node: _TreeNode, value: Any) -> Any:
         base = self.visit(node["children"][0], value)
         if not isinstance(base, list):
             return None
@@ -114,8 +116,9 @@ class _BoundedInterpreter(TreeInterpreter):
         return merged
 
 
-def _function_names(parsed: dict[str, Any]) -> list[str]:
-    names, stack = [], [parsed]
+def _function_names(parsed: _TreeNode) -> list[str]:
+    names: list[str] = []
+    stack = [parsed]
     while stack:
         node = stack.pop()
         if node.get("type") == "function_expression":

@@ -21,14 +21,19 @@ force_tui_option = click.option(
     help=f"Draw the TUI even when standard output is not a terminal (also {FORCE_TUI_ENV}=1).")
 
 
+class NotATerminal(Failure):
+    """The TUI asked for where it cannot be drawn: exit status 2, like a usage error."""
+
+    exit_code = 2
+
+
 def check_terminal(force: bool) -> None:
     """Refuse to draw the TUI into a pipe or a file (a script that meant `serve`, a service unit, `| less`):
-    escape sequences would fill it while the proxy ran unseen. Exit status 2, like a usage error."""
+    escape sequences would fill it while the proxy ran unseen."""
     if force or sys.stdout.isatty():
         return
-    raise Failure("standard output is not a terminal, so the TUI is not drawn: run `regcache serve` for the "
-                  "proxy alone, or run regcache in a terminal (--force or REGCACHE_FORCE_TUI=1 draws it anyway)",
-                  exit_code=2)
+    raise NotATerminal("standard output is not a terminal, so the TUI is not drawn: run `regcache serve` for the "
+                       "proxy alone, or run regcache in a terminal (--force or REGCACHE_FORCE_TUI=1 draws it anyway)")
 
 
 @click.command("tui")
