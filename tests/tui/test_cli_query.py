@@ -11,6 +11,8 @@ import time
 import click
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from regcache.proxy.config.control import ControlPlane
 from regcache.tui.cli.query import QUERY_MAX_LENGTH
@@ -130,6 +132,7 @@ def test_a_bad_query_is_refused_before_the_command_changes_anything(acr):
     ("[0].name < `1`", None),  # Python cannot order a str and an int; JMESPath says null: either, one line
     ("ceil(`1e999`)", "cannot be evaluated"),
     ("length(@, @)", "cannot be evaluated"),
+    ("[&name]", "expression reference (&...) where a value belongs"),  # found by the fuzz test below
 ])
 def test_a_query_that_cannot_be_evaluated_is_one_line(acr, query, words):
     result = cli("cache", "list", "--query", query, "-o", "json")
@@ -403,3 +406,29 @@ async def test_the_rules_file_dialog_ignores_the_working_directory(filled_backen
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
+
+
+# -- any expression: a result or one clear error, never an exception --------------------------------------
+
+_TOKENS = ["@", "[]", "[*]", "[0]", "[-1]", "[0:2]", "[::-1]", "[?", "]", "name", "usage", "tags", ".", "|",
+           "||", "&&", "!", "==", "!=", "<", ">=", "`1`", "`\"a\"`", "`null`", "`[1,[2]]`", "'x'", "{a:", "}",
+           "[", ",", "(", ")", "length(", "sort_by(", "&name", "to_string(", "join(','", "max_by(", "keys(",
+           "merge(", "ceil(", "abs(", "contains(", "values(", "*", " "]
+
+
+@given(st.lists(st.sampled_from(_TOKENS), max_size=24).map("".join))
+@settings(max_examples=400, deadline=None)
+def test_any_expression_is_a_result_or_one_clear_error(expression):
+    from regcache.proxy.core.errors import ValidationError
+    from regcache.tui.cli.query import Query
+    from regcache.tui.output import render_result
+
+    document = [{"name": "a\x1b[2Jb", "usage": {"tags": 3, "hits": 1.5}, "tags": ["1", "2"], "on": True},
+                {"name": "c", "usage": None, "tags": [], "on": False}]
+    try:
+        result = Query(expression).search(document)
+    except ValidationError as exc:
+        assert "\n" not in str(exc) and str(exc).startswith("--query")
+        return
+    for fmt in ("table", "json", "yaml", "tsv"):
+        assert "\x1b" not in render_result(result, fmt)

@@ -52,7 +52,7 @@ class _Budget:
 
     def weigh(self, *values: Any) -> None:
         """Spend a step per value inside ``values`` (shared ones as often as they are reached), without
-        recursion, and refuse nesting deeper than QUERY_MAX_DEPTH."""
+        recursion; refuse nesting deeper than QUERY_MAX_DEPTH, and anything that is not JSON data."""
         stack: list[tuple[Any, int]] = [(v, 1) for v in values]
         while stack:
             value, depth = stack.pop()
@@ -67,6 +67,9 @@ class _Budget:
                 stack.extend((v, depth + 1) for v in value.values())
             elif isinstance(value, list):
                 stack.extend((v, depth + 1) for v in value)
+            elif value is not None and not isinstance(value, (bool, int, float)):  # `&name` outside a function
+                raise ValidationError("--query has an expression reference (&...) where a value belongs: one is "
+                                      "only an argument of sort_by(), max_by(), min_by() or map()", field=_FIELD)
 
 
 class _BoundedFunctions(jmespath_functions.Functions):
