@@ -185,8 +185,11 @@ class RegcacheApp(App[None]):
                             self.evict_now)
 
     def show_client_config(self) -> None:
-        address = self.proxy_status.address if self.proxy_status.address != "-" else "localhost:5000"
-        self.push_screen(ClientConfigScreen(printable(address.replace("127.0.0.1", "localhost"))))
+        from regcache.proxy.config.client_config import DEFAULT_ADDRESS, client_address
+
+        # the address the proxy listens on, as clients on this host reach it (never rewritten to `localhost`)
+        listen = self.proxy_status.address
+        self.push_screen(ClientConfigScreen(printable(client_address(listen) if listen != "-" else DEFAULT_ADDRESS)))
 
     @work(thread=True, exclusive=True, group="gc")
     def evict_now(self) -> None:

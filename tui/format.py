@@ -1,4 +1,4 @@
-"""Short human-readable forms for the TUI's tables."""
+"""Short human-readable forms for the TUI's tables (sizes and counts as the CLI writes them: core.units)."""
 
 from __future__ import annotations
 
@@ -6,17 +6,12 @@ from datetime import datetime, timezone
 
 from regcache.proxy.core.models import RateLimitRecord
 from regcache.proxy.core.settings import DEFAULT_PREFIX, S3Storage, StorageConfig
+from regcache.proxy.core.units import format_count, format_size
 
 
 def size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
+    """``4.8 MiB`` (:func:`~regcache.proxy.core.units.format_size`), ``-`` for none."""
+    return "-" if n is None else format_size(n)
 
 
 def ratio(value: float | None) -> str:
@@ -46,8 +41,9 @@ def duration(ms: float) -> str:
     return f"{ms:.0f} ms" if ms < 10_000 else f"{ms / 1000:.1f} s"
 
 
-def count(n: int, singular: str, plural: str | None = None) -> str:
-    return f"{n} {singular if n == 1 else plural or singular + 's'}"
+def count(n: int, singular: str | None = None, plural: str | None = None) -> str:
+    """``1,000`` or ``1 credential set`` (:func:`~regcache.proxy.core.units.format_count`)."""
+    return format_count(n, singular, plural)
 
 
 def budget(rate_limit: RateLimitRecord | None) -> str:

@@ -79,8 +79,8 @@ def _rule_doc(rule: CacheRule) -> dict[str, Any]:
         doc["serveStaleIfDeleted"] = True
     if rule.sync_tags:
         doc["syncTags"] = rule.sync_tags
-    if rule.sync_interval:
-        doc["syncInterval"] = format_duration(rule.sync_interval)
+        if rule.sync_interval:  # an interval is tag sync's: kept from before `--sync-tags none`, it means nothing
+            doc["syncInterval"] = format_duration(rule.sync_interval)
     return doc
 
 
@@ -257,9 +257,14 @@ _DEFAULT_SETTINGS = {"freshness": None, "retention": None, "serve_stale_on_error
 
 
 def _setting(rule_or_settings: CacheRule | dict[str, Any], key: str) -> Any:
-    """A setting as a plan compares it: a freshness of 0 is the default, none."""
-    value = rule_or_settings[key] if isinstance(rule_or_settings, dict) else getattr(rule_or_settings, key)
-    return (value or None) if key == "freshness" else value
+    """A setting as a plan compares it: a freshness of 0 is the default, none; so is a sync interval while
+    tag sync is off (the export leaves it out)."""
+    def get(name: str) -> Any:
+        return rule_or_settings[name] if isinstance(rule_or_settings, dict) else getattr(rule_or_settings, name)
+
+    if key == "sync_interval" and not get("sync_tags"):
+        return None
+    return (get(key) or None) if key == "freshness" else get(key)
 
 
 def _shown(key: str, value: Any) -> Any:

@@ -56,15 +56,33 @@ def parse_size(text: str, field: str | None = None) -> int:
     return int(size)
 
 
+_SIZE_UNITS_UP = (("B", 1), ("KiB", 1024), ("MiB", 1024**2), ("GiB", 1024**3), ("TiB", 1024**4))
+
+
 @overload
 def format_size(n: int) -> str: ...
 @overload
 def format_size(n: None) -> None: ...
 def format_size(n: int | None) -> str | None:
+    """``4.8 MiB``, ``4 MiB``, ``512 B``: the one way sizes are written, by the CLI, the TUI and the engine's
+    messages (``parse_size`` reads it back). One decimal, dropped when it is 0, in the largest unit the size
+    reaches (a size that rounds up to 1024 of one unit is written as 1 of the next: ``1 MiB``)."""
     if n is None:
         return None
-    for unit, size in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
-        if n >= size:
-            value = n / size
-            return f"{value:.0f}{unit}" if value == int(value) else f"{value:.1f}{unit}"
-    return f"{n}B"
+    index = sum(n >= size for _, size in _SIZE_UNITS_UP[1:])  # the largest unit n reaches (0: bytes)
+    if index == 0:
+        return f"{n} B"
+    value = round(n / _SIZE_UNITS_UP[index][1], 1)
+    if value >= 1024 and index + 1 < len(_SIZE_UNITS_UP):
+        index += 1
+        value = round(n / _SIZE_UNITS_UP[index][1], 1)
+    unit = _SIZE_UNITS_UP[index][0]
+    return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
+
+
+def format_count(n: int, singular: str | None = None, plural: str | None = None) -> str:
+    """``1,000``, or with a noun ``1 credential set`` / ``2 credential sets`` (``plural`` when adding an
+    ``s`` is wrong: ``repository``/``repositories``): the one way counts are written, CLI and TUI alike."""
+    if singular is None:
+        return f"{n:,}"
+    return f"{n:,} {singular if n == 1 else plural or singular + 's'}"

@@ -90,7 +90,7 @@ def test_cli_dry_run_then_yes(control, home, tmp_path):
     assert dry.exit_code == 0 and dry.stdout == "~ cache rule ubuntu: freshness 10m -> 5m\n"
     assert "Run again with --yes" in dry.stderr and dump_database(home) == before
     done = runner.invoke(main, ["--home", str(home), "rules", "apply", "-f", str(path), "--yes"])
-    assert done.exit_code == 0 and "applied 1 change(s)" in done.stderr
+    assert done.exit_code == 0 and "applied 1 change" in done.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("cacheRules: [{name: x}]")
     refused = runner.invoke(main, ["--home", str(home), "rules", "apply", "-f", str(bad), "--yes"])
@@ -222,7 +222,7 @@ def test_a_file_over_the_size_limit_is_refused_naming_the_setting(control, home,
     runner = CliRunner()
     refused = runner.invoke(main, ["--home", str(home), "rules", "apply", "-f", str(big)])
     assert refused.exit_code == 1
-    assert refused.stderr.startswith("error: the rules file is larger than 1MiB, the limit of the setting "
+    assert refused.stderr.startswith("error: the rules file is larger than 1 MiB, the limit of the setting "
                                      "rules-file-max-size")
     with pytest.raises(ValidationError, match="rules-file-max-size"):
         plan_document(control, big.read_text())  # the limit holds for the TUI's text too

@@ -22,7 +22,7 @@ def test_warm_then_every_pull_is_a_hit(regcache, anonymous_registry, push_image,
     result = run(regcache.home, "warm", "lib/warmed:1", "--platform", "linux/arm64")
     assert result.exit_code == 0, result.stderr
     arm = image.for_platform("linux/arm64/v8")
-    assert f"{len(arm.blobs)} blob(s), fetched" in result.stderr
+    assert f"{len(arm.blobs)} blobs, fetched" in result.stderr
     stored = regcache.server.app.state.registry.cache.blobs.backend.stored
     assert {b.digest for b in arm.blobs} == {d for d in image.blobs if stored(d)}
 
@@ -33,7 +33,7 @@ def test_warm_then_every_pull_is_a_hit(regcache, anonymous_registry, push_image,
     assert anonymous_registry.count_blob_gets() == before  # every blob came from the cache
 
     again = run(regcache.home, "warm", "lib/warmed:1", "--platform", "linux/arm64")
-    assert "fetched 0B from the upstream" in again.stderr
+    assert "fetched 0 B from the upstream" in again.stderr
 
     missing = run(regcache.home, "warm", "lib/warmed:1", "--platform", "windows/amd64")
     assert missing.exit_code == 1

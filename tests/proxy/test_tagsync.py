@@ -65,7 +65,8 @@ def test_sync_fetches_new_and_moved_tags(regcache, anonymous_registry, push_imag
 
     anonymous_registry.stop()
     failed = run(regcache.home, "cache", "sync", "-n", "synced-app", "-o", "json")
-    assert failed.exit_code == 1 and "unavailable" in failed.stderr
+    assert failed.exit_code == 1 and "tag sync failed for 1 repository" in failed.stderr
+    assert "unavailable" in json.loads(failed.stdout)[0]["detail"]  # why: in its row, printed once
     assert store.tag_syncs("synced-app")[0].result == "error"
 
 

@@ -168,6 +168,8 @@ def test_rule_lifecycle_and_output_formats(configured):
     ok("cache", "create", "-n", "team-ghcr", "-s", "ghcr.io/acme/*", "-t", "team/*")
 
     shown = json.loads(ok("cache", "show", "-n", "MyRule", "-o", "json").stdout)
+    assert shown.pop("usage") == {"repositories": 0, "tags": 0, "size": 0, "hits": 0, "misses": 0,
+                                  "lastPull": None}  # beyond the list row: what the rule cached
     assert shown == created
     listed = json.loads(ok("cache", "list", "-o", "json").stdout)
     assert [r["name"] for r in listed] == ["MyRule", "team-ghcr"]

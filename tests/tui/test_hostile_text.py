@@ -222,7 +222,7 @@ async def open_upstream_form(pilot) -> None:
 async def open_client_config(pilot) -> None:
     pilot.app.show_client_config()  # with the proxy's address, which holds a bidi override here
     await settle(pilot)
-    assert pilot.app.screen.query_one("#address", Input).value == "localhost:5000\\u202e"
+    assert pilot.app.screen.query_one("#address", Input).value == "127.0.0.1:5000\\u202e"  # not rewritten
     await save_with(pilot, {"#address": f"a[/b]c:5000{BIDI}"}, key="enter")
 
 

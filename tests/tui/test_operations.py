@@ -84,7 +84,7 @@ async def test_client_config_and_rules_file(filled_backend, tmp_path, monkeypatc
         await wait_for(pilot, lambda: isinstance(app.screen, ClientConfigScreen) and app.screen.query(TextArea))
         files = app.screen.query_one(TextArea)
         await wait_for(pilot, lambda: "docker.io/hosts.toml" in files.text)
-        assert '[host."http://localhost:5000"]' in files.text
+        assert '[host."http://127.0.0.1:5000"]' in files.text  # the listen address, not localhost
         await pilot.press("escape")
         app.push_screen(RulesFileScreen())
         await wait_for(pilot, lambda: isinstance(app.screen, RulesFileScreen) and app.screen.query(TextArea))

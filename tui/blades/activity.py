@@ -59,8 +59,9 @@ class ActivityBlade(Blade):
 
     def _show(self, new: list[RecordedEvent], totals: Totals) -> None:
         self.query_one("#activity-totals", Static).update(text(
-            f"hits {fmt.ratio(totals.hit_ratio)} · {totals.hits} hit {totals.misses} miss {totals.stale} stale "
-            f"{totals.errors} error · served {fmt.size(totals.bytes_served)} · "
+            f"hits {fmt.ratio(totals.hit_ratio)} · {fmt.count(totals.hits, 'hit')} "
+            f"{fmt.count(totals.misses, 'miss', 'misses')} {fmt.count(totals.stale)} stale "
+            f"{fmt.count(totals.errors, 'error')} · served {fmt.size(totals.bytes_served)} · "
             f"upstream {fmt.size(totals.bytes_fetched)}"))
         if not new and self.query_one(DataTable).row_count:
             return

@@ -68,10 +68,10 @@ class OverviewBlade(Blade):
         if status.state == "running":
             facts.add_row(text("Metrics"), text(f"http://{status.address}/metrics (Prometheus)"))
         wildcards = sum(r.is_wildcard for r in data.rules)
-        facts.add_row(text("Cache rules"), text(f"{len(data.rules)} ({wildcards} wildcard)"))
+        facts.add_row(text("Cache rules"), text(f"{fmt.count(len(data.rules))} ({fmt.count(wildcards)} wildcard)"))
         unhealthy = sum(cs.health.status is HealthStatus.UNHEALTHY for cs in data.credential_sets)
-        facts.add_row(text("Credentials"), text(f"{len(data.credential_sets)}" + (f" ({unhealthy} unhealthy)"
-                                                                                  if unhealthy else ""),
+        facts.add_row(text("Credentials"), text(fmt.count(len(data.credential_sets))
+                                                + (f" ({fmt.count(unhealthy)} unhealthy)" if unhealthy else ""),
                                                 "bold red" if unhealthy else ""))
         facts.add_row(text("Client login"), text(client_login(data.tokens), "bold" if data.tokens else ""))
         facts.add_row(text("Storage"), text(fmt.storage(data.storage)))
@@ -82,7 +82,7 @@ class OverviewBlade(Blade):
                                                f"{fmt.count(data.repositories, 'repository', 'repositories')}"))
         t = data.totals
         facts.add_row(text("Hit ratio"), text(f"{fmt.ratio(t.hit_ratio)} ({fmt.count(t.hits, 'hit')}, "
-                                              f"{fmt.count(t.misses, 'miss', 'misses')}, {t.stale} stale, "
+                                              f"{fmt.count(t.misses, 'miss', 'misses')}, {fmt.count(t.stale)} stale, "
                                               f"{fmt.count(t.errors, 'error')})"))
         facts.add_row(text("Served"), text(f"{fmt.size(t.bytes_served)} to clients, "
                                            f"{fmt.size(t.bytes_fetched)} fetched upstream"))

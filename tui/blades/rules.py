@@ -14,6 +14,7 @@ from regcache.proxy.core.models import CacheRule, CredentialSet, HealthStatus, U
 from regcache.proxy.core.rules import MAX_RULES
 from regcache.proxy.state.statistics import RuleUsage
 
+from .. import format as fmt
 from ..screens.image_action import ImageActionScreen
 from ..screens.rule_credentials import RuleCredentialsForm
 from ..screens.rule_details import RuleDetailsScreen
@@ -141,9 +142,10 @@ class RulesBlade(Blade):
         if not data.rules:
             summary = "No cache rules yet. Press n to create one."
         elif self.needle:
-            summary = f"{len(shown):,} of {len(data.rules):,} rules match the search"
+            summary = f"{fmt.count(len(shown))} of {fmt.count(len(data.rules), 'rule')} match the search"
         else:
-            summary = f"{len(data.rules):,} of {MAX_RULES:,} rules · clients pull Target, fetched from Source"
+            summary = (f"{fmt.count(len(data.rules))} of {fmt.count(MAX_RULES, 'rule')} · clients pull Target, "
+                       f"fetched from Source")
         self.query_one("#rules-summary", Static).update(text(summary))
 
     def on_resize(self) -> None:

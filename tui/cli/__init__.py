@@ -70,15 +70,18 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, context_settings=CONTEXT_SETTINGS, invoke_without_command=True)
 @click.option("--home", type=click.Path(file_okay=False), envvar="REGCACHE_HOME",
               help="State directory (default: $REGCACHE_HOME, else ~/.local/share/regcache).")
+@click.option("--force", "force_tui", is_flag=True, envvar="REGCACHE_FORCE_TUI",
+              help="Draw the TUI even when standard output is not a terminal.")
 @click.version_option(package_name="regcache")
 @click.pass_context
-def main(ctx: click.Context, home: str | None) -> None:
+def main(ctx: click.Context, home: str | None, force_tui: bool) -> None:
     """regcache: a terminal-first pull-through cache for container registries.
 
-    With no command, opens the TUI with the embedded proxy.
+    With no command, opens the TUI with the embedded proxy (on a terminal: elsewhere, use `regcache serve`).
     """
     ctx.ensure_object(dict)
     ctx.obj["home"] = home
+    ctx.obj["force_tui"] = force_tui  # also for `regcache --force tui`
     if ctx.invoked_subcommand is None:
         from regcache.tui.cli.run import tui_command
 

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from regcache.proxy.config.control import ControlPlane
+from regcache.proxy.core.units import format_count, format_size
 from regcache.tui.cli.common import (
     CONTEXT_SETTINGS,
     Failure,
@@ -23,8 +24,11 @@ from regcache.tui.cli.common import (
     say,
 )
 from regcache.tui.output import (
+    DETAIL_COLUMNS,
     RULE_COLUMNS,
+    rule_details,
     rule_resource,
+    rule_usage_resource,
 )
 
 
@@ -108,8 +112,12 @@ def cache_update(control: ControlPlane, name: str, cred_set: str | None, remove_
 @output_option
 @engine_command
 def cache_show(control: ControlPlane, name: str, fmt: str) -> None:
-    """Show a cache rule."""
-    emit(rule_resource(control.get_rule(name)), RULE_COLUMNS, fmt)
+    """Show a cache rule: every setting, and what it has cached (repositories, tags, size, hits)."""
+    from regcache.proxy.state.statistics import CacheStatistics
+
+    record = rule_resource(control.get_rule(name))
+    record["usage"] = rule_usage_resource(CacheStatistics(control.store).repositories(name))
+    emit(record, DETAIL_COLUMNS, fmt, rows=rule_details(record))
 
 
 @cache.command("list")
@@ -176,8 +184,10 @@ def cache_sync(control: ControlPlane, name: str, fmt: str) -> None:
     failed = [o for o in outcomes if o.result != "ok"]
     if not outcomes:
         say(f"rule {name} has no repositories to sync yet (a wildcard rule syncs what it has cached)")
-    if failed:
-        raise Failure(f"tag sync failed for {', '.join(o.repository for o in failed)}: {failed[0].detail}")
+    if failed:  # why each failed is in its row (printed once)
+        raise Failure(f"tag sync failed for {format_count(len(failed), 'repository', 'repositories')} of "
+                      f"{format_count(len(outcomes))}: {', '.join(o.repository for o in failed)} (see the detail "
+                      f"of each above)")
 
 
 @cache.command("test")
@@ -194,8 +204,9 @@ def cache_test(control: ControlPlane, name: str, image: str, fmt: str) -> None:
 
     result = run_job(control, lambda ops: ops.test_rule(name, image))
     record = {camel(k): v for k, v in dataclasses.asdict(result).items()}
+    # the error is printed once, on stderr (JSON and YAML keep it in the document, for scripts)
     emit(record, (("RULE", "rule"), ("UPSTREAM", "upstreamReference"), ("CREDENTIALS", "credentialsValid"),
-                   ("DIGEST", "digest"), ("ERROR", "error")), fmt)
+                   ("DIGEST", "digest")), fmt)
     if result.error:
         raise Failure(result.error)
 
@@ -208,7 +219,6 @@ def cache_test(control: ControlPlane, name: str, image: str, fmt: str) -> None:
 def warm(control: ControlPlane, image: str, platform: str) -> None:
     """Pull IMAGE (TARGET_REPO:TAG) into the cache without a client, with a progress bar."""
     from regcache.proxy.core.text import printable
-    from regcache.proxy.core.units import format_size
 
     bar_holder: dict[str, Any] = {}
 
@@ -227,5 +237,5 @@ def warm(control: ControlPlane, image: str, platform: str) -> None:
     finally:
         if "bar" in bar_holder:
             bar_holder["bar"].__exit__(None, None, None)
-    say(f"{result.repository}@{result.digest}: {result.blobs} blob(s), fetched "
+    say(f"{result.repository}@{result.digest}: {format_count(result.blobs, 'blob')}, fetched "
         f"{format_size(result.bytes_fetched)} from the upstream, {format_size(result.bytes_cached)} already cached")

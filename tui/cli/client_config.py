@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from regcache.proxy.config.client_config import DEFAULT_ADDRESS
 from regcache.proxy.config.control import ControlPlane
 from regcache.tui.cli.common import (
     Failure,
@@ -15,8 +16,8 @@ from regcache.tui.cli.common import (
 
 @click.command("client-config")
 @click.argument("client", type=click.Choice(["containerd", "docker", "podman"]))
-@click.option("--address", default="localhost:5000", show_default=True,
-              help="HOST:PORT where clients reach regcache.")
+@click.option("--address", default=DEFAULT_ADDRESS, show_default=True,
+              help="HOST:PORT where clients reach regcache (default: the proxy's default listen address).")
 @click.option("--tls", is_flag=True, help="regcache serves TLS (--tls-cert); default: plain http, marked insecure.")
 @click.option("-d", "--output-dir", type=click.Path(file_okay=False),
               help="Write the files here (e.g. /etc/containerd/certs.d); default: print them.")

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 
 import click
 
 from regcache.proxy.config.control import ControlPlane
-from regcache.proxy.core.units import format_duration
+from regcache.proxy.core.units import format_count, format_duration
 from regcache.proxy.storage.objectstore import DEFAULT_STALE_UPLOAD_AGE
 from regcache.tui.cli.common import (
+    current_query,
     emit,
     engine_command,
     output_option,
@@ -46,17 +46,17 @@ def gc(control: ControlPlane, dry_run: bool, min_idle: str, stale_uploads_after:
     uploads = None if report.stale_uploads is None else [
         {"key": key, "uploadId": upload_id, "reason": why, "initiated": initiated.isoformat()}
         for key, upload_id, initiated, why in report.stale_uploads]
-    if fmt == "json":
-        result = {"dryRun": dry_run, "evicted": rows, "bytesFreed": freed, "cacheBytes": plan.cache_bytes,
-                  "maxSize": plan.max_size, "expiredRepositories": list(plan.expired_repositories)}
-        if uploads is not None:
-            result["abortedUploads"] = uploads
-        click.echo(json.dumps(result, indent=2))
+    result = {"dryRun": dry_run, "evicted": rows, "bytesFreed": freed, "cacheBytes": plan.cache_bytes,
+              "maxSize": plan.max_size, "expiredRepositories": list(plan.expired_repositories)}
+    if uploads is not None:
+        result["abortedUploads"] = uploads
+    if fmt in ("json", "yaml") or current_query() is not None:
+        emit(result, (), fmt)
         return
-    emit(rows, (("DIGEST", "digest"), ("SIZE", "sizeText"), ("REASON", "reason")), fmt)
+    emit(result, (("DIGEST", "digest"), ("SIZE", "sizeText"), ("REASON", "reason")), fmt, rows=rows)
     verb = "would free" if dry_run else "freed"
     limit = f" (max-size {format_size(plan.max_size)})" if plan.max_size is not None else ""
-    say(f"{verb} {format_size(freed)} in {len(plan.candidates)} blob(s); cache "
+    say(f"{verb} {format_size(freed)} in {format_count(len(plan.candidates), 'blob')}; cache "
         f"{format_size(plan.cache_bytes)} -> {format_size(plan.cache_bytes - freed)}{limit}")
     if uploads is not None:
         if uploads:
@@ -64,4 +64,4 @@ def gc(control: ControlPlane, dry_run: bool, min_idle: str, stale_uploads_after:
                 click.echo()  # apart from the evicted blobs' table
             emit(uploads, (("UPLOAD KEY", "key"), ("REASON", "reason")), fmt)
         verb = "would abort" if dry_run else "aborted"
-        say(f"{verb} {len(uploads)} stale multipart upload(s) in {report.storage}")
+        say(f"{verb} {format_count(len(uploads), 'stale multipart upload')} in {report.storage}")

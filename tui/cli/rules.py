@@ -7,6 +7,7 @@ from typing import BinaryIO
 import click
 
 from regcache.proxy.config.control import ControlPlane
+from regcache.proxy.core.units import format_count
 from regcache.tui.cli.common import (
     CONTEXT_SETTINGS,
     Failure,
@@ -43,7 +44,7 @@ def rules_export(control: ControlPlane, path: str | None) -> None:
 
 @rules.command("apply")
 @click.option("-f", "--file", "stream", required=True, type=click.File("rb"),
-              help="The rules file (YAML, as `rules export` writes it; at most rules-file-max-size, 1MiB by "
+              help="The rules file (YAML, as `rules export` writes it; at most rules-file-max-size, 1 MiB by "
                    "default); - for standard input.")
 @click.option("--yes", is_flag=True, help="Apply the changes (without it: show them, change nothing).")
 @engine_command
@@ -64,6 +65,6 @@ def rules_apply(control: ControlPlane, stream: BinaryIO, yes: bool) -> None:
     if not changes:
         say("no changes: the configuration already matches the file")
     elif not yes:
-        say(f"{len(changes)} change(s) planned; nothing was changed. Run again with --yes to apply.")
+        say(f"{format_count(len(changes), 'change')} planned; nothing was changed. Run again with --yes to apply.")
     else:
-        say(f"applied {len(changes)} change(s)")
+        say(f"applied {format_count(len(changes), 'change')}")

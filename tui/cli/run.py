@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from regcache.proxy.core.errors import RegcacheError, unwrap_error
@@ -11,20 +13,46 @@ from regcache.tui.cli.common import (
     say,
 )
 
+#: `regcache --force` / `regcache tui --force`, or this variable set to 1: draw the TUI on a non-terminal
+FORCE_TUI_ENV = "REGCACHE_FORCE_TUI"
+
+force_tui_option = click.option(
+    "--force", "force_tui", is_flag=True, envvar=FORCE_TUI_ENV,
+    help=f"Draw the TUI even when standard output is not a terminal (also {FORCE_TUI_ENV}=1).")
+
+
+class NotATerminal(Failure):
+    """The TUI asked for where it cannot be drawn: exit status 2, like a usage error."""
+
+    exit_code = 2
+
+
+def check_terminal(force: bool) -> None:
+    """Refuse to draw the TUI into a pipe or a file (a script that meant `serve`, a service unit, `| less`):
+    escape sequences would fill it while the proxy ran unseen."""
+    if force or sys.stdout.isatty():
+        return
+    raise NotATerminal("standard output is not a terminal, so the TUI is not drawn: run `regcache serve` for the "
+                       "proxy alone, or run regcache in a terminal (--force or REGCACHE_FORCE_TUI=1 draws it anyway)")
+
 
 @click.command("tui")
 @click.option("--listen", default="127.0.0.1:5000", show_default=True, help="Proxy address, HOST:PORT.")
 @allow_anonymous_option
+@force_tui_option
 @click.pass_context
-def tui_command(ctx: click.Context, listen: str = "127.0.0.1:5000", allow_anonymous: bool = False) -> None:
-    """Open the TUI with the embedded proxy."""
+def tui_command(ctx: click.Context, listen: str = "127.0.0.1:5000", allow_anonymous: bool = False,
+                force_tui: bool = False) -> None:
+    """Open the TUI with the embedded proxy (standard output must be a terminal)."""
     from regcache.proxy.server import ListenAddress, check_exposure
     from regcache.proxy.state.store import resolve_home
-    from regcache.tui.app import run_app  # Textual loads only here: the other commands stay fast
 
     home = ctx.find_root().obj.get("home")
     try:
         check_exposure(resolve_home(home), ListenAddress.parse(listen), allow_anonymous)  # before the screen opens
+        check_terminal(force_tui or bool(ctx.find_root().obj.get("force_tui")))
+        from regcache.tui.app import run_app  # Textual loads only here: the other commands stay fast
+
         run_app(home=home, listen=listen, allow_anonymous=allow_anonymous)
     except RegcacheError as exc:
         raise Failure(str(exc)) from None

@@ -27,8 +27,8 @@ def settings_show(control: ControlPlane, fmt: str) -> None:
     from regcache.proxy.config.control import SETTINGS
 
     rows = [{"key": key, "value": value, "description": SETTINGS[key][2]} for key, value in control.settings().items()]
-    emit(rows if fmt != "json" else {r["key"]: r["value"] or None for r in rows},
-          (("KEY", "key"), ("VALUE", "value"), ("DESCRIPTION", "description")), fmt)
+    emit({r["key"]: r["value"] or None for r in rows}, (("KEY", "key"), ("VALUE", "value"),
+                                                        ("DESCRIPTION", "description")), fmt, rows=rows)
 
 
 @settings.command("set")

@@ -34,7 +34,7 @@ def storage_show(control: ControlPlane, fmt: str) -> None:
     """Show the storage backend (the bucket's secrets by id only)."""
     record = storage_resource(control.storage())
     rows = [{"setting": label, "value": record[key]} for label, key in STORAGE_FIELDS if key in record]
-    emit(record if fmt == "json" else rows, (("SETTING", "setting"), ("VALUE", "value")), fmt)
+    emit(record, (("SETTING", "setting"), ("VALUE", "value")), fmt, rows=rows)
     say(f"note: the storage setting {STORAGE_NOTE}")
 
 

@@ -67,19 +67,17 @@ def token_create(control: ControlPlane, name: str, repositories: tuple[str, ...]
     given = _read_token_password(name) if password_stdin else None
     created, password = control.create_token(name, repositories, expiry, password=given)
     record = token_resource(created)
-    if fmt == "json":  # as `az acr token create` shows it
-        entry = {"name": "password1", "value": password, "creationTime": record["creationDate"],
-                 "expiry": record["expiry"]}
-        if given is not None:
-            del entry["value"]  # the operator has it already; it is not echoed
-        record["credentials"] = {"username": created.name, "passwords": [entry]}
-        emit(record, TOKEN_COLUMNS, fmt)
-    elif given is not None:
-        emit(record, (("NAME", "name"), ("REPOSITORIES", "repositories"), ("EXPIRY", "expiry")), fmt)
+    # the document as `az acr token create` shows it; a table or TSV shows the password in a column
+    entry = {"name": "password1", "value": password, "creationTime": record["creationDate"],
+             "expiry": record["expiry"]}
+    if given is not None:
+        del entry["value"]  # the operator has it already; it is not echoed
+    document = {**record, "credentials": {"username": created.name, "passwords": [entry]}}
+    columns = (("NAME", "name"), ("REPOSITORIES", "repositories"), ("EXPIRY", "expiry"))
+    if given is None:
+        emit(document, (*columns, ("PASSWORD", "password")), fmt, rows={**record, "password": password})
     else:
-        record["password"] = password
-        emit(record, (("NAME", "name"), ("REPOSITORIES", "repositories"), ("EXPIRY", "expiry"),
-                       ("PASSWORD", "password")), fmt)
+        emit(document, columns, fmt, rows=record)
     login = (f"Clients log in as {created.name}, e.g. `skopeo copy --src-creds {created.name}:PASSWORD ...` or "
              f"`docker login HOST:PORT -u {created.name}`.")
     if given is not None:

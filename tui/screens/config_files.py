@@ -91,6 +91,16 @@ class ClientConfigScreen(_FileScreen):
                                                    f"--address {address} -d DIR` writes them")
 
 
+def default_rules_file(state_dir: Path) -> Path:
+    """Where the rules-file dialog proposes the file: beside the state directory (its parent), or in the home
+    directory when that parent is a hidden one (the default state directory, ~/.local/share/regcache); never
+    the directory the TUI happened to be started in."""
+    home = Path.home()
+    parent = state_dir.expanduser().absolute().parent
+    hidden = parent.is_relative_to(home) and any(part.startswith(".") for part in parent.relative_to(home).parts)
+    return (home if hidden else parent) / "regcache-rules.yaml"
+
+
 class RulesFileScreen(_FileScreen):
     """Export the configuration as YAML, or plan and apply a reviewed rules file."""
 
@@ -101,7 +111,8 @@ class RulesFileScreen(_FileScreen):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog details"):
             yield Label("Rules file", classes="title")
-            yield FormRow("File", TextInput(printable(Path.cwd() / "regcache-rules.yaml", limit=None), id="path",
+            state_dir = self.app.backend.home  # type: ignore[attr-defined]
+            yield FormRow("File", TextInput(printable(default_rules_file(state_dir), limit=None), id="path",
                                         compact=True))
             with Horizontal(classes="buttons"):
                 yield Button("Export to file", id="export")

@@ -84,7 +84,8 @@ class RuleDetailsScreen(ModalScreen[None]):
         misses = sum(r.misses for r in repos)
         ratio = fmt.ratio(hits / (hits + misses)) if hits + misses else "-"
         self.query_one("#summary", Static).update(text(
-            f"{len(repos)} cached repositories · {fmt.size(sum(r.size for r in repos))} · hit ratio {ratio}"))
+            f"{fmt.count(len(repos), 'cached repository', 'cached repositories')} · "
+            f"{fmt.size(sum(r.size for r in repos))} · hit ratio {ratio}"))
         for repo in repos:
             tags = ", ".join(repo.tags[:4]) + (f" +{len(repo.tags) - 4}" if len(repo.tags) > 4 else "")
             table.add_row(text(repo.name), text(tags or "-"), text(fmt.size(repo.size)), text(fmt.when(repo.last_pull)),
