@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import signal
 import statistics
 import sys
@@ -79,12 +80,16 @@ from bench.pull_bench import (  # noqa: E402
     timed_pulls,
     upstream_blob_bytes,
 )
+from regcache.proxy.core.fleet import HEARTBEAT_INTERVAL  # noqa: E402
 from tests.registries.client import push_image  # noqa: E402
 from tests.registries.images import Image, build_image  # noqa: E402
 from tests.registries.server import RegistryServer  # noqa: E402
 from tests.registries.skopeo import OciLayout, assert_pulled  # noqa: E402
 from tests.s3.swift import SwiftError, SwiftS3Server  # noqa: E402
 from tests.scale_out.nodes import configure_node, s3_env, wait_for_image_in_bucket  # noqa: E402
+
+#: the environment variable the bench's fleet secret is given in (an env:// secret id)
+FLEET_SECRET_VAR = "REGCACHE_BENCH_FLEET_SECRET"
 
 BUCKET_TIMEOUT = 60.0
 TARGET_UPSTREAM_PER_IMAGE = 2.0
@@ -103,12 +108,14 @@ class S3Node(RegcacheServer):
     """``regcache serve`` with the s3 backend: a new bucket at every (re)configure, unless given one."""
 
     def __init__(self, root: Path, upstream: RegistryServer, swift: SwiftS3Server, name: str = "s3",
-                 bucket: str | None = None) -> None:
+                 bucket: str | None = None, fleet: bool = False) -> None:
         super().__init__(root, upstream)
         self.name = name
         self.swift = swift
         self._fixed_bucket = bucket
         self.bucket = bucket or ""
+        #: join the fleet of the nodes on the bucket (docs/scale-out.md, "A fleet"): one download per blob
+        self.fleet = fleet
 
     def configure(self) -> None:
         """Upstream, the rule ``bench/image => upstream/bench/image`` and s3 storage, as the scale-out tests do."""
@@ -116,6 +123,9 @@ class S3Node(RegcacheServer):
         self.bucket = self._fixed_bucket or self.swift.create_bucket()
         configure_node(self.home, self.swift, self.bucket, self.upstream.host, self.upstream.url,
                        {REPOSITORY: REPOSITORY})
+        if self.fleet:
+            self.cli("settings", "set", "fleet-address", f"http://{self.host}")
+            self.cli("settings", "set", "fleet-secret", f"env://{FLEET_SECRET_VAR}")
 
     def reset(self) -> None:
         old = self.bucket if self._fixed_bucket is None else ""
@@ -380,6 +390,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=8,
                         help="simultaneous cold pulls, split across the 2 nodes (default 8)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write every figure to PATH as JSON")
+    parser.add_argument("--no-fleet", action="store_true",
+                        help="scale-out nodes outside a fleet (each downloads on its own: up to 2x upstream bytes)")
     args = parser.parse_args(argv)
     if args.size_mb < 1 or args.repeat < 1 or args.concurrency < 2:
         parser.error("--size-mb and --repeat must be at least 1, --concurrency at least 2")
@@ -421,13 +433,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench.image = image = build_image(layer_sizes(args.size_mb), seed=f"s3-bench-{args.size_mb}-scale-out")
         push_image(image, upstream, REPOSITORY, TAG)  # the tag moves to the new image
         shared = swift.create_bucket()
-        nodes = [S3Node(root / f"node-{name}", upstream, swift, name=f"node-{name}", bucket=shared)
-                 for name in ("a", "b")]
+        os.environ[FLEET_SECRET_VAR] = secrets.token_urlsafe(32)
+        nodes = [S3Node(root / f"node-{name}", upstream, swift, name=f"node-{name}", bucket=shared,
+                        fleet=not args.no_fleet) for name in ("a", "b")]
         started += nodes
         for node in nodes:
             node.configure()
             node.start()
             monitor.watch(node.name, pid_of(node))
+        if not args.no_fleet:
+            time.sleep(HEARTBEAT_INTERVAL * 2)  # each node reads the other's heartbeat
         out = scale_out(bench, swift, nodes, args.concurrency)
 
         elapsed = time.monotonic() - began
