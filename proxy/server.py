@@ -192,7 +192,9 @@ class _ZeroCopyCycle(RequestResponseCycle):
         count = int(message["count"])
         if self.scope["method"] != "HEAD" and count > 0:
             try:
-                for part in self.conn.send_with_data_passthrough(h11.Data(data=_FileSpan(count))):  # type: ignore[arg-type]
+                # h11 frames a Data of any object with a length, and gives it back as it is (send_with_data_passthrough)
+                framed = self.conn.send_with_data_passthrough(h11.Data(data=_FileSpan(count)))  # type: ignore[arg-type]
+                for part in framed or ():
                     if isinstance(part, _FileSpan):
                         await asyncio.get_running_loop().sendfile(self.transport, message["file"],
                                                                   int(message.get("offset", 0)), count)

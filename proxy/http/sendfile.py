@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import anyio
 from starlette.responses import Response, StreamingResponse
@@ -64,7 +65,8 @@ class FileRangeResponse(Response):
         self.path, self.start, self.end, self.done = path, start, end, done
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        sent, error = 0, None
+        sent: int = 0
+        error: BaseException | None = None
         try:
             # opening a local file does not block the loop long enough to be worth a thread hop per request
             with open(self.path, "rb") as file:
@@ -72,8 +74,8 @@ class FileRangeResponse(Response):
                 if scope["method"] == "HEAD":
                     await send({"type": "http.response.body", "body": b""})
                 elif ZERO_COPY_SEND in scope.get("extensions", {}):
-                    message = {"type": ZERO_COPY_SEND, "file": file, "offset": self.start,
-                               "count": self.end - self.start}
+                    message: dict[str, Any] = {"type": ZERO_COPY_SEND, "file": file, "offset": self.start,
+                                               "count": self.end - self.start}
                     await send(message)
                     sent = int(message.get("sent", 0))  # the server says what reached the socket (0: the client left)
                     if sent < self.end - self.start:

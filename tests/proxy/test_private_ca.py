@@ -315,7 +315,7 @@ def test_a_bundle_that_is_not_a_usable_pem_file_is_refused_at_add_time_and_nothi
             str(tmp_path / "missing.pem"): "does not exist",
             str(tmp_path): "is a directory",
             str(fifo): "is not a regular file",
-            str(big): f"is larger than 1MiB, the limit of the setting {CA_BUNDLE_MAX_SIZE_SETTING}",
+            str(big): f"is larger than 1 MiB, the limit of the setting {CA_BUNDLE_MAX_SIZE_SETTING}",
             str(garbage): "holds a block OpenSSL does not accept as an X.509 certificate",
             "/dev/zero": "is not a regular file",
             "": "the CA bundle path is empty",

@@ -67,8 +67,9 @@ def session(home, keyring_env, hostile):
     name = f"regcache-hostile-{os.getpid()}"
     env = " ".join(f"{k}={v}" for k, v in keyring_env.items())
     # COLUMNS and LINES (pytest's 80x24) would win over the pane's size: the pane is wide, so every column shows
+    # the exit status goes to a file: tmux sometimes marks a pane dead without its status
     command = (f"env -u COLUMNS -u LINES {env} TERM=xterm-256color {regcache_executable()} --home {home} tui "
-               f"--listen 127.0.0.1:0")
+               f"--listen 127.0.0.1:0; echo $? > {home}.exit")
     tmux("new-session", "-d", "-s", name, "-x", "200", "-y", "50", command)
     tmux("set-option", "-w", "-t", name, "window-size", "manual")
     tmux("set-option", "-w", "-t", name, "remain-on-exit", "on")  # a crash leaves its traceback to read
@@ -91,7 +92,7 @@ def alive(session: str) -> bool:
     return tmux("display-message", "-p", "-t", session, "#{pane_dead}").strip() == "0"
 
 
-def test_hostile_pulls_through_the_embedded_proxy_leave_the_tui_running(session, hostile):
+def test_hostile_pulls_through_the_embedded_proxy_leave_the_tui_running(session, hostile, home):
     shown = wait_for_text(session, "running")
     port = int(re.search(r"proxy http://127\.0\.0\.1:(\d+)", shown)[1])
     pulls = [
@@ -139,4 +140,7 @@ def test_hostile_pulls_through_the_embedded_proxy_leave_the_tui_running(session,
     while alive(session) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not alive(session), "regcache did not quit on q:\n" + screen(session)
-    assert tmux("display-message", "-p", "-t", session, "#{pane_dead_status}").strip() == "0", screen(session)
+    exit_file = home.parent / f"{home.name}.exit"
+    while not exit_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert exit_file.exists() and exit_file.read_text().strip() == "0", screen(session)
