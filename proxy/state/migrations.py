@@ -218,3 +218,10 @@ def m009_referrers(db: Database) -> None:
         pk=("repository", "source", "subject"),
         not_null={"referrers", "fetched_at"},
     )
+
+
+@migration
+def m010_event_user_agent(db: Database) -> None:
+    """The client's User-Agent with each pull event (cut to USER_AGENT_MAX_CHARS): the Activity log names the
+    client's tool (docker, podman, skopeo, ...). The roll-ups of pruned events do not keep it."""
+    db.table("events").add_column("user_agent", str)

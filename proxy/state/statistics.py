@@ -69,7 +69,7 @@ def _event(row: dict) -> RecordedEvent:
     return RecordedEvent(row["id"], PullEvent(
         row["client"] or "", row["method"] or "", row["kind"], row["repository"] or "", row["reference"] or "",
         Result(row["result"]), row["status"] or 0, row["rule"], row["bytes"] or 0, row["duration_ms"] or 0.0,
-        row["detail"], datetime.fromisoformat(row["ts"])))
+        row["detail"], datetime.fromisoformat(row["ts"]), row.get("user_agent")))
 
 
 class CacheStatistics:

@@ -438,7 +438,7 @@ class StateStore:
     # -- events ------------------------------------------------------------------------------------
 
     EVENT_COLUMNS = ("ts", "client", "method", "kind", "repository", "reference", "rule", "result", "status",
-                     "bytes", "duration_ms", "detail")
+                     "bytes", "duration_ms", "detail", "user_agent")
 
     def insert_events(self, events: list[dict]) -> None:
         cols = self.EVENT_COLUMNS
