@@ -3,7 +3,8 @@
 Each row says when, how it was answered, what was asked, why (an error's or a stale serve's reason, cut
 short), through which rule, and by which client (its tool, from the User-Agent, and its address); Enter
 shows every field of the event. The filter takes ``result:miss rule:team-all tool:docker`` (exact, any
-of several values of one key) and free words, each found in the repository, reference or client.
+of several values of one key; ``miss`` alone is ``result:miss``) and free words, each found in the
+repository, reference or client.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ class ActivityFilter:
 
     @classmethod
     def parse(cls, typed: str) -> ActivityFilter:
-        """``result:miss,error rule:team-all "two words" app``; an unknown key (``sha256:ab``) is a word."""
+        """``result:miss,error rule:team-all "two words" app``; a result alone (``miss``) is ``result:miss``; an
+        unknown key (``sha256:ab``) is a word."""
         try:
             tokens = shlex.split(typed.lower())
         except ValueError:  # an open quote: take the words as they are
@@ -54,6 +56,8 @@ class ActivityFilter:
             key, sep, value = token.partition(":")
             if sep and key in FILTER_KEYS:
                 terms.setdefault(key, set()).update(v for v in value.split(",") if v)
+            elif token in RESULT_STYLES:  # "miss" alone means result:miss, not also team/missing
+                terms.setdefault("result", set()).add(token)
             elif token:
                 words.append(token)
         return cls(tuple((k, frozenset(v)) for k, v in terms.items()), tuple(words))
