@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
 from pathlib import Path
 
 from textual import work
@@ -50,9 +51,12 @@ class RegcacheApp(App[None]):
     #: what the header and the Overview say about the embedded proxy
     proxy_status: reactive[ProxyStatus] = reactive(ProxyStatus("-", "stopped"), init=False)
 
-    def __init__(self, backend: Backend, proxy=None, status: ProxyStatus | None = None) -> None:
+    def __init__(self, backend: Backend, proxy=None, status: ProxyStatus | None = None,
+                 clock: Callable[[], datetime] | None = None) -> None:
         super().__init__()
         self.backend = backend
+        #: what "now" is for the Overview's last hour (tests fix it, so a snapshot shows the same charts)
+        self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(timezone.utc))
         self.proxy = proxy
         backend.proxy = proxy
         if status is not None:

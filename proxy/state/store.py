@@ -506,6 +506,24 @@ class StateStore:
             "SELECT COALESCE(SUM(bytes_fetched), 0) FROM event_rollups").fetchone()[0]
         return totals
 
+    def event_minutes(self, since: datetime) -> list[tuple[str, int, int, int, int, int]]:
+        """Per minute since ``since`` (UTC) with any event: (``YYYY-MM-DDTHH:MM``, requests, hits (stale
+        included), answered requests, bytes served, bytes fetched upstream), oldest first; read through the
+        ``ts`` index, so an hour costs the same however long the log is."""
+        return [tuple(row) for row in self.conn.execute(  # type: ignore[misc]
+            "SELECT substr(ts, 1, 16), COUNT(*), COALESCE(SUM(result IN ('hit', 'stale')), 0), "
+            "COALESCE(SUM(result != 'error'), 0), COALESCE(SUM(CASE WHEN result != 'error' THEN bytes END), 0), "
+            "COALESCE(SUM(CASE WHEN kind = 'blob' AND result = 'miss' AND (detail IS NULL OR detail != ?) "
+            "THEN bytes END), 0) FROM events WHERE ts >= ? GROUP BY 1 ORDER BY 1",
+            [JOINED_DOWNLOAD, _ts(since)])]
+
+    def rule_sizes(self) -> dict[str, int]:
+        """Per rule: bytes of the blobs its repositories hold (a blob shared by two rules counts in each)."""
+        return dict(self.conn.execute(
+            "SELECT rule, SUM(size) FROM (SELECT DISTINCT r.rule, b.digest, b.size FROM repositories r "
+            "JOIN repository_contents c ON c.repository = r.name AND c.kind = 'blob' "
+            "JOIN blobs b ON b.digest = c.digest) GROUP BY rule"))
+
     def rule_usage(self) -> dict[str, tuple[int, int, int]]:
         """Per rule: (cached repositories, hits, misses)."""
         usage: dict[str, list[int]] = {}

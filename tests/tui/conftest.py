@@ -84,5 +84,9 @@ def filled_backend(backend: Backend) -> Backend:
     return backend
 
 
+#: "now" for the app in tests: a few minutes after the fixed events, so the Overview's last hour holds them
+NOW = T0.replace(minute=40, second=5)
+
+
 def make_app(backend: Backend, status: ProxyStatus = RUNNING) -> RegcacheApp:
-    return RegcacheApp(backend, status=status)
+    return RegcacheApp(backend, status=status, clock=lambda: NOW)
