@@ -465,7 +465,7 @@ def create_app(home: Path, *, secrets: SecretResolver | None = None,
                         downloads.start_soon(run_event_pruning, state, name="event pruning")
                         app.state.registry = Registry(cache, events,
                                                       ClientAuth(state, require=require_auth, limits=limits))
-                        app.state.operations = Operations(cache, home, secrets)
+                        app.state.operations = Operations(cache, home, secrets, record=events.record)
                         try:
                             yield
                         finally:
