@@ -213,17 +213,15 @@ class RegcacheApp(App[None]):
 
 def run_app(home: str | Path | None = None, listen: str = "127.0.0.1:5000", allow_anonymous: bool = False) -> None:
     """Open the TUI on the state directory ``home`` with the proxy listening on ``listen``."""
-    import logging
-
     from regcache.proxy.server import EmbeddedProxy, ProxyServer
     from regcache.proxy.state.store import resolve_home
 
+    from .logs import LOG_FILE, configured_max_size, log_to_file
+
     backend = Backend.open(home)
     state_dir = resolve_home(home)
-    # Nothing may print into the TUI's terminal: the proxy's log goes to the state directory.
-    logging.basicConfig(filename=state_dir / "regcache.log", level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # every upstream request is in the event log
+    # Nothing may print into the TUI's terminal: the proxy's log goes to the state directory, rotated by size.
+    log_to_file(state_dir / LOG_FILE, configured_max_size(state_dir))
     try:
         proxy = EmbeddedProxy(ProxyServer(state_dir, listen, allow_anonymous=allow_anonymous))
         RegcacheApp(backend, proxy).run()
