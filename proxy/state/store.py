@@ -510,7 +510,7 @@ class StateStore:
         """Per minute since ``since`` (UTC) with any event: (``YYYY-MM-DDTHH:MM``, requests, hits (stale
         included), answered requests, bytes served, bytes fetched upstream), oldest first; read through the
         ``ts`` index, so an hour costs the same however long the log is."""
-        return [tuple(row) for row in self.conn.execute(  # type: ignore[misc]
+        return [tuple(row) for row in self.conn.execute(
             "SELECT substr(ts, 1, 16), COUNT(*), COALESCE(SUM(result IN ('hit', 'stale')), 0), "
             "COALESCE(SUM(result != 'error'), 0), COALESCE(SUM(CASE WHEN result != 'error' THEN bytes END), 0), "
             "COALESCE(SUM(CASE WHEN kind = 'blob' AND result = 'miss' AND (detail IS NULL OR detail != ?) "
