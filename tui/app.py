@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
 from pathlib import Path
 
 from textual import work
@@ -26,6 +27,7 @@ from .blades.tokens import TokensBlade
 from .blades.upstreams import UpstreamsBlade
 from .messages import ConfigurationChanged, Navigate
 from .screens.config_files import ClientConfigScreen, RulesFileScreen
+from .screens.help import HelpScreen, help_sections
 from .screens.unlock import UnlockScreen
 from .text import notify, printable
 from .widgets.nav import BLADES, NavList
@@ -37,21 +39,27 @@ class RegcacheApp(App[None]):
     CSS_PATH = "app.tcss"
     TITLE = "regcache"
     BINDINGS = [
-        Binding("1", "show_blade('overview')", "Overview", show=False, id="app.overview"),
-        Binding("2", "show_blade('rules')", "Rules", show=False, id="app.rules"),
-        Binding("3", "show_blade('credentials')", "Credentials", show=False, id="app.credentials"),
-        Binding("4", "show_blade('activity')", "Activity", show=False, id="app.activity"),
-        Binding("5", "show_blade('upstreams')", "Upstreams", show=False, id="app.upstreams"),
-        Binding("6", "show_blade('tokens')", "Tokens", show=False, id="app.tokens"),
+        Binding("1", "show_blade('overview')", "Go to Overview", show=False, id="app.overview"),
+        Binding("2", "show_blade('rules')", "Go to Rules", show=False, id="app.rules"),
+        Binding("3", "show_blade('credentials')", "Go to Credentials", show=False, id="app.credentials"),
+        Binding("4", "show_blade('activity')", "Go to Activity", show=False, id="app.activity"),
+        Binding("5", "show_blade('upstreams')", "Go to Upstreams", show=False, id="app.upstreams"),
+        Binding("6", "show_blade('tokens')", "Go to Tokens", show=False, id="app.tokens"),
         Binding("q", "quit", "Quit", id="app.quit"),
+        # priority: on every screen, modal ones too; a text field still takes "?" as a character
+        Binding("question_mark", "help", "Help", priority=True, id="app.help"),
+        Binding("f1", "help", "Help", show=False, priority=True, id="app.help_f1"),
     ]
 
     #: what the header and the Overview say about the embedded proxy
     proxy_status: reactive[ProxyStatus] = reactive(ProxyStatus("-", "stopped"), init=False)
 
-    def __init__(self, backend: Backend, proxy=None, status: ProxyStatus | None = None) -> None:
+    def __init__(self, backend: Backend, proxy=None, status: ProxyStatus | None = None,
+                 clock: Callable[[], datetime] | None = None) -> None:
         super().__init__()
         self.backend = backend
+        #: what "now" is for the Overview's last hour (tests fix it, so a snapshot shows the same charts)
+        self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(timezone.utc))
         self.proxy = proxy
         backend.proxy = proxy
         if status is not None:
@@ -135,10 +143,30 @@ class RegcacheApp(App[None]):
         self.action_show_blade(blade)
         self.call_after_refresh(self.query_one(f"#{blade}", Blade).run_action, action)
 
+    def action_help(self) -> None:
+        """Show every key of the screen shown now; on the help itself, close it."""
+        screen = self.screen
+        if isinstance(screen, HelpScreen):
+            screen.dismiss(None)
+            return
+        if screen is self.screen_stack[0]:
+            current = self.query_one(ContentSwitcher).current or ""
+            title = dict(BLADES).get(current, "regcache")
+        else:
+            labels = screen.query(".title")
+            title = str(labels.first().render()) if labels else "this screen"
+        self.push_screen(HelpScreen(help_sections(self, screen), printable(title)))
+
+    def _key(self, blade: str | None, action: str) -> str:
+        """The keys of ``action`` (on ``blade``, or the app's), as the footer shows them; "" when none."""
+        owner = self.screen_stack[0].query_one(f"#{blade}", Blade) if blade else self
+        keys = [self.get_key_display(b) for _, b in owner._bindings if b.action == action]
+        return " ".join(dict.fromkeys(keys))
+
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         for i, (blade, title) in enumerate(BLADES, 1):
-            yield SystemCommand(f"Go to {title}", f"Show the {title} blade (key {i})",
+            yield SystemCommand(f"Go to {title} ({i})", f"Show the {title} blade (key {i})",
                                 lambda b=blade: self.action_show_blade(b))
         actions = (
             ("New cache rule", "Create a cache rule (portal form)", "rules", "new_rule"),
@@ -175,8 +203,15 @@ class RegcacheApp(App[None]):
             ("Purge cached content", "Open the selected rule's details to purge a tag, a digest or a repository",
              "rules", "details"),
         )
+        blade_numbers = {blade: i for i, (blade, _) in enumerate(BLADES, 1)}
         for title, help_text, blade, action in actions:
-            yield SystemCommand(title, help_text, lambda b=blade, a=action: self.run_blade_action(b, a))
+            key = self._key(blade, action)
+            # the key works on its blade: say which (e.g. "New cache rule (n)" ... "on Cache rules, key 2")
+            where = f" · on {dict(BLADES)[blade]} (key {blade_numbers[blade]})"
+            yield SystemCommand(f"{title} ({key})" if key else title, help_text + where,
+                                lambda b=blade, a=action: self.run_blade_action(b, a))
+        yield SystemCommand("Help: keys of this screen (? f1)", "Every key of the screen shown, and the app's",
+                            self.action_help)
         yield SystemCommand("Client configuration", "containerd hosts.toml, podman registries.conf, docker daemon.json",
                             self.show_client_config)
         yield SystemCommand("Rules file: export, plan, apply", "Share one reviewed rules file across caches",
@@ -210,17 +245,15 @@ class RegcacheApp(App[None]):
 
 def run_app(home: str | Path | None = None, listen: str = "127.0.0.1:5000", allow_anonymous: bool = False) -> None:
     """Open the TUI on the state directory ``home`` with the proxy listening on ``listen``."""
-    import logging
-
     from regcache.proxy.server import EmbeddedProxy, ProxyServer
     from regcache.proxy.state.store import resolve_home
 
+    from .logs import LOG_FILE, configured_max_size, log_to_file
+
     backend = Backend.open(home)
     state_dir = resolve_home(home)
-    # Nothing may print into the TUI's terminal: the proxy's log goes to the state directory.
-    logging.basicConfig(filename=state_dir / "regcache.log", level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # every upstream request is in the event log
+    # Nothing may print into the TUI's terminal: the proxy's log goes to the state directory, rotated by size.
+    log_to_file(state_dir / LOG_FILE, configured_max_size(state_dir))
     try:
         proxy = EmbeddedProxy(ProxyServer(state_dir, listen, allow_anonymous=allow_anonymous))
         RegcacheApp(backend, proxy).run()

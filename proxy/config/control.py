@@ -48,11 +48,13 @@ from regcache.proxy.core.settings import (
     HEADER_TIMEOUT_SETTING,
     KEEPALIVE_TIMEOUT_SETTING,
     LIST_MAX_SIZE_SETTING,
+    LOG_MAX_SIZE_SETTING,
     LOGIN_BACKOFF_SETTING,
     LOGIN_QUEUE_SETTING,
     MANIFEST_MAX_SIZE_SETTING,
     MAX_CONNECTIONS_SETTING,
     MAX_SIZE_SETTING,
+    MIN_LOG_MAX_SIZE,
     RULE_SETTINGS,
     RULES_FILE_MAX_SIZE_SETTING,
     SECRET_FILE_MAX_SIZE_LIMIT,
@@ -93,6 +95,14 @@ def _count(text: str, field: str | None = None) -> int:
     if not value.isascii() or not value.isdigit() or not 0 < int(value) <= 1_000_000:
         raise ValidationError(f"{value[:50]!r} must be a whole number from 1 to 1000000", field=field)
     return int(value)
+
+
+def _log_size(text: str, field: str | None = None) -> int:
+    size = parse_size(text, field)
+    if size < MIN_LOG_MAX_SIZE:
+        raise ValidationError(f"{text.strip()[:50]!r} must be at least {format_size(MIN_LOG_MAX_SIZE)}, e.g. 10MiB",
+                              field=field)
+    return size
 
 
 def _positive_duration(text: str, field: str | None = None) -> float:
@@ -170,6 +180,9 @@ SETTINGS: dict[str, tuple[Callable[..., object], Callable[[Any], str | None], st
     RULES_FILE_MAX_SIZE_SETTING: (parse_size, _size,
                                   "largest rules file `regcache rules apply` reads (default 1MiB); larger ones "
                                   "are refused before they are parsed"),
+    LOG_MAX_SIZE_SETTING: (_log_size, _size,
+                           "size at which regcache.log (the TUI's, or serve --log-file) is rotated; 3 older files "
+                           "are kept (default 10MiB, at least 64KiB); read when the TUI or serve starts"),
     TOKEN_MAX_LIFETIME_SETTING: (parse_duration, format_duration,
                                  "longest an upstream token is reused, whatever lifetime its token service "
                                  "claims (default 1d; at least 1s)"),

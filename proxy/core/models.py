@@ -253,3 +253,9 @@ class PullEvent:
     duration_ms: float = 0.0
     detail: str | None = None
     ts: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    #: the client's User-Agent header, cut to USER_AGENT_MAX_CHARS (tells docker from podman, skopeo, ...)
+    user_agent: str | None = None
+
+
+#: at most this many characters of a client's User-Agent are recorded with its events
+USER_AGENT_MAX_CHARS = 256

@@ -51,6 +51,18 @@ SECRET_FILE_MAX_SIZE_SETTING = "secret-file-max-size"
 DEFAULT_SECRET_FILE_MAX_SIZE = 64 * 1024
 #: the most ``secret-file-max-size`` may be raised to: a secret is a password, a token or a key, never a payload
 SECRET_FILE_MAX_SIZE_LIMIT = 1024 * 1024
+#: the size at which `regcache.log` (the TUI's, or `serve --log-file`) is rotated (docs: README, "Limits")
+LOG_MAX_SIZE_SETTING = "log-max-size"
+DEFAULT_LOG_MAX_SIZE = 10 * 1024 * 1024
+#: the smallest log-max-size: a log rotated every few lines keeps nothing worth reading
+MIN_LOG_MAX_SIZE = 64 * 1024
+#: rotated logs kept beside the current one (regcache.log.1 ... .3): at most 4 x log-max-size on disk
+LOG_BACKUPS = 3
+
+
+def log_max_size(raw: str | None) -> int:
+    """The log-max-size from its stored value (absent: the default; never below the minimum)."""
+    return max(int(float(raw)), MIN_LOG_MAX_SIZE) if raw else DEFAULT_LOG_MAX_SIZE
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from regcache.proxy.core.errors import NameUnknown, PullError, ValidationError
-from regcache.proxy.core.models import PullEvent, Result, RuleMatch
+from regcache.proxy.core.models import USER_AGENT_MAX_CHARS, PullEvent, Result, RuleMatch
 from regcache.proxy.core.oci import OCI_INDEX
 from regcache.proxy.core.references import is_digest, is_repository_name, is_tag
 from regcache.proxy.core.referrers import FILTERS_APPLIED_HEADER, build_index
@@ -164,11 +164,13 @@ class Registry:
     def _event(self, request: Request, kind: str, repository: str, reference: str, result: Result, status: int,
                started: float, match: RuleMatch | None = None, size: int = 0, detail: str | None = None) -> None:
         client = request.client.host if request.client else ""
+        user_agent = request.headers.get("user-agent")
         # in mirror mode (?ns=) the client's name is the upstream's: log the name it is cached under
         repository = match.repository if match is not None else repository
         self.events.record(PullEvent(client, request.method, kind, repository, reference[:200], result, status,
                                      match.rule.name if match else None, size,
-                                     round((time.perf_counter() - started) * 1000, 3), detail))
+                                     round((time.perf_counter() - started) * 1000, 3), detail,
+                                     user_agent=user_agent[:USER_AGENT_MAX_CHARS] if user_agent else None))
 
     async def manifest(self, request: Request, name: str, reference: str) -> Response:
         started = time.perf_counter()
@@ -488,7 +490,7 @@ def create_app(home: Path, *, secrets: SecretResolver | None = None,
                         downloads.start_soon(run_event_pruning, state, name="event pruning")
                         registry = Registry(cache, events, ClientAuth(state, require=require_auth, limits=limits))
                         app.state.registry = registry
-                        app.state.operations = Operations(cache, home, secrets)
+                        app.state.operations = Operations(cache, home, secrets, record=events.record)
                         async with joined_fleet(state, backend, secrets or SecretResolver(), cache,
                                                 downloads) as fleet_secret:
                             app.state.peer = None if fleet_secret is None else PeerEndpoint(

@@ -28,7 +28,8 @@ from regcache.proxy.jobs.eviction import (
     evict,
 )
 from regcache.proxy.jobs.prefetch import (
-    Progress,
+    OnProgress,
+    Record,
     RuleProbe,
     WarmResult,
     parse_image,
@@ -38,6 +39,7 @@ from regcache.proxy.jobs.prefetch import (
 )
 from regcache.proxy.jobs.tagsync import SyncOutcome, sync_rule
 from regcache.proxy.pull.cache import LoginCheck, PullThroughCache
+from regcache.proxy.pull.events import EventLog
 from regcache.proxy.secrets import SecretResolver
 from regcache.proxy.state.store import StateStore
 
@@ -56,17 +58,26 @@ class PurgeReport:
 class Operations:
     """Warm, rule test, tag sync and gc over one PullThroughCache; call it from that cache's event loop."""
 
-    def __init__(self, cache: PullThroughCache, home: Path, secrets: SecretResolver | None = None) -> None:
+    def __init__(self, cache: PullThroughCache, home: Path, secrets: SecretResolver | None = None,
+                 record: Record | None = None) -> None:
         self.cache = cache
         self.home = home
         self.secrets = secrets or cache.secrets
+        #: where a warm's pull events go (the proxy's event log: counted like a client's pulls)
+        self.record = record
 
     @classmethod
     @asynccontextmanager
     async def open(cls, home: Path, secrets: SecretResolver | None = None) -> AsyncIterator[Operations]:
-        """Operations on a cache of their own for ``home`` (downloads finish before the block ends)."""
-        async with pull_through(home, secrets) as cache:
-            yield cls(cache, home, secrets)
+        """Operations on a cache of their own for ``home`` (downloads finish before the block ends), with an
+        event log of their own: a warm from the CLI is in the Activity log and the statistics too."""
+        async with pull_through(home, secrets) as cache, anyio.create_task_group() as writer:
+            events = EventLog(cache.state)
+            await writer.start(events.run)
+            try:
+                yield cls(cache, home, secrets, record=events.record)
+            finally:
+                events.close()  # the writer writes what is queued, then ends
 
     @classmethod
     def run_alone(cls, home: Path, secrets: SecretResolver | None,
@@ -80,12 +91,12 @@ class Operations:
         return anyio.run(run)
 
     async def warm(self, image: str, platform: str | None = "linux/amd64", *,
-                   on_total: Callable[[int], None] | None = None,
-                   on_progress: Progress | None = None) -> WarmResult:
-        """Pull ``image`` (one platform of an index, or every one with ``platform=None``) into the cache."""
+                   on_progress: OnProgress | None = None) -> WarmResult:
+        """Pull ``image`` (one platform of an index, or every one with ``platform=None``) into the cache;
+        ``on_progress`` hears each layer's bytes, rate and time left (in the engine's loop: never block in it)."""
         repository, reference = parse_image(image)
         match = await self.cache.resolve(repository)
-        return await warm_image(self.cache, match, reference, platform, on_total=on_total, on_progress=on_progress)
+        return await warm_image(self.cache, match, reference, platform, on_progress=on_progress, record=self.record)
 
     async def test_rule(self, rule_name: str, image: str) -> RuleProbe:
         """What rule ``rule_name`` maps ``image`` to, whether its credentials work, the upstream digest."""

@@ -221,6 +221,13 @@ def m009_referrers(db: Database) -> None:
 
 
 @migration
+def m010_event_user_agent(db: Database) -> None:
+    """The client's User-Agent with each pull event (cut to USER_AGENT_MAX_CHARS): the Activity log names the
+    client's tool (docker, podman, skopeo, ...). The roll-ups of pruned events do not keep it."""
+    db.table("events").add_column("user_agent", str)
+
+
+@migration
 def m011_credential_health(db: Database) -> None:
     """A credential set's health is the last real upstream login, written only by the engine when an upstream
     accepts or refuses a login. Before, whoever looked wrote it: a ``credential-set show`` in a shell without

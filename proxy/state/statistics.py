@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
 from regcache.proxy.core.models import PullEvent, Result, TagSyncRecord
 from regcache.proxy.state.store import StateStore
@@ -58,6 +58,22 @@ class CachedRepository:
 
 
 @dataclass(frozen=True, slots=True)
+class Minute:
+    """What the proxy answered in one minute (the Overview's charts)."""
+
+    start: datetime
+    requests: int = 0
+    hits: int = 0  # stale serves included, as in Totals.hit_ratio
+    answered: int = 0  # requests not answered with an error
+    bytes_served: int = 0
+    bytes_fetched: int = 0
+
+    @property
+    def hit_ratio(self) -> float | None:
+        return self.hits / self.answered if self.answered else None
+
+
+@dataclass(frozen=True, slots=True)
 class RecordedEvent:
     """A pull event as stored, with its id (the Activity log's cursor)."""
 
@@ -69,7 +85,7 @@ def _event(row: dict) -> RecordedEvent:
     return RecordedEvent(row["id"], PullEvent(
         row["client"] or "", row["method"] or "", row["kind"], row["repository"] or "", row["reference"] or "",
         Result(row["result"]), row["status"] or 0, row["rule"], row["bytes"] or 0, row["duration_ms"] or 0.0,
-        row["detail"], datetime.fromisoformat(row["ts"])))
+        row["detail"], datetime.fromisoformat(row["ts"]), row.get("user_agent")))
 
 
 class CacheStatistics:
@@ -84,6 +100,23 @@ class CacheStatistics:
 
     def cache_size(self) -> CacheSize:
         return CacheSize(*self.store.cache_size())
+
+    def per_minute(self, minutes: int = 60, now: datetime | None = None) -> list[Minute]:
+        """The last ``minutes`` minutes up to ``now`` (UTC), oldest first, one entry for each (quiet ones
+        zero); from the events kept (events-max-age shorter than the span leaves its start empty)."""
+        now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).replace(second=0, microsecond=0)
+        first = now - timedelta(minutes=minutes - 1)
+        seen = {key: row for key, *row in self.store.event_minutes(first)}
+        series = []
+        for i in range(minutes):
+            start = first + timedelta(minutes=i)
+            row = seen.get(start.strftime("%Y-%m-%dT%H:%M"))
+            series.append(Minute(start, *row) if row else Minute(start))
+        return series
+
+    def rule_sizes(self) -> dict[str, int]:
+        """Bytes cached per rule (a blob two rules share counts in each)."""
+        return self.store.rule_sizes()
 
     def rule_usage(self) -> dict[str, RuleUsage]:
         return {rule: RuleUsage(*usage) for rule, usage in self.store.rule_usage().items()}

@@ -497,7 +497,7 @@ class StateStore:
     # -- events ------------------------------------------------------------------------------------
 
     EVENT_COLUMNS = ("ts", "client", "method", "kind", "repository", "reference", "rule", "result", "status",
-                     "bytes", "duration_ms", "detail")
+                     "bytes", "duration_ms", "detail", "user_agent")
 
     def insert_events(self, events: list[dict]) -> None:
         cols = self.EVENT_COLUMNS
@@ -564,6 +564,24 @@ class StateStore:
             "AND (detail IS NULL OR detail NOT IN (?, ?))", list(NOT_FETCHED_HERE)).fetchone()[0] + self.conn.execute(
             "SELECT COALESCE(SUM(bytes_fetched), 0) FROM event_rollups").fetchone()[0]
         return totals
+
+    def event_minutes(self, since: datetime) -> list[tuple[str, int, int, int, int, int]]:
+        """Per minute since ``since`` (UTC) with any event: (``YYYY-MM-DDTHH:MM``, requests, hits (stale
+        included), answered requests, bytes served, bytes fetched upstream), oldest first; read through the
+        ``ts`` index, so an hour costs the same however long the log is."""
+        return [tuple(row) for row in self.conn.execute(
+            "SELECT substr(ts, 1, 16), COUNT(*), COALESCE(SUM(result IN ('hit', 'stale')), 0), "
+            "COALESCE(SUM(result != 'error'), 0), COALESCE(SUM(CASE WHEN result != 'error' THEN bytes END), 0), "
+            "COALESCE(SUM(CASE WHEN kind = 'blob' AND result = 'miss' AND (detail IS NULL OR detail NOT IN (?, ?)) "
+            "THEN bytes END), 0) FROM events WHERE ts >= ? GROUP BY 1 ORDER BY 1",
+            [*NOT_FETCHED_HERE, _ts(since)])]
+
+    def rule_sizes(self) -> dict[str, int]:
+        """Per rule: bytes of the blobs its repositories hold (a blob shared by two rules counts in each)."""
+        return dict(self.conn.execute(
+            "SELECT rule, SUM(size) FROM (SELECT DISTINCT r.rule, b.digest, b.size FROM repositories r "
+            "JOIN repository_contents c ON c.repository = r.name AND c.kind = 'blob' "
+            "JOIN blobs b ON b.digest = c.digest) GROUP BY rule"))
 
     def rule_usage(self) -> dict[str, tuple[int, int, int]]:
         """Per rule: (cached repositories, hits, misses)."""

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 import anyio
 
-from regcache.proxy.core.models import JOINED_DOWNLOAD, PullEvent, Result
+from regcache.proxy.core.models import JOINED_DOWNLOAD, USER_AGENT_MAX_CHARS, PullEvent, Result
 from regcache.proxy.core.settings import EventLimits
 from regcache.proxy.jobs.pruning import prune_events
 from regcache.proxy.pull.events import EventLog, event_row
@@ -167,3 +167,16 @@ def test_the_event_limits_are_settings(home, keyring_env):
     for bad in ("0", "-5", "lots", "1.5", "²"):
         assert cli("settings", "set", "events-max-count", bad).exit_code != 0
     assert EventLimits.from_settings({}) == EventLimits(30 * 86400.0, 1_000_000)
+
+
+def test_each_event_records_the_clients_user_agent_cut_short(regcache):
+    """The Activity log names the client's tool from its User-Agent; a huge one is cut, none is NULL."""
+    with regcache.http() as http:
+        http.get("/v2/nothing/here/manifests/1", headers={"User-Agent": "containerd/1.7.22"})
+        http.get("/v2/nothing/here/manifests/2", headers={"User-Agent": "x" * 6000})
+        http.get("/v2/nothing/here/manifests/3", headers={"User-Agent": ""})
+    rows = {row["reference"]: row for row in regcache.events()}
+    assert rows["1"]["user_agent"] == "containerd/1.7.22"
+    assert rows["2"]["user_agent"] == "x" * USER_AGENT_MAX_CHARS
+    assert rows["3"]["user_agent"] is None
+    assert CacheStatistics(regcache.control.store).events()[0].event.user_agent == "containerd/1.7.22"

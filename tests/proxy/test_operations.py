@@ -46,8 +46,13 @@ def test_a_warm_and_a_client_pull_of_one_blob_share_one_upstream_download(regcac
     assert body == layer.data
     assert warmed and warmed[0].digest == image.digest and warmed[0].blobs == 2
     assert front.blob_gets == 2  # the config and the layer, once each: the client joined the warm's download
-    client = [e for e in regcache.events() if e["kind"] == "blob" and e["reference"] == layer.digest]
-    assert [(e["result"], e["detail"]) for e in client] == [("miss", JOINED_DOWNLOAD)]
+    events = [e for e in regcache.events() if e["kind"] == "blob" and e["reference"] == layer.digest]
+    # the warm's traffic is counted like a pull's (its own event, from "local"); the client joined its download
+    assert sorted((e["client"], e["result"], e["detail"]) for e in events) == [
+        ("127.0.0.1", "miss", JOINED_DOWNLOAD), ("local", "miss", None)]
+    warm_event = next(e for e in events if e["client"] == "local")
+    assert (warm_event["bytes"], warm_event["rule"], warm_event["user_agent"]) == (len(layer.data), "shared-app",
+                                                                                        "regcache-warm")
 
 
 def test_jobs_run_in_the_engine_when_the_port_is_taken(home, keyring_env, anonymous_registry, push_image):

@@ -63,17 +63,22 @@ def populate(backend: Backend) -> None:
     hub = "credential-set/hub-creds@0123456789abcdef/docker.io/library/ubuntu"  # a source (docs/security.md)
     store.link("ubuntu", hub, "sha256:" + "a" * 64, "blob")
     store.set_tag("ubuntu", hub, "22.04", "sha256:" + "b" * 64, T0)
+    docker = "docker/27.3.1 go/go1.22.7 git-commit/41ca978 kernel/6.8.0 os/linux arch/amd64 " \
+             "UpstreamClient(Docker-Client/27.3.1 \\(linux\\))"
+    podman = "podman/5.2.2"
     events = [
-        PullEvent("10.0.0.7", "GET", "manifest", "ubuntu", "22.04", "miss", 200, "ubuntu", 1_024, 212.0, None, T0),
+        PullEvent("10.0.0.7", "GET", "manifest", "ubuntu", "22.04", "miss", 200, "ubuntu", 1_024, 212.0, None, T0,
+                  docker),
         PullEvent("10.0.0.7", "GET", "blob", "ubuntu", "sha256:" + "a" * 64, "miss", 200, "ubuntu", 29_360_128,
-                  1_870.5, None, T0),
-        PullEvent("10.0.0.8", "GET", "manifest", "ubuntu", "22.04", "hit", 200, "ubuntu", 1_024, 3.2, None, T0),
+                  1_870.5, None, T0, docker),
+        PullEvent("10.0.0.8", "GET", "manifest", "ubuntu", "22.04", "hit", 200, "ubuntu", 1_024, 3.2, None, T0,
+                  "containerd/1.7.22"),
         PullEvent("10.0.0.8", "GET", "blob", "ubuntu", "sha256:" + "a" * 64, "hit", 200, "ubuntu", 29_360_128,
-                  95.1, None, T0),
+                  95.1, None, T0, "containerd/1.7.22"),
         PullEvent("10.0.0.9", "GET", "manifest", "team/api", "1.4", "stale", 200, "team-ghcr", 2_048, 5.0,
-                  "upstream ghcr.io: unreachable (connection failed)", T0),
+                  "upstream ghcr.io: unreachable (connection failed)", T0, podman),
         PullEvent("10.0.0.9", "GET", "manifest", "team/web", "2.0", "error", 401, "team-ghcr", 0, 48.0,
-                  "upstream ghcr.io: refused the credentials of credential set 'ghcr-creds'", T0),
+                  "upstream ghcr.io: refused the credentials of credential set 'ghcr-creds'", T0, podman),
     ]
     from regcache.proxy.pull.events import event_row
 
@@ -86,5 +91,9 @@ def filled_backend(backend: Backend) -> Backend:
     return backend
 
 
+#: "now" for the app in tests: a few minutes after the fixed events, so the Overview's last hour holds them
+NOW = T0.replace(minute=40, second=5)
+
+
 def make_app(backend: Backend, status: ProxyStatus = RUNNING) -> RegcacheApp:
-    return RegcacheApp(backend, status=status)
+    return RegcacheApp(backend, status=status, clock=lambda: NOW)

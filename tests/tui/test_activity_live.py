@@ -38,7 +38,10 @@ async def test_activity_shows_a_miss_then_a_hit(backend, home, anonymous_registr
 
         await wait_for(pilot, lambda: "hit" in results() and "miss" in results(), timeout=15)
         rows = [table.get_row_at(i) for i in range(table.row_count)]
-        assert {str(r[2]) for r in rows} == {"live"}
+        assert {str(r[2]).split("@")[0].split(":")[0] for r in rows} == {"live"}  # the image: live:1, live@sha256:…
+        assert {str(r[4]) for r in rows} == {"live-app"}  # the rule
+        tools = {str(r[5]).split()[0] for r in rows}  # the client: skopeo's tool, then its address
+        assert tools <= {"skopeo", "podman/skopeo"} and tools, tools
         assert results()[0] == "hit"  # newest first
         totals = str(app.query_one("#activity-totals").render())
         assert "hits 50%" in totals or "hit" in totals

@@ -188,9 +188,10 @@ async def test_command_palette_has_every_action(filled_backend):
     app = make_app(filled_backend)
     async with app.run_test(size=(80, 24)) as pilot:
         titles = {c.title for c in app.get_system_commands(app.screen)}
-        for title in ("New cache rule", "Edit rule credentials", "Delete cache rule", "Cache rule details",
-                      "Create credentials", "Re-check credentials", "Delete credentials", "Filter activity",
-                      "Add upstream", "Remove upstream", "Go to Activity"):
+        for title in ("New cache rule (n)", "Edit rule credentials (e)", "Delete cache rule (d)",
+                      "Cache rule details (⏎)", "Create credentials (n)", "Re-check credentials (r)",
+                      "Delete credentials (d)", "Filter activity (/)", "Add upstream (a)", "Remove upstream (x)",
+                      "Go to Activity (4)", "Help: keys of this screen (? f1)"):
             assert title in titles
         await pilot.press("ctrl+p")
         await pilot.pause()

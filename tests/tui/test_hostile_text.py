@@ -39,6 +39,8 @@ from regcache.tui.screens.config_files import ClientConfigScreen, RulesFileScree
 from regcache.tui.screens.confirm import ConfirmScreen
 from regcache.tui.screens.credential_edit import CredentialEditForm
 from regcache.tui.screens.credential_form import CredentialForm
+from regcache.tui.screens.event_details import EventDetailsScreen
+from regcache.tui.screens.help import HelpScreen
 from regcache.tui.screens.image_action import ImageActionScreen
 from regcache.tui.screens.rule_credentials import RuleCredentialsForm
 from regcache.tui.screens.rule_details import RuleDetailsScreen
@@ -68,6 +70,7 @@ CLIENT = f"a[/b]c{OSC52}"
 REFERENCE = f"[bold]v1{CLEAR}"
 DETAIL = f"upstream said [@click=app.quit] [link=https://evil.example]x\x07\r{BIDI}unbalanced ["
 TAG = f"[b]tag{CLEAR}"
+USER_AGENT = f"evil/1.0 [@click=app.quit]{OSC52}{BIDI}"
 SHOWN_OSC52 = "\\x1b]52;c;ZXZpbA==\\x07"
 TOKEN = f"a[/b]c{CLEAR}tok"  # a client token stored before names were checked
 TOKEN_REPOSITORY = f"[@click=app.quit]{BIDI}/*"
@@ -97,7 +100,7 @@ def seed(backend: Backend) -> None:
     store.record_tag_sync("evil-rule", "app", "failed", 0, DETAIL)
     store.insert_client_token(ClientToken(TOKEN, (TOKEN_REPOSITORY,), "scrypt$1$1$1$AA==$AA==", T0))
     store.insert_events([event_row(PullEvent(CLIENT, "GET", "manifest", "app", REFERENCE, Result.ERROR, 502,
-                                             "evil-rule", 0, 12.0, DETAIL, T0))])
+                                             "evil-rule", 0, 12.0, DETAIL, T0, USER_AGENT))])
 
 
 @dataclass(frozen=True)
@@ -194,6 +197,19 @@ async def open_unlock(pilot) -> None:
     await settle(pilot)
 
 
+async def open_event_details(pilot) -> None:
+    await blade(pilot, "4")
+    pilot.app.query_one("#activity-table", DataTable).focus()
+    await pilot.press("enter")
+    await settle(pilot)
+
+
+async def open_help(pilot) -> None:
+    await open_event_details(pilot)
+    await pilot.press("f1")
+    await settle(pilot)
+
+
 async def open_confirm(pilot) -> None:
     await blade(pilot, "5")
     table = pilot.app.query_one("#upstreams-table", DataTable)
@@ -266,7 +282,12 @@ CASES: dict[type, Case] = {
     RulesBlade: Case(lambda p: blade(p, "2"), (f"{IPV6}/evil/app", "evil-creds")),
     # the budget is the last column: beyond the pane here, it is read in the details (CredentialEditForm)
     CredentialsBlade: Case(lambda p: blade(p, "3"), (USERNAME_ID, SHOWN_OSC52 + "\\u202etxt.exe")),
-    ActivityBlade: Case(lambda p: blade(p, "4"), ("a[/b]c" + SHOWN_OSC52, "[bold]v1\\x1b[2J")),
+    ActivityBlade: Case(lambda p: blade(p, "4"), ("evil a[/b]c" + SHOWN_OSC52, "[bold]v1\\x1b[2J",
+                                                  "upstream said [@click=app.quit] [link=https://evil.example]x")),
+    EventDetailsScreen: Case(open_event_details, (
+        "[link=https://evil.example]x\\x07\\x0d\\u202eunbalanced [", f"evil/1.0 [@click=app.quit]{SHOWN_OSC52}\\u202e",
+        "[bold]v1\\x1b[2J", "a[/b]c" + SHOWN_OSC52)),
+    HelpScreen: Case(open_help, ("Keys: error app", "Close")),
     UpstreamsBlade: Case(lambda p: blade(p, "5"), (IPV6, f"http://{IPV6}", "9\\x1b[2J\\u202e/a[/b]c")),
     RuleDetailsScreen: Case(open_details, ("regex:^(v|[/]release)[@click=app.quit]\\x1b\\[2J",
                                            "[b]tag\\x1b[2J", "[link=https://evil.example]x\\x07\\x0d\\u202eunbalanced")),

@@ -126,3 +126,36 @@ async def test_a_binary_rules_file_is_one_clear_error_in_the_tui(filled_backend,
         assert said in str(status.render()), str(status.render())
         assert app.is_running
     assert [r.name for r in filled_backend.control.list_rules()] == ["ubuntu", "all-mcr", "team-ghcr"]
+
+
+async def test_warm_shows_each_layers_progress_while_it_runs(backend, anonymous_registry, push_image):
+    from tests.proxy.fronts import THROTTLE, FaultyFront
+
+    image = push_image(anonymous_registry, "library/tuislow", "1", layers=[4_000_000])
+    front = FaultyFront(anonymous_registry.url, THROTTLE).start()  # ~0.3 s of bytes: progress while it runs
+    front.throttle_delay = 0.05
+    try:
+        backend.control.add_upstream(front.host, front.url, "anonymous")
+        backend.control.create_rule("warm-slow", f"{front.host}/library/*", "lib/*")
+        app = make_app(backend)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await select_rule(pilot, app, "warm-slow")
+            await pilot.press("w")
+            await wait_for(pilot, lambda: isinstance(app.screen, ImageActionScreen))
+            await type_into(pilot, "#image", "lib/tuislow:1")
+            await pilot.press("enter")
+            outcome = app.screen.query_one("#outcome", Static)
+            seen: list[str] = []
+
+            def progressed() -> bool:
+                seen.append(str(outcome.render()))
+                return "fetched" in seen[-1] and "from the upstream" in seen[-1]
+
+            await wait_for(pilot, progressed, timeout=30)
+    finally:
+        front.stop()
+    layer = image.layers[0].digest[:19]
+    during = [s for s in seen if "ETA" in s and layer in s and "fetching" in s]
+    assert during, seen
+    assert "lib/tuislow:1: " in during[-1] and "of 2 blobs" in during[-1] and "/s" in during[-1]
+    assert "working..." not in seen[-1]

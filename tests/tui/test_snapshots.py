@@ -6,34 +6,50 @@ and review the SVGs in tests/tui/__snapshots__/.
 
 from __future__ import annotations
 
+import re
+import time
+
 import pytest
+from textual.widgets import Input
 
 from regcache.proxy.secrets import KeyringLock
 from regcache.tui.screens.unlock import UnlockScreen
-from tests.helpers.pilot import type_into
+from tests.helpers.pilot import screen_lines, type_into
 
 from .conftest import make_app
 
 SIZES = [(80, 24), (120, 40)]
 
 
-async def settle(pilot) -> None:
-    """Wait until the blades' loading workers finished and the screen caught up.
+async def settle(pilot, timeout: float = 30.0) -> None:
+    """Wait until the blades' loading workers finished and the screen stopped changing.
 
-    A DataTable sizes its columns to the rows on a later refresh: on a loaded machine (a CI run) a
-    snapshot taken right after the rows arrived once showed the columns at their headers' widths.
+    A DataTable sizes its columns to the rows on a later refresh, and a size computed on a widget's idle
+    may reach the screen's layout later still: on a loaded machine (a CI run, another process keeping both
+    cores busy) a snapshot taken right after the rows arrived once showed the columns at their headers'
+    widths. So: every worker finished (a blade runs one load at a time, so a finished load has shown
+    what it read), nothing left to animate, then the screen laid out again and drawn the same twice in a row.
+    A focused field's blinking cursor would be on in one snapshot and off in the next: it is made steady.
     """
-    await pilot.pause()
-    await pilot.app.workers.wait_for_complete()
-    await pilot.pause()
-    await pilot.wait_for_scheduled_animations()
-    await pilot.pause(0.1)
-    # By now the tables have sized their columns to their rows, but a size computed on the table's own
-    # idle may not have reached the screen's layout yet (a loaded machine once showed the header widths):
-    # lay the screen out again before the snapshot.
-    pilot.app.screen.refresh(layout=True)
-    await pilot.pause()
-    await pilot.pause(0.05)
+    app = pilot.app
+    deadline = time.monotonic() + timeout
+    previous: str | None = None
+    while time.monotonic() < deadline:
+        await pilot.pause()
+        if not all(worker.is_finished for worker in app.workers):
+            previous = None
+            continue
+        await pilot.wait_for_scheduled_animations()
+        for field in app.screen.query(Input):
+            field.cursor_blink = False  # steady: shown while focused
+        app.screen.refresh(layout=True)
+        await pilot.pause()
+        # what the snapshot will hold (a modal screen's background included), without its random ids
+        drawn = re.sub(r"terminal-\d+", "terminal", app.export_screenshot())
+        if drawn == previous:
+            return
+        previous = drawn
+    raise AssertionError("the screen never settled:\n" + "\n".join(screen_lines(app)))
 
 
 BLADES = [("overview", "1"), ("rules", "2"), ("credentials", "3"), ("activity", "4"), ("upstreams", "5"),
@@ -154,3 +170,25 @@ def test_unlock_modal_after_a_wrong_password(snap_compare, filled_backend):
         await settle(pilot)
 
     assert snap_compare(make_app(filled_backend), terminal_size=(80, 24), run_before=wrong)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_event_details(snap_compare, filled_backend, size):
+    async def open_details(pilot):
+        await pilot.press("4")
+        await settle(pilot)
+        await pilot.press("enter")  # the table has the focus: the newest event (an error)
+        await settle(pilot)
+
+    assert snap_compare(make_app(filled_backend), terminal_size=size, run_before=open_details)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_help(snap_compare, filled_backend, size):
+    async def open_help(pilot):
+        await pilot.press("4")
+        await settle(pilot)
+        await pilot.press("question_mark")
+        await settle(pilot)
+
+    assert snap_compare(make_app(filled_backend), terminal_size=size, run_before=open_help)

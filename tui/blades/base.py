@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from textual import work
 from textual.containers import Vertical
 from textual.widgets import DataTable
+from textual.worker import Worker
 
 from regcache.proxy.core.errors import RegcacheError, unwrap_error
 
@@ -17,8 +18,6 @@ from ..screens.confirm import ConfirmScreen
 from ..text import notify
 
 if TYPE_CHECKING:
-    from textual.worker import Worker
-
     from regcache.proxy.jobs.operations import Operations
 
 
@@ -34,6 +33,10 @@ class Blade(Vertical):
     def backend(self) -> Backend:
         return self.app.backend  # type: ignore[attr-defined]
 
+    #: the load in flight, and whether another was asked for meanwhile (run once it ends)
+    _loading: Worker[None] | None = None
+    _load_again = False
+
     def on_mount(self) -> None:
         self.set_interval(self.REFRESH_SECONDS, self.reload_if_shown)
 
@@ -45,8 +48,22 @@ class Blade(Vertical):
             self.load()
 
     def load(self) -> None:
-        """(Re)load the blade's data, off the UI thread: starts :meth:`load_in_thread`."""
-        self.load_in_thread()
+        """(Re)load the blade's data, off the UI thread: starts :meth:`load_in_thread`.
+
+        One load at a time: a thread worker cannot be stopped, so a second one started beside it (the first
+        load and the timer's refresh) would only look cancelled and still show what it read, late and out
+        of order (the Activity log added events twice: DuplicateKey). A load asked for meanwhile runs once
+        the one in flight ends."""
+        if self._loading is not None and not self._loading.is_finished:
+            self._load_again = True
+            return
+        self._load_again = False
+        self._loading = self.load_in_thread()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        # not stopped: the app reports a worker's error
+        if event.worker is self._loading and event.worker.is_finished and self._load_again:
+            self.load()
 
     def load_in_thread(self) -> Worker[None]:
         """Read the blade's data and show it; subclasses implement it as a thread worker

@@ -151,7 +151,6 @@ def cache_purge(control: ControlPlane, repository: str, tag: str | None, digest:
 
     The next pull fetches it from the upstream again. Blobs no other repository links are deleted.
     """
-    from regcache.proxy.core.units import format_size
 
     if tag is not None and digest is not None:
         raise click.UsageError("give --tag or --digest, not both (neither purges the whole repository)")
@@ -217,25 +216,19 @@ def cache_test(control: ControlPlane, name: str, image: str, fmt: str) -> None:
               help="The image of an index to fetch (os/arch[/variant]), or 'all'.")
 @engine_command
 def warm(control: ControlPlane, image: str, platform: str) -> None:
-    """Pull IMAGE (TARGET_REPO:TAG) into the cache without a client, with a progress bar."""
-    from regcache.proxy.core.text import printable
+    """Pull IMAGE (TARGET_REPO:TAG) into the cache without a client: on a terminal each layer's bytes, rate and
+    time left as it goes, else one summary line."""
+    import time
 
-    bar_holder: dict[str, Any] = {}
+    from regcache.proxy.core.units import format_count
+    from regcache.tui.progress import TerminalProgress, rate
 
-    def on_total(total: int) -> None:
-        bar_holder["bar"] = click.progressbar(length=total, label=f"warming {printable(image)}", file=sys.stderr,
-                                              show_pos=False, show_percent=True, show_eta=True)
-        bar_holder["bar"].__enter__()
-
-    def on_progress(n: int) -> None:
-        if "bar" in bar_holder:
-            bar_holder["bar"].update(n)
-
-    try:
-        chosen = None if platform == "all" else platform
-        result = run_job(control, lambda ops: ops.warm(image, chosen, on_total=on_total, on_progress=on_progress))
-    finally:
-        if "bar" in bar_holder:
-            bar_holder["bar"].__exit__(None, None, None)
+    on_progress = TerminalProgress(sys.stderr) if sys.stderr.isatty() else None
+    chosen = None if platform == "all" else platform
+    started = time.monotonic()
+    result = run_job(control, lambda ops: ops.warm(image, chosen, on_progress=on_progress))
+    seconds = time.monotonic() - started
+    took = f" in {seconds:.1f} s ({rate(result.bytes_fetched / seconds)})" if result.bytes_fetched and seconds else ""
     say(f"{result.repository}@{result.digest}: {format_count(result.blobs, 'blob')}, fetched "
-        f"{format_size(result.bytes_fetched)} from the upstream, {format_size(result.bytes_cached)} already cached")
+        f"{format_size(result.bytes_fetched)} from the upstream{took}, {format_size(result.bytes_cached)} "
+        f"already cached")

@@ -66,26 +66,38 @@ def tui_command(ctx: click.Context, listen: str = "127.0.0.1:5000", allow_anonym
               help="Serve Prometheus /metrics on this address instead of beside the registry API.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
+@click.option("--log-file", type=click.Path(dir_okay=False), metavar="PATH",
+              help="Log to PATH, rotated at the log-max-size setting (3 older files kept), instead of stderr.")
 @click.option("--trusted-proxy", "trusted_proxies", metavar="ADDR[,ADDR]", multiple=True,
               help="Believe X-Forwarded-For/-Proto only from these addresses or networks (a reverse proxy in "
                    "front, e.g. 127.0.0.1); without it those headers are ignored.")
 @allow_anonymous_option
 @click.pass_context
 def serve(ctx: click.Context, listen: str, tls_cert: str | None, tls_key: str | None, metrics_listen: str | None,
-          log_level: str, trusted_proxies: tuple[str, ...] = (), allow_anonymous: bool = False) -> None:
+          log_level: str, trusted_proxies: tuple[str, ...] = (), allow_anonymous: bool = False,
+          log_file: str | None = None) -> None:
     """Run the registry proxy in the foreground (stops cleanly on SIGTERM or Ctrl-C)."""
     import logging
     import signal
+    from pathlib import Path
 
     import anyio
 
     from regcache.proxy.server import ProxyServer
     from regcache.proxy.state.store import resolve_home
+    from regcache.tui.logs import configured_max_size, log_to_file
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    home = resolve_home(ctx.find_root().obj.get("home"))
+    if log_file:  # a file: rotated by size, so months of serving never fill the disk
+        try:
+            log_to_file(Path(log_file), configured_max_size(home), log_level.upper())
+        except OSError as exc:
+            raise Failure(f"cannot write the log file {log_file}: {exc.strerror or exc}; give a writable path "
+                          f"with --log-file, or leave it out to log to stderr") from None
+    else:  # stderr: for a supervisor (systemd's journal, docker) that keeps and rotates it
+        logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if log_level != "debug":  # httpx logs every upstream request at INFO: the event log has them
         logging.getLogger("httpx").setLevel(logging.WARNING)
-    home = resolve_home(ctx.find_root().obj.get("home"))
 
     async def run() -> None:
         server = ProxyServer(home, listen, tls_cert=tls_cert, tls_key=tls_key, metrics_listen=metrics_listen,

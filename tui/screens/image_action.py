@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import time
+from typing import TYPE_CHECKING
 
 from textual import work
 from textual.app import ComposeResult
@@ -15,9 +17,18 @@ from regcache.proxy.core.errors import RegcacheError, unwrap_error
 from regcache.proxy.core.models import CacheRule
 from regcache.proxy.core.units import format_size
 
+from ..progress import layer_line, rate, warm_line
 from ..text import printable, text
 from ..widgets.form_row import FormRow
 from ..widgets.text_input import TextInput
+
+if TYPE_CHECKING:
+    from regcache.proxy.jobs.prefetch import WarmProgress
+
+#: seconds between redraws of a warm's progress
+PROGRESS_REFRESH = 0.25
+#: layers listed at once (the newest; an image may have dozens)
+MAX_LAYER_LINES = 8
 
 
 class ImageActionScreen(ModalScreen[None]):
@@ -50,6 +61,23 @@ class ImageActionScreen(ModalScreen[None]):
 
     def on_mount(self) -> None:
         self.query_one("#image").focus()
+        #: the warm's latest progress, set from the engine's thread (an assignment: no lock, no waiting on the UI)
+        self.progress: WarmProgress | None = None
+        self.running = False
+        self.set_interval(PROGRESS_REFRESH, self.show_progress)
+
+    def show_progress(self) -> None:
+        """The warm so far: bytes, rate and time left for the image and each layer (the newest last)."""
+        progress = self.progress
+        if not self.running or progress is None:
+            return
+        lines = [warm_line(progress)]
+        active = [layer for layer in progress.layers if layer.state != "waiting"]
+        shown = active[-MAX_LAYER_LINES:]
+        if len(active) > len(shown):
+            lines.append(f"  ({len(active) - len(shown)} earlier blobs done)")
+        lines += [f"  {layer_line(layer)}" for layer in shown]
+        self.query_one("#outcome", Static).update(text("\n".join(printable(line) for line in lines), multiline=True))
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         event.stop()
@@ -66,6 +94,8 @@ class ImageActionScreen(ModalScreen[None]):
         image = self.query_one("#image", Input).value.strip()
         platform = self.query_one("#platform", Input).value.strip() if self.mode == "warm" else ""
         self.query_one("#outcome", Static).update(text("working..."))
+        self.progress = None
+        self.running = True
         self.run_image_action(image, platform)
 
     @work(thread=True, exclusive=True, group="image-action")
@@ -74,9 +104,13 @@ class ImageActionScreen(ModalScreen[None]):
         try:
             if self.mode == "warm":
                 chosen = None if platform == "all" else platform or None
-                result = backend.run_job(lambda ops: ops.warm(image, chosen))
+                started = time.monotonic()
+                result = backend.run_job(lambda ops: ops.warm(image, chosen, on_progress=self._progressed))
+                seconds = time.monotonic() - started
+                took = (f" in {seconds:.1f} s ({rate(result.bytes_fetched / seconds)})"
+                        if result.bytes_fetched and seconds else "")
                 outcome = (f"{printable(result.repository)}@{printable(result.digest)}\n{result.blobs} blob(s): "
-                           f"fetched {format_size(result.bytes_fetched)} from the upstream, "
+                           f"fetched {format_size(result.bytes_fetched)} from the upstream{took}, "
                            f"{format_size(result.bytes_cached)} already cached")
             else:
                 probe = backend.run_job(lambda ops: ops.test_rule(self.rule.name, image))
@@ -88,4 +122,11 @@ class ImageActionScreen(ModalScreen[None]):
             if not isinstance(inner, RegcacheError):
                 raise
             outcome = f"error: {printable(inner)}"
-        self.app.call_from_thread(self.query_one("#outcome", Static).update, text(outcome, multiline=True))
+        self.app.call_from_thread(self._done, outcome)
+
+    def _progressed(self, progress: WarmProgress) -> None:
+        self.progress = progress  # called in the engine's loop: keep it, the screen's timer shows it
+
+    def _done(self, outcome: str) -> None:
+        self.running = False
+        self.query_one("#outcome", Static).update(text(outcome, multiline=True))
