@@ -46,7 +46,7 @@ def test_log_max_size_is_a_setting_with_a_floor(home, keyring_env):
         assert configured_max_size(home) == DEFAULT_LOG_MAX_SIZE == 10 * 1024 * 1024
         assert control.set_setting("log-max-size", "2MiB") == "2 MiB"
         assert configured_max_size(home) == 2 * 1024 * 1024
-        with pytest.raises(ValidationError, match="must be at least 64KiB"):
+        with pytest.raises(ValidationError, match="must be at least 64 KiB"):
             control.set_setting("log-max-size", "0")
         assert configured_max_size(home) == 2 * 1024 * 1024
     finally:
