@@ -143,7 +143,7 @@ def test_warm_on_a_terminal_shows_each_layer_and_otherwise_one_summary(home, key
     piped = run(home, "warm", "lib/piped:1")  # not a terminal: the summary alone
     assert piped.exit_code == 0, piped.stderr
     assert piped.stderr.count("\n") == 1 and "\r" not in piped.stderr and "ETA" not in piped.stderr
-    assert "from the upstream in " in piped.stderr and "/s), 0B already cached" in piped.stderr
+    assert "from the upstream in " in piped.stderr and "/s), 0 B already cached" in piped.stderr
     primary, secondary = pty.openpty()
     try:
         proc = subprocess.run([regcache_executable(), "--home", str(home), "warm", "lib/shown:1"],
