@@ -160,6 +160,13 @@ class _Config(uvicorn.Config):
         self.header_timeout = header_timeout
 
 
+#: offer ``http.response.zerocopysend`` (the kernel's sendfile) to the app. Off: on loopback here asyncio's
+#: sock_sendfile loop moved a warm 200 MB blob at ~1,900 MB/s against ~2,300 MB/s for 4 MiB reads
+#: (bench/pull_bench.py, 3 runs each); the path stays tested (tests/proxy/test_sendfile.py) until issue 17's
+#: measurements decide how a file is best sent
+OFFER_ZERO_COPY = False
+
+
 class _FileSpan:
     """``count`` bytes of a file, as h11 frames them: it only asks their length (``send_with_data_passthrough``)."""
 
@@ -249,7 +256,9 @@ class _H11Protocol(H11Protocol):
             # (uvicorn offers no hook to choose the class; the instance layout is the same)
             self.cycle.__class__ = _ZeroCopyCycle
             extensions = self.cycle.scope.setdefault("extensions", {})
-            extensions[ZERO_COPY_SEND] = extensions[ABORT] = {}
+            extensions[ABORT] = {}
+            if OFFER_ZERO_COPY:
+                extensions[ZERO_COPY_SEND] = {}
 
     def data_received(self, data: bytes) -> None:
         cycle = self.cycle

@@ -23,8 +23,9 @@ from starlette.types import Receive, Scope, Send
 
 #: the ASGI extension (and message type) of a body sent from a file descriptor
 ZERO_COPY_SEND = "http.response.zerocopysend"
-#: reads without the extension: small enough that a slow client holds little, big enough to be cheap
-CHUNK = 1024 * 1024
+#: reads without the extension (what a warm blob costs in memory per client until issue 17 bounds it further):
+#: the size the stored-file reader used before, measured as fast as a kernel sendfile here
+CHUNK = 4 * 1024 * 1024
 #: regcache's ASGI extension for a body whose source failed after the response started: the server closes
 #: the connection (the client sees a cut transfer and retries) and logs no traceback, the app having
 #: recorded the failure already
