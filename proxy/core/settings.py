@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -65,6 +65,14 @@ def log_max_size(raw: str | None) -> int:
     return max(int(float(raw)), MIN_LOG_MAX_SIZE) if raw else DEFAULT_LOG_MAX_SIZE
 
 
+def _stored_number(values: Mapping[str, str | None]) -> Callable[[str, float], float]:
+    """``number(key, fallback)``: a setting's stored number, or the fallback when it was never set."""
+    def number(key: str, fallback: float) -> float:
+        raw = values.get(key)
+        return float(raw) if raw else fallback
+    return number
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamLimits:
     """What one upstream answer may cost: bytes per kind of body, and time per call (blobs excepted)."""
@@ -92,11 +100,7 @@ class UpstreamLimits:
     def from_settings(cls, values: Mapping[str, str | None]) -> UpstreamLimits:
         """The limits from stored setting values (absent: the default)."""
         default = cls()
-
-        def number(key: str, fallback: float) -> float:
-            raw = values.get(key)
-            return float(raw) if raw else fallback
-
+        number = _stored_number(values)
         return cls(int(number(MANIFEST_MAX_SIZE_SETTING, default.manifest_bytes)),
                    int(number(LIST_MAX_SIZE_SETTING, default.list_bytes)),
                    int(number(TOKEN_MAX_SIZE_SETTING, default.token_bytes)),
@@ -190,11 +194,7 @@ class ServerLimits:
     def from_settings(cls, values: Mapping[str, str | None]) -> ServerLimits:
         """The limits from stored setting values (absent: the default)."""
         default = cls()
-
-        def number(key: str, fallback: float) -> float:
-            raw = values.get(key)
-            return float(raw) if raw else fallback
-
+        number = _stored_number(values)
         return cls(number(HEADER_TIMEOUT_SETTING, default.header_timeout),
                    number(KEEPALIVE_TIMEOUT_SETTING, default.keepalive_timeout),
                    int(number(MAX_CONNECTIONS_SETTING, default.max_connections)),

@@ -106,20 +106,13 @@ class FleetMembership:
     async def read(self) -> None:
         """Read every heartbeat; a member whose beat changed is seen alive now."""
         try:
-            keys = await self.objects.list_keys(self.objects.member_key(), MAX_MEMBERS)
-            found = [await self.objects.read(key) for key in keys]
+            found = await heartbeats(self.objects)
         except StorageError as exc:
             log.warning("fleet members not read (keeping what was known): %s", exc)
             return
         now = self._clock()
         listed: set[str] = set()
-        for stored in found:
-            if stored is None:
-                continue
-            try:
-                member = Member.from_json(stored.content)
-            except ValidationError:
-                continue
+        for member, _ in found:
             listed.add(member.node_id)
             previous = self._seen.get(member.node_id)
             if previous is None or previous[0] != member:
@@ -141,17 +134,23 @@ class MemberStatus:
         return self.age <= MEMBER_TTL
 
 
-async def read_members(objects: ObjectStore, now: datetime | None = None) -> list[MemberStatus]:
-    """Every heartbeat in the bucket, with its age by the bucket's clock (the nodes' clocks are in sync: NTP)."""
-    now = now or datetime.now(timezone.utc)
-    found: list[MemberStatus] = []
+async def heartbeats(objects: ObjectStore) -> list[tuple[Member, datetime]]:
+    """Every heartbeat in the bucket and when the bucket stored it (what is not a heartbeat is passed over)."""
+    found: list[tuple[Member, datetime]] = []
     for key in await objects.list_keys(objects.member_key(), MAX_MEMBERS):
         stored = await objects.read(key)
         if stored is None:
             continue
         try:
-            member = Member.from_json(stored.content)
+            found.append((Member.from_json(stored.content), stored.last_modified))
         except ValidationError:
             continue
-        found.append(MemberStatus(member, max((now - stored.last_modified).total_seconds(), 0.0)))
+    return found
+
+
+async def read_members(objects: ObjectStore, now: datetime | None = None) -> list[MemberStatus]:
+    """Every heartbeat in the bucket, with its age by the bucket's clock (the nodes' clocks are in sync: NTP)."""
+    now = now or datetime.now(timezone.utc)
+    found = [MemberStatus(member, max((now - stored_at).total_seconds(), 0.0))
+             for member, stored_at in await heartbeats(objects)]
     return sorted(found, key=lambda s: s.member.node_id)
