@@ -12,8 +12,7 @@ import time
 import pytest
 
 from regcache.proxy.config.control import ControlPlane
-from tests.helpers.commands import regcache_executable
-from tests.helpers.tmux import keys, screen, tmux, wait_for_text
+from tests.helpers.tmux import keys, quit_cleanly, screen, start_tui, wait_for_text
 from tests.registries.skopeo import SkopeoError
 
 pytestmark = pytest.mark.slow
@@ -24,32 +23,15 @@ def session(home, keyring_env):
     if shutil.which("tmux") is None:
         pytest.fail("tmux is not installed: apt-get install -y tmux", pytrace=False)
     name = f"regcache-activity-{os.getpid()}"
-    env = " ".join(f"{k}={v}" for k, v in keyring_env.items())
 
     def start() -> str:
-        # COLUMNS and LINES (pytest's) would win over the pane's size
-        command = (f"env -u COLUMNS -u LINES {env} TERM=xterm-256color {regcache_executable()} --home {home} tui "
-                   f"--listen 127.0.0.1:0")
-        tmux("new-session", "-d", "-s", name, "-x", "80", "-y", "24", command)
-        tmux("set-option", "-w", "-t", name, "window-size", "manual")
-        tmux("set-option", "-w", "-t", name, "remain-on-exit", "on")  # a crash leaves its traceback to read
-        return name
+        return start_tui(name, home, keyring_env)
 
     yield start
     subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True, timeout=30)
 
 
-def quit_cleanly(name: str) -> None:
-    keys(name, "q")
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if tmux("display-message", "-p", "-t", name, "#{pane_dead}").strip() == "1":
-            break
-        time.sleep(0.2)
-    assert tmux("display-message", "-p", "-t", name, "#{pane_dead_status}").strip() == "0", screen(name)
-
-
-def test_help_lists_the_keys_of_the_screen_shown(session):
+def test_help_lists_the_keys_of_the_screen_shown(session, home):
     name = session()
     wait_for_text(name, "running")
     assert "? Help" in screen(name)  # the footer says where help is
@@ -78,7 +60,7 @@ def test_help_lists_the_keys_of_the_screen_shown(session):
     assert "Save" in shown and "This screen" in shown, shown
     keys(name, "Escape", "Escape")
     wait_for_text(name, "No cache rules yet")
-    quit_cleanly(name)
+    quit_cleanly(name, home)
 
 
 def test_a_failed_pull_shows_its_reason_rule_and_tool_in_activity(session, home, anonymous_registry, push_image,
@@ -125,4 +107,4 @@ def test_a_failed_pull_shows_its_reason_rule_and_tool_in_activity(session, home,
     assert "error 404" not in screen(name)  # the filter is exact: the error is not a hit
     keys(name, "Escape")
     wait_for_text(name, "error 404")
-    quit_cleanly(name)
+    quit_cleanly(name, home)

@@ -17,7 +17,7 @@ from regcache.proxy.core.models import CacheRule
 from regcache.proxy.core.rules import MAX_RULES
 from regcache.proxy.core.tokens import verify_password
 from tests.helpers.commands import regcache_executable
-from tests.helpers.tmux import keys, screen, tmux, wait_for_text
+from tests.helpers.tmux import keys, quit_cleanly, start_tui, wait_for_text
 
 from .conftest import T0
 
@@ -30,36 +30,14 @@ def start(home, keyring_env):
     if shutil.which("tmux") is None:
         pytest.fail("tmux is not installed: apt-get install -y tmux", pytrace=False)
     name = f"regcache-blades-{os.getpid()}"
-    env = " ".join(f"{k}={v}" for k, v in keyring_env.items())
 
     def run() -> str:
-        # COLUMNS and LINES (pytest's) would win over the pane's size
-        # the exit status goes to a file: tmux sometimes marks a pane dead without its status
-        command = (f"env -u COLUMNS -u LINES {env} TERM=xterm-256color {regcache_executable()} --home {home} tui "
-                   f"--listen 127.0.0.1:0; echo $? > {home}.exit")
-        tmux("new-session", "-d", "-s", name, "-x", "80", "-y", "24", command)
-        tmux("set-option", "-w", "-t", name, "window-size", "manual")
-        tmux("set-option", "-w", "-t", name, "remain-on-exit", "on")
+        start_tui(name, home, keyring_env)
         wait_for_text(name, "running")
         return name
 
     yield run
     subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True, timeout=30)
-
-
-def quit_cleanly(session: str, home) -> None:
-    keys(session, "q")
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if tmux("display-message", "-p", "-t", session, "#{pane_dead}").strip() == "1":
-            break
-        time.sleep(0.2)
-    final = screen(session)
-    exit_file = home.parent / f"{home.name}.exit"
-    while not exit_file.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert exit_file.exists() and exit_file.read_text().strip() == "0", final
-    assert "Traceback" not in final
 
 
 def test_search_in_a_thousand_rules(start, home):

@@ -18,9 +18,8 @@ import pytest
 from regcache.proxy.core.oci import OCI_MANIFEST
 from regcache.tui.backend import Backend
 from regcache.tui.widgets.nav import BLADES
-from tests.helpers.commands import regcache_executable
 from tests.helpers.hostile_upstream import HostileUpstream
-from tests.helpers.tmux import keys, screen, tmux, wait_for_text
+from tests.helpers.tmux import exit_status, keys, screen, start_tui, tmux, wait_for_text
 
 pytestmark = pytest.mark.slow
 
@@ -65,15 +64,7 @@ def session(home, keyring_env, hostile):
     if shutil.which("tmux") is None:
         pytest.fail("tmux is not installed: apt-get install -y tmux", pytrace=False)
     name = f"regcache-hostile-{os.getpid()}"
-    env = " ".join(f"{k}={v}" for k, v in keyring_env.items())
-    # COLUMNS and LINES (pytest's 80x24) would win over the pane's size: the pane is wide, so every column shows
-    # the exit status goes to a file: tmux sometimes marks a pane dead without its status
-    command = (f"env -u COLUMNS -u LINES {env} TERM=xterm-256color {regcache_executable()} --home {home} tui "
-               f"--listen 127.0.0.1:0; echo $? > {home}.exit")
-    tmux("new-session", "-d", "-s", name, "-x", "200", "-y", "50", command)
-    tmux("set-option", "-w", "-t", name, "window-size", "manual")
-    tmux("set-option", "-w", "-t", name, "remain-on-exit", "on")  # a crash leaves its traceback to read
-    yield name
+    yield start_tui(name, home, keyring_env, 200, 50)  # wide: every column shows
     subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True, timeout=30)
 
 
@@ -140,7 +131,4 @@ def test_hostile_pulls_through_the_embedded_proxy_leave_the_tui_running(session,
     while alive(session) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not alive(session), "regcache did not quit on q:\n" + screen(session)
-    exit_file = home.parent / f"{home.name}.exit"
-    while not exit_file.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert exit_file.exists() and exit_file.read_text().strip() == "0", screen(session)
+    assert exit_status(home) == "0", screen(session)
