@@ -34,7 +34,7 @@ from regcache.proxy.http.client_auth import ClientAuth
 from regcache.proxy.http.errors import API_VERSION_HEADER, RegistryError, oci_error, unsupported
 from regcache.proxy.http.fleet import PeerEndpoint, joined_fleet
 from regcache.proxy.http.ranges import parse_range
-from regcache.proxy.http.sendfile import FileRangeResponse, StreamedResponse
+from regcache.proxy.http.sendfile import ClientGone, FileRangeResponse, StreamedResponse
 from regcache.proxy.jobs.eviction import run_eviction
 from regcache.proxy.jobs.operations import Operations
 from regcache.proxy.jobs.pruning import run_event_pruning
@@ -238,20 +238,23 @@ class Registry:
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{blob.size}"
         local = blob.local_file
         if local is not None and end is not None:  # a warm file: the server may send it without copying
-            return FileRangeResponse(local, start, end, status, headers, self._file_sent(
+            return FileRangeResponse(local, start, end, status, headers, self._transfer_ended(
                 request, name, digest, blob.result, status, started, match, blob.detail))
         if end is not None:
             headers["Content-Length"] = str(end - start)
         chunks = blob.chunks(start, end if byte_range is not None else None)
-        body = self._counted(request, chunks, name, digest, blob.result, status, started, match, blob.detail)
+        body = self._counted(chunks, self._transfer_ended(request, name, digest, blob.result, status, started, match,
+                                                          blob.detail))
         return StreamedResponse(body, status, headers=headers)
 
-    def _file_sent(self, request: Request, name: str, digest: str, result: Result, status: int, started: float,
-                   match: RuleMatch | None, detail: str | None) -> Callable[[int, BaseException | None], None]:
-        """What records the event of a blob sent from its file, once the body ended (as :meth:`_counted`)."""
+    def _transfer_ended(self, request: Request, name: str, digest: str, result: Result, status: int,
+                        started: float, match: RuleMatch | None,
+                        detail: str | None) -> Callable[[int, BaseException | None], None]:
+        """What records a blob transfer's event once its body ended: complete, failed (an exception of ours) or
+        cut by the client (ClientGone, or a cancellation)."""
         def done(sent: int, error: BaseException | None) -> None:
             outcome, why, answered = result, detail, status
-            if isinstance(error, ConnectionError) or (error is not None and not isinstance(error, Exception)):
+            if isinstance(error, ClientGone) or (error is not None and not isinstance(error, Exception)):
                 why = f"the client went away after {sent} bytes"
             elif error is not None:
                 outcome, why, answered = Result.ERROR, f"the transfer failed after {sent} bytes: {error}", 502
@@ -259,26 +262,19 @@ class Registry:
             self._event(request, "blob", name, digest, outcome, answered, started, match, sent, why)
         return done
 
-    async def _counted(self, request: Request, chunks: AsyncIterator[bytes], name: str, digest: str, result: Result,
-                       status: int, started: float, match: RuleMatch | None,
-                       detail: str | None) -> AsyncIterator[bytes]:
-        """Stream ``chunks`` and record the event once it ended: complete, failed or cut by the client."""
-        sent = 0
-        outcome, why = result, detail
+    async def _counted(self, chunks: AsyncIterator[bytes],
+                       done: Callable[[int, BaseException | None], None]) -> AsyncIterator[bytes]:
+        """Stream ``chunks``, then tell ``done`` how many bytes went and how it ended."""
+        sent, error = 0, None
         try:
             async for chunk in chunks:
                 sent += len(chunk)
                 yield chunk
-        except Exception as exc:
-            outcome, why = Result.ERROR, f"the transfer failed after {sent} bytes: {exc}"
-            log.warning("blob %s for %s: %s", digest, request.client.host if request.client else "?", why)
-            raise
-        except BaseException:
-            outcome, why = result, f"the client went away after {sent} bytes"
+        except BaseException as exc:
+            error = exc
             raise
         finally:
-            self._event(request, "blob", name, digest, outcome, status if outcome is not Result.ERROR else 502, started,
-                        match, sent, why)
+            done(sent, error)
 
     async def tags(self, request: Request, name: str) -> Response:
         n = _page_size(request)  # a bad n is refused before the upstream is asked

@@ -32,6 +32,10 @@ CHUNK = 4 * 1024 * 1024
 ABORT = "http.response.regcache.abort"
 
 
+class ClientGone(ConnectionResetError):
+    """The client went away before the whole body reached it (not a failure of the cache)."""
+
+
 class StreamedResponse(StreamingResponse):
     """A streamed body (a download in flight, a bucket object) whose source may fail after the start."""
 
@@ -56,7 +60,7 @@ class FileRangeResponse(Response):
     """Bytes ``start`` to ``end`` (exclusive) of ``path``, with ``headers`` (Content-Length is set here).
 
     ``done(sent, error)`` runs once the body ended: all of it sent, or ``error`` after ``sent`` bytes (an
-    OSError: the file failed; a ConnectionError: the client went away); it is how the event log learns
+    OSError: the file failed; :class:`ClientGone`: the client went away); it is how the event log learns
     what a transfer did.
     """
 
@@ -80,11 +84,11 @@ class FileRangeResponse(Response):
                     await send(message)
                     sent = int(message.get("sent", 0))  # the server says what reached the socket (0: the client left)
                     if sent < self.end - self.start:
-                        error = ConnectionResetError("the client went away")
+                        error = ClientGone("the client went away")
                 else:
                     sent, stayed = await self._read_and_send(file.fileno(), send, receive)
                     if not stayed:  # recorded as the client's going, not raised: nothing failed here
-                        error = ConnectionResetError("the client went away")
+                        error = ClientGone("the client went away")
         except BaseException as exc:
             error = exc
             raise
