@@ -15,6 +15,7 @@ import secrets as random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from importlib import metadata
 from urllib.parse import parse_qs
 
 import anyio
@@ -36,8 +37,12 @@ from regcache.proxy.upstream.peer import PEER_PREFIX, PeerClient
 
 log = logging.getLogger("regcache.fleet")
 
-#: this package's version, announced in heartbeats (`regcache fleet status` shows mixed versions)
-VERSION = "0.1.0"
+def _version() -> str:
+    """This package's installed version, announced in heartbeats (`regcache fleet status` shows mixed ones)."""
+    try:
+        return metadata.version("regcache")
+    except metadata.PackageNotFoundError:  # run from a tree that was never installed
+        return "unknown"
 
 
 @asynccontextmanager
@@ -61,7 +66,7 @@ async def joined_fleet(state: AsyncStateStore, backend: BlobBackend, secrets: Se
     if not node_id:
         node_id = random.token_hex(8)
         await state.run(lambda s: s.set_setting(FLEET_NODE_ID_SETTING, node_id))
-    membership = FleetMembership(backend.objects, Member(node_id, address, "", VERSION, 0))
+    membership = FleetMembership(backend.objects, Member(node_id, address, "", _version(), 0))
     peers = PeerClient(node_id, secret)
     cache.fleet, cache.peers = membership, peers
     await cache.refresh()  # the fingerprint goes out with the first heartbeat

@@ -606,8 +606,10 @@ class PullThroughCache:
             # Stored for another source, and this one has not proved it has the blob: its own upstream
             # must send the bytes, verified, before they are served through this rule.
         creds = await self.credentials(match.rule)
-        owner = self.fleet.owner(digest) if self.fleet is not None and forward else None
-        from_peer = owner is not None and self.fleet is not None and owner.node_id != self.fleet.me.node_id
+        fleet, peers = self.fleet, self.peers
+        owner = fleet.owner(digest) if fleet is not None and peers is not None and forward else None
+        if owner is not None and fleet is not None and owner.node_id == fleet.me.node_id:
+            owner = None  # this node downloads it for the fleet
         peer_fed = False
 
         @asynccontextmanager
@@ -615,14 +617,14 @@ class PullThroughCache:
             nonlocal peer_fed
             async with AsyncExitStack() as stack:
                 got: FetchedBlob | None = None
-                if from_peer and owner is not None and self.peers is not None and self.fleet is not None:
+                if owner is not None and fleet is not None and peers is not None:
                     try:
-                        got = await stack.enter_async_context(self.peers.blob(owner, repo, digest, source))
+                        got = await stack.enter_async_context(peers.blob(owner, repo, digest, source))
                         peer_fed = True
                         if self.metrics is not None:
                             self.metrics.peer_fetch()
                     except PeerUnavailable as exc:  # the next-ranked member is asked next time; now: our own
-                        self.fleet.failed(owner.node_id)
+                        fleet.failed(owner.node_id)
                         if self.metrics is not None:
                             self.metrics.own_download("peer unavailable")
                         log.warning("%s; downloading %s on this node", exc, digest)
