@@ -92,3 +92,15 @@ def serve(home: Path, keyring_env) -> Iterator:
         if process.proc.poll() is None:
             process.proc.kill()
             process.proc.wait()
+
+
+@pytest.fixture
+def hostile(regcache):
+    """A hostile upstream (tests/helpers/hostile_upstream.py) behind the rule ``evil/*``, anonymous."""
+    from tests.helpers.hostile_upstream import HostileUpstream
+
+    upstream = HostileUpstream().start()
+    regcache.control.add_upstream(upstream.host, upstream.url, "anonymous")
+    regcache.control.create_rule("evil-all", f"{upstream.host}/evil/*", "evil/*")
+    yield upstream
+    upstream.stop()

@@ -119,15 +119,6 @@ def test_a_referrers_answer_must_be_an_oci_index():
 # -- against the hostile upstream, through the real server ----------------------------------------
 
 
-@pytest.fixture
-def hostile(regcache):
-    upstream = HostileUpstream().start()
-    regcache.control.add_upstream(upstream.host, upstream.url, "anonymous")
-    regcache.control.create_rule("evil-all", f"{upstream.host}/evil/*", "evil/*")
-    yield upstream
-    upstream.stop()
-
-
 def _stored_manifests(regcache) -> int:
     return regcache.control.store.conn.execute("SELECT COUNT(*) FROM manifests").fetchone()[0]
 

@@ -13,18 +13,8 @@ import pytest
 
 from regcache.proxy.core.oci import OCI_MANIFEST
 from tests.helpers.cli import ok
-from tests.helpers.hostile_upstream import HostileUpstream
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def hostile(regcache):
-    upstream = HostileUpstream().start()
-    regcache.control.add_upstream(upstream.host, upstream.url, "anonymous")
-    regcache.control.create_rule("evil-all", f"{upstream.host}/evil/*", "evil/*")
-    yield upstream
-    upstream.stop()
 
 
 def _error(answer) -> tuple[int, str, str]:
