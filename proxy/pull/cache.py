@@ -619,7 +619,8 @@ class PullThroughCache:
                 got: FetchedBlob | None = None
                 if owner is not None and fleet is not None and peers is not None:
                     try:
-                        got = await stack.enter_async_context(peers.blob(owner, repo, digest, source))
+                        got = await stack.enter_async_context(
+                            peers.blob(owner, repo, digest, source, self.upstream.limits))
                         peer_fed = True
                         if self.metrics is not None:
                             self.metrics.peer_fetch()

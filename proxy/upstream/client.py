@@ -172,11 +172,12 @@ class UpstreamManifest:
 
 
 class UpstreamBlob:
-    """An upstream's answer to a blob GET: its announced size and its bytes, within the blob limits."""
+    """An answer to a blob GET (from an upstream, ``server``, or a fleet member): its announced size and its bytes,
+    within the blob limits."""
 
-    def __init__(self, upstream: Upstream, digest: str, response: httpx.Response, size: int | None,
+    def __init__(self, server: str, digest: str, response: httpx.Response, size: int | None,
                  limits: UpstreamLimits) -> None:
-        self.upstream = upstream
+        self.server = server
         self.digest = digest
         #: the announced Content-Length (None when the upstream sent the body chunked)
         self.size = size
@@ -204,12 +205,12 @@ class UpstreamBlob:
                     return
             if watchdog.cancelled_caught:
                 raise UpstreamUnreachable(
-                    self.upstream.login_server, f"sent blob {self.digest} slower than "
+                    self.server, f"sent blob {self.digest} slower than "
                     f"{format_size(limits.blob_min_rate)}/s over {window:g} s; cut after {format_size(received)} "
                     f"(the {BLOB_MIN_RATE_SETTING} and {BLOB_RATE_WINDOW_SETTING} settings)")
             received += len(chunk)
             if received > limits.blob_bytes:
-                raise _too_large(self.upstream, f"blob {self.digest}", limits.blob_bytes, BLOB_MAX_SIZE_SETTING)
+                raise _too_large(self.server, f"blob {self.digest}", limits.blob_bytes, BLOB_MAX_SIZE_SETTING)
             in_window += len(chunk)
             if in_window >= wanted:
                 in_window = 0
@@ -230,8 +231,8 @@ def _cause(exc: Exception) -> str:
     return f"request failed ({type(exc).__name__})"
 
 
-def _too_large(upstream: Upstream, what: str, limit: int, setting: str) -> UpstreamProtocolError:
-    return UpstreamProtocolError(upstream.login_server, f"sent {what} larger than {format_size(limit)}; nothing was "
+def _too_large(server: str, what: str, limit: int, setting: str) -> UpstreamProtocolError:
+    return UpstreamProtocolError(server, f"sent {what} larger than {format_size(limit)}; nothing was "
                                  f"stored (raise the {setting} setting if it is genuine: "
                                  f"`regcache settings set {setting} SIZE`)")
 
@@ -501,13 +502,13 @@ class UpstreamClient:
         try:
             announced = response.headers.get("content-length")
             if announced and announced.isdigit() and int(announced) > limit:
-                raise _too_large(upstream, what, limit, setting)
+                raise _too_large(upstream.login_server, what, limit, setting)
             chunks, size = [], 0
             # decoded bytes are what is counted: a compressed body cannot get round the limit
             async for chunk in response.aiter_bytes():
                 size += len(chunk)
                 if size > limit:
-                    raise _too_large(upstream, what, limit, setting)
+                    raise _too_large(upstream.login_server, what, limit, setting)
                 chunks.append(chunk)
             return b"".join(chunks)
         finally:
@@ -674,9 +675,9 @@ class UpstreamClient:
             announced = response.headers.get("content-length")
             size = int(announced) if announced and announced.isdigit() else None
             if size is not None and size > limits.blob_bytes:
-                raise _too_large(upstream, f"blob {digest} ({format_size(size)})", limits.blob_bytes,
+                raise _too_large(upstream.login_server, f"blob {digest} ({format_size(size)})", limits.blob_bytes,
                                  BLOB_MAX_SIZE_SETTING)
-            yield UpstreamBlob(upstream, digest, response, size, limits)
+            yield UpstreamBlob(upstream.login_server, digest, response, size, limits)
         finally:
             await response.aclose()
 
@@ -722,7 +723,7 @@ class UpstreamClient:
                                                       self.limits.list_bytes, LIST_MAX_SIZE_SETTING, what)
             total += len(body)
             if total > self.limits.list_bytes:  # a page at a time within it, and all of them too
-                raise _too_large(upstream, f"{what} (all its pages together)", self.limits.list_bytes,
+                raise _too_large(upstream.login_server, f"{what} (all its pages together)", self.limits.list_bytes,
                                  LIST_MAX_SIZE_SETTING)
             if response.status_code == 404:
                 raise UpstreamNotFound(upstream.login_server, f"has no repository {repository}", 404)

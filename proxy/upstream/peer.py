@@ -17,6 +17,8 @@ from urllib.parse import quote
 import httpx
 
 from regcache.proxy.core.fleet import SIGNATURE_HEADER, Member, signature
+from regcache.proxy.core.settings import UpstreamLimits
+from regcache.proxy.upstream.client import UpstreamBlob
 
 #: the path every peer request goes to (the owner's registry app serves it beside /v2/)
 PEER_PREFIX = "/_regcache/peer/v1/"
@@ -35,19 +37,6 @@ def peer_target(repository: str, digest: str, source: str) -> str:
     return f"{PEER_PREFIX}{repository}/blobs/{digest}?source={quote(source, safe='')}"
 
 
-class PeerBlob:
-    """A peer's answer: the announced size and the bytes as they arrive."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        length = response.headers.get("content-length")
-        self.size = int(length) if length and length.isdigit() else None
-        self._response = response
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        async for chunk in self._response.aiter_raw():
-            yield chunk
-
-
 class PeerClient:
     """Signed requests from node ``node_id`` to the other members, with the fleet ``secret``."""
 
@@ -62,8 +51,10 @@ class PeerClient:
         await self._client.aclose()
 
     @asynccontextmanager
-    async def blob(self, owner: Member, repository: str, digest: str, source: str) -> AsyncIterator[PeerBlob]:
-        """Stream ``digest`` from ``owner``'s single download (or its store) for ``source``."""
+    async def blob(self, owner: Member, repository: str, digest: str, source: str,
+                   limits: UpstreamLimits) -> AsyncIterator[UpstreamBlob]:
+        """Stream ``digest`` from ``owner``'s single download (or its store) for ``source``, bounded by the blob
+        limits as an upstream's answer is (a heartbeat's address is only as trustworthy as the bucket)."""
         target = peer_target(repository, digest, source)
         headers = {SIGNATURE_HEADER: signature(self._secret, "GET", target, self.node_id, int(time.time()))}
         request = self._client.build_request("GET", owner.address.rstrip("/") + target, headers=headers)
@@ -75,6 +66,10 @@ class PeerClient:
         try:
             if response.status_code != 200:  # even a 404: our own upstream request then says what is wrong
                 raise PeerUnavailable(f"fleet member {owner.node_id} answered HTTP {response.status_code}")
-            yield PeerBlob(response)
+            length = response.headers.get("content-length")
+            size = int(length) if length and length.isdigit() else None
+            if size is not None and size > limits.blob_bytes:
+                raise PeerUnavailable(f"fleet member {owner.node_id} announced {digest} larger than the blob limit")
+            yield UpstreamBlob(f"fleet member {owner.node_id}", digest, response, size, limits)
         finally:
             await response.aclose()
