@@ -358,3 +358,32 @@ async def test_rule_details_list_tag_digests_and_purge_a_tag(filled_backend):
         await wait_for(pilot, lambda: any("Purged ubuntu" in n.message for n in app._notifications))
 
 
+
+
+# -- reloading -------------------------------------------------------------------------------------
+
+async def test_a_change_made_elsewhere_appears_on_the_next_refresh_and_the_same_rows_are_not_redrawn(
+        filled_backend, monkeypatch):
+    from regcache.tui.blades.base import Blade
+
+    monkeypatch.setattr(Blade, "REFRESH_SECONDS", 0.2)
+    app = make_app(filled_backend)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await on_rules(pilot, ["ubuntu", "all-mcr", "team-ghcr"])
+        table = app.query_one("#rules-table", DataTable)
+        rebuilt = 0
+        clear = table.clear
+
+        def counting_clear(*args, **kwargs):
+            nonlocal rebuilt
+            rebuilt += 1
+            return clear(*args, **kwargs)
+
+        monkeypatch.setattr(table, "clear", counting_clear)
+        await pilot.pause(1.0)  # several refreshes that read the same rules
+        assert rebuilt == 0
+        # another process (the CLI) adds a rule: the blade shows it without a key press
+        filled_backend.control.create_rule("from-cli", "quay.io/org/tool", "tool")
+        await wait_for(pilot, lambda: "from-cli" in table_keys(app, "#rules-table"), timeout=5)
+        assert rebuilt == 1
+

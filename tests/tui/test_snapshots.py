@@ -13,12 +13,25 @@ import pytest
 from textual.widgets import Input
 
 from regcache.proxy.secrets import KeyringLock
+from regcache.tui.blades.base import Blade
 from regcache.tui.screens.unlock import UnlockScreen
 from tests.helpers.pilot import screen_lines, type_into
 
 from .conftest import make_app
 
 SIZES = [(80, 24), (120, 40)]
+
+
+@pytest.fixture(autouse=True)
+def no_refresh_timers(monkeypatch):
+    """A snapshot is of what a blade drew from the fixed data, not of when its timer reloads it: on a loaded
+    machine a test takes longer than a blade's refresh interval, and a reload starting between the last look
+    and the screenshot could be half drawn in it. (Reloading is tested in test_blades.py and test_activity.py.)"""
+    blades = [Blade]
+    while blades:
+        blade = blades.pop()
+        monkeypatch.setattr(blade, "REFRESH_SECONDS", 24 * 3600.0)
+        blades.extend(blade.__subclasses__())
 
 
 async def settle(pilot, timeout: float = 30.0) -> None:

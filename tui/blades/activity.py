@@ -23,6 +23,7 @@ from regcache.proxy.state.statistics import RecordedEvent, Totals
 from .. import format as fmt
 from ..screens.event_details import EventDetailsScreen
 from ..text import notify, text
+from ..widgets.row_table import RowTable
 from ..widgets.text_input import TextInput
 from .base import Blade
 
@@ -107,7 +108,7 @@ class ActivityBlade(Blade):
         yield Static("", id="activity-totals", classes="summary")
         yield TextInput(placeholder="/ filter: result:miss rule:NAME tool:docker, or words",
                         id="activity-filter", compact=True)
-        table: DataTable = DataTable(id="activity-table", cursor_type="row", zebra_stripes=True)
+        table = RowTable(id="activity-table")
         table.add_columns("Time", "Result", "Image", "Reason", "Rule", "Client", "Size", "Took")
         yield table
         yield Static("", id="activity-selected")
@@ -121,7 +122,7 @@ class ActivityBlade(Blade):
             return new, b.stats.totals()
 
         new, totals = self.backend.call(read)
-        self.app.call_from_thread(self._show, new, totals)
+        self.deliver(self._show, new, totals)
 
     def _show(self, new: list[RecordedEvent], totals: Totals) -> None:
         self.query_one("#activity-totals", Static).update(text(

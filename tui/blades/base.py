@@ -16,6 +16,7 @@ from ..backend import Backend
 from ..messages import ConfigurationChanged
 from ..screens.confirm import ConfirmScreen
 from ..text import notify
+from ..widgets.row_table import RowTable
 
 if TYPE_CHECKING:
     from regcache.proxy.jobs.operations import Operations
@@ -70,6 +71,16 @@ class Blade(Vertical):
         (``@work(thread=True, exclusive=True, group="NAME-load")``), so a reload replaces one still running."""
         raise NotImplementedError
 
+    def deliver(self, show: Callable[..., None], *args: object) -> None:
+        """From a load's thread: run ``show(*args)`` on the UI thread, unless the blade is gone by then (the
+        app quit while the load ran: its widgets are being removed, a query for them would fail)."""
+
+        def if_still_shown() -> None:
+            if self.app.is_running and self.is_attached and not (self._closing or self._closed):
+                show(*args)
+
+        self.app.call_from_thread(if_still_shown)
+
     def focus_main(self) -> None:
         """Focus the blade's main widget (its table) when the blade is shown."""
         tables = self.query(DataTable)
@@ -84,16 +95,9 @@ class Blade(Vertical):
 
     @staticmethod
     def fill(table: DataTable, rows: list[tuple[str, tuple]]) -> None:
-        """Replace the rows, keeping the cursor on the same key where it still exists."""
-        current = None
-        if table.row_count:
-            current = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-        table.clear()
-        for key, cells in rows:
-            table.add_row(*cells, key=key)
-        keys = [key for key, _ in rows]
-        if current in keys:
-            table.move_cursor(row=keys.index(current))
+        """Replace the rows of a blade's table (a :class:`RowTable`; see :meth:`RowTable.show_rows`)."""
+        assert isinstance(table, RowTable), table
+        table.show_rows(rows)
 
     def changed(self, message: str) -> None:
         """After a change: say so (``message`` may hold data: it is shown as text), reload, and tell the

@@ -93,7 +93,7 @@ class CredentialsBlade(Blade):
     def load_in_thread(self) -> None:
         data = self.backend.call(lambda b: CredentialsData(b.control.list_credential_sets(), b.control.list_upstreams(),
                                                            used_by(b.control.list_rules()), b.control.rate_limits()))
-        self.app.call_from_thread(self._show, data)
+        self.deliver(self._show, data)
 
     def _show(self, data: CredentialsData) -> None:
         self.data = data

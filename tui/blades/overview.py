@@ -100,7 +100,7 @@ class OverviewBlade(Blade):
                                 len(b.control.list_tokens()), b.stats.per_minute(60, now), b.stats.rule_sizes())
 
         data = self.backend.call(read)
-        self.app.call_from_thread(self._show, data)
+        self.deliver(self._show, data)
 
     def _show(self, data: OverviewData) -> None:
         self.data = data

@@ -108,7 +108,7 @@ class RulesBlade(Blade):
     def load_in_thread(self) -> None:
         data = self.backend.call(lambda b: RulesData(b.control.list_rules(), b.control.list_credential_sets(),
                                                      b.control.list_upstreams(), b.stats.rule_usage()))
-        self.app.call_from_thread(self._show, data)
+        self.deliver(self._show, data)
 
     def _show(self, data: RulesData) -> None:
         self.data = data
@@ -148,8 +148,9 @@ class RulesBlade(Blade):
                        f"fetched from Source")
         self.query_one("#rules-summary", Static).update(text(summary))
 
-    def on_resize(self) -> None:
-        self._render_rows()
+    def on_row_table_resized(self, event: RowTable.Resized) -> None:
+        event.stop()
+        self._render_rows()  # fitted to the table's new width (the same rows are not drawn again)
 
     # -- search ----------------------------------------------------------------------------------
 

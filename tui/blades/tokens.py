@@ -48,7 +48,7 @@ class TokensBlade(Blade):
     @work(thread=True, exclusive=True, group="tokens-load")
     def load_in_thread(self) -> None:
         tokens = self.backend.call(lambda b: b.control.list_tokens())
-        self.app.call_from_thread(self._show, tokens)
+        self.deliver(self._show, tokens)
 
     def _show(self, tokens: list[ClientToken]) -> None:
         self.tokens = tokens

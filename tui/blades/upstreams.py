@@ -12,6 +12,7 @@ from regcache.proxy.core.models import ANONYMOUS, Upstream
 from .. import format as fmt
 from ..screens.upstream_form import UpstreamForm
 from ..text import text
+from ..widgets.row_table import RowTable
 from .base import Blade
 
 
@@ -33,7 +34,7 @@ class UpstreamsBlade(Blade):
     def compose(self) -> ComposeResult:
         yield Label("Upstreams", classes="blade-title")
         yield Static(text("Registries cache rules can pull from"), classes="summary")
-        table: DataTable = DataTable(id="upstreams-table", cursor_type="row", zebra_stripes=True)
+        table = RowTable(id="upstreams-table")
         table.add_columns("Login server", "URL", "Pulls", "Anonymous budget", "Kind")
         yield table
         # no room for another column at 80x24: the highlighted upstream's allowed origins go below the table
@@ -42,7 +43,7 @@ class UpstreamsBlade(Blade):
     @work(thread=True, exclusive=True, group="upstreams-load")
     def load_in_thread(self) -> None:
         upstreams, budgets = self.backend.call(lambda b: (b.control.list_upstreams(), b.control.rate_limits()))
-        self.app.call_from_thread(self._show, upstreams, budgets)
+        self.deliver(self._show, upstreams, budgets)
 
     def _show(self, upstreams: list[Upstream], budgets: dict) -> None:
         self.upstreams = {u.login_server: u for u in upstreams}

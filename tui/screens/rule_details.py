@@ -77,22 +77,20 @@ class RuleDetailsScreen(ModalScreen[None]):
             status = f"last {fmt.when(last.synced_at)} {last.result}: {last.detail}" if last else "not synced yet"
             self.query_one("#sync", Static).update(text(
                 f"Tag sync {rule.sync_tags} every {format_duration(rule.sync_interval or 3600)} · {status}"))
-        table = self.query_one("#repositories", DataTable)
-        current = self.repository
-        table.clear()
+        table = self.query_one("#repositories", RowTable)
         hits = sum(r.hits for r in repos)
         misses = sum(r.misses for r in repos)
         ratio = fmt.ratio(hits / (hits + misses)) if hits + misses else "-"
         self.query_one("#summary", Static).update(text(
             f"{fmt.count(len(repos), 'cached repository', 'cached repositories')} · "
             f"{fmt.size(sum(r.size for r in repos))} · hit ratio {ratio}"))
+        rows = []
         for repo in repos:
             tags = ", ".join(repo.tags[:4]) + (f" +{len(repo.tags) - 4}" if len(repo.tags) > 4 else "")
-            table.add_row(text(repo.name), text(tags or "-"), text(fmt.size(repo.size)), text(fmt.when(repo.last_pull)),
-                          text(repo.hits), text(repo.misses), key=repo.name)
+            rows.append((repo.name, (text(repo.name), text(tags or "-"), text(fmt.size(repo.size)),
+                                     text(fmt.when(repo.last_pull)), text(repo.hits), text(repo.misses))))
+        table.show_rows(rows)  # the cursor stays on the repository it was on
         names = [r.name for r in repos]
-        if current in names:
-            table.move_cursor(row=names.index(current))
         self.repository = names[table.cursor_row] if names else None
         self.load_tags(self.repository)
         if not repos:
@@ -115,10 +113,8 @@ class RuleDetailsScreen(ModalScreen[None]):
     def _show_tags(self, repository: str | None, tags: list[tuple[str, str]]) -> None:
         if repository != self.repository:
             return  # another repository was highlighted meanwhile
-        table = self.query_one("#tags", DataTable)
-        table.clear()
-        for i, (tag, digest) in enumerate(tags):
-            table.add_row(text(tag), text(digest), key=f"{i}")
+        self.query_one("#tags", RowTable).show_rows([(f"{i}", (text(tag), text(digest)))
+                                                      for i, (tag, digest) in enumerate(tags)])
         self._tags = tags
         self.query_one("#tags-title", Static).update(text(
             f"Tags of {repository}: p purges a tag, P its digest, x the whole repository" if repository else ""))
