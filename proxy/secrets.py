@@ -300,7 +300,8 @@ class FileSecretStore:
     Refused when the file, or the directory holding it (or holding what its link points to), is owned by
     someone other than root or this process's user, or writable by group or others: whoever could write it
     would choose the credentials regcache sends upstream. Bounded by ``secret-file-max-size``; a FIFO or
-    device is refused without blocking on it. Readable by others is allowed, with a warning once per id.
+    device is refused without blocking on it. Readable by every user of the host is refused too (the
+    credentials would be no secret); readable by its group is allowed, with a warning once per id.
     """
 
     def __init__(self, max_size: int = DEFAULT_SECRET_FILE_MAX_SIZE) -> None:
@@ -338,6 +339,12 @@ class FileSecretStore:
             if problem:
                 raise SecretError(f"secret {secret} refused: {problem}; make it owned by you or root with mode 0600 "
                                   f"or 0400 (chmod go-w)", code="SecretFileUnsafe")
+            if st.st_mode & stat.S_IROTH:
+                # every local user could read the upstream's credentials: not a secret any more
+                raise SecretError(f"secret {secret} refused: every user of this host can read it (mode "
+                                  f"{stat.S_IMODE(st.st_mode):04o}); make it 0600 or 0400 (chmod o-r), or 0440 "
+                                  f"for a group regcache's user is in (a Kubernetes secret volume: defaultMode: "
+                                  f"0400 or 0440; a compose secret: mode: 0400)", code="SecretFileUnsafe")
             data = b""
             while len(data) <= self.max_size:
                 chunk = os.read(fd, self.max_size + 1 - len(data))
@@ -360,9 +367,9 @@ class FileSecretStore:
         if not value:
             raise SecretError(f"secret {secret} is empty: write the value into the file", code="SecretNotFound")
         warning = None
-        if st.st_mode & (stat.S_IRGRP | stat.S_IROTH):
-            warning = (f"secret {secret} is readable by its group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
-                       f"make it 0600 or 0400 (chmod go-r)")
+        if st.st_mode & stat.S_IRGRP:
+            warning = (f"secret {secret} is readable by its group (mode {stat.S_IMODE(st.st_mode):04o}); make it "
+                       f"0600 or 0400 (chmod g-r) unless that group is meant to read it")
         return value, warning
 
     def set(self, secret: SecretId, value: str, prompt: bool = False) -> None:

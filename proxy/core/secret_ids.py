@@ -63,7 +63,7 @@ class SecretAccess:
     """Whether this process can read a secret now, and why (never its value).
 
     ``reason`` is one line: what was found (``readable``), or what stands in the way and what to do.
-    ``warning`` is set when the secret is readable but exposed (a file others can read).
+    ``warning`` is set when the secret is readable but exposed (a file its group can read).
     """
 
     secret_id: str

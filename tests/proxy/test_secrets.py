@@ -193,17 +193,30 @@ def test_file_secret_not_owned_by_us_or_root_is_refused(tmp_path):
         SecretResolver().get(secret_id)
 
 
-def test_file_secret_readable_by_others_warns_once(tmp_path, caplog):
-    secret_id = _secret_file(tmp_path / "s", b"t0ken\n", mode=0o644)
+def test_file_secret_readable_by_its_group_warns_once(tmp_path, caplog):
+    secret_id = _secret_file(tmp_path / "s", b"t0ken\n", mode=0o640)
     resolver = SecretResolver()
     with caplog.at_level(logging.WARNING, logger="regcache.secrets"):
         assert resolver.get(secret_id) == "t0ken"
         assert resolver.get(secret_id) == "t0ken"
         assert SecretResolver().get(secret_id) == "t0ken"
-    warnings = [r.getMessage() for r in caplog.records if "readable by its group or others" in r.getMessage()]
-    assert len(warnings) == 1 and "chmod go-r" in warnings[0] and "t0ken" not in warnings[0]
+    warnings = [r.getMessage() for r in caplog.records if "readable by its group" in r.getMessage()]
+    assert len(warnings) == 1 and "chmod g-r" in warnings[0] and "t0ken" not in warnings[0]
     access = resolver.check(secret_id)
-    assert access.readable and "readable by its group or others" in (access.warning or "")
+    assert access.readable and "readable by its group" in (access.warning or "")
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o604, 0o444])
+def test_file_secret_readable_by_every_user_is_refused(tmp_path, caplog, mode):
+    secret_id = _secret_file(tmp_path / "s", b"t0ken\n", mode=mode)
+    with caplog.at_level(logging.WARNING, logger="regcache.secrets"), \
+            pytest.raises(SecretError, match=f"every user of this host can read it \\(mode {mode:04o}\\)") as refused:
+        SecretResolver().get(secret_id)
+    assert refused.value.code == "SecretFileUnsafe" and "chmod o-r" in str(refused.value)
+    assert "defaultMode" in str(refused.value)  # the way out where the file is a Kubernetes secret volume
+    assert "t0ken" not in str(refused.value) and "t0ken" not in caplog.text
+    access = SecretResolver().check(secret_id)
+    assert not access.readable and access.code == "SecretFileUnsafe"
 
 
 def test_file_secret_size_is_bounded_and_a_fifo_never_blocks(tmp_path):

@@ -532,4 +532,8 @@ def test_file_secret_refused_when_others_can_write_it(home, keyring_env, tmp_pat
     (secrets_dir / "token").chmod(0o644)
     shown = cli("credential-set", "show", "-n", "hub-creds", "-o", "json")
     password = json.loads(shown.stdout)["authCredentials"][0]["secretAccess"]["password"]
-    assert password["readable"] and "readable by its group or others" in password["reason"]
+    assert not password["readable"] and "every user of this host can read it (mode 0644)" in password["reason"]
+    (secrets_dir / "token").chmod(0o640)
+    shown = cli("credential-set", "show", "-n", "hub-creds", "-o", "json")
+    password = json.loads(shown.stdout)["authCredentials"][0]["secretAccess"]["password"]
+    assert password["readable"] and "readable by its group (mode 0640)" in password["reason"]
