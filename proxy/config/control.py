@@ -225,6 +225,10 @@ class Purge:
     unlinked: tuple[str, ...]
     #: (digest, size, path, last access) of stored blobs no repository links any more: the gc's to delete
     orphans: tuple[tuple[str, int, str, datetime | None], ...]
+    #: (source, tag) and (source, digest) removed: with s3 storage, the bucket's shared entries to drop too
+    #: (or another node would bring them back from there)
+    source_tags: tuple[tuple[str, str], ...] = ()
+    source_links: tuple[tuple[str, str], ...] = ()
 
 
 def _referenced(content: bytes) -> list[str]:
@@ -355,6 +359,8 @@ class ControlPlane:
             linked = self.store.linked_digests(repository)
             if tag is None and digest is None:
                 tags = tuple(sorted({t for t, _ in self.store.tagged(repository)}))
+                source_tags = self.store.tag_sources(repository)
+                source_links = self.store.link_sources(repository, linked)
                 self.store.forget_repository(repository)
                 unlinked = linked
             else:
@@ -363,6 +369,7 @@ class ControlPlane:
                     roots = sorted({d for t, d in tagged if t == tag})
                     if not roots:
                         raise NotFoundError(f"{repository}:{tag} is not cached", field="tag")
+                    source_tags = self.store.tag_sources(repository, tag=tag)
                     tags = tuple(self.store.delete_tags(repository, tag=tag))
                     still_tagged = {d for t, d in tagged if t != tag}
                     roots = [d for d in roots if d not in still_tagged]  # another tag keeps its manifest
@@ -370,15 +377,17 @@ class ControlPlane:
                     assert digest is not None
                     if digest not in linked and all(d != digest for _, d in tagged):
                         raise NotFoundError(f"{repository}@{digest} is not cached", field="digest")
+                    source_tags = self.store.tag_sources(repository, digest=digest)
                     tags = tuple(self.store.delete_tags(repository, digest=digest))
                     roots = [digest]
                 gone = self._closure(roots)
                 kept = self._closure([d for d in linked if d not in gone])
                 # what was asked for goes even when a kept index refers to it; what it refers to only if unshared
                 unlinked = sorted(d for d in gone if (d in roots or d not in kept) and d in linked)
+                source_links = self.store.link_sources(repository, unlinked)
                 self.store.unlink(repository, unlinked)
             orphans = tuple(self.store.unlinked_blobs(unlinked))
-        return Purge(repository, tags, tuple(unlinked), orphans)
+        return Purge(repository, tags, tuple(unlinked), orphans, tuple(source_tags), tuple(source_links))
 
     def check_purge(self, repository: str, tag: str | None = None, digest: str | None = None) -> None:
         """Refuse a purge that cannot be done (bad input, a repository not cached) before anyone is asked to

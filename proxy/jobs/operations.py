@@ -19,6 +19,7 @@ import anyio
 
 from regcache.proxy.config.control import ControlPlane, Purge
 from regcache.proxy.core.errors import NotFoundError
+from regcache.proxy.core.settings import StorageError
 from regcache.proxy.jobs.eviction import (
     DEFAULT_MIN_IDLE,
     CollectionReport,
@@ -53,6 +54,9 @@ class PurgeReport:
     purge: Purge
     blobs_deleted: int
     bytes_freed: int
+    #: tags and links dropped from the shared bucket (s3 storage), and why that failed if it did
+    shared_removed: int = 0
+    shared_error: str | None = None
 
 
 class Operations:
@@ -117,10 +121,17 @@ class Operations:
         """Remove a tag, a digest or a whole cached repository (:meth:`ControlPlane.purge`), then delete the
         blobs no repository links any more, as the gc evicts (the storage backend releases them first)."""
         purged = await self.cache.state.run(lambda s: ControlPlane(s, self.secrets).purge(repository, tag, digest))
+        shared_removed, shared_error = 0, None
+        if self.cache.shared is not None:  # s3 storage: the other nodes look in the bucket before the upstream
+            try:
+                shared_removed = await self.cache.shared.forget(purged.source_tags, purged.source_links)
+            except StorageError as exc:  # what this node holds is purged already: say what is left, not fail
+                shared_error = (f"the shared bucket's tags and links could not be removed ({exc}); other nodes may "
+                                f"still serve it from there: delete them when the bucket is back (docs/scale-out.md)")
         plan = EvictionPlan(tuple(EvictionCandidate(d, size, path, last_access, f"purged from {repository}")
                                   for d, size, path, last_access in purged.orphans), (), 0, None)
         freed = await evict(self.cache.state, plan, self.cache.blobs.backend) if plan.candidates else 0
-        return PurgeReport(purged, len(plan.candidates), freed)
+        return PurgeReport(purged, len(plan.candidates), freed, shared_removed, shared_error)
 
     async def collect_garbage(self, *, min_idle: float = DEFAULT_MIN_IDLE,
                               stale_uploads_after: timedelta | None = None, dry_run: bool = False,

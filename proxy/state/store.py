@@ -450,6 +450,25 @@ class StateStore:
             args.append(kind)
         return [r[0] for r in self.conn.execute(sql + " ORDER BY digest", args)]
 
+    def tag_sources(self, repository: str, *, tag: str | None = None,
+                    digest: str | None = None) -> list[tuple[str, str]]:
+        """(source, tag) of the tags of ``repository`` (only those named ``tag`` or pointing at ``digest``)."""
+        sql, args = "SELECT DISTINCT source, tag FROM tags WHERE repository = ?", [repository]
+        if tag is not None:
+            sql, args = sql + " AND tag = ?", [*args, tag]
+        if digest is not None:
+            sql, args = sql + " AND digest = ?", [*args, digest]
+        return [(r[0], r[1]) for r in self.conn.execute(sql + " ORDER BY source, tag", args)]
+
+    def link_sources(self, repository: str, digests: Iterable[str]) -> list[tuple[str, str]]:
+        """(source, digest) of what ``repository`` links among ``digests``."""
+        found: list[tuple[str, str]] = []
+        for digest in digests:
+            found += [(r[0], digest) for r in self.conn.execute(
+                "SELECT source FROM repository_contents WHERE repository = ? AND digest = ? ORDER BY source",
+                [repository, digest])]
+        return found
+
     def delete_tags(self, repository: str, *, tag: str | None = None, digest: str | None = None) -> list[str]:
         """Remove the tags of ``repository`` named ``tag`` or pointing at ``digest`` (every source's); the
         names of the tags removed."""

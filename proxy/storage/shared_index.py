@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -79,6 +80,16 @@ class SharedIndex:
 
     async def set_tag(self, source: str, tag: str, digest: str) -> None:
         await self._write(self.objects.tag_key(source, tag), digest.encode(), "text/plain")
+
+    async def forget(self, tags: Iterable[tuple[str, str]], links: Iterable[tuple[str, str]]) -> int:
+        """Drop (source, tag) tags and (source, digest) links from the bucket (a purge: no node may bring them
+        back from here); manifests stay, content-addressed and unused without a link. The number dropped;
+        a bucket that cannot be written raises (a purge that silently left them would not be one)."""
+        keys = [self.objects.tag_key(source, tag) for source, tag in tags]
+        keys += [self.objects.link_key(source, digest) for source, digest in links]
+        for key in keys:
+            await self.objects.delete(key)
+        return len(keys)
 
     async def _read(self, key: str):
         try:

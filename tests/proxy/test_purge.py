@@ -65,6 +65,12 @@ def test_purging_a_digest_or_a_whole_repository(regcache, anonymous_registry, pu
     report = purge(regcache, "purge/multi", digest=image.digest)
     assert sorted(report.purge.tags) == ["1", "alias"]
     assert image.digest in report.purge.unlinked
+    # each (source, tag) and (source, digest) removed, for the shared bucket's entries (filesystem: none there)
+    source = f"anonymous/{server}/library/multi"
+    assert sorted(report.purge.source_tags) == sorted([("anonymous/other", "alias"), (source, "1")])
+    assert (source, image.digest) in report.purge.source_links
+    assert {d for _, d in report.purge.source_links} == set(report.purge.unlinked)
+    assert report.shared_removed == 0 and report.shared_error is None
     assert cached_tags(store, "purge/multi") == []
     assert store.manifest(image.digest) is None
     pulled_blobs = {d for d in image.blobs if store.blob(d) is not None}

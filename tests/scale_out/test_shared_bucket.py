@@ -7,6 +7,8 @@ processes with their own state directories, skopeo as the client.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import subprocess
 import time
 
@@ -309,3 +311,44 @@ def test_blob_bytes_altered_in_the_bucket_are_not_served_whole(
         code, output = node_b.terminate()
     assert code == 0, output
     assert "does not match its digest" in output
+
+
+def test_a_purge_on_one_node_removes_the_shared_tag_and_links_so_no_node_brings_it_back(
+        tmp_path, keyring_env, swift_s3, s3_bucket, anonymous_registry, push_image, skopeo):
+    """After an upstream served bad content: `regcache cache purge` drops the tag and the links from the
+    bucket too; node B (that never saw the image) then cannot serve it from the shared store, it goes upstream."""
+    image = push_image(anonymous_registry, "acme/purged", "1.0", layers=[300_000])
+    homes = configure_nodes(tmp_path, swift_s3, s3_bucket, anonymous_registry.host, anonymous_registry.url,
+                            {"purged": "acme/purged"})
+    env = _node_env(keyring_env, swift_s3)
+    node_a = ServeProcess(homes["a"], "--listen", "127.0.0.1:0", env=env)
+    try:
+        assert_pulled(skopeo.copy_to_oci(f"{node_a.host}/purged:1.0", tmp_path / "via-a", "1.0"), "1.0", image)
+        _, keys = wait_for_image_in_bucket(swift_s3, s3_bucket, image.blobs)
+        shared = {k for k in keys if k.startswith(("regcache/tags/", "regcache/links/"))}
+        assert any("/tags/" in k and k.endswith("/1.0") for k in shared) and any("/links/" in k for k in shared)
+
+        purged = subprocess.run([regcache_executable(), "--home", str(homes["a"]), "cache", "purge", "-r", "purged",
+                                 "-y", "-o", "json"], capture_output=True, text=True, timeout=120,
+                                env={**os.environ, **env})
+        assert purged.returncode == 0, purged.stderr
+        report = json.loads(purged.stdout)
+        assert report["tags"] == ["1.0"] and report["sharedError"] is None
+        assert report["sharedEntriesRemoved"] == len(shared)
+        left = set(bucket_keys(swift_s3, s3_bucket))
+        assert not left & shared  # no tag, no link of the purged repository stays in the bucket
+
+        anonymous_registry.stop()
+        node_b = ServeProcess(homes["b"], "--listen", "127.0.0.1:0", env=env)
+        try:
+            with httpx.Client(base_url=node_b.url, timeout=30) as http:
+                gone = http.get("/v2/purged/manifests/1.0", headers={"Accept": image.media_type})
+                by_digest = http.get(f"/v2/purged/manifests/{image.digest}", headers={"Accept": image.media_type})
+            # the upstream is down and the bucket no longer vouches for the purged content: not served
+            assert gone.status_code >= 400 and by_digest.status_code >= 400, (gone.text, by_digest.text)
+        finally:
+            code, output = node_b.terminate()
+            assert code == 0 and "Traceback" not in output, output
+    finally:
+        code, output = node_a.terminate()
+        assert code == 0 and "Traceback" not in output, output

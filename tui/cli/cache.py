@@ -160,12 +160,16 @@ def cache_purge(control: ControlPlane, repository: str, tag: str | None, digest:
     report = run_job(control, lambda ops: ops.purge(repository, tag, digest))
     purged = report.purge
     emit({"repository": purged.repository, "tags": list(purged.tags), "unlinked": list(purged.unlinked),
-          "blobsDeleted": report.blobs_deleted, "bytesFreed": report.bytes_freed},
+          "blobsDeleted": report.blobs_deleted, "bytesFreed": report.bytes_freed,
+          "sharedEntriesRemoved": report.shared_removed, "sharedError": report.shared_error},
          (("REPOSITORY", "repository"), ("TAGS", "tags"), ("BLOBS DELETED", "blobsDeleted"),
           ("BYTES FREED", "bytesFreed")), fmt)
     say(f"purged {what}: {len(purged.tags)} tag(s), {len(purged.unlinked)} manifest(s) and blob link(s), "
         f"{report.blobs_deleted} blob(s) deleted ({format_size(report.bytes_freed)}); the next pull fetches "
-        f"from the upstream")
+        f"from the upstream" + (f"; {report.shared_removed} shared tag(s) and link(s) removed from the bucket"
+                                if report.shared_removed else ""))
+    if report.shared_error:
+        say(f"warning: {report.shared_error}")
 
 
 @cache.command("sync")

@@ -39,8 +39,8 @@ def _where(node: DOMNode, app: App) -> str:
     if node.id in blades:
         return f"{blades[node.id]} blade"
     name = type(node).__name__
-    return {"DataTable": "Tables", "RowTable": "Tables", "Input": "Text fields", "TextInput": "Text fields", "NavList": "Blade list",
-            "OptionList": "Lists", "Select": "Drop-down lists", "Checkbox": "Check boxes",
+    return {"DataTable": "Tables", "RowTable": "Tables", "Input": "Text fields", "TextInput": "Text fields",
+            "NavList": "Blade list", "OptionList": "Lists", "Select": "Drop-down lists", "Checkbox": "Check boxes",
             "RadioSet": "Choices", "Button": "Buttons", "VerticalScroll": "Scrolling"}.get(name, name)
 
 

@@ -178,6 +178,8 @@ class RuleDetailsScreen(ModalScreen[None]):
         self.app.call_from_thread(notify, self, f"Purged {what}: {fmt.count(len(report.purge.tags), 'tag')}, "
                                                 f"{fmt.count(report.blobs_deleted, 'blob')} deleted "
                                                 f"({fmt.size(report.bytes_freed)})")
+        if report.shared_error:
+            self.app.call_from_thread(notify, self, report.shared_error, severity="warning", timeout=15)
         self.app.call_from_thread(self.load)
 
     def action_close(self) -> None:
