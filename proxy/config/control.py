@@ -44,6 +44,7 @@ from regcache.proxy.core.settings import (
     EVENTS_MAX_AGE_SETTING,
     EVENTS_MAX_COUNT_SETTING,
     FLEET_ADDRESS_SETTING,
+    FLEET_CA_SETTING,
     FLEET_SECRET_SETTING,
     HEADER_TIMEOUT_SETTING,
     KEEPALIVE_TIMEOUT_SETTING,
@@ -137,6 +138,11 @@ def _fleet_address(text: str, field: str | None = None) -> str:
     return normalize_base_url(text)
 
 
+def _ca_file(text: str, field: str | None = None) -> str:
+    """The path as given (the file itself is read by :meth:`ControlPlane.check_ca_bundle`, which set_setting calls)."""
+    return check_ca_bundle_path(text)
+
+
 def _secret_id(text: str, field: str | None = None) -> str:
     return str(SecretId.parse(text, field=field or "value"))
 
@@ -172,11 +178,15 @@ SETTINGS: dict[str, tuple[Callable[..., object], Callable[[Any], str | None], st
                                "how many pull events are kept at most (default 1000000); older ones are pruned, "
                                "the statistics keep counting them"),
     FLEET_ADDRESS_SETTING: (_fleet_address, _text,
-                            "the URL the other nodes on this bucket reach this node at (e.g. http://10.0.0.5:5000); "
-                            "with fleet-secret set and s3 storage, nodes download each cold blob once between them"),
+                            "the URL the other nodes on this bucket reach this node at (e.g. http://10.0.0.5:5000; "
+                            "https:// when it serves --tls-cert); with fleet-secret set and s3 storage, nodes "
+                            "download each cold blob once between them"),
     FLEET_SECRET_SETTING: (_secret_id, _text,
                            "the secret id (keyring://, env://) of the secret every fleet member signs its peer "
                            "requests with; the same secret on every node"),
+    FLEET_CA_SETTING: (_ca_file, _text,
+                       "a PEM file of the CA that issued the fleet's node certificates: nodes serving TLS "
+                       "(serve --tls-cert) verify each other against it alone (unset: the system's trust store)"),
     RULES_FILE_MAX_SIZE_SETTING: (parse_size, _size,
                                   "largest rules file `regcache rules apply` reads (default 1MiB); larger ones "
                                   "are refused before they are parsed"),
@@ -211,7 +221,7 @@ SETTINGS: dict[str, tuple[Callable[..., object], Callable[[Any], str | None], st
                                    "a larger one is refused unread"),
 }
 #: settings stored as text rather than as a number
-_TEXT_SETTINGS = frozenset({ALLOWED_HOSTS_SETTING, FLEET_ADDRESS_SETTING, FLEET_SECRET_SETTING})
+_TEXT_SETTINGS = frozenset({ALLOWED_HOSTS_SETTING, FLEET_ADDRESS_SETTING, FLEET_SECRET_SETTING, FLEET_CA_SETTING})
 
 
 
@@ -577,7 +587,8 @@ class ControlPlane:
         if check_printable(key, "key", "the setting name") not in SETTINGS:
             raise ValidationError(f"unknown setting {key!r}; known: {', '.join(SETTINGS)}", field="key")
         parse, fmt, _ = SETTINGS[key]
-        parsed = parse(value, field="value")
+        # a CA file is checked as an upstream's --ca-bundle is: readable, bounded, PEM certificates; kept absolute
+        parsed = self.check_ca_bundle(value) if key == FLEET_CA_SETTING else parse(value, field="value")
         self.store.set_setting(key, str(parsed))
         return fmt(parsed) or ""
 
