@@ -22,6 +22,7 @@ from regcache.proxy.core.catalogue import (
     normalize_login_server,
 )
 from regcache.proxy.core.errors import ConflictError, NotFoundError, ValidationError
+from regcache.proxy.core.fleet import fingerprint
 from regcache.proxy.core.models import (
     AuthPolicy,
     CacheRule,
@@ -45,6 +46,7 @@ from regcache.proxy.core.settings import (
     EVENTS_MAX_COUNT_SETTING,
     FLEET_ADDRESS_SETTING,
     FLEET_CA_SETTING,
+    FLEET_NODE_ID_SETTING,
     FLEET_SECRET_SETTING,
     HEADER_TIMEOUT_SETTING,
     KEEPALIVE_TIMEOUT_SETTING,
@@ -64,6 +66,7 @@ from regcache.proxy.core.settings import (
     TOKEN_MAX_LIFETIME_SETTING,
     TOKEN_MAX_SIZE_SETTING,
     UPSTREAM_DEADLINE_SETTING,
+    S3Storage,
     StorageConfig,
     UpstreamLimits,
     parse_count,
@@ -235,6 +238,26 @@ class Purge:
     unlinked: tuple[str, ...]
     #: (digest, size, path, last access) of stored blobs no repository links any more: the gc's to delete
     orphans: tuple[tuple[str, int, str, datetime | None], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSettings:
+    """What decides this node's place in a fleet (docs/scale-out.md, "A fleet"), read from its state."""
+
+    #: the bucket the fleet shares
+    storage: S3Storage
+    #: the fleet-address and fleet-secret settings (None: unset)
+    address: str | None
+    secret_id: str | None
+    #: this node's id (None until it first joined)
+    node_id: str | None
+    #: this node's configuration fingerprint (rules, upstreams, credential-set identities)
+    fingerprint: str
+
+    @property
+    def configured(self) -> bool:
+        """Whether this node joins the fleet when it serves (both settings set)."""
+        return bool(self.address and self.secret_id)
 
 
 def _referenced(content: bytes) -> list[str]:
@@ -598,6 +621,16 @@ class ControlPlane:
         self.store.delete_setting(key)
 
     # -- storage backend -----------------------------------------------------------------------
+
+    def fleet_settings(self) -> FleetSettings | None:
+        """This node's fleet settings and configuration fingerprint; None when its storage is not a bucket."""
+        storage = self.storage()
+        if not isinstance(storage, S3Storage):
+            return None
+        return FleetSettings(storage, self.store.setting(FLEET_ADDRESS_SETTING) or None,
+                             self.store.setting(FLEET_SECRET_SETTING) or None,
+                             self.store.setting(FLEET_NODE_ID_SETTING) or None,
+                             fingerprint(self.list_rules(), self.list_upstreams(), self.list_credential_sets()))
 
     def storage(self) -> StorageConfig:
         """Where blobs and manifests are kept (``filesystem`` unless set to an S3 bucket)."""

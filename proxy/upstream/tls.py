@@ -1,4 +1,4 @@
-"""TLS trust for connections to upstreams (and fleet peers): the operating system's trust store, and an upstream's own CA bundle.
+"""TLS trust for connections to upstreams and fleet peers: the system trust store, and an upstream's own CA bundle.
 
 **The system store, by default.** Every upstream certificate is checked against the operating system's
 trust store through the ``truststore`` library: on Linux the distribution's CA file and directory (which
