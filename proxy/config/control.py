@@ -185,8 +185,8 @@ SETTINGS: dict[str, tuple[Callable[..., object], Callable[[Any], str | None], st
                             "https:// when it serves --tls-cert); with fleet-secret set and s3 storage, nodes "
                             "download each cold blob once between them"),
     FLEET_SECRET_SETTING: (_secret_id, _text,
-                           "the secret id (keyring://, env://, file://) of the secret every fleet member signs its peer "
-                           "requests with; the same secret on every node"),
+                           "the secret id (keyring://, env://, file://) of the secret every fleet member signs its "
+                           "peer requests with; the same secret on every node"),
     FLEET_CA_SETTING: (_ca_file, _text,
                        "a PEM file of the CA that issued the fleet's node certificates: nodes serving TLS "
                        "(serve --tls-cert) verify each other against it alone (unset: the system's trust store)"),
