@@ -11,12 +11,15 @@ local OpenStack Swift with s3api (``tests/s3/swift.py``) is the S3 store. Two th
    clients get their last byte before the upload completes; that lag is reported). Reported: median
    seconds, s3 / filesystem ratios, the node's CPU seconds, Swift's CPU seconds (all its processes:
    the store shares the 2 cores), and the upstream's blob bytes per pull (0 for a warm pull).
-2. Scale-out: two s3 nodes on one new bucket, a new image (new random layers, pushed to the same
-   repository and tag), ``--concurrency`` simultaneous cold pulls split evenly across the two nodes.
-   Reported: wall time, blob bytes the upstream served / image size (target <= 2.0: each node
-   downloads a blob at most once, per-node single flight), the most GETs of any one blob, each
-   node's ``regcache_bytes_fetched`` from its ``/metrics``, and whether every pull verified
+2. Scale-out: a new image (new random layers, pushed to the same repository and tag) and
+   ``--concurrency`` (default 12) simultaneous cold pulls, run twice, each time on a new empty bucket
+   and new nodes: through ONE s3 node (the baseline), then split round robin over ``--nodes``
+   (default 3) s3 nodes in a fleet (``--no-fleet``: each node on its own). Reported for both: wall
+   time, blob bytes the upstream served / image size (target: <= 1.05 for one node or a fleet, the
+   fleet downloading each blob once; <= N nodes without a fleet), the most GETs of any one blob,
+   each node's ``regcache_bytes_fetched`` from its ``/metrics``, and whether every pull verified
    (``assert_pulled``: layer digests in manifest order, every layer byte for byte, the config).
+   ``--skip-single`` runs only this part.
 
 All pulls are ``skopeo copy --src-tls-verify=false docker://HOST/REPO:TAG oci:DIR:TAG`` into a new
 directory; the upstream's blob bytes come from its access log (``pull_bench.upstream_blob_bytes``).
@@ -24,10 +27,11 @@ Nodes are configured as ``tests/scale_out/nodes.py`` does (the S3 keys reach the
 secrets through this process's environment).
 
 Run from the repository root with the dev venv (``docker-registry``, ``skopeo``, Swift and
-memcached must be installed; everything listens on 127.0.0.1; 75-90 s at 200 MB on 2 cores)::
+memcached must be installed; everything listens on 127.0.0.1)::
 
-    /work/venv/bin/python bench/s3_bench.py                           # 200 MB image, 8 pulls over 2 nodes
-    /work/venv/bin/python bench/s3_bench.py --size-mb 30 --repeat 1   # smoke test, ~25 s
+    /work/venv/bin/python bench/s3_bench.py                           # 200 MB image, 12 pulls: 1 node, 3 nodes
+    /work/venv/bin/python bench/s3_bench.py --size-mb 30 --repeat 1   # smoke test
+    /work/venv/bin/python bench/s3_bench.py --skip-single --size-mb 20 --nodes 3 --concurrency 12
     /work/venv/bin/python bench/s3_bench.py --json s3.json            # also write every figure as JSON
 
 Sizes are decimal: 1 MB = 10**6 bytes. Every process it starts is stopped and its temporary
@@ -92,7 +96,8 @@ from tests.scale_out.nodes import configure_node, s3_env, wait_for_image_in_buck
 FLEET_SECRET_VAR = "REGCACHE_BENCH_FLEET_SECRET"
 
 BUCKET_TIMEOUT = 60.0
-TARGET_UPSTREAM_PER_IMAGE = 2.0
+#: upstream blob bytes / image for one node or a fleet: each blob downloaded once (a little slack for a retry)
+TARGET_ONCE = 1.05
 
 
 # -- the nodes -----------------------------------------------------------------------------------
@@ -183,9 +188,10 @@ class Single:
 
 @dataclass
 class ScaleOut:
-    """Concurrent cold pulls through two nodes on one bucket."""
+    """Concurrent cold pulls through ``nodes`` nodes on one new bucket (in a fleet, or not)."""
 
     nodes: int = 2
+    fleet: bool = True
     pulls: int = 0
     wall_s: float = 0.0
     node_cpu_s: float = 0.0
@@ -201,8 +207,13 @@ class ScaleOut:
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
 
     @property
+    def target(self) -> float:
+        """The most upstream blob bytes / image allowed: once for one node or a fleet, once per node otherwise."""
+        return TARGET_ONCE if self.fleet or self.nodes == 1 else float(self.nodes)
+
+    @property
     def target_met(self) -> bool:
-        return self.upstream_per_image <= TARGET_UPSTREAM_PER_IMAGE and self.verified == self.pulls
+        return self.upstream_per_image <= self.target and self.verified == self.pulls
 
 
 # -- the runs ------------------------------------------------------------------------------------
@@ -235,7 +246,8 @@ def single_node(bench: Bench, swift: SwiftS3Server, repeat: int) -> dict[str, Si
 
 def scale_out(bench: Bench, swift: SwiftS3Server, nodes: Sequence[S3Node], pulls: int) -> ScaleOut:
     """``pulls`` simultaneous cold pulls, split evenly across ``nodes`` (all on one new bucket)."""
-    result = ScaleOut(nodes=len(nodes), pulls=pulls, image_bytes=bench.image_bytes)
+    result = ScaleOut(nodes=len(nodes), fleet=all(node.fleet for node in nodes) and len(nodes) > 1, pulls=pulls,
+                      image_bytes=bench.image_bytes)
     destinations = bench.destinations(pulls)
     groups = {node.name: (node, destinations[k::len(nodes)]) for k, node in enumerate(nodes)}
     errors: dict[str, str] = {}
@@ -280,7 +292,7 @@ def scale_out(bench: Bench, swift: SwiftS3Server, nodes: Sequence[S3Node], pulls
     for node in nodes:
         bench.monitor.checkpoint(node.name)
         result.peak_rss_mb[node.name] = bench.monitor.peak_mb(node.name)
-    progress(f"{pulls} concurrent cold pulls via {len(nodes)} nodes: {result.wall_s:.2f} s, "
+    progress(f"{pulls} concurrent cold pulls via {len(nodes)} node(s): {result.wall_s:.2f} s, "
              f"upstream {result.upstream_per_image:.2f} x image, {result.verified}/{pulls} verified")
     return result
 
@@ -297,10 +309,10 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> 
     return [line(header), line(["-" * w for w in widths]), *map(line, rows)]
 
 
-def render(single: dict[str, Single], out: ScaleOut, image: Image, repeat: int, busy: str) -> str:
+def render_single(single: dict[str, Single], size: int, repeat: int) -> list[str]:
+    """The one-node table: filesystem vs s3, cold and warm (``size``: the image's blob bytes)."""
     fs, s3 = single["filesystem"], single["s3"]
     median = statistics.median
-    size = sum(blob.size for blob in image.blobs.values())
 
     def row(label: str, a: float, b: float, fmt: str, ratio: bool = True) -> list[str]:
         return [label, fmt.format(a), fmt.format(b), f"{b / a:.2f}x" if ratio and a else ""]
@@ -319,33 +331,52 @@ def render(single: dict[str, Single], out: ScaleOut, image: Image, repeat: int, 
             max(s3.warm_upstream_bytes) / size, "{:.2f}", False),
         row("peak RSS (MB)", fs.peak_rss_mb, s3.peak_rss_mb, "{:.0f}"),
     ]
-    first = _table(("one node", "filesystem", "s3", "s3/fs"), rows, "<>>>")
+    samples = [f"samples (s): cold fs {format_samples(fs.cold_s)}; cold s3 {format_samples(s3.cold_s)}",
+               f"             warm fs {format_samples(fs.warm_s)}; warm s3 {format_samples(s3.warm_s)}"]
+    return [*_table(("one node", "filesystem", "s3", "s3/fs"), rows, "<>>>"), *samples]
 
-    status = "ok" if out.upstream_per_image <= TARGET_UPSTREAM_PER_IMAGE else "MISSED"
-    fetched = " + ".join(f"{n / MB:.0f}" for n in out.node_bytes_fetched.values())
-    rss = " / ".join(f"{mb:.0f}" for mb in out.peak_rss_mb.values())
-    second_rows = [
-        ["wall time (s)", f"{out.wall_s:.2f}", ""],
-        ["  nodes' CPU / Swift CPU (s)", f"{out.node_cpu_s:.2f} / {out.swift_cpu_s:.2f}", ""],
-        ["upstream blob bytes / image", f"{out.upstream_per_image:.2f}",
-         f"<= {TARGET_UPSTREAM_PER_IMAGE:.1f}  {status}"],
-        ["  most GETs of one blob", str(out.max_gets_per_blob), f"<= {out.nodes}"],
-        ["  regcache_bytes_fetched per node (MB)", fetched, "each node fetched the image once"],
-        ["pulls verified (assert_pulled)", f"{out.verified}/{out.pulls}",
-         "all  " + ("ok" if out.verified == out.pulls else "MISSED")],
-        ["bucket complete after pulls (s)", f"{out.upload_lag_s:.2f}", ""],
-        ["peak RSS per node (MB)", rss, ""],
+
+def render_scale_out(one: ScaleOut, many: ScaleOut) -> list[str]:
+    """The same cold pulls through one node and through N nodes, side by side, with their targets."""
+    def status(out: ScaleOut) -> str:
+        return "ok" if out.upstream_per_image <= out.target else "MISSED"
+
+    def fetched(out: ScaleOut) -> str:
+        return " + ".join(f"{n / MB:.0f}" for n in out.node_bytes_fetched.values())
+
+    def rss(out: ScaleOut) -> str:
+        return " / ".join(f"{mb:.0f}" for mb in out.peak_rss_mb.values())
+
+    ratio = f"{many.wall_s / one.wall_s:.2f}x" if one.wall_s else ""
+    rows = [
+        ["wall time (s)", f"{one.wall_s:.2f}", f"{many.wall_s:.2f}", f"{ratio} of one node"],
+        ["  nodes' CPU / Swift CPU (s)", f"{one.node_cpu_s:.2f} / {one.swift_cpu_s:.2f}",
+         f"{many.node_cpu_s:.2f} / {many.swift_cpu_s:.2f}", ""],
+        ["upstream blob bytes / image", f"{one.upstream_per_image:.2f} {status(one)}",
+         f"{many.upstream_per_image:.2f} {status(many)}", f"<= {one.target:.2f} / <= {many.target:.2f}"],
+        ["  most GETs of one blob", str(one.max_gets_per_blob), str(many.max_gets_per_blob),
+         f"1 / {1 if many.fleet else many.nodes}"],
+        ["  regcache_bytes_fetched per node (MB)", fetched(one), fetched(many), ""],
+        ["pulls verified (assert_pulled)", f"{one.verified}/{one.pulls}", f"{many.verified}/{many.pulls}",
+         "all  " + ("ok" if one.verified == one.pulls and many.verified == many.pulls else "MISSED")],
+        ["bucket complete after pulls (s)", f"{one.upload_lag_s:.2f}", f"{many.upload_lag_s:.2f}", ""],
+        ["peak RSS per node (MB)", rss(one), rss(many), ""],
     ]
-    second = _table((f"{out.nodes} s3 nodes, one bucket, {out.pulls} concurrent cold pulls", "value", "target"),
-                    second_rows, "<><")
+    kind = "fleet" if many.fleet else "no fleet"
+    header = (f"{many.pulls} concurrent cold pulls, s3, one new bucket each", "1 node",
+              f"{many.nodes} nodes ({kind})", "target")
+    failures = [f"FAILED: {failure}" for failure in [*one.failures, *many.failures]]
+    return [*_table(header, rows, "<>><"), *failures]
 
+
+def render(single: dict[str, Single] | None, one: ScaleOut, many: ScaleOut, image: Image, repeat: int,
+           busy: str) -> str:
+    size = sum(blob.size for blob in image.blobs.values())
     sizes = " + ".join(f"{layer.size / MB:.0f}" for layer in image.layers)
     title = (f"s3_bench: image {size / MB:.0f} MB in {len(image.layers)} layers ({sizes} MB), "
              f"{os.cpu_count()} CPUs ({busy} busy before start), regcache {git_revision()}")
-    samples = [f"samples (s): cold fs {format_samples(fs.cold_s)}; cold s3 {format_samples(s3.cold_s)}",
-               f"             warm fs {format_samples(fs.warm_s)}; warm s3 {format_samples(s3.warm_s)}"]
-    failures = [f"FAILED: {failure}" for failure in out.failures]
-    return "\n".join([title, *first, *samples, "", *second, *failures])
+    first = [*render_single(single, size, repeat), ""] if single is not None else []
+    return "\n".join([title, *first, *render_scale_out(one, many)])
 
 
 def _rounded(value: object) -> object:
@@ -359,27 +390,45 @@ def _rounded(value: object) -> object:
     return value
 
 
-def as_json(single: dict[str, Single], out: ScaleOut, image: Image, args: argparse.Namespace, busy: str,
-            elapsed: float) -> dict[str, object]:
+def as_json(single: dict[str, Single] | None, one: ScaleOut, many: ScaleOut, image: Image,
+            args: argparse.Namespace, busy: str, elapsed: float) -> dict[str, object]:
     median = statistics.median
-    fs, s3 = single["filesystem"], single["s3"]
-    return {
+    figures: dict[str, object] = {
         "bench": "s3_bench", "date": date.today().isoformat(), "revision": git_revision(),
         "cpus": os.cpu_count(), "busy_before_start": busy, "elapsed_s": round(elapsed, 1),
-        "args": {"size_mb": args.size_mb, "repeat": args.repeat, "concurrency": args.concurrency},
+        "args": {"size_mb": args.size_mb, "repeat": args.repeat, "nodes": args.nodes,
+                 "concurrency": args.concurrency, "fleet": not args.no_fleet, "skip_single": args.skip_single},
         "image": {"bytes": sum(blob.size for blob in image.blobs.values()),
                   "layers": [layer.size for layer in image.layers]},
-        "single_node": {
+        "scale_out": {
+            name: {**asdict(out), "target_upstream_per_image": out.target, "target_met": out.target_met}
+            for name, out in (("one_node", one), ("nodes", many))},
+    }
+    if single is not None:
+        fs, s3 = single["filesystem"], single["s3"]
+        figures["single_node"] = {
             "filesystem": asdict(fs), "s3": asdict(s3),
             "cold_ratio_s3_over_fs": median(s3.cold_s) / median(fs.cold_s),
             "warm_ratio_s3_over_fs": median(s3.warm_s) / median(fs.warm_s),
-        },
-        "scale_out": {**asdict(out), "target_upstream_per_image": TARGET_UPSTREAM_PER_IMAGE,
-                      "target_met": out.target_met},
-    }
+        }
+    return figures
 
 
 # -- main ----------------------------------------------------------------------------------------
+
+
+def start_nodes(names: Sequence[str], root: Path, upstream: RegistryServer, swift: SwiftS3Server, bucket: str,
+                fleet: bool, monitor: RssMonitor, started: list) -> list[S3Node]:
+    """New s3 nodes on ``bucket`` (in one fleet if ``fleet``), started and watched; stopped by the caller."""
+    nodes = [S3Node(root / f"node-{name}", upstream, swift, name=name, bucket=bucket, fleet=fleet) for name in names]
+    for node in nodes:
+        started.append(node)
+        node.configure()
+        node.start()
+        monitor.watch(node.name, pid_of(node))
+    if fleet and len(nodes) > 1:
+        time.sleep(HEARTBEAT_INTERVAL * 2)  # every node reads the others' heartbeats
+    return nodes
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -387,14 +436,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mb", type=int, default=200, help="image size in MB (default 200)")
     parser.add_argument("--repeat", type=int, default=3, help="cold + warm rounds per backend (default 3)")
-    parser.add_argument("--concurrency", type=int, default=8,
-                        help="simultaneous cold pulls, split across the 2 nodes (default 8)")
+    parser.add_argument("--nodes", type=int, default=3, help="s3 nodes of the scale-out run (default 3)")
+    parser.add_argument("--concurrency", type=int, default=12,
+                        help="simultaneous cold pulls, through one node and then split across --nodes (default 12)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write every figure to PATH as JSON")
     parser.add_argument("--no-fleet", action="store_true",
-                        help="scale-out nodes outside a fleet (each downloads on its own: up to 2x upstream bytes)")
+                        help="scale-out nodes outside a fleet (each downloads on its own: up to N x upstream bytes)")
+    parser.add_argument("--skip-single", action="store_true",
+                        help="skip the one-node filesystem vs s3 rounds: only the scale-out runs")
     args = parser.parse_args(argv)
-    if args.size_mb < 1 or args.repeat < 1 or args.concurrency < 2:
-        parser.error("--size-mb and --repeat must be at least 1, --concurrency at least 2")
+    if args.size_mb < 1 or args.repeat < 1 or args.concurrency < 2 or not 2 <= args.nodes <= 16:
+        parser.error("--size-mb and --repeat must be at least 1, --concurrency at least 2, --nodes from 2 to 16")
     signal.signal(signal.SIGTERM, exit_on_signal)
     began = time.monotonic()
     busy = machine_busy()
@@ -410,48 +462,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         started.append(swift)
         swift.start(timeout=START_TIMEOUT)
         os.environ.update(s3_env(swift))  # the nodes inherit it: their env:// secrets
+        os.environ[FLEET_SECRET_VAR] = secrets.token_urlsafe(32)
         progress(f"upstream on {upstream.host}, Swift on {swift.endpoint} (started in {swift.startup_seconds:.1f} s); "
                  f"building and pushing {args.size_mb} MB")
-        image = build_image(layer_sizes(args.size_mb), seed=f"s3-bench-{args.size_mb}")
-        push_image(image, upstream, REPOSITORY, TAG)
-
-        fs_node = FilesystemNode(root / "fs-node", upstream)
-        s3_node = S3Node(root / "s3-node", upstream, swift)
-        caches: list[Cache] = [fs_node, s3_node]
-        started += caches
-        for node in (fs_node, s3_node):
-            node.configure()
-            node.start()
-            monitor.watch(node.name, pid_of(node))
         monitor.start()
-        bench = Bench(root, upstream, caches, image, monitor, args.size_mb)
-        single = single_node(bench, swift, args.repeat)
-        for node in (fs_node, s3_node):
-            node.stop()
+        single: dict[str, Single] | None = None
+        if not args.skip_single:
+            image = build_image(layer_sizes(args.size_mb), seed=f"s3-bench-{args.size_mb}")
+            push_image(image, upstream, REPOSITORY, TAG)
+            fs_node = FilesystemNode(root / "fs-node", upstream)
+            s3_node = S3Node(root / "s3-node", upstream, swift)
+            caches: list[Cache] = [fs_node, s3_node]
+            started += caches
+            for node in (fs_node, s3_node):
+                node.configure()
+                node.start()
+                monitor.watch(node.name, pid_of(node))
+            bench = Bench(root, upstream, caches, image, monitor, args.size_mb)
+            single = single_node(bench, swift, args.repeat)
+            for node in (fs_node, s3_node):
+                node.stop()
 
-        progress("scale-out: building and pushing a new image, starting 2 nodes on a new bucket")
-        bench.image = image = build_image(layer_sizes(args.size_mb), seed=f"s3-bench-{args.size_mb}-scale-out")
+        # one image for both scale-out runs: each on a new bucket with new nodes, so every blob is cold
+        image = build_image(layer_sizes(args.size_mb), seed=f"s3-bench-{args.size_mb}-scale-out")
         push_image(image, upstream, REPOSITORY, TAG)  # the tag moves to the new image
-        shared = swift.create_bucket()
-        os.environ[FLEET_SECRET_VAR] = secrets.token_urlsafe(32)
-        nodes = [S3Node(root / f"node-{name}", upstream, swift, name=f"node-{name}", bucket=shared,
-                        fleet=not args.no_fleet) for name in ("a", "b")]
-        started += nodes
-        for node in nodes:
-            node.configure()
-            node.start()
-            monitor.watch(node.name, pid_of(node))
-        if not args.no_fleet:
-            time.sleep(HEARTBEAT_INTERVAL * 2)  # each node reads the other's heartbeat
-        out = scale_out(bench, swift, nodes, args.concurrency)
+        bench = Bench(root, upstream, [], image, monitor, args.size_mb)
+        progress(f"scale-out: {args.concurrency} concurrent cold pulls through one node")
+        alone = start_nodes(["one-node"], root, upstream, swift, swift.create_bucket(), False, monitor, started)
+        one = scale_out(bench, swift, alone, args.concurrency)
+        alone[0].stop()
+        kind = "no fleet" if args.no_fleet else "a fleet"
+        progress(f"scale-out: the same pulls split over {args.nodes} nodes on a new bucket, in {kind}")
+        names = [f"node-{chr(ord('a') + i)}" for i in range(args.nodes)]
+        nodes = start_nodes(names, root, upstream, swift, swift.create_bucket(), not args.no_fleet, monitor, started)
+        many = scale_out(bench, swift, nodes, args.concurrency)
 
         elapsed = time.monotonic() - began
-        print(render(single, out, image, args.repeat, busy), flush=True)
+        print(render(single, one, many, image, args.repeat, busy), flush=True)
         print(f"run time {elapsed:.0f} s", flush=True)
         if args.json:
-            figures = _rounded(as_json(single, out, image, args, busy, elapsed))
+            figures = _rounded(as_json(single, one, many, image, args, busy, elapsed))
             args.json.write_text(json.dumps(figures, indent=2) + "\n")
-        return 0 if out.verified == out.pulls else 1
+        return 0 if one.verified == one.pulls and many.verified == many.pulls else 1
     except (BenchError, SwiftError, FileNotFoundError) as exc:
         print(f"s3_bench: {exc}", file=sys.stderr)
         return 1

@@ -553,7 +553,7 @@ class ProxyServer:
         # a loopback listener answers only loopback Host names (DNS rebinding); beyond it, tokens are required
         self.app = create_app(home, secrets=secrets, transport=transport, freshness=freshness,
                               serve_metrics=metrics_listen is None, require_auth=require_auth,
-                              check_host=is_loopback(self.address.host))
+                              check_host=is_loopback(self.address.host), serves_tls=bool(tls_cert))
         #: the connections of every listener of this proxy (set when it listens)
         self.connections: ConnectionGuard | None = None
         self._tls = (tls_cert, tls_key)

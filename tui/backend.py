@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from regcache.proxy.jobs.operations import Operations
     from regcache.proxy.pull.cache import LoginCheck
     from regcache.proxy.server import EmbeddedProxy
+    from regcache.proxy.storage.fleet import FleetView
+
+#: where the Overview reads the fleet from: ``source(backend)`` (tests give a fixed one)
+FleetSource = Callable[["Backend"], "FleetView | None"]
 
 T = TypeVar("T")
 
@@ -28,8 +32,9 @@ T = TypeVar("T")
 class Backend:
     """The engine facade for the UI: control plane (configuration) and statistics (what happened)."""
 
-    def __init__(self, control: ControlPlane) -> None:
+    def __init__(self, control: ControlPlane, fleet_source: FleetSource | None = None) -> None:
         self.control = control
+        self._fleet_source = fleet_source
         self.stats = CacheStatistics(control.store)
         self.home: Path = control.store.home
         self._lock = threading.Lock()
@@ -63,6 +68,24 @@ class Backend:
         (the Credentials blade's re-check, ``r``): call it from a worker thread. ``.verified`` False: the
         upstream could not tell (unreachable, no login asked, secrets unreadable here); ``.message`` says why."""
         return self.run_job(lambda ops: ops.check_credential_set(name))
+
+    def fleet(self) -> FleetView | None:
+        """The fleet this node is configured for, as `regcache fleet status` reads it from the bucket: call it from
+        a worker thread. None when the storage is not a bucket or no fleet is configured (fleet-address and
+        fleet-secret). Raises RegcacheError when the bucket cannot be read."""
+        if self._fleet_source is not None:
+            return self._fleet_source(self)
+        settings = self.call(lambda b: b.control.fleet_settings())
+        if settings is None or not settings.configured:
+            return None
+        if self.proxy is not None and self.proxy.engine_running:  # the engine's connection to the bucket
+            return self.proxy.call(lambda ops: ops.fleet(settings))
+        import anyio
+
+        from regcache.proxy.storage.fleet import read_fleet_in
+
+        return anyio.run(read_fleet_in, settings.storage, self.control.secrets, settings.node_id,
+                         settings.fingerprint)
 
     def cached_tags(self, repository: str) -> list[tuple[str, str]]:
         """(tag, digest) of every cached tag of ``repository``: call it inside :meth:`call`."""

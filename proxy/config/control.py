@@ -22,6 +22,7 @@ from regcache.proxy.core.catalogue import (
     normalize_login_server,
 )
 from regcache.proxy.core.errors import ConflictError, NotFoundError, ValidationError
+from regcache.proxy.core.fleet import fingerprint
 from regcache.proxy.core.models import (
     AuthPolicy,
     CacheRule,
@@ -44,6 +45,8 @@ from regcache.proxy.core.settings import (
     EVENTS_MAX_AGE_SETTING,
     EVENTS_MAX_COUNT_SETTING,
     FLEET_ADDRESS_SETTING,
+    FLEET_CA_SETTING,
+    FLEET_NODE_ID_SETTING,
     FLEET_SECRET_SETTING,
     HEADER_TIMEOUT_SETTING,
     KEEPALIVE_TIMEOUT_SETTING,
@@ -63,6 +66,7 @@ from regcache.proxy.core.settings import (
     TOKEN_MAX_LIFETIME_SETTING,
     TOKEN_MAX_SIZE_SETTING,
     UPSTREAM_DEADLINE_SETTING,
+    S3Storage,
     StorageConfig,
     UpstreamLimits,
     parse_count,
@@ -137,6 +141,11 @@ def _fleet_address(text: str, field: str | None = None) -> str:
     return normalize_base_url(text)
 
 
+def _ca_file(text: str, field: str | None = None) -> str:
+    """The path as given (the file itself is read by :meth:`ControlPlane.check_ca_bundle`, which set_setting calls)."""
+    return check_ca_bundle_path(text)
+
+
 def _secret_id(text: str, field: str | None = None) -> str:
     return str(SecretId.parse(text, field=field or "value"))
 
@@ -172,11 +181,15 @@ SETTINGS: dict[str, tuple[Callable[..., object], Callable[[Any], str | None], st
                                "how many pull events are kept at most (default 1000000); older ones are pruned, "
                                "the statistics keep counting them"),
     FLEET_ADDRESS_SETTING: (_fleet_address, _text,
-                            "the URL the other nodes on this bucket reach this node at (e.g. http://10.0.0.5:5000); "
-                            "with fleet-secret set and s3 storage, nodes download each cold blob once between them"),
+                            "the URL the other nodes on this bucket reach this node at (e.g. http://10.0.0.5:5000; "
+                            "https:// when it serves --tls-cert); with fleet-secret set and s3 storage, nodes "
+                            "download each cold blob once between them"),
     FLEET_SECRET_SETTING: (_secret_id, _text,
-                           "the secret id (keyring://, env://) of the secret every fleet member signs its peer "
-                           "requests with; the same secret on every node"),
+                           "the secret id (keyring://, env://, file://) of the secret every fleet member signs its "
+                           "peer requests with; the same secret on every node"),
+    FLEET_CA_SETTING: (_ca_file, _text,
+                       "a PEM file of the CA that issued the fleet's node certificates: nodes serving TLS "
+                       "(serve --tls-cert) verify each other against it alone (unset: the system's trust store)"),
     RULES_FILE_MAX_SIZE_SETTING: (parse_size, _size,
                                   "largest rules file `regcache rules apply` reads (default 1MiB); larger ones "
                                   "are refused before they are parsed"),
@@ -211,7 +224,7 @@ SETTINGS: dict[str, tuple[Callable[..., object], Callable[[Any], str | None], st
                                    "a larger one is refused unread"),
 }
 #: settings stored as text rather than as a number
-_TEXT_SETTINGS = frozenset({ALLOWED_HOSTS_SETTING, FLEET_ADDRESS_SETTING, FLEET_SECRET_SETTING})
+_TEXT_SETTINGS = frozenset({ALLOWED_HOSTS_SETTING, FLEET_ADDRESS_SETTING, FLEET_SECRET_SETTING, FLEET_CA_SETTING})
 
 
 
@@ -229,6 +242,26 @@ class Purge:
     #: (or another node would bring them back from there)
     source_tags: tuple[tuple[str, str], ...] = ()
     source_links: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSettings:
+    """What decides this node's place in a fleet (docs/scale-out.md, "A fleet"), read from its state."""
+
+    #: the bucket the fleet shares
+    storage: S3Storage
+    #: the fleet-address and fleet-secret settings (None: unset)
+    address: str | None
+    secret_id: str | None
+    #: this node's id (None until it first joined)
+    node_id: str | None
+    #: this node's configuration fingerprint (rules, upstreams, credential-set identities)
+    fingerprint: str
+
+    @property
+    def configured(self) -> bool:
+        """Whether this node joins the fleet when it serves (both settings set)."""
+        return bool(self.address and self.secret_id)
 
 
 def _referenced(content: bytes) -> list[str]:
@@ -586,7 +619,8 @@ class ControlPlane:
         if check_printable(key, "key", "the setting name") not in SETTINGS:
             raise ValidationError(f"unknown setting {key!r}; known: {', '.join(SETTINGS)}", field="key")
         parse, fmt, _ = SETTINGS[key]
-        parsed = parse(value, field="value")
+        # a CA file is checked as an upstream's --ca-bundle is: readable, bounded, PEM certificates; kept absolute
+        parsed = self.check_ca_bundle(value) if key == FLEET_CA_SETTING else parse(value, field="value")
         self.store.set_setting(key, str(parsed))
         return fmt(parsed) or ""
 
@@ -596,6 +630,16 @@ class ControlPlane:
         self.store.delete_setting(key)
 
     # -- storage backend -----------------------------------------------------------------------
+
+    def fleet_settings(self) -> FleetSettings | None:
+        """This node's fleet settings and configuration fingerprint; None when its storage is not a bucket."""
+        storage = self.storage()
+        if not isinstance(storage, S3Storage):
+            return None
+        return FleetSettings(storage, self.store.setting(FLEET_ADDRESS_SETTING) or None,
+                             self.store.setting(FLEET_SECRET_SETTING) or None,
+                             self.store.setting(FLEET_NODE_ID_SETTING) or None,
+                             fingerprint(self.list_rules(), self.list_upstreams(), self.list_credential_sets()))
 
     def storage(self) -> StorageConfig:
         """Where blobs and manifests are kept (``filesystem`` unless set to an S3 bucket)."""

@@ -56,6 +56,8 @@ class Member:
         if not (0 < len(member.node_id) <= 64 and member.address.startswith(("http://", "https://"))
                 and len(member.address) <= 300 and member.address.isprintable()):
             raise ValidationError("a fleet heartbeat with an invalid node id or address")
+        if not (len(member.version) <= 64 and len(member.fingerprint) <= 64):  # shown by fleet status and the TUI
+            raise ValidationError("a fleet heartbeat with an over-long version or fingerprint")
         return member
 
 

@@ -41,6 +41,9 @@ UPSTREAM_LIMIT_SETTINGS = (MANIFEST_MAX_SIZE_SETTING, LIST_MAX_SIZE_SETTING, TOK
 #: peer endpoint at, and the id of the secret every member signs its peer requests with
 FLEET_ADDRESS_SETTING = "fleet-address"
 FLEET_SECRET_SETTING = "fleet-secret"
+#: the PEM file of the CA that issued the fleet's node certificates: a node serving TLS (``serve --tls-cert``)
+#: checks its peers' certificates against it alone (unset: against the operating system's trust store)
+FLEET_CA_SETTING = "fleet-ca"
 #: this node's id in the fleet, made at its first start (not an operator's setting)
 FLEET_NODE_ID_SETTING = "fleet-node-id"
 #: the largest rules file `regcache rules apply` reads (docs: README, "Limits")

@@ -6,6 +6,11 @@ it (regcache.proxy.upstream.peer). Its registry app answers the same requests fr
 ``/_regcache/peer/v1/<name>/blobs/<digest>?source=...``: signed with the fleet secret (no client token,
 no Host check), served only when this node's own rule for ``<name>`` reads from that same source, with
 this node's own proof (a stored, linked blob, or its own single download), and never forwarded again.
+
+Peers use the node's TLS settings: a node serving https (``serve --tls-cert``) advertises an ``https://``
+fleet-address and verifies the others' certificates against the ``fleet-ca`` file (else the system store); a
+node serving plain http advertises ``http://``. A fleet-address whose scheme is not the one the node serves
+would send the others to a listener that cannot answer them: the node then joins no fleet, and says why.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from importlib import metadata
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import anyio
 from anyio.abc import TaskGroup
@@ -26,7 +31,14 @@ from starlette.responses import Response
 from regcache.proxy.core.errors import RegcacheError
 from regcache.proxy.core.fleet import SIGNATURE_HEADER, Member, verify_signature
 from regcache.proxy.core.references import is_digest, is_repository_name
-from regcache.proxy.core.settings import FLEET_ADDRESS_SETTING, FLEET_NODE_ID_SETTING, FLEET_SECRET_SETTING
+from regcache.proxy.core.settings import (
+    CA_BUNDLE_MAX_SIZE_SETTING,
+    FLEET_ADDRESS_SETTING,
+    FLEET_CA_SETTING,
+    FLEET_NODE_ID_SETTING,
+    FLEET_SECRET_SETTING,
+    UpstreamLimits,
+)
 from regcache.proxy.http.errors import RegistryError
 from regcache.proxy.pull.cache import PullThroughCache
 from regcache.proxy.secrets import SecretResolver
@@ -34,6 +46,7 @@ from regcache.proxy.state.store import AsyncStateStore
 from regcache.proxy.storage.backend import BlobBackend, BucketBackend
 from regcache.proxy.storage.fleet import FleetMembership
 from regcache.proxy.upstream.peer import PEER_PREFIX, PeerClient
+from regcache.proxy.upstream.tls import CaBundle, peer_context, read_ca_bundle
 
 log = logging.getLogger("regcache.fleet")
 
@@ -46,15 +59,26 @@ def _version() -> str:
 
 
 @asynccontextmanager
-async def joined_fleet(state: AsyncStateStore, backend: BlobBackend, secrets: SecretResolver,
-                       cache: PullThroughCache, tasks: TaskGroup) -> AsyncIterator[str | None]:
-    """Join the fleet when configured (yields the fleet secret, for the peer endpoint), else yield None."""
-    address, secret_id, node_id = await state.run(lambda s: (s.setting(FLEET_ADDRESS_SETTING),
-                                                             s.setting(FLEET_SECRET_SETTING),
-                                                             s.setting(FLEET_NODE_ID_SETTING)))
+async def joined_fleet(state: AsyncStateStore, backend: BlobBackend, secrets: SecretResolver, cache: PullThroughCache,
+                       tasks: TaskGroup, *, serves_tls: bool = False) -> AsyncIterator[str | None]:
+    """Join the fleet when configured (yields the fleet secret, for the peer endpoint), else yield None.
+
+    ``serves_tls``: this node's listener serves https, so its fleet-address must be https:// and its peers are
+    asked over https only, their certificates checked against the fleet-ca file (else the system store)."""
+    address, secret_id, node_id, ca_path, ca_limit = await state.run(lambda s: (
+        s.setting(FLEET_ADDRESS_SETTING), s.setting(FLEET_SECRET_SETTING), s.setting(FLEET_NODE_ID_SETTING),
+        s.setting(FLEET_CA_SETTING), s.setting(CA_BUNDLE_MAX_SIZE_SETTING)))
     if not address or not secret_id or not isinstance(backend, BucketBackend):
         if address and not isinstance(backend, BucketBackend):
             log.warning("%s is set but the storage is not a bucket: this node is in no fleet", FLEET_ADDRESS_SETTING)
+        yield None
+        return
+    scheme = urlsplit(address).scheme
+    if scheme != ("https" if serves_tls else "http"):
+        served = "https (--tls-cert)" if serves_tls else "plain http (no --tls-cert)"
+        log.error("not joining the fleet: %s is %s but this node serves %s, so the other members could not reach "
+                  "it; run `regcache settings set %s %s://...` (then restart)", FLEET_ADDRESS_SETTING, address,
+                  served, FLEET_ADDRESS_SETTING, "https" if serves_tls else "http")
         yield None
         return
     try:
@@ -63,15 +87,26 @@ async def joined_fleet(state: AsyncStateStore, backend: BlobBackend, secrets: Se
         log.error("not joining the fleet: its secret %s cannot be read: %s", secret_id, exc)
         yield None
         return
+    bundle: CaBundle | None = None
+    if ca_path:
+        limit = UpstreamLimits.from_settings({CA_BUNDLE_MAX_SIZE_SETTING: ca_limit}).ca_bundle_bytes
+        try:
+            bundle = await anyio.to_thread.run_sync(read_ca_bundle, ca_path, limit)
+        except RegcacheError as exc:  # never a fleet that trusts less than was configured
+            log.error("not joining the fleet: %s: %s (fix the file, or `regcache settings set %s PEM_FILE`)",
+                      FLEET_CA_SETTING, exc, FLEET_CA_SETTING)
+            yield None
+            return
     if not node_id:
         node_id = random.token_hex(8)
         await state.run(lambda s: s.set_setting(FLEET_NODE_ID_SETTING, node_id))
     membership = FleetMembership(backend.objects, Member(node_id, address, "", _version(), 0))
-    peers = PeerClient(node_id, secret)
+    peers = PeerClient(node_id, secret, verify=peer_context(bundle), https_only=serves_tls)
     cache.fleet, cache.peers = membership, peers
     await cache.refresh()  # the fingerprint goes out with the first heartbeat
     await tasks.start(membership.run)
-    log.info("joined the fleet on %s as %s (%s)", backend.objects.where, node_id, address)
+    log.info("joined the fleet on %s as %s (%s%s)", backend.objects.where, node_id, address,
+             f", peers verified against {ca_path}" if bundle else "")
     try:
         yield secret
     finally:

@@ -450,14 +450,16 @@ async def check_storage(home: Path, secrets: SecretResolver | None = None) -> No
 
 def create_app(home: Path, *, secrets: SecretResolver | None = None,
                transport: httpx.AsyncBaseTransport | None = None, freshness: float = 0.0,
-               serve_metrics: bool = True, require_auth: bool = False, check_host: bool = False) -> Starlette:
+               serve_metrics: bool = True, require_auth: bool = False, check_host: bool = False,
+               serves_tls: bool = False) -> Starlette:
     """The registry ASGI app for the state directory ``home``; its lifespan owns every background task.
 
     ``/metrics`` is served beside ``/v2/`` unless ``serve_metrics`` is False (metrics on their own address).
     Once a client token exists every ``/v2/`` (and ``/metrics``) request needs one; ``require_auth`` refuses
     anonymous requests even while none exists (a server exposed beyond loopback). ``check_host`` (a loopback
     listener) answers only loopback ``Host`` names and the ``allowed-hosts`` setting (see HostCheck).
-    The lifespan reads the server limits (``app.state.limits``) once, when it starts.
+    The lifespan reads the server limits (``app.state.limits``) once, when it starts. ``serves_tls``: the
+    listener serves https (its fleet peers are then asked over https only; see regcache.proxy.http.fleet).
     """
     metrics = ProxyMetrics()
 
@@ -488,7 +490,7 @@ def create_app(home: Path, *, secrets: SecretResolver | None = None,
                         app.state.registry = registry
                         app.state.operations = Operations(cache, home, secrets, record=events.record)
                         async with joined_fleet(state, backend, secrets or SecretResolver(), cache,
-                                                downloads) as fleet_secret:
+                                                downloads, serves_tls=serves_tls) as fleet_secret:
                             app.state.peer = None if fleet_secret is None else PeerEndpoint(
                                 cache, fleet_secret, lambda r, n, d: registry.blob(r, n, d, forward=False))
                             app.state.ready = True

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import anyio
 
-from regcache.proxy.config.control import ControlPlane, Purge
+from regcache.proxy.config.control import ControlPlane, FleetSettings, Purge
 from regcache.proxy.core.errors import NotFoundError
 from regcache.proxy.core.settings import StorageError
 from regcache.proxy.jobs.eviction import (
@@ -43,6 +43,8 @@ from regcache.proxy.pull.cache import LoginCheck, PullThroughCache
 from regcache.proxy.pull.events import EventLog
 from regcache.proxy.secrets import SecretResolver
 from regcache.proxy.state.store import StateStore
+from regcache.proxy.storage.backend import BucketBackend
+from regcache.proxy.storage.fleet import FleetView, read_fleet, read_fleet_in
 
 T = TypeVar("T")
 
@@ -132,6 +134,14 @@ class Operations:
                                   for d, size, path, last_access in purged.orphans), (), 0, None)
         freed = await evict(self.cache.state, plan, self.cache.blobs.backend) if plan.candidates else 0
         return PurgeReport(purged, len(plan.candidates), freed, shared_removed, shared_error)
+
+    async def fleet(self, settings: FleetSettings) -> FleetView:
+        """The fleet's heartbeats in the bucket, as `regcache fleet status` reads them, through this engine's
+        connection to the bucket (a connection of its own if the engine's storage is not that bucket)."""
+        backend = self.cache.blobs.backend
+        if isinstance(backend, BucketBackend) and backend.objects.config == settings.storage:
+            return await read_fleet(backend.objects, settings.node_id, settings.fingerprint)
+        return await read_fleet_in(settings.storage, self.secrets, settings.node_id, settings.fingerprint)
 
     async def collect_garbage(self, *, min_idle: float = DEFAULT_MIN_IDLE,
                               stale_uploads_after: timedelta | None = None, dry_run: bool = False,

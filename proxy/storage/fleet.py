@@ -23,7 +23,8 @@ from anyio.abc import TaskStatus
 
 from regcache.proxy.core.errors import ValidationError
 from regcache.proxy.core.fleet import HEARTBEAT_INTERVAL, MEMBER_TTL, Member, ranked
-from regcache.proxy.core.settings import StorageError
+from regcache.proxy.core.settings import S3Storage, StorageError
+from regcache.proxy.secrets import SecretResolver
 from regcache.proxy.storage.objectstore import ObjectStore
 
 log = logging.getLogger("regcache.fleet")
@@ -154,3 +155,50 @@ async def read_members(objects: ObjectStore, now: datetime | None = None) -> lis
     found = [MemberStatus(member, max((now - stored_at).total_seconds(), 0.0))
              for member, stored_at in await heartbeats(objects)]
     return sorted(found, key=lambda s: s.member.node_id)
+
+
+@dataclass(frozen=True, slots=True)
+class FleetView:
+    """The fleet as one node sees it (`regcache fleet status`, the TUI's Overview): every heartbeat in the
+    bucket, which one is this node's, and which members share this node's configuration."""
+
+    #: this node's id (None: it never joined: made at its first start in a fleet)
+    node_id: str | None
+    #: this node's configuration fingerprint: only members with the same one share downloads with it
+    fingerprint: str
+    #: every heartbeat read, by node id
+    members: tuple[MemberStatus, ...]
+
+    def is_me(self, status: MemberStatus) -> bool:
+        return status.member.node_id == self.node_id
+
+    def alike(self, status: MemberStatus) -> bool:
+        """Whether ``status`` is configured as this node (only then does it fetch for it)."""
+        return status.member.fingerprint == self.fingerprint
+
+    @property
+    def live(self) -> list[MemberStatus]:
+        return [m for m in self.members if m.live]
+
+    @property
+    def me(self) -> MemberStatus | None:
+        """This node's own heartbeat (None: not in the bucket: this node is not serving in the fleet)."""
+        return next((m for m in self.members if self.is_me(m)), None)
+
+    def owner(self, digest: str) -> str | None:
+        """The node id of the live member configured as this node that downloads ``digest`` for the fleet."""
+        alike = [m.member for m in self.members if m.live and self.alike(m)]
+        return ranked(digest, alike)[0].node_id if alike else None
+
+
+async def read_fleet(objects: ObjectStore, node_id: str | None, fingerprint: str,
+                     now: datetime | None = None) -> FleetView:
+    """The fleet in ``objects``' bucket as node ``node_id`` (configured as ``fingerprint``) sees it."""
+    return FleetView(node_id, fingerprint, tuple(await read_members(objects, now)))
+
+
+async def read_fleet_in(config: S3Storage, secrets: SecretResolver, node_id: str | None,
+                        fingerprint: str) -> FleetView:
+    """:func:`read_fleet` through a connection of its own to the bucket ``config`` names (no engine running)."""
+    async with ObjectStore(config, secrets) as objects:
+        return await read_fleet(objects, node_id, fingerprint)

@@ -5,10 +5,16 @@ for; the owner resolves the repository with its own rules, serves only if its so
 never forwards it again. Requests are signed with the fleet secret (regcache.proxy.core.fleet). A peer
 that cannot be reached or answers 5xx before its body is :class:`PeerUnavailable`: the caller then
 downloads on its own. Bytes are verified against the digest by the caller, as an upstream's are.
+
+Over TLS: a node that serves https (``serve --tls-cert``) is reached at an ``https://`` fleet-address, and its
+certificate is verified against the ``fleet-ca`` bundle (else the system store); such a node never sends its
+signed requests to a member advertising plain ``http://`` (the request and the blob would cross the network
+in the clear): that member is unavailable to it, and it downloads on its own.
 """
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,8 +23,9 @@ from urllib.parse import quote
 import httpx
 
 from regcache.proxy.core.fleet import SIGNATURE_HEADER, Member, signature
-from regcache.proxy.core.settings import UpstreamLimits
+from regcache.proxy.core.settings import FLEET_CA_SETTING, UpstreamLimits
 from regcache.proxy.upstream.client import UpstreamBlob
+from regcache.proxy.upstream.tls import tls_error
 
 #: the path every peer request goes to (the owner's registry app serves it beside /v2/)
 PEER_PREFIX = "/_regcache/peer/v1/"
@@ -40,11 +47,16 @@ def peer_target(repository: str, digest: str, source: str) -> str:
 class PeerClient:
     """Signed requests from node ``node_id`` to the other members, with the fleet ``secret``."""
 
-    def __init__(self, node_id: str, secret: str, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, node_id: str, secret: str, transport: httpx.AsyncBaseTransport | None = None, *,
+                 verify: ssl.SSLContext | None = None, https_only: bool = False) -> None:
+        """``verify`` checks the members' certificates (None: the system store, through httpx's default);
+        ``https_only`` (this node serves TLS) refuses members whose address is plain http."""
         self.node_id = node_id
         self._secret = secret
+        self.https_only = https_only
         self._client = httpx.AsyncClient(
             transport=transport, follow_redirects=False, headers={"User-Agent": "regcache-peer"},
+            verify=verify if verify is not None else True, trust_env=False,
             timeout=httpx.Timeout(PEER_READ_TIMEOUT, connect=PEER_CONNECT_TIMEOUT))
 
     async def aclose(self) -> None:
@@ -55,12 +67,21 @@ class PeerClient:
                    limits: UpstreamLimits) -> AsyncIterator[UpstreamBlob]:
         """Stream ``digest`` from ``owner``'s single download (or its store) for ``source``, bounded by the blob
         limits as an upstream's answer is (a heartbeat's address is only as trustworthy as the bucket)."""
+        if self.https_only and not owner.address.startswith("https://"):
+            raise PeerUnavailable(f"fleet member {owner.node_id} advertises {owner.address}, plain http, while this "
+                                  f"node serves https: its fleet-address must be https:// too")
         target = peer_target(repository, digest, source)
         headers = {SIGNATURE_HEADER: signature(self._secret, "GET", target, self.node_id, int(time.time()))}
         request = self._client.build_request("GET", owner.address.rstrip("/") + target, headers=headers)
         try:
             response = await self._client.send(request, stream=True)
         except httpx.HTTPError as exc:
+            failure = tls_error(exc)
+            if failure is not None:  # said apart: the operator's fix is the fleet-ca file or a node's certificate
+                raise PeerUnavailable(f"fleet member {owner.node_id} at {owner.address}: its TLS certificate was "
+                                      f"not accepted ({failure.reason or type(failure).__name__}); its certificate "
+                                      f"must be issued for that address by the CA in the {FLEET_CA_SETTING} "
+                                      f"setting") from None
             raise PeerUnavailable(f"fleet member {owner.node_id} at {owner.address} did not answer: "
                                   f"{type(exc).__name__}") from None
         try:

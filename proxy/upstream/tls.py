@@ -1,4 +1,4 @@
-"""TLS trust for connections to upstreams: the operating system's trust store, and an upstream's own CA bundle.
+"""TLS trust for connections to upstreams and fleet peers: the system trust store, and an upstream's own CA bundle.
 
 **The system store, by default.** Every upstream certificate is checked against the operating system's
 trust store through the ``truststore`` library: on Linux the distribution's CA file and directory (which
@@ -14,6 +14,9 @@ against the system store alone, so a private CA vouches for nothing but the regi
 cannot impersonate a token service that receives the credential set). The file is read when the upstream is
 added (refused unless it is a readable regular file within ``ca-bundle-max-size`` holding at least one
 certificate) and again whenever the proxy reloads its configuration; the state database keeps only its path.
+
+**Fleet peers.** A node serving https verifies its fleet peers against the ``fleet-ca`` setting's file alone
+(:func:`peer_context`), checked like a CA bundle, or against the system store when it is unset.
 """
 
 from __future__ import annotations
@@ -114,6 +117,16 @@ def read_ca_bundle(path: str, max_bytes: int) -> CaBundle:
 def bundle_context(bundle: CaBundle) -> ssl.SSLContext:
     """A new client context trusting ``bundle``'s certificates besides the operating system's store."""
     context = system_context()
+    context.load_verify_locations(cadata=b"".join(bundle.certificates))
+    return context
+
+
+def peer_context(bundle: CaBundle | None) -> ssl.SSLContext:
+    """A client context for the fleet's peer requests: the ``fleet-ca`` bundle's certificates alone (a public
+    CA does not vouch for a fleet member), or the operating system's store when no fleet CA is set."""
+    if bundle is None:
+        return system_context()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the certificate and the host name
     context.load_verify_locations(cadata=b"".join(bundle.certificates))
     return context
 

@@ -63,7 +63,9 @@ def test_a_heartbeat_round_trips_and_garbage_is_refused():
     for bad in (b"", b"[]", b'{"node_id": "x"}', b"{" * 10_000,
                 Member("", "http://a:1", "f", "v", 1).to_json(),
                 Member("n", "file:///etc/passwd", "f", "v", 1).to_json(),
-                Member("n", "http://a:1/\x1b[2J", "f", "v", 1).to_json()):
+                Member("n", "http://a:1/\x1b[2J", "f", "v", 1).to_json(),
+                Member("n", "http://a:1", "f", "v" * 65, 1).to_json(),  # shown on screens: bounded
+                Member("n", "http://a:1", "f" * 65, "v", 1).to_json()):
         with pytest.raises(ValidationError):
             Member.from_json(bad)
 

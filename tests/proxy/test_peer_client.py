@@ -43,3 +43,24 @@ async def test_a_body_without_a_size_is_cut_at_the_blob_limit(anyio_backend):
                 received += len(chunk)
     assert received <= LIMITS.blob_bytes
     await peers.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_node_serving_https_never_sends_its_signed_request_in_the_clear(anyio_backend):
+    sent: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200, stream=httpx.ByteStream(b""))
+
+    peers = PeerClient("node-a", "secret", transport=httpx.MockTransport(answer), https_only=True)
+    with pytest.raises(PeerUnavailable, match="plain http, while this node serves https"):
+        async with peers.blob(OWNER, "team/app", DIGEST, "anonymous/x/team/app", LIMITS):
+            pass
+    assert sent == []  # nothing went on the wire
+    secure = Member("node-b", "https://10.0.0.2:5000", "fp", "0.1.0", 1)
+    async with peers.blob(secure, "team/app", DIGEST, "anonymous/x/team/app", LIMITS):
+        pass
+    assert [str(r.url).split("/_regcache")[0] for r in sent] == ["https://10.0.0.2:5000"]
+    await peers.aclose()

@@ -97,3 +97,31 @@ NOW = T0.replace(minute=40, second=5)
 
 def make_app(backend: Backend, status: ProxyStatus = RUNNING) -> RegcacheApp:
     return RegcacheApp(backend, status=status, clock=lambda: NOW)
+
+
+#: a fleet of three as its heartbeats say (fixed ages: the snapshots do not move): this node, a live peer, and
+#: a node configured otherwise that stopped beating
+FLEET_NODE = "a1b2c3d4e5f6a7b8"
+
+
+def fixed_fleet():
+    from regcache.proxy.core.fleet import Member
+    from regcache.proxy.storage.fleet import FleetView, MemberStatus
+
+    return FleetView(FLEET_NODE, "fingerprint-1", (
+        MemberStatus(Member("9f8e7d6c5b4a3f2e", "http://10.0.0.13:5000", "fingerprint-0", "0.3.9", 40), 41.2),
+        MemberStatus(Member(FLEET_NODE, "http://10.0.0.11:5000", "fingerprint-1", "0.4.0", 120), 0.8),
+        MemberStatus(Member("5e6f7a8b9c0d1e2f", "http://10.0.0.12:5000", "fingerprint-1", "0.4.0", 118), 1.6),
+    ))
+
+
+def in_a_fleet(backend: Backend, source=lambda backend: fixed_fleet()) -> Backend:
+    """``backend``'s state on s3 storage in a fleet, its members read from ``source`` (fixed by default)."""
+    from regcache.proxy.core.settings import make_s3_storage
+
+    control = backend.control
+    control.set_storage(make_s3_storage("https://s3.example.com", "regcache-blobs", "env://S3_ACCESS",
+                                        "env://S3_SECRET"))
+    control.set_setting("fleet-address", "http://10.0.0.11:5000")
+    control.set_setting("fleet-secret", "env://FLEET_SECRET")
+    return Backend(control, fleet_source=source)

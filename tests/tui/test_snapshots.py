@@ -17,7 +17,7 @@ from regcache.tui.blades.base import Blade
 from regcache.tui.screens.unlock import UnlockScreen
 from tests.helpers.pilot import screen_lines, type_into
 
-from .conftest import make_app
+from .conftest import in_a_fleet, make_app
 
 SIZES = [(80, 24), (120, 40)]
 
@@ -77,6 +77,12 @@ def test_blade(snap_compare, filled_backend, blade, key, size):
         await settle(pilot)
 
     assert snap_compare(make_app(filled_backend), terminal_size=size, run_before=show)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_overview_in_a_fleet(snap_compare, filled_backend, size):
+    """The Fleet line and its members: compact at 80 columns, with their addresses at 120."""
+    assert snap_compare(make_app(in_a_fleet(filled_backend)), terminal_size=size, run_before=settle)
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")

@@ -1,9 +1,9 @@
-"""Overview: proxy state, rules, cache size, hit ratio; the last hour as charts, cache size per rule as bars;
-recent errors."""
+"""Overview: proxy state, rules, cache size, hit ratio; the fleet's members (s3 storage in a fleet); the last hour
+as charts, cache size per rule as bars; recent errors."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from rich.table import Table
 from rich.text import Text
@@ -12,9 +12,11 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Label, Sparkline, Static
 
+from regcache.proxy.core.errors import RegcacheError
 from regcache.proxy.core.models import CacheRule, CredentialSet, HealthStatus
-from regcache.proxy.core.settings import FilesystemStorage, StorageConfig
+from regcache.proxy.core.settings import FilesystemStorage, S3Storage, StorageConfig
 from regcache.proxy.state.statistics import CacheSize, Minute, RecordedEvent, Totals
+from regcache.proxy.storage.fleet import FleetView, MemberStatus
 
 from .. import format as fmt
 from ..text import text
@@ -35,6 +37,9 @@ class OverviewData:
     tokens: int = 0
     minutes: list[Minute] = field(default_factory=list)
     rule_sizes: dict[str, int] = field(default_factory=dict)
+    #: the fleet's heartbeats (None: not a bucket, or no fleet configured), or why they could not be read
+    fleet: FleetView | None = None
+    fleet_error: str | None = None
 
 
 #: the charts of the last hour: (id, label, what each minute contributes)
@@ -68,6 +73,62 @@ def size_bars(sizes: dict[str, int], rules: list[CacheRule]) -> Table:
     return table
 
 
+#: fleet members listed at most (this node first, then the live ones); the rest are counted on one line
+FLEET_ROWS = 6
+#: from this blade width on, a member's address is listed too
+FLEET_WIDE = 90
+
+
+def fleet_summary(view: FleetView) -> Text:
+    """One line: members, live, configured otherwise, and this node."""
+    live = view.live
+    line = Text()  # each piece keeps its own style
+    line.append_text(text(f"{fmt.count(len(view.members), 'member')}, {fmt.count(len(live))} live",
+                          "" if len(live) == len(view.members) else "yellow"))
+    others = sum(not view.alike(m) for m in live)
+    if others:
+        line.append_text(text(f", {fmt.count(others)} configured differently (no sharing)", "yellow"))
+    line.append_text(text(" · this node "))
+    if view.node_id is None:
+        line.append_text(text("has not joined yet (it joins when it serves)", "yellow"))
+    else:
+        line.append_text(text(view.node_id, "bold", limit=20))
+        if view.me is None:
+            line.append_text(text(" (no heartbeat: not serving?)", "yellow"))
+    return line
+
+
+def fleet_table(view: FleetView, wide: bool) -> Table:
+    """A line per member: id, live or gone with its last heartbeat's age, version, and (wide) its address."""
+    table = Table.grid(padding=(0, 2))
+    table.add_column(no_wrap=True)
+    table.add_column(no_wrap=True)
+    table.add_column(no_wrap=True)
+    if wide:
+        table.add_column(no_wrap=True, overflow="ellipsis")
+    table.add_column(no_wrap=True)
+
+    def order(m: MemberStatus) -> tuple[bool, bool, str]:
+        return (not view.is_me(m), not m.live, m.member.node_id)
+
+    members = sorted(view.members, key=order)
+    for m in members[:FLEET_ROWS]:
+        seen = f"{m.age:.0f}s ago"
+        state = text(f"live, {seen}", "green") if m.live else text(f"gone, {seen}", "red")
+        note = text("this node", "bold") if view.is_me(m) else (
+            text("") if view.alike(m) else text("configured differently", "yellow"))
+        cells = [text(m.member.node_id, "bold" if view.is_me(m) else "", limit=20), state,
+                 text(m.member.version, "dim", limit=24 if wide else 12)]
+        if wide:
+            cells.append(text(m.member.address, limit=48))
+        table.add_row(*cells, note)
+    rest = members[FLEET_ROWS:]
+    if rest:
+        table.add_row(text(f"+{len(rest)} more", "dim"), text(f"{sum(m.live for m in rest)} live", "dim"),
+                      *([text("")] * (3 if wide else 2)))
+    return table
+
+
 class OverviewBlade(Blade):
     REFRESH_SECONDS = 2.0
 
@@ -77,6 +138,12 @@ class OverviewBlade(Blade):
         yield Label("Overview", classes="blade-title")
         with VerticalScroll(id="overview-body"):
             yield Static("", id="overview-facts")
+            # shown once members are read (s3 storage in a fleet)
+            fleet_title = Label("Fleet", id="overview-fleet-title", classes="section-title")
+            fleet_members = Static("", id="overview-fleet")
+            fleet_title.display = fleet_members.display = False
+            yield fleet_title
+            yield fleet_members
             yield Label("Last hour, per minute", id="overview-hour", classes="section-title")
             for trend_id, label, _ in TRENDS:
                 with Horizontal(classes="trend"):
@@ -100,6 +167,11 @@ class OverviewBlade(Blade):
                                 len(b.control.list_tokens()), b.stats.per_minute(60, now), b.stats.rule_sizes())
 
         data = self.backend.call(read)
+        if isinstance(data.storage, S3Storage):  # read from the bucket outside the backend's lock
+            try:
+                data = replace(data, fleet=self.backend.fleet())
+            except RegcacheError as exc:
+                data = replace(data, fleet_error=str(exc))
         self.deliver(self._show, data)
 
     def _show(self, data: OverviewData) -> None:
@@ -121,6 +193,13 @@ class OverviewBlade(Blade):
                                                 "bold red" if unhealthy else ""))
         facts.add_row(text("Client login"), text(client_login(data.tokens), "bold" if data.tokens else ""))
         facts.add_row(text("Storage"), text(fmt.storage(data.storage)))
+        if data.fleet_error is not None:
+            facts.add_row(text("Fleet"), text(f"members not read: {data.fleet_error}", "bold red"))
+        elif data.fleet is not None:
+            facts.add_row(text("Fleet"), fleet_summary(data.fleet))
+        elif isinstance(data.storage, S3Storage):
+            facts.add_row(text("Fleet"), text("none: set fleet-address and fleet-secret to download each blob "
+                                              "once for all nodes", "dim"))
         limit = f" of {data.max_size} max" if data.max_size else ""
         facts.add_row(text("Cache size"), text(f"{fmt.size(data.size.blob_bytes)}{limit} in "
                                                f"{fmt.count(data.size.blobs, 'blob')}, "
@@ -133,6 +212,7 @@ class OverviewBlade(Blade):
         facts.add_row(text("Served"), text(f"{fmt.size(t.bytes_served)} to clients, "
                                            f"{fmt.size(t.bytes_fetched)} fetched upstream"))
         self.query_one("#overview-facts", Static).update(facts)
+        self._show_fleet(data.fleet)
         self._show_trends(data.minutes)
         self.query_one("#overview-bars", Static).update(
             size_bars(data.rule_sizes, data.rules) if data.rules else text("No cache rules yet.", "dim"))
@@ -150,6 +230,18 @@ class OverviewBlade(Blade):
             lines.append("\n")
         lines.rstrip()
         self.query_one("#overview-errors", Static).update(lines)
+
+    def _show_fleet(self, view: FleetView | None) -> None:
+        shown = view is not None and bool(view.members)
+        self.query_one("#overview-fleet-title", Label).display = shown
+        fleet = self.query_one("#overview-fleet", Static)
+        fleet.display = shown
+        if view is not None and shown:
+            fleet.update(fleet_table(view, self.size.width >= FLEET_WIDE))
+
+    def on_resize(self) -> None:
+        if self.data is not None:  # the members' addresses come and go with the width
+            self._show_fleet(self.data.fleet)
 
     def _show_trends(self, minutes: list[Minute]) -> None:
         if minutes:

@@ -6,9 +6,9 @@ import click
 
 from regcache.proxy.config.control import ControlPlane
 from regcache.proxy.core.errors import ValidationError
-from regcache.proxy.core.fleet import MEMBER_TTL, fingerprint, ranked
+from regcache.proxy.core.fleet import MEMBER_TTL
 from regcache.proxy.core.references import is_digest
-from regcache.proxy.core.settings import FLEET_ADDRESS_SETTING, FLEET_NODE_ID_SETTING, S3Storage
+from regcache.proxy.core.settings import FLEET_ADDRESS_SETTING
 from regcache.tui.cli.common import Failure, emit, engine_command, output_option, say
 from regcache.tui.output import Column
 
@@ -31,31 +31,21 @@ def fleet_status(control: ControlPlane, digest: str | None, fmt: str) -> None:
     and configured as this node (only those share downloads), and the owner of --digest."""
     import anyio
 
-    from regcache.proxy.storage.fleet import read_members
-    from regcache.proxy.storage.objectstore import ObjectStore
+    from regcache.proxy.storage.fleet import read_fleet_in
 
     if digest is not None and not is_digest(digest):
         raise ValidationError(f"--digest must be sha256:HEX or sha512:HEX, not {digest[:80]!r}", field="digest")
-    config = control.storage()
-    if not isinstance(config, S3Storage):
+    settings = control.fleet_settings()
+    if settings is None:
         raise Failure("this node's storage is not a bucket: a fleet shares an s3 bucket (`regcache storage set s3`)")
-
-    async def read() -> list:
-        async with ObjectStore(config, control.secrets) as objects:
-            return await read_members(objects)
-
-    members = anyio.run(read)
-    mine = fingerprint(control.list_rules(), control.list_upstreams(), control.list_credential_sets())
-    node_id = control.store.setting(FLEET_NODE_ID_SETTING)
-    live_alike = [m.member for m in members if m.live and m.member.fingerprint == mine]
-    owner = ranked(digest, live_alike)[0].node_id if digest and live_alike else None
-    rows = [{"nodeId": m.member.node_id + (" (this node)" if m.member.node_id == node_id else ""),
+    view = anyio.run(read_fleet_in, settings.storage, control.secrets, settings.node_id, settings.fingerprint)
+    owner = view.owner(digest) if digest else None
+    rows = [{"nodeId": m.member.node_id + (" (this node)" if view.is_me(m) else ""),
              "address": m.member.address, "version": m.member.version, "heartbeat": f"{m.age:.0f}s ago",
              "live": "yes" if m.live else f"no (over {MEMBER_TTL:.0f}s)",
-             "sameConfiguration": "yes" if m.member.fingerprint == mine else "no", "owner":
-             "yes" if owner == m.member.node_id else ""} for m in members]
+             "sameConfiguration": "yes" if view.alike(m) else "no", "owner":
+             "yes" if owner == m.member.node_id else ""} for m in view.members]
     if not rows:
-        address = control.store.setting(FLEET_ADDRESS_SETTING)
-        say("no fleet member has a heartbeat in the bucket" + ("" if address else
+        say("no fleet member has a heartbeat in the bucket" + ("" if settings.address else
             f" (this node joins one once {FLEET_ADDRESS_SETTING} and fleet-secret are set and it restarts)"))
     emit(rows, COLUMNS, fmt)
