@@ -80,6 +80,17 @@ def write_object(swift: SwiftS3Server, bucket: str, key: str, content: bytes) ->
     _run(swift, call)
 
 
+def read_object(swift: SwiftS3Server, bucket: str, key: str) -> bytes:
+    """The whole content of the completed object at ``key``."""
+
+    async def call(client) -> bytes:
+        answer = await client.get_object(Bucket=bucket, Key=key)
+        async with answer["Body"] as body:
+            return await body.read()
+
+    return _run(swift, call)
+
+
 def pending_uploads(swift: SwiftS3Server, bucket: str) -> list[dict[str, Any]]:
     """The multipart uploads in ``bucket`` neither completed nor aborted."""
 
