@@ -4,6 +4,8 @@ source, a tag or digest and whole seconds of max-age; an answer leaves signed fo
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 
@@ -24,9 +26,12 @@ from regcache.proxy.core.oci import OCI_MANIFEST
 from regcache.proxy.http.errors import RegistryError
 from regcache.proxy.http.fleet import PeerEndpoint
 from regcache.proxy.upstream.peer import PEER_PREFIX, peer_manifest_target
-from tests.proxy.test_peer_client import MANIFEST, MANIFEST_DIGEST
 
 SECRET = "the-fleet-secret"
+MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                       "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                  "digest": "sha256:" + "c" * 64, "size": 7}, "layers": []}).encode()
+MANIFEST_DIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
 SOURCE = "anonymous/r.example/team/app"
 
 

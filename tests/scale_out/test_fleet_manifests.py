@@ -32,8 +32,19 @@ from tests.registries.server import RegistryServer, free_port
 from tests.registries.skopeo import OciLayout, SkopeoError, assert_pulled
 
 from .nginx import NginxBalancer, nginx_binary
-from .nodes import bucket_keys, configure_nodes, pending_uploads, read_object, s3_env, write_object
-from .test_fleet import FLEET_SECRET, SECRET_VAR, join, metric, wait_for_members
+from .nodes import (
+    FLEET_SECRET,
+    FLEET_SECRET_VAR,
+    bucket_keys,
+    configure_nodes,
+    join,
+    metric,
+    pending_uploads,
+    read_object,
+    s3_env,
+    wait_for_members,
+    write_object,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +86,8 @@ class Fleet:
 
 @pytest.fixture
 def three_nodes(tmp_path, keyring_env, swift_s3, s3_bucket):
-    fleet = Fleet(tmp_path, {**keyring_env, **s3_env(swift_s3), SECRET_VAR: FLEET_SECRET}, swift_s3, s3_bucket)
+    fleet = Fleet(tmp_path, {**keyring_env, **s3_env(swift_s3), FLEET_SECRET_VAR: FLEET_SECRET}, swift_s3,
+                  s3_bucket)
     yield fleet
     for name, (code, output) in fleet.stop().items():
         assert code == 0, f"node {name}:\n{output}"
