@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from regcache.proxy.config.control import ControlPlane
 from regcache.proxy.core.fleet import HEARTBEAT_INTERVAL, VALIDATED_HEADER, Member, manifest_key, ranked
 from regcache.proxy.core.oci import MANIFEST_TYPES, OCI_MANIFEST
 from tests.helpers.commands import ServeProcess, regcache_executable
@@ -340,3 +341,39 @@ def test_a_member_without_the_fleet_secret_cannot_answer_a_tag(three_nodes, coun
     refused = 'regcache_fleet_own_manifests_total{reason="peer answer refused"} 1.0'
     assert refused in httpx.get(f"{node.url}/metrics").text
     assert httpx.get(f"{node.url}/v2/forged/manifests/{other.digest}").status_code == 404  # nothing of it kept
+
+
+def test_with_a_freshness_window_a_tag_is_asked_upstream_once_per_window_for_the_whole_fleet(
+        three_nodes, counting_front, anonymous_registry, push_image):
+    image = push_image(anonymous_registry, "acme/fresh", "1.0", layers=[50_000])
+    homes = configure_nodes(three_nodes.tmp_path, three_nodes.swift, three_nodes.bucket, counting_front.host,
+                            counting_front.url, {}, NAMES)  # the nodes' state, to give the rule a window first
+    for home in homes.values():
+        control = ControlPlane.open(home)
+        try:
+            control.create_rule("fresh-rule", f"{counting_front.host}/acme/fresh", "fresh", freshness=300)
+        finally:
+            control.close()
+    nodes = list(three_nodes.start(counting_front.host, counting_front.url, {}).values())
+    anonymous_registry.clear_log()
+    counting_front.manifest_delay = 1.0  # the concurrent requests overlap for sure
+
+    def burst() -> Counter[tuple[str, str]]:
+        start = threading.Barrier(PULLS)
+
+        def get(index: int) -> httpx.Response:
+            start.wait(timeout=30)
+            return httpx.get(f"{nodes[index % 3].url}/v2/fresh/manifests/1.0", headers={"Accept": OCI_MANIFEST},
+                             timeout=60)
+
+        with ThreadPoolExecutor(PULLS) as pool:
+            assert all(a.status_code == 200 and a.content == image.manifest for a in pool.map(get, range(PULLS)))
+        found = upstream_manifest_requests(anonymous_registry, "acme/fresh")
+        anonymous_registry.clear_log()
+        return found
+
+    cold, warm = burst(), burst()
+    print(f"\nupstream manifest requests, 12 cold then 12 warm requests over 3 nodes (300 s window): "
+          f"{dict(cold)}, {dict(warm)}")
+    assert cold == Counter({("GET", "1.0"): 1})  # one for the fleet, not one per node
+    assert warm == Counter()  # every node keeps the owner's confirmation time: fresh everywhere
