@@ -1,11 +1,14 @@
 """This node in a fleet (docs/scale-out.md, "A fleet"): joining it at start, and answering its peers.
 
 A node joins when its storage is the shared bucket and both ``fleet-address`` and ``fleet-secret`` are
-set: it heartbeats in the bucket (regcache.proxy.storage.fleet) and asks the owner of each cold blob for
-it (regcache.proxy.upstream.peer). Its registry app answers the same requests from the others at
-``/_regcache/peer/v1/<name>/blobs/<digest>?source=...``: signed with the fleet secret (no client token,
-no Host check), served only when this node's own rule for ``<name>`` reads from that same source, with
-this node's own proof (a stored, linked blob, or its own single download), and never forwarded again.
+set: it heartbeats in the bucket (regcache.proxy.storage.fleet) and asks the owner of each cold blob, and
+of each tag to revalidate, for it (regcache.proxy.upstream.peer). Its registry app answers the same requests
+from the others at ``/_regcache/peer/v1/<name>/blobs/<digest>?source=...`` and
+``/_regcache/peer/v1/<name>/manifests/<tag or digest>?source=...&max-age=<seconds>``: signed with the fleet
+secret (no client token, no Host check), served only when this node's own rule for ``<name>`` reads from
+that same source, with this node's own proof (a stored, linked blob or manifest, its own single download, or
+its own upstream's answer), and never forwarded again. A manifest answer is signed back (bound to the
+request): unlike a blob's, its bytes name no digest the asking node knew in advance.
 
 Peers use the node's TLS settings: a node serving https (``serve --tls-cert``) advertises an ``https://``
 fleet-address and verifies the others' certificates against the ``fleet-ca`` file (else the system store); a
@@ -16,6 +19,7 @@ would send the others to a listener that cannot answer them: the node then joins
 from __future__ import annotations
 
 import logging
+import re
 import secrets as random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,8 +33,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from regcache.proxy.core.errors import RegcacheError
-from regcache.proxy.core.fleet import SIGNATURE_HEADER, Member, verify_signature
-from regcache.proxy.core.references import is_digest, is_repository_name
+from regcache.proxy.core.fleet import (
+    ANSWER_HEADER,
+    SIGNATURE_HEADER,
+    STALE_REASON_HEADER,
+    VALIDATED_HEADER,
+    Member,
+    answer_signature,
+    verify_signature,
+)
+from regcache.proxy.core.references import is_digest, is_repository_name, is_tag
 from regcache.proxy.core.settings import (
     CA_BUNDLE_MAX_SIZE_SETTING,
     FLEET_ADDRESS_SETTING,
@@ -45,10 +57,14 @@ from regcache.proxy.secrets import SecretResolver
 from regcache.proxy.state.store import AsyncStateStore
 from regcache.proxy.storage.backend import BlobBackend, BucketBackend
 from regcache.proxy.storage.fleet import FleetMembership
-from regcache.proxy.upstream.peer import PEER_PREFIX, PeerClient
+from regcache.proxy.upstream.peer import MAX_AGE_LIMIT, PEER_PREFIX, PeerClient
 from regcache.proxy.upstream.tls import CaBundle, peer_context, read_ca_bundle
 
 log = logging.getLogger("regcache.fleet")
+
+#: what follows PEER_PREFIX: a blob or a manifest of a repository
+_PEER_PATH = re.compile(r"(?P<name>.+)/(?:blobs/(?P<digest>[^/]+)|manifests/(?P<reference>[^/]+))", re.DOTALL)
+
 
 def _version() -> str:
     """This package's installed version, announced in heartbeats (`regcache fleet status` shows mixed ones)."""
@@ -115,32 +131,53 @@ async def joined_fleet(state: AsyncStateStore, backend: BlobBackend, secrets: Se
 
 
 class PeerEndpoint:
-    """Answers the fleet's peer requests with ``blob`` (the registry's blob handler, never forwarding)."""
+    """Answers the fleet's peer requests with ``blob`` and ``manifest`` (the registry's handlers, never forwarding)."""
 
     def __init__(self, cache: PullThroughCache, secret: str,
-                 blob: Callable[[Request, str, str], Awaitable[Response]]) -> None:
+                 blob: Callable[[Request, str, str], Awaitable[Response]],
+                 manifest: Callable[[Request, str, str, float], Awaitable[Response]]) -> None:
         self.cache = cache
         self._secret = secret
         self._blob = blob
+        self._manifest = manifest
 
     async def __call__(self, request: Request) -> Response:
         target = request.scope["raw_path"].decode("latin-1")
         query = request.scope["query_string"].decode("latin-1")
         if query:
             target += f"?{query}"
-        peer = verify_signature(self._secret, request.method, target, request.headers.get(SIGNATURE_HEADER, ""),
-                                time.time())
+        signed = request.headers.get(SIGNATURE_HEADER, "")
+        peer = verify_signature(self._secret, request.method, target, signed, time.time())
         if peer is None:
             raise RegistryError(401, "UNAUTHORIZED", "a peer request must be signed with this fleet's secret "
                                                      "(the fleet-secret setting, the same on every node)")
-        name, sep, digest = request.scope["path"][len(PEER_PREFIX):].rpartition("/blobs/")
-        source = parse_qs(query).get("source", [""])[0]
-        if not sep or not is_repository_name(name) or not is_digest(digest) or not source:
-            raise RegistryError(400, "NAME_INVALID", "a peer request names a repository, a digest and a source")
+        found = _PEER_PATH.fullmatch(request.scope["path"][len(PEER_PREFIX):])
+        params = parse_qs(query)
+        source = params.get("source", [""])[0]
+        name, digest, reference = (found["name"], found["digest"], found["reference"]) if found else ("", None, None)
+        valid_reference = (is_digest(digest) if digest is not None
+                           else reference is not None and (is_tag(reference) or is_digest(reference)))
+        if not is_repository_name(name) or not source or not valid_reference:
+            raise RegistryError(400, "NAME_INVALID", "a peer request names a repository, a digest or tag and a "
+                                                     "source")
+        max_age = params.get("max-age", ["0"])[0]
+        if re.fullmatch(r"[0-9]{1,10}", max_age) is None or int(max_age) > MAX_AGE_LIMIT:
+            raise RegistryError(400, "NAME_INVALID", "a peer manifest request's max-age is whole seconds")
         match = await self.cache.resolve(name)
-        if self.cache.source(match) != source:  # another configuration: the asking node downloads on its own
+        if self.cache.source(match) != source:  # another configuration: the asking node fetches on its own
             raise RegistryError(409, "DENIED", f"this node reads {name} from another source than the asking node")
-        log.debug("fleet member %s asked for %s of %s", peer, digest, name)
+        if digest is not None:
+            log.debug("fleet member %s asked for %s of %s", peer, digest, name)
+            if self.cache.metrics is not None:
+                self.cache.metrics.peer_serve()
+            return await self._blob(request, name, digest)
+        assert reference is not None
+        log.debug("fleet member %s asked for the manifest %s of %s", peer, reference, name)
         if self.cache.metrics is not None:
-            self.cache.metrics.peer_serve()
-        return await self._blob(request, name, digest)
+            self.cache.metrics.peer_manifest_serve()
+        answer = await self._manifest(request, name, reference, float(max_age))
+        headers = answer.headers
+        headers[ANSWER_HEADER] = answer_signature(
+            self._secret, signed, headers.get("docker-content-digest", ""), headers.get("content-type", ""),
+            headers.get(VALIDATED_HEADER, ""), headers.get(STALE_REASON_HEADER, ""))
+        return answer

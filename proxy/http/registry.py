@@ -24,6 +24,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from regcache.proxy.core.errors import NameUnknown, PullError, ValidationError
+from regcache.proxy.core.fleet import STALE_DELETED, STALE_REASON_HEADER, STALE_UNREACHABLE, VALIDATED_HEADER
 from regcache.proxy.core.models import USER_AGENT_MAX_CHARS, PullEvent, Result, RuleMatch
 from regcache.proxy.core.oci import OCI_INDEX
 from regcache.proxy.core.references import is_digest, is_repository_name, is_tag
@@ -172,7 +173,10 @@ class Registry:
                                      round((time.perf_counter() - started) * 1000, 3), detail,
                                      user_agent=user_agent[:USER_AGENT_MAX_CHARS] if user_agent else None))
 
-    async def manifest(self, request: Request, name: str, reference: str) -> Response:
+    async def manifest(self, request: Request, name: str, reference: str, forward: bool = True,
+                       max_age: float | None = None) -> Response:
+        """A manifest for a client; ``forward=False``: for a fleet member (no negotiation, no pull counted, never
+        forwarded again), with when the tag was confirmed and why it is stale, for the member to store."""
         started = time.perf_counter()
         match = None
         try:
@@ -185,8 +189,9 @@ class Registry:
                                     "tag ([A-Za-z0-9_][A-Za-z0-9._-]{0,127}) or digest",
                                     {"reference": reference[:200]})
             match = await self.cache.resolve(name, request.query_params.get("ns"))
-            served = await self.cache.manifest(match, reference, _accept_list(request),
-                                               count_pull=request.method == "GET")
+            served = await self.cache.manifest(match, reference, _accept_list(request) if forward else [],
+                                               count_pull=request.method == "GET" and forward, forward=forward,
+                                               max_age=max_age)
         except (RegistryError, PullError) as exc:
             answer = oci_error(exc)
             self._event(request, "manifest", name, reference, Result.ERROR, answer.status, started, match,
@@ -196,6 +201,11 @@ class Registry:
                    "Content-Type": served.media_type}
         if served.result is Result.STALE:
             headers["X-Regcache-Stale"] = "1"
+        if not forward:
+            if served.validated_at is not None:
+                headers[VALIDATED_HEADER] = f"{served.validated_at.timestamp():.3f}"
+            if served.result is Result.STALE:
+                headers[STALE_REASON_HEADER] = STALE_DELETED if served.deleted else STALE_UNREACHABLE
         self._event(request, "manifest", name, reference, served.result, 200, started, match, len(served.content),
                     served.detail)
         if request.method == "HEAD":
@@ -492,7 +502,8 @@ def create_app(home: Path, *, secrets: SecretResolver | None = None,
                         async with joined_fleet(state, backend, secrets or SecretResolver(), cache,
                                                 downloads, serves_tls=serves_tls) as fleet_secret:
                             app.state.peer = None if fleet_secret is None else PeerEndpoint(
-                                cache, fleet_secret, lambda r, n, d: registry.blob(r, n, d, forward=False))
+                                cache, fleet_secret, lambda r, n, d: registry.blob(r, n, d, forward=False),
+                                lambda r, n, ref, age: registry.manifest(r, n, ref, forward=False, max_age=age))
                             app.state.ready = True
                             try:
                                 yield

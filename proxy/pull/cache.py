@@ -36,7 +36,7 @@ from regcache.proxy.core.errors import (
     UpstreamRateLimited,
     UpstreamUnavailable,
 )
-from regcache.proxy.core.fleet import fingerprint
+from regcache.proxy.core.fleet import STALE_DELETED, ManifestAnswer, Member, fingerprint, manifest_key
 from regcache.proxy.core.models import (
     JOINED_DOWNLOAD,
     PEER_DOWNLOAD,
@@ -76,7 +76,7 @@ from regcache.proxy.upstream.client import (
     UpstreamNotFound,
     UpstreamUnreachable,
 )
-from regcache.proxy.upstream.peer import PeerClient, PeerUnavailable
+from regcache.proxy.upstream.peer import PeerAnswerRefused, PeerClient, PeerUnavailable
 
 log = logging.getLogger("regcache.cache")
 
@@ -86,6 +86,8 @@ CREDENTIALS_TTL = 60.0
 HEALTH_REFRESH = 300.0
 #: containerd's ?ns= for Docker Hub may name its API host rather than its login server
 NS_ALIASES = {"registry-1.docker.io": "docker.io", "index.docker.io": "docker.io"}
+#: the detail of a manifest miss answered by the fleet member that owns it (docs/scale-out.md)
+PEER_MANIFEST = "fetched by the fleet member that owns it"
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +109,10 @@ class ServedManifest:
     content: bytes
     result: Result
     detail: str | None = None
+    #: for a tag: when its source last confirmed it (a fleet member asking this node stores that time)
+    validated_at: datetime | None = None
+    #: stale because the upstream no longer has the tag (else, when stale: the upstream failed)
+    deleted: bool = False
 
 
 @dataclass(slots=True)
@@ -212,13 +218,14 @@ def _accepts(accept: list[str], media_type: str) -> bool:
 
 
 def _store_manifest(s: StateStore, repository: str, source: str, registry: str, digest: str, media_type: str,
-                    content: bytes, tag: str | None) -> None:
-    """Keep verified manifest bytes; ``source`` (from ``registry``) has them for ``repository``, under ``tag``."""
+                    content: bytes, tag: str | None, when: datetime | None = None) -> None:
+    """Keep verified manifest bytes; ``source`` (from ``registry``) has them for ``repository``, under ``tag``
+    (confirmed ``when``: now by default)."""
     s.put_manifest(digest, media_type, content)
     s.link(repository, source, digest, "manifest", media_type)
     s.record_served(digest, registry)
     if tag is not None:
-        s.set_tag(repository, source, tag, digest)
+        s.set_tag(repository, source, tag, digest, when=when)
 
 
 def _cached_manifest(s: StateStore, repository: str, source: str, registry: str,
@@ -420,14 +427,28 @@ class PullThroughCache:
 
     # -- manifests -----------------------------------------------------------------------------
 
-    async def manifest(self, match: RuleMatch, reference: str, accept: list[str],
-                       count_pull: bool = True) -> ServedManifest:
-        """The manifest for a tag or digest, negotiated against the client's ``Accept`` list."""
+    async def manifest(self, match: RuleMatch, reference: str, accept: list[str], count_pull: bool = True,
+                       forward: bool = True, max_age: float | None = None) -> ServedManifest:
+        """The manifest for a tag or digest, negotiated against the client's ``Accept`` list.
+
+        In a fleet, a tag to (re)validate and a digest not in the bucket are asked of the member that owns them
+        (the same for every node), so concurrent pulls on N nodes cost the upstream one request; a member that
+        cannot be asked is passed over and this node asks its upstream. ``forward=False``: a request from a
+        member, answered here and never forwarded again, with the tag confirmed at most ``max_age`` seconds ago
+        (the asking node's freshness window) when that is shorter than this rule's.
+        """
         if ":" in reference:
-            served = await self._manifest_by_digest(match, reference)
+            served = await self._manifest_by_digest(match, reference, forward)
         else:
-            served = await self._flights.run(("tag", self.source(match), match.repository, reference),
-                                             lambda: self._manifest_by_tag(match, reference))
+            source = self.source(match)
+            owner = self._owner(manifest_key(source, reference), forward)
+            freshness = match.rule.freshness if match.rule.freshness is not None else self.freshness
+            if max_age is not None:
+                freshness = min(freshness, max_age)
+            # one flight per way of answering: a member's request never joins a flight that asks another member
+            served = await self._flights.run(
+                ("tag", source, match.repository, reference, owner.node_id if owner else None, freshness),
+                lambda: self._manifest_by_tag(match, reference, owner, freshness))
             if not _accepts(accept, served.media_type):
                 served = await self._negotiate(match, served, accept)
         servable(served)
@@ -455,11 +476,13 @@ class PullThroughCache:
         raise ManifestUnknown(
             f"the manifest is {served.media_type}, which the client does not accept ({', '.join(accept)})")
 
-    async def _manifest_by_digest(self, match: RuleMatch, digest: str) -> ServedManifest:
-        return await self._flights.run(("digest", self.source(match), match.repository, digest),
-                                       lambda: self._fetch_manifest_by_digest(match, digest))
+    async def _manifest_by_digest(self, match: RuleMatch, digest: str, forward: bool = True) -> ServedManifest:
+        source = self.source(match)
+        owner = self._owner(manifest_key(source, digest), forward)
+        return await self._flights.run(("digest", source, match.repository, digest, owner.node_id if owner else None),
+                                       lambda: self._fetch_manifest_by_digest(match, digest, owner))
 
-    async def _fetch_manifest_by_digest(self, match: RuleMatch, digest: str) -> ServedManifest:
+    async def _fetch_manifest_by_digest(self, match: RuleMatch, digest: str, owner: Member | None) -> ServedManifest:
         repo, source, registry = match.repository, self.source(match), match.upstream.login_server
         cached, link, served = await self.state.run(_cached_manifest, repo, source, registry, digest)
         if cached is not None and link is not None:
@@ -468,6 +491,11 @@ class PullThroughCache:
             shared = await self._shared_manifest(match, source, digest, cached)
             if shared is not None:
                 return shared
+        answer = await self._ask_owner(owner, match, digest, 0.0, digest) if owner is not None else None
+        if answer is not None:  # the owner's proof: its own link, or its upstream's answer, for this source
+            await self.state.run(_store_manifest, repo, source, registry, digest, answer.media_type, answer.content,
+                                 None)
+            return ServedManifest(digest, answer.media_type, answer.content, Result.MISS, PEER_MANIFEST)
         creds = await self.credentials(match.rule)
         path = match.upstream.path
         if cached is not None and served:
@@ -525,7 +553,8 @@ class PullThroughCache:
         if tag is not None:
             await self.shared.set_tag(source, tag, digest)
 
-    async def _manifest_by_tag(self, match: RuleMatch, tag: str) -> ServedManifest:
+    async def _manifest_by_tag(self, match: RuleMatch, tag: str, owner: Member | None,
+                               freshness: float) -> ServedManifest:
         repo, source, registry = match.repository, self.source(match), match.upstream.login_server
         path = match.upstream.path
 
@@ -552,37 +581,98 @@ class PullThroughCache:
         if cached_tag is not None:
             digest, validated_at = cached_tag
             if found is not None:
-                cached = ServedManifest(digest, found[0], found[1], Result.HIT)
+                cached = ServedManifest(digest, found[0], found[1], Result.HIT, validated_at=validated_at)
                 age = (datetime.now(timezone.utc) - validated_at).total_seconds()
-                freshness = match.rule.freshness if match.rule.freshness is not None else self.freshness
                 if age < freshness:
                     return cached
+        answer = await self._ask_owner(owner, match, tag, freshness) if owner is not None else None
+        if answer is not None:
+            return await self._owners_answer(match, tag, cached, answer)
         try:
             creds = await self.credentials(match.rule)
             if cached is not None:
                 head = await self.upstream_call(
                     match, creds, lambda up: self.upstream.manifest(up, path, tag, creds, method="HEAD"))
                 if head.digest == cached.digest:
-                    await self.state.run(lambda s: s.set_tag(repo, source, tag, cached.digest))
-                    return cached
+                    now = datetime.now(timezone.utc)
+                    await self.state.run(lambda s: s.set_tag(repo, source, tag, cached.digest, when=now))
+                    return replace(cached, validated_at=now)
             got = await self.upstream_call(match, creds, lambda up: self.upstream.manifest(up, path, tag, creds))
-        except UpstreamUnreachable as exc:
-            if cached is not None and match.rule.serve_stale_on_error:
-                log.warning("serving %s:%s stale: %s", repo, tag, exc)
-                return replace(cached, result=Result.STALE, detail=str(exc))
-            raise pull_error(exc, ManifestUnknown("")) from None
-        except UpstreamNotFound as exc:
-            if cached is not None and match.rule.serve_stale_if_deleted:
-                log.warning("serving %s:%s stale: %s", repo, tag, exc)
-                return replace(cached, result=Result.STALE, detail=f"{exc} (the rule serves deleted tags stale)")
-            raise pull_error(exc, ManifestUnknown(f"upstream {match.upstream} has no tag {tag!r}")) from None
         except UpstreamError as exc:
-            raise pull_error(exc, ManifestUnknown(f"upstream {match.upstream} has no tag {tag!r}")) from None
+            return self._upstream_failed(match, tag, cached, exc)
         content = checked_manifest(match.upstream.login_server, got, f"the manifest {repo}:{tag}")
         digest = compute_digest(content)
-        await self.state.run(_store_manifest, repo, source, registry, digest, got.media_type, content, tag)
+        now = datetime.now(timezone.utc)
+        await self.state.run(_store_manifest, repo, source, registry, digest, got.media_type, content, tag, now)
         await self._share_manifest(source, digest, got.media_type, content, tag)
-        return ServedManifest(digest, got.media_type, content, Result.MISS)
+        return ServedManifest(digest, got.media_type, content, Result.MISS, validated_at=now)
+
+    def _upstream_failed(self, match: RuleMatch, tag: str, cached: ServedManifest | None,
+                         exc: UpstreamError) -> ServedManifest:
+        """The cached tag served stale when the rule allows it for this failure; else the client's error."""
+        if isinstance(exc, UpstreamUnreachable) and cached is not None and match.rule.serve_stale_on_error:
+            log.warning("serving %s:%s stale: %s", match.repository, tag, exc)
+            return replace(cached, result=Result.STALE, detail=str(exc))
+        if isinstance(exc, UpstreamNotFound) and cached is not None and match.rule.serve_stale_if_deleted:
+            log.warning("serving %s:%s stale: %s", match.repository, tag, exc)
+            return replace(cached, result=Result.STALE, detail=f"{exc} (the rule serves deleted tags stale)",
+                           deleted=True)
+        raise pull_error(exc, ManifestUnknown(f"upstream {match.upstream} has no tag {tag!r}"
+                                              if isinstance(exc, UpstreamNotFound) else "")) from None
+
+    # -- the fleet -----------------------------------------------------------------------------
+
+    def _owner(self, key: str, forward: bool) -> Member | None:
+        """The fleet member that fetches ``key`` for the fleet; None when this node fetches it itself (no fleet,
+        this node owns it, or ``forward`` is False: a member's request, never forwarded again)."""
+        fleet = self.fleet
+        if not forward or fleet is None or self.peers is None:
+            return None
+        owner = fleet.owner(key)
+        return None if owner.node_id == fleet.me.node_id else owner
+
+    async def _ask_owner(self, owner: Member, match: RuleMatch, reference: str, max_age: float,
+                         expected: str | None = None) -> ManifestAnswer | None:
+        """``owner``'s checked answer for a manifest of this source; None (logged, counted, the owner passed
+        over for a while) when it cannot be asked or its answer is not taken: this node then asks its upstream."""
+        fleet, peers = self.fleet, self.peers
+        assert fleet is not None and peers is not None, "an owner is chosen only in a fleet"
+        try:
+            answer = await peers.manifest(owner, match.repository, reference, self.source(match), max_age,
+                                          self.upstream.limits, expected)
+        except PeerUnavailable as exc:
+            fleet.failed(owner.node_id)
+            if self.metrics is not None:
+                self.metrics.own_manifest("peer answer refused" if isinstance(exc, PeerAnswerRefused)
+                                          else "peer unavailable")
+            log.warning("%s; asking the upstream for %s from this node", exc, reference)
+            return None
+        if self.metrics is not None:
+            self.metrics.peer_manifest()
+        return answer
+
+    async def _owners_answer(self, match: RuleMatch, tag: str, cached: ServedManifest | None,
+                             answer: ManifestAnswer) -> ServedManifest:
+        """A tag as its owner answered it, stored as an upstream's answer is, confirmed when the owner's upstream
+        confirmed it. An owner whose upstream failed serves it stale: this node's own rule and cache then decide,
+        without asking the upstream again (it just failed, perhaps rate-limiting, for the whole fleet)."""
+        repo, source, registry = match.repository, self.source(match), match.upstream.login_server
+        if answer.stale == STALE_DELETED:
+            return self._upstream_failed(match, tag, cached, UpstreamNotFound(
+                registry, f"has no tag {tag!r} any more (told the fleet member that owns it)"))
+        if answer.stale is not None:
+            return self._upstream_failed(match, tag, cached, UpstreamUnreachable(
+                registry, f"failed the fleet member that owns {repo}:{tag}, which serves it stale"))
+        now = datetime.now(timezone.utc)
+        when = now if answer.validated_at is None else min(
+            datetime.fromtimestamp(answer.validated_at, timezone.utc), now)
+        if cached is not None and answer.digest == cached.digest:
+            await self.state.run(lambda s: s.set_tag(repo, source, tag, cached.digest, when=when))
+            return replace(cached, validated_at=when)
+        await self.state.run(_store_manifest, repo, source, registry, answer.digest, answer.media_type,
+                             answer.content, tag, when)
+        return ServedManifest(answer.digest, answer.media_type, answer.content, Result.MISS, PEER_MANIFEST,
+                              validated_at=when)
 
     # -- blobs ---------------------------------------------------------------------------------
 
@@ -607,9 +697,7 @@ class PullThroughCache:
             # must send the bytes, verified, before they are served through this rule.
         creds = await self.credentials(match.rule)
         fleet, peers = self.fleet, self.peers
-        owner = fleet.owner(digest) if fleet is not None and peers is not None and forward else None
-        if owner is not None and fleet is not None and owner.node_id == fleet.me.node_id:
-            owner = None  # this node downloads it for the fleet
+        owner = self._owner(digest, forward)  # None: this node downloads it (for the fleet, if it owns it)
         peer_fed = False
 
         @asynccontextmanager

@@ -42,6 +42,13 @@ class ProxyMetrics:
                                      "although another member owns them", ["reason"], registry=r)
         self.peer_serves = Counter("regcache_fleet_peer_serves", "Blobs this node streamed to other members",
                                    registry=r)
+        self.peer_manifests = Counter("regcache_fleet_peer_manifests", "Manifests and tag revalidations answered "
+                                      "by the fleet member that owns them", registry=r)
+        self.own_manifests = Counter("regcache_fleet_own_manifests", "Manifests and tag revalidations this node "
+                                     "asked its upstream itself although another member owns them", ["reason"],
+                                     registry=r)
+        self.peer_manifest_serves = Counter("regcache_fleet_peer_manifest_serves", "Manifests and tag "
+                                            "revalidations this node answered for other members", registry=r)
         self.latency = Histogram("regcache_request_duration_seconds", "Time to answer a request",
                                  ["rule", "kind"], registry=r,
                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
@@ -71,6 +78,15 @@ class ProxyMetrics:
 
     def peer_serve(self) -> None:
         self.peer_serves.inc()
+
+    def peer_manifest(self) -> None:
+        self.peer_manifests.inc()
+
+    def own_manifest(self, reason: str) -> None:
+        self.own_manifests.labels(reason).inc()
+
+    def peer_manifest_serve(self) -> None:
+        self.peer_manifest_serves.inc()
 
     def upstream_error(self, rule: str, upstream: str, kind: str) -> None:
         self.upstream_errors.labels(rule, upstream, kind).inc()

@@ -89,6 +89,9 @@ class FaultyFront(_Threaded):
         self.extra_headers: dict[str, str] = {}
         #: answer manifest requests with this status instead (e.g. 429) when set
         self.manifest_status: int | None = None
+        #: seconds every manifest request waits before it is forwarded (a slow upstream: concurrent
+        #: revalidations overlap for sure)
+        self.manifest_delay = 0.0
         expected = "Basic " + base64.b64encode(":".join(basic_auth).encode()).decode() if basic_auth else None
 
         class Handler(BaseHTTPRequestHandler):
@@ -112,6 +115,8 @@ class FaultyFront(_Threaded):
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
+                if front.manifest_delay and "/manifests/" in self.path:
+                    time.sleep(front.manifest_delay)
                 headers = {k: v for k, v in self.headers.items() if k.lower() in ("accept", "range")}
                 upstream = httpx.request(method, front.registry_url + self.path, headers=headers)
                 body = upstream.content

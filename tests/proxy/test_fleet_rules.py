@@ -1,7 +1,10 @@
-"""The fleet's pure rules: rendezvous ownership, configuration fingerprints, heartbeats and peer signatures."""
+"""The fleet's pure rules: rendezvous ownership, configuration fingerprints, heartbeats, peer signatures and the
+checks of a member's manifest answer."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
 
 import pytest
@@ -9,14 +12,19 @@ import pytest
 from regcache.proxy.core.errors import ValidationError
 from regcache.proxy.core.fleet import (
     SIGNATURE_WINDOW,
+    STALE_DELETED,
     Member,
+    answer_signature,
     fingerprint,
+    manifest_key,
     owner_of,
     ranked,
     signature,
+    verify_manifest_answer,
     verify_signature,
 )
 from regcache.proxy.core.models import AuthPolicy, CacheRule, CredentialSet, Upstream
+from regcache.proxy.core.oci import OCI_MANIFEST
 
 
 def members(n: int) -> list[Member]:
@@ -86,3 +94,58 @@ def test_a_peer_request_is_signed_for_its_method_target_node_and_time():
                             1000) is None
     for junk in ("", "node", "node:abc:def", "::", "n:1000"):
         assert verify_signature("s3cret", "GET", "/", junk, 1000) is None
+
+
+MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                       "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                  "digest": "sha256:" + "a" * 64, "size": 2},
+                       "layers": []}).encode()
+MANIFEST_DIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
+REQUEST = signature("s3cret", "GET", "/_regcache/peer/v1/team/app/manifests/1.0?source=x&max-age=0", "node-1", 1000)
+
+
+def answer(content: bytes = MANIFEST, digest: str = MANIFEST_DIGEST, media_type: str = OCI_MANIFEST,
+           validated: str = "990.5", stale: str = "", secret: str = "s3cret", request: str = REQUEST,
+           now: float = 1000.0, expected: str | None = None):
+    mac = answer_signature(secret, request, digest, media_type, validated, stale)
+    return verify_manifest_answer("s3cret", REQUEST, content, digest, media_type, validated, stale, mac, now,
+                                  expected)
+
+
+def test_a_members_manifest_answer_is_taken_signed_for_this_request_with_bytes_matching_its_digest():
+    got = answer()
+    assert (got.digest, got.media_type, got.content, got.validated_at, got.stale) == (
+        MANIFEST_DIGEST, OCI_MANIFEST, MANIFEST, 990.5, None)
+    assert answer(expected=MANIFEST_DIGEST).digest == MANIFEST_DIGEST
+    assert answer(validated="").validated_at is None  # a digest's answer has no validation time
+    assert answer(stale=STALE_DELETED).stale == STALE_DELETED
+    # a member's clock ahead of ours never stretches our freshness window
+    assert answer(validated="5000").validated_at == 1000.0
+
+
+@pytest.mark.parametrize(("change", "why"), [
+    ({"secret": "not-the-fleets"}, "not signed"),
+    ({"request": REQUEST.replace("node-1", "node-2", 1)}, "not signed"),  # an answer to another request
+    ({"content": MANIFEST + b" "}, "do not match"),
+    ({"digest": "sha256:" + "0" * 64}, "do not match"),
+    ({"digest": "md5:" + "0" * 32}, "no sha256"),
+    ({"expected": "sha256:" + "1" * 64}, "not the"),
+    ({"content": b"<html></html>", "digest": "sha256:" + hashlib.sha256(b"<html></html>").hexdigest(),
+      "media_type": "text/html"}, "no manifest"),
+    ({"validated": "nan"}, "not a time"),
+    ({"validated": "-1"}, "not a time"),
+    ({"validated": "1e999"}, "not a time"),
+    ({"validated": "yesterday"}, "not a number"),
+    ({"stale": "because"}, "stale reason"),
+])
+def test_a_manifest_answer_is_refused_unless_every_check_passes(change, why):
+    with pytest.raises(ValidationError, match=why):
+        answer(**change)
+
+
+def test_each_tag_of_each_source_has_its_own_owner_key():
+    keys = {manifest_key(source, ref) for source in ("anonymous/r.example/a", "credential-set/c/r.example/a")
+            for ref in ("1.0", "1.1", MANIFEST_DIGEST)}
+    assert len(keys) == 6
+    # no source and tag can be spelled to collide with another pair
+    assert manifest_key("a/b", "c") != manifest_key("a", "b/c")

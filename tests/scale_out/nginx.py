@@ -122,7 +122,7 @@ class NginxBalancer:
     """
 
     def __init__(self, root: Path, backends: Sequence[str], *, binary: str | None = None,
-                 worker_processes: int = 2, keepalive: int = 32) -> None:
+                 worker_processes: int = 2, keepalive: int = 32, limit_rate: str | None = None) -> None:
         if not backends:
             raise ValueError("a load balancer needs at least one backend")
         self.root = Path(root)
@@ -130,6 +130,10 @@ class NginxBalancer:
         self.binary = binary or nginx_binary()
         self.worker_processes = worker_processes
         self.keepalive = keepalive
+        #: nginx's ``limit_rate`` for every answer (e.g. ``1m``: 1 MB/s per request), to keep a download running
+        #: while a test acts (a throttled upstream front; answers are then buffered, which nginx needs to
+        #: throttle them); None: unthrottled and unbuffered
+        self.limit_rate = limit_rate
         self.port = free_port()
         self.root.mkdir(parents=True, exist_ok=True)
         self._process: subprocess.Popen[bytes] | None = None
@@ -208,16 +212,20 @@ class NginxBalancer:
                         proxy_set_header Host $http_host;
                         proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
                         proxy_set_header X-Forwarded-Proto $scheme;
-                        proxy_buffering off;
+                        proxy_buffering {buffering};
                         proxy_request_buffering off;
                         proxy_connect_timeout 5s;
                         proxy_read_timeout 900s;
                         proxy_send_timeout 900s;
+            {limit_rate}
                     }}
                 }}
             }}
             """).format(workers=self.worker_processes, root=root, log_format=_LOG_FORMAT, temp_paths=temp_paths,
-                        servers=servers, keepalive=self.keepalive, port=self.port)
+                        servers=servers, keepalive=self.keepalive, port=self.port,
+                        limit_rate=f"            limit_rate {self.limit_rate};" if self.limit_rate else "",
+                        # nginx throttles only buffered answers (an unbuffered one goes at the node's pace)
+                        buffering="on" if self.limit_rate else "off")
 
     # -- lifecycle --------------------------------------------------------
 

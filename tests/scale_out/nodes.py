@@ -8,18 +8,26 @@ S3 keys reach the nodes as ``env://`` secrets, the way a container or a systemd 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from regcache.proxy.config.control import ControlPlane
+from regcache.proxy.core.fleet import HEARTBEAT_INTERVAL
 from regcache.proxy.core.settings import make_s3_storage
+from tests.helpers.commands import ServeProcess
 from tests.s3.client import s3_client
 from tests.s3.swift import SwiftS3Server
 
 ACCESS_KEY_VAR = "REGCACHE_TEST_S3_ACCESS_KEY"
 SECRET_KEY_VAR = "REGCACHE_TEST_S3_SECRET_KEY"
+#: the fleet secret of the fleet tests, given to the nodes as ``env://REGCACHE_TEST_FLEET_SECRET``
+FLEET_SECRET_VAR = "REGCACHE_TEST_FLEET_SECRET"
+FLEET_SECRET = "the-fleet-secret-of-these-tests-0123456789"
 
 
 def s3_env(swift: SwiftS3Server, secret_key: str | None = None) -> dict[str, str]:
@@ -80,6 +88,17 @@ def write_object(swift: SwiftS3Server, bucket: str, key: str, content: bytes) ->
     _run(swift, call)
 
 
+def read_object(swift: SwiftS3Server, bucket: str, key: str) -> bytes:
+    """The whole content of the completed object at ``key``."""
+
+    async def call(client) -> bytes:
+        answer = await client.get_object(Bucket=bucket, Key=key)
+        async with answer["Body"] as body:
+            return await body.read()
+
+    return _run(swift, call)
+
+
 def pending_uploads(swift: SwiftS3Server, bucket: str) -> list[dict[str, Any]]:
     """The multipart uploads in ``bucket`` neither completed nor aborted."""
 
@@ -112,3 +131,28 @@ def wait_for_image_in_bucket(swift: SwiftS3Server, bucket: str, digests: Iterabl
 def blob_key(digest: str, prefix: str = "regcache") -> str:
     algorithm, _, encoded = digest.partition(":")
     return f"{prefix}/blobs/{algorithm}/{encoded[:2]}/{encoded}"
+
+
+def join(home: Path, port: int, secret_id: str = f"env://{FLEET_SECRET_VAR}") -> None:
+    """Make the node of ``home``, listening on ``port``, a fleet member (its address and the fleet secret's id)."""
+    control = ControlPlane.open(home)
+    try:
+        control.set_setting("fleet-address", f"http://127.0.0.1:{port}")
+        control.set_setting("fleet-secret", secret_id)
+    finally:
+        control.close()
+
+
+def wait_for_members(swift: SwiftS3Server, bucket: str, count: int, timeout: float = 20) -> None:
+    """Until ``count`` heartbeats are in the bucket and every node had time to read the others' beat."""
+    deadline = time.monotonic() + timeout
+    while len([k for k in bucket_keys(swift, bucket) if "/fleet/members/" in k]) < count:
+        assert time.monotonic() < deadline, "the nodes did not heartbeat"
+        time.sleep(0.2)
+    time.sleep(HEARTBEAT_INTERVAL * 1.5)
+
+
+def metric(node: ServeProcess, name: str) -> float:
+    """The sum of a node's ``name`` series in its /metrics (every label set)."""
+    text = httpx.get(f"{node.url}/metrics").text
+    return sum(float(value) for value in re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.M))

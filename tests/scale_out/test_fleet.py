@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import threading
@@ -21,50 +20,24 @@ from pathlib import Path
 import httpx
 import pytest
 
-from regcache.proxy.config.control import ControlPlane
-from regcache.proxy.core.fleet import HEARTBEAT_INTERVAL, SIGNATURE_HEADER, signature
+from regcache.proxy.core.fleet import SIGNATURE_HEADER, signature
 from regcache.proxy.upstream.peer import peer_target
 from tests.helpers.commands import ServeProcess, regcache_executable
 from tests.proxy.fronts import PASS, THROTTLE, FaultyFront
 from tests.registries.server import free_port
 from tests.registries.skopeo import OciLayout, assert_pulled
 
-from .nodes import bucket_keys, configure_nodes, s3_env
+from .nodes import FLEET_SECRET, FLEET_SECRET_VAR, configure_nodes, join, metric, s3_env, wait_for_members
 
 MiB = 1024 * 1024
 CLIENTS = 8
-SECRET_VAR = "REGCACHE_TEST_FLEET_SECRET"
-FLEET_SECRET = "the-fleet-secret-of-these-tests-0123456789"
-
-
-def join(home: Path, port: int, secret_id: str = f"env://{SECRET_VAR}") -> None:
-    control = ControlPlane.open(home)
-    try:
-        control.set_setting("fleet-address", f"http://127.0.0.1:{port}")
-        control.set_setting("fleet-secret", secret_id)
-    finally:
-        control.close()
-
-
-def wait_for_members(swift, bucket: str, count: int, timeout: float = 20) -> None:
-    """Until ``count`` heartbeats are in the bucket and every node had time to read the others' beat."""
-    deadline = time.monotonic() + timeout
-    while len([k for k in bucket_keys(swift, bucket) if "/fleet/members/" in k]) < count:
-        assert time.monotonic() < deadline, "the nodes did not heartbeat"
-        time.sleep(0.2)
-    time.sleep(HEARTBEAT_INTERVAL * 1.5)
-
-
-def metric(node: ServeProcess, name: str) -> float:
-    text = httpx.get(f"{node.url}/metrics").text
-    return sum(float(value) for value in re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.M))
 
 
 @pytest.fixture
 def fleet(tmp_path, keyring_env, swift_s3, s3_bucket, anonymous_registry):
     """Start nodes (name -> extra rules) on one bucket, in one fleet; stopped (and checked) at teardown."""
     front = FaultyFront(anonymous_registry.url, PASS).start()  # counts the blob GETs reaching the upstream
-    env = {**keyring_env, **s3_env(swift_s3), SECRET_VAR: FLEET_SECRET}
+    env = {**keyring_env, **s3_env(swift_s3), FLEET_SECRET_VAR: FLEET_SECRET}
     nodes: dict[str, ServeProcess] = {}
     homes: dict[str, Path] = {}
 
