@@ -7,7 +7,8 @@ a range instead of bytes. regcache's own HTTP/1.1 protocol (regcache.proxy.serve
 with ``loop.sendfile``: on a plain TCP connection the kernel copies the file to the socket, so a warm
 blob never passes through Python, and each client costs no buffer of its own; over TLS asyncio falls
 back to 256 KiB reads. Without the extension (another server, a test client) the file is read here in
-:data:`CHUNK` pieces, each written only once the client took the previous one.
+:data:`CHUNK` pieces, each sent only once the connection's write buffer drained below its low-water mark
+(uvicorn awaits it before every send): a client costs about two pieces, however slowly it reads.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ import anyio
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from regcache.proxy.storage.download import STREAM_CHUNK
+
 #: the ASGI extension (and message type) of a body sent from a file descriptor
 ZERO_COPY_SEND = "http.response.zerocopysend"
-#: reads without the extension (what a warm blob costs in memory per client until issue 17 bounds it further):
-#: the size the stored-file reader used before, measured as fast as a kernel sendfile here
-CHUNK = 4 * 1024 * 1024
+#: reads without the extension: the per-client bound of every streamed body (download.STREAM_CHUNK says why)
+CHUNK = STREAM_CHUNK
 #: regcache's ASGI extension for a body whose source failed after the response started: the server closes
 #: the connection (the client sees a cut transfer and retries) and logs no traceback, the app having
 #: recorded the failure already
