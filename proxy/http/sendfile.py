@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -34,9 +35,6 @@ CHUNK = STREAM_CHUNK
 ABORT = "http.response.regcache.abort"
 
 
-#: a body this small is read on the event loop when the page cache holds all of it (a worker-thread hop costs
-#: ~100 us, such a read ~1 us); a read that would wait for the disk goes to a worker thread
-INLINE_READ = 64 * 1024
 #: preadv's "fail rather than wait for the disk" (Linux); without it every read takes a worker thread
 _NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 
@@ -123,12 +121,8 @@ class FileRangeResponse(Response):
         """Read and send in CHUNK pieces: (bytes sent, whether the client stayed to the end)."""
         size = self.end - self.start
         if size <= CHUNK:  # one piece (a config, a small layer): no task watching for the client between pieces
-            data = read_cached(fd, size, self.start) if size <= INLINE_READ else None
-            if data is None:
-                data = await anyio.to_thread.run_sync(os.pread, fd, size, self.start)
-            if len(data) < size:
-                raise OSError(f"{self.path} is shorter than expected")
-            await send({"type": "http.response.body", "body": data, "more_body": False})
+            await send({"type": "http.response.body", "body": await self._read(fd, size, self.start),
+                        "more_body": False})
             return size, True
         offset = self.start
         gone = False
@@ -142,12 +136,23 @@ class FileRangeResponse(Response):
 
             tasks.start_soon(watch)
             while offset < self.end:
-                data = await anyio.to_thread.run_sync(os.pread, fd, min(CHUNK, self.end - offset), offset)
-                if not data:
-                    raise OSError(f"{self.path} is shorter than expected")
+                data = await self._read(fd, min(CHUNK, self.end - offset), offset)
                 offset += len(data)
                 await send({"type": "http.response.body", "body": data, "more_body": offset < self.end})
             if self.start == self.end:
                 await send({"type": "http.response.body", "body": b""})
             tasks.cancel_scope.cancel()  # sent: no need to watch (the end of the response is not a disconnect)
         return offset - self.start, not (gone and offset < self.end)
+
+    async def _read(self, fd: int, size: int, offset: int) -> bytes:
+        """``size`` bytes at ``offset``: on the event loop when the page cache holds them (a copy of at most a
+        piece, as long as the socket's own copy of it; a worker-thread hop costs more CPU and latency than
+        that), else on a worker thread, which may wait for the disk."""
+        data = read_cached(fd, size, offset)
+        if data is None:
+            data = await anyio.to_thread.run_sync(os.pread, fd, size, offset)
+        else:  # let the other connections (and this one's disconnect watch) run between two pieces
+            await anyio.lowlevel.checkpoint()
+        if len(data) < size:
+            raise OSError(f"{self.path} is shorter than expected")
+        return data
