@@ -87,7 +87,7 @@ def test_links_purged_by_another_process_are_never_served_from_memory(regcache, 
     assert results(regcache, warm_image.digest)[-1] == "miss"
 
 
-def test_accesses_are_noted_in_memory_and_all_written_by_a_clean_stop(home, keyring_env, anonymous_registry,
+def test_every_pull_and_access_is_written_by_a_clean_stop(home, keyring_env, anonymous_registry,
                                                                      push_image):
     from tests.proxy.conftest import start_regcache
 
@@ -115,6 +115,30 @@ def test_accesses_are_noted_in_memory_and_all_written_by_a_clean_stop(home, keyr
     from datetime import datetime
 
     assert datetime.fromisoformat(last_access[0][0]).timestamp() > last_request - 5, "the last hit's access time"
+
+
+def test_warm_hits_read_and_write_nothing_on_a_worker_thread_but_the_event_batches(regcache, warm_image):
+    """A warm manifest by digest and a warm small blob: no state read or write of their own (the configuration
+    version is read on the event loop, the link and manifest are kept, accesses are noted for the writer)."""
+    state = regcache.server.app.state.state_store
+    calls: list[str] = []
+    real_run = state.run
+
+    async def counted(fn, *args):
+        calls.append(getattr(fn, "__qualname__", repr(fn)))
+        return await real_run(fn, *args)
+
+    with regcache.http() as http:
+        http.get(f"/v2/team/app/manifests/{warm_image.digest}")  # kept from here on
+        http.get(f"/v2/team/app/blobs/{warm_image.layers[0].digest}")
+        state.run = counted
+        try:
+            for _ in range(20):
+                assert http.get(f"/v2/team/app/manifests/{warm_image.digest}").status_code == 200
+                assert http.get(f"/v2/team/app/blobs/{warm_image.layers[0].digest}").status_code == 200
+        finally:
+            del state.run
+    assert calls and all(name.startswith("EventLog._write") for name in calls), calls
 
 
 def test_every_configuration_change_moves_the_version_and_bookkeeping_does_not(home):
