@@ -139,6 +139,9 @@ class FileRangeResponse(Response):
                 data = await self._read(fd, min(CHUNK, self.end - offset), offset)
                 offset += len(data)
                 await send({"type": "http.response.body", "body": data, "more_body": offset < self.end})
+                # a read from the page cache and a send into a buffer below its high-water mark (or into a
+                # closed connection) await nothing: let the other connections and the watch run between pieces
+                await anyio.lowlevel.checkpoint()
             if self.start == self.end:
                 await send({"type": "http.response.body", "body": b""})
             tasks.cancel_scope.cancel()  # sent: no need to watch (the end of the response is not a disconnect)
@@ -151,8 +154,6 @@ class FileRangeResponse(Response):
         data = read_cached(fd, size, offset)
         if data is None:
             data = await anyio.to_thread.run_sync(os.pread, fd, size, offset)
-        else:  # let the other connections (and this one's disconnect watch) run between two pieces
-            await anyio.lowlevel.checkpoint()
         if len(data) < size:
             raise OSError(f"{self.path} is shorter than expected")
         return data
