@@ -100,7 +100,8 @@ class FileRangeResponse(Response):
                 await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
                 if scope["method"] == "HEAD":
                     await send({"type": "http.response.body", "body": b""})
-                elif ZERO_COPY_SEND in scope.get("extensions", {}):
+                elif ZERO_COPY_SEND in scope.get("extensions", {}) and self.end - self.start > CHUNK:
+                    # a body of one piece is read and sent as bytes below: cheaper than loop.sendfile's set-up
                     message: dict[str, Any] = {"type": ZERO_COPY_SEND, "file": file, "offset": self.start,
                                                "count": self.end - self.start}
                     await send(message)
