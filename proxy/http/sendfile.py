@@ -6,9 +6,10 @@ The ASGI extension ``http.response.zerocopysend`` (asgiref's spec) lets an app h
 a range instead of bytes. regcache's own HTTP/1.1 protocol (regcache.proxy.server) offers it and answers
 with ``loop.sendfile``: on a plain TCP connection the kernel copies the file to the socket, so a warm
 blob never passes through Python, and each client costs no buffer of its own; over TLS asyncio falls
-back to 256 KiB reads. Without the extension (another server, a test client) the file is read here in
-:data:`CHUNK` pieces, each sent only once the connection's write buffer drained below its low-water mark
-(uvicorn awaits it before every send): a client costs about two pieces, however slowly it reads.
+back to 256 KiB reads. A body of one piece, or any body without the extension (another server, a test
+client), is read here in :data:`CHUNK` pieces, each sent only once the connection's write buffer drained
+below its low-water mark (uvicorn awaits it before every send): a client costs about two pieces, however
+slowly it reads.
 """
 
 from __future__ import annotations

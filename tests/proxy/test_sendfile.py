@@ -16,7 +16,7 @@ import regcache.proxy.storage.download as download_module
 
 @pytest.fixture
 def zero_copy(monkeypatch):
-    """The server offers the kernel's sendfile (off by default until issue 17 measures it faster)."""
+    """The server offers the kernel's sendfile (its default; tests of the read path turn it off)."""
     monkeypatch.setattr(server_module, "OFFER_ZERO_COPY", True)
 
 
