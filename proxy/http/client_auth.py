@@ -5,7 +5,8 @@ Once a token exists (or the server listens beyond loopback without ``--allow-ano
 with ``WWW-Authenticate: Basic realm="regcache"``, which docker, podman and skopeo answer by
 retrying with the credentials they were given. Verifying a password costs a scrypt (about 50 ms),
 so successful verifications are kept in memory for a minute, keyed by a keyed hash of the
-credentials; the token table is reloaded whenever another connection changed the database.
+credentials; the token table is reloaded whenever the configuration version moved (any process changed
+a token).
 
 Wrong passwords must not be able to buy that cost without bound: an unknown name is checked against a
 dummy hash (the same work as a wrong password, so names cannot be told apart by timing), at most
@@ -108,10 +109,10 @@ class ClientAuth:
         self._checks: dict[bytes, _Check] = {}  # credentials key -> the check in flight
 
     async def refresh(self) -> None:
-        """Reload the token table when another connection committed a change."""
-        version = await self.state.data_version()
+        """Reload the token table when the configuration version moved (a token created, changed or deleted)."""
+        version = await self.state.config_version()  # read before the tokens: a change meanwhile reloads again
         if version != self._version:
-            version, tokens = await self.state.run(lambda s: (s.data_version(), s.client_tokens()))
+            tokens = await self.state.run(lambda s: s.client_tokens())
             self._tokens = {t.name: t for t in tokens}
             self._version = version
 

@@ -493,6 +493,7 @@ def create_app(home: Path, *, secrets: SecretResolver | None = None,
                         if removed:
                             log.info("removed %d stale temporary file(s)", removed)
                         cache = PullThroughCache(state, upstream, blobs, secrets, freshness, metrics)
+                        cache.accesses = events.accesses  # hits note their accesses; the event writer writes them
                         downloads.start_soon(run_eviction, state, backend, name="eviction")
                         downloads.start_soon(run_tag_sync, cache, name="tag sync")
                         downloads.start_soon(run_event_pruning, state, name="event pruning")

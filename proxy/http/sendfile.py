@@ -6,8 +6,10 @@ The ASGI extension ``http.response.zerocopysend`` (asgiref's spec) lets an app h
 a range instead of bytes. regcache's own HTTP/1.1 protocol (regcache.proxy.server) offers it and answers
 with ``loop.sendfile``: on a plain TCP connection the kernel copies the file to the socket, so a warm
 blob never passes through Python, and each client costs no buffer of its own; over TLS asyncio falls
-back to 256 KiB reads. Without the extension (another server, a test client) the file is read here in
-:data:`CHUNK` pieces, each written only once the client took the previous one.
+back to 256 KiB reads. A body of one piece, or any body without the extension (another server, a test
+client), is read here in :data:`CHUNK` pieces, each sent only once the connection's write buffer drained
+below its low-water mark (uvicorn awaits it before every send): a client costs about two pieces, however
+slowly it reads.
 """
 
 from __future__ import annotations
@@ -18,18 +20,39 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from regcache.proxy.storage.download import STREAM_CHUNK
+
 #: the ASGI extension (and message type) of a body sent from a file descriptor
 ZERO_COPY_SEND = "http.response.zerocopysend"
-#: reads without the extension (what a warm blob costs in memory per client until issue 17 bounds it further):
-#: the size the stored-file reader used before, measured as fast as a kernel sendfile here
-CHUNK = 4 * 1024 * 1024
+#: reads without the extension: the per-client bound of every streamed body (download.STREAM_CHUNK says why)
+CHUNK = STREAM_CHUNK
 #: regcache's ASGI extension for a body whose source failed after the response started: the server closes
 #: the connection (the client sees a cut transfer and retries) and logs no traceback, the app having
 #: recorded the failure already
 ABORT = "http.response.regcache.abort"
+
+
+#: preadv's "fail rather than wait for the disk" (Linux); without it every read takes a worker thread
+_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+
+
+def read_cached(fd: int, size: int, offset: int) -> bytes | None:
+    """``size`` bytes at ``offset`` of ``fd`` if the page cache holds them all (never waiting for the disk), else
+    None (not cached, or a file system that cannot tell)."""
+    if size == 0:
+        return b""
+    if _NOWAIT is None:
+        return None
+    buffer = bytearray(size)
+    try:
+        read = os.preadv(fd, [buffer], offset, _NOWAIT)
+    except OSError:  # EAGAIN: some of it is on disk only; EOPNOTSUPP: the file system cannot say
+        return None
+    return bytes(buffer) if read == size else None
 
 
 class ClientGone(ConnectionResetError):
@@ -78,7 +101,8 @@ class FileRangeResponse(Response):
                 await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
                 if scope["method"] == "HEAD":
                     await send({"type": "http.response.body", "body": b""})
-                elif ZERO_COPY_SEND in scope.get("extensions", {}):
+                elif ZERO_COPY_SEND in scope.get("extensions", {}) and self.end - self.start > CHUNK:
+                    # a body of one piece is read and sent as bytes below: cheaper than loop.sendfile's set-up
                     message: dict[str, Any] = {"type": ZERO_COPY_SEND, "file": file, "offset": self.start,
                                                "count": self.end - self.start}
                     await send(message)
@@ -97,6 +121,11 @@ class FileRangeResponse(Response):
 
     async def _read_and_send(self, fd: int, send: Send, receive: Receive) -> tuple[int, bool]:
         """Read and send in CHUNK pieces: (bytes sent, whether the client stayed to the end)."""
+        size = self.end - self.start
+        if size <= CHUNK:  # one piece (a config, a small layer): no task watching for the client between pieces
+            await send({"type": "http.response.body", "body": await self._read(fd, size, self.start),
+                        "more_body": False})
+            return size, True
         offset = self.start
         gone = False
         async with anyio.create_task_group() as tasks:
@@ -109,12 +138,24 @@ class FileRangeResponse(Response):
 
             tasks.start_soon(watch)
             while offset < self.end:
-                data = await anyio.to_thread.run_sync(os.pread, fd, min(CHUNK, self.end - offset), offset)
-                if not data:
-                    raise OSError(f"{self.path} is shorter than expected")
+                data = await self._read(fd, min(CHUNK, self.end - offset), offset)
                 offset += len(data)
                 await send({"type": "http.response.body", "body": data, "more_body": offset < self.end})
+                # a read from the page cache and a send into a buffer below its high-water mark (or into a
+                # closed connection) await nothing: let the other connections and the watch run between pieces
+                await anyio.lowlevel.checkpoint()
             if self.start == self.end:
                 await send({"type": "http.response.body", "body": b""})
             tasks.cancel_scope.cancel()  # sent: no need to watch (the end of the response is not a disconnect)
         return offset - self.start, not (gone and offset < self.end)
+
+    async def _read(self, fd: int, size: int, offset: int) -> bytes:
+        """``size`` bytes at ``offset``: on the event loop when the page cache holds them (a copy of at most a
+        piece, as long as the socket's own copy of it; a worker-thread hop costs more CPU and latency than
+        that), else on a worker thread, which may wait for the disk."""
+        data = read_cached(fd, size, offset)
+        if data is None:
+            data = await anyio.to_thread.run_sync(os.pread, fd, size, offset)
+        if len(data) < size:
+            raise OSError(f"{self.path} is shorter than expected")
+        return data

@@ -79,6 +79,7 @@ class Operations:
         event log of their own: a warm from the CLI is in the Activity log and the statistics too."""
         async with pull_through(home, secrets) as cache, anyio.create_task_group() as writer:
             events = EventLog(cache.state)
+            cache.accesses = events.accesses
             await writer.start(events.run)
             try:
                 yield cls(cache, home, secrets, record=events.record)

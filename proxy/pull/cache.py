@@ -60,6 +60,8 @@ from regcache.proxy.core.references import is_digest
 from regcache.proxy.core.referrers import Referrer, fallback_tag, from_stored, parse_index, to_stored
 from regcache.proxy.core.rules import RuleSet
 from regcache.proxy.core.settings import SECRET_FILE_MAX_SIZE_SETTING, UPSTREAM_LIMIT_SETTINGS, UpstreamLimits
+from regcache.proxy.pull.events import Accesses
+from regcache.proxy.pull.known import KnownForVersion
 from regcache.proxy.pull.metrics import ProxyMetrics
 from regcache.proxy.pull.single_flight import SingleFlight
 from regcache.proxy.secrets import SecretResolver
@@ -88,6 +90,11 @@ HEALTH_REFRESH = 300.0
 NS_ALIASES = {"registry-1.docker.io": "docker.io", "index.docker.io": "docker.io"}
 #: the detail of a manifest miss answered by the fleet member that owns it (docs/scale-out.md)
 PEER_MANIFEST = "fetched by the fleet member that owns it"
+#: links kept per configuration version (a few hundred bytes each)
+KNOWN_LINKS = 16_384
+#: manifests served as hits kept per configuration version, and their bytes together
+KNOWN_MANIFESTS = 4_096
+KNOWN_MANIFEST_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,12 +266,18 @@ class PullThroughCache:
         #: the fleet this node is in (s3 storage with fleet-address set), and how it asks the other members
         self.fleet: FleetMembership | None = None
         self.peers: PeerClient | None = None
+        #: where blob accesses and repository pulls are noted for the event writer (None: written at once)
+        self.accesses: Accesses | None = None
+        #: (repository, source, digest) a hit was served for, per configuration version (regcache.proxy.pull.known)
+        self._known_links: KnownForVersion[tuple[str, str, str], bool] = KnownForVersion(KNOWN_LINKS)
+        self._known_manifests: KnownForVersion[tuple[str, str, str], ServedManifest] = KnownForVersion(
+            KNOWN_MANIFESTS, KNOWN_MANIFEST_BYTES)
 
     # -- configuration -------------------------------------------------------------------------
 
     async def refresh(self) -> None:
-        """Reload rules, upstreams, credential sets and upstream limits when another connection changed them."""
-        version = await self.state.data_version()
+        """Reload rules, upstreams, credential sets and upstream limits when the configuration version moved."""
+        version = await self.state.config_version()
         if version == self._version:
             return
         rules, custom, overrides, sets, limits, secret_file_max = await self.state.run(
@@ -279,6 +292,8 @@ class PullThroughCache:
         await self.upstream.reload_ca_bundles(self._catalogue)  # a changed or vanished file is seen at a reload
         self._credential_sets = {cs.name: cs for cs in sets}
         self._credentials.clear()
+        self._known_links.clear()  # of an older version: no use any more
+        self._known_manifests.clear()
         self._version = version
         if self.fleet is not None:  # only members configured alike fetch for each other
             self.fleet.set_fingerprint(fingerprint(rules, list(self._catalogue), sets))
@@ -453,8 +468,11 @@ class PullThroughCache:
                 served = await self._negotiate(match, served, accept)
         servable(served)
         if count_pull:
-            await self.state.run(lambda s: s.record_repository(match.repository, match.rule.name,
-                                                                 str(match.upstream)))
+            if self.accesses is not None:
+                self.accesses.pull(match.repository, match.rule.name, str(match.upstream))
+            else:
+                await self.state.run(lambda s: s.record_repository(match.repository, match.rule.name,
+                                                                     str(match.upstream)))
         return served
 
     async def _negotiate(self, match: RuleMatch, served: ServedManifest, accept: list[str]) -> ServedManifest:
@@ -478,9 +496,17 @@ class PullThroughCache:
 
     async def _manifest_by_digest(self, match: RuleMatch, digest: str, forward: bool = True) -> ServedManifest:
         source = self.source(match)
+        version = await self.state.config_version()  # before the state is read: what it reads belongs to it
+        key = (match.repository, source, digest)
+        known = self._known_manifests.get(key, version)
+        if known is not None:
+            return known
         owner = self._owner(manifest_key(source, digest), forward)
-        return await self._flights.run(("digest", source, match.repository, digest, owner.node_id if owner else None),
-                                       lambda: self._fetch_manifest_by_digest(match, digest, owner))
+        served = await self._flights.run(("digest", source, match.repository, digest, owner.node_id if owner else None),
+                                         lambda: self._fetch_manifest_by_digest(match, digest, owner))
+        if served.result is Result.HIT and served.detail is None:
+            self._known_manifests.put(key, served, version, len(served.content))
+        return served
 
     async def _fetch_manifest_by_digest(self, match: RuleMatch, digest: str, owner: Member | None) -> ServedManifest:
         repo, source, registry = match.repository, self.source(match), match.upstream.login_server
@@ -687,11 +713,11 @@ class PullThroughCache:
         path = match.upstream.path
         stored = await self.blobs.lookup(digest, source)
         if stored is not None:
-            def touch_and_check_link(s: StateStore) -> bool:
-                s.touch_blob(digest)
-                return s.is_linked(repo, source, digest)
-
-            if await self.state.run(touch_and_check_link) or await self._proved(match, source, digest):
+            if await self._linked(repo, source, digest) or await self._proved(match, source, digest):
+                if self.accesses is not None:
+                    self.accesses.blob(digest)
+                else:
+                    await self.state.run(lambda s: s.touch_blob(digest))
                 return ServedBlob(digest, stored.size, Result.HIT, None, self.blobs, stored)
             # Stored for another source, and this one has not proved it has the blob: its own upstream
             # must send the bytes, verified, before they are served through this rule.
@@ -750,6 +776,17 @@ class PullThroughCache:
         detail = JOINED_DOWNLOAD if stream.joined else PEER_DOWNLOAD if peer_fed else None
         return ServedBlob(digest, size, Result.MISS, detail, self.blobs, stream)
 
+    async def _linked(self, repository: str, source: str, digest: str) -> bool:
+        """Whether ``source`` is linked to ``digest`` for ``repository``: kept per configuration version once true."""
+        version = await self.state.config_version()  # before the state is read: what it reads belongs to it
+        key = (repository, source, digest)
+        if self._known_links.get(key, version):
+            return True
+        if not await self.state.run(lambda s: s.is_linked(repository, source, digest)):
+            return False
+        self._known_links.put(key, True, version)
+        return True
+
     async def _proved(self, match: RuleMatch, source: str, digest: str) -> bool:
         """Link a stored blob to ``source`` if another node showed that source has it, or if its registry,
         which served these bytes verified before, answers HEAD 200; False when only a download can tell."""
@@ -770,7 +807,7 @@ class PullThroughCache:
         """For HEAD: the blob's size from the store, else from the upstream (nothing downloaded)."""
         source = self.source(match)
         stored = await self.blobs.lookup(digest, source)
-        if stored is not None and (await self.state.run(lambda s: s.is_linked(match.repository, source, digest))
+        if stored is not None and (await self._linked(match.repository, source, digest)
                                    or await self._proved(match, source, digest)):
             return stored.size, Result.HIT
         # not stored, or not shown to be this source's: the upstream's own answer, nothing linked

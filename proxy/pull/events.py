@@ -1,20 +1,70 @@
-"""The pull-event log: requests record events without waiting; one writer task batches them into SQLite."""
+"""The pull-event log: requests record events without waiting; one writer task batches them into SQLite,
+with the access times and pull counts the requests noted (:class:`Accesses`) in the same transaction."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from datetime import datetime, timezone
 
 import anyio
 from anyio.abc import TaskStatus
 
 from regcache.proxy.core.models import PullEvent
 from regcache.proxy.pull.metrics import ProxyMetrics
-from regcache.proxy.state.store import AsyncStateStore
+from regcache.proxy.state.store import AsyncStateStore, StateStore
 
 log = logging.getLogger("regcache.events")
 
 BATCH = 500
+#: accesses noted without an event (a job's pulls) wait at most this long to be written
+ACCESS_FLUSH_INTERVAL = 1.0
+
+
+class Accesses:
+    """Blob access times and repository pulls not written yet: noted in memory by a request (no worker-thread
+    hop, no write of its own), written by the event writer with its next batch, at most
+    ACCESS_FLUSH_INTERVAL later, and at its end (a clean stop loses none).
+
+    Eviction reads them (least recently pulled first, nothing pulled within a minute): they are late by
+    less than a second while the writer keeps up.
+    """
+
+    def __init__(self) -> None:
+        self._blobs: dict[str, datetime] = {}
+        #: repository -> [rule, upstream, pulls, first, last]
+        self._pulls: dict[str, list] = {}
+
+    def blob(self, digest: str) -> None:
+        """``digest`` was served now (a hit)."""
+        self._blobs[digest] = datetime.now(timezone.utc)
+
+    def pull(self, repository: str, rule: str, upstream: str) -> None:
+        """A manifest of ``repository`` was pulled now (through ``rule``, from ``upstream``)."""
+        now = datetime.now(timezone.utc)
+        pending = self._pulls.get(repository)
+        if pending is None:
+            self._pulls[repository] = [rule, upstream, 1, now, now]
+        else:
+            pending[0], pending[1], pending[4] = rule, upstream, now
+            pending[2] += 1
+
+    def __bool__(self) -> bool:
+        return bool(self._blobs or self._pulls)
+
+    def take(self) -> tuple[dict[str, datetime], dict[str, list]]:
+        """What is noted, forgotten here: the caller writes it (:meth:`write`)."""
+        taken = self._blobs, self._pulls
+        self._blobs, self._pulls = {}, {}
+        return taken
+
+    @staticmethod
+    def write(store: StateStore, taken: tuple[dict[str, datetime], dict[str, list]]) -> None:
+        blobs, pulls = taken
+        for digest, when in blobs.items():
+            store.touch_blob(digest, when)
+        for repository, (rule, upstream, count, first, last) in pulls.items():
+            store.record_repository(repository, rule, upstream, last, pulls=count, first=first)
 
 
 class EventLog:
@@ -25,6 +75,8 @@ class EventLog:
         self._metrics = metrics
         self._send, self._receive = anyio.create_memory_object_stream[PullEvent](max_buffer_size=buffer)
         self.dropped = 0
+        #: what requests noted beside their events, written with them
+        self.accesses = Accesses()
 
     def record(self, event: PullEvent) -> None:
         """Queue ``event``; never blocks a request (a full buffer drops and counts)."""
@@ -40,28 +92,50 @@ class EventLog:
                 log.warning("%d pull event(s) not logged: the event writer fell behind", self.dropped)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Write events until ``close()``; what is queued at close is still written."""
+        """Write events (and accesses) until ``close()``; what is queued at close is still written."""
         task_status.started()
         async with self._receive:
-            async for first in self._receive:
-                batch = [first]
-                while len(batch) < BATCH:
+            ended = False
+            while not ended:
+                batch: list[PullEvent] = []
+                with anyio.move_on_after(ACCESS_FLUSH_INTERVAL):
+                    try:
+                        batch.append(await self._receive.receive())
+                    except anyio.EndOfStream:
+                        ended = True
+                while batch and len(batch) < BATCH:
                     try:
                         batch.append(self._receive.receive_nowait())
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
-                rows = [event_row(e) for e in batch]
-                with anyio.CancelScope(shield=True):
-                    try:
-                        await self._state.run(lambda s: s.insert_events(rows))
-                    except Exception:  # the log must not take the proxy down with it
-                        log.exception("could not write %d pull events", len(rows))
+                await self._write(batch)
+
+    async def _write(self, batch: list[PullEvent]) -> None:
+        if not batch and not self.accesses:
+            return
+        rows = [event_row(e) for e in batch]
+        taken = self.accesses.take()
+
+        def write(s: StateStore) -> None:
+            with s.transaction():
+                s.insert_events(rows)
+                Accesses.write(s, taken)
+
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._state.run(write)
+            except Exception:  # the log must not take the proxy down with it
+                log.exception("could not write %d pull events", len(rows))
 
     def close(self) -> None:
         self._send.close()
 
 
+_EVENT_FIELDS = tuple(f.name for f in dataclasses.fields(PullEvent))
+
+
 def event_row(event: PullEvent) -> dict:
-    row = dataclasses.asdict(event)
+    """The events-table row of ``event`` (its fields as they are: dataclasses.asdict deep-copies each one)."""
+    row = {name: getattr(event, name) for name in _EVENT_FIELDS}
     row["ts"] = event.ts.isoformat()
     return row

@@ -247,3 +247,34 @@ def m012_upstream_ca_bundle(db: Database) -> None:
     (regcache.proxy.upstream.tls).
     """
     db.table("upstreams").add_column("ca_bundle", str)
+
+
+#: the tables whose every change moves the configuration version (m013): what a request's checks read
+CONFIG_TABLES = ("cache_rules", "credential_sets", "upstreams", "settings")
+
+
+@migration
+def m013_config_version(db: Database) -> None:
+    """One counter, moved by triggers in the same transaction as every change it covers, whichever process
+    or version of regcache makes it: rules, credential sets, upstreams and settings (any change), client
+    tokens (any change but ``last_used``), and links removed or given another media type (a purge, retention).
+
+    The proxy keeps what it read for one version (rules, tokens, links, manifests it served) and reads this
+    row at every request, cheaply: a change takes effect on the very next request. SQLite's own
+    ``PRAGMA data_version`` moved with every write of any other connection (each event flush of another
+    process), which made every request reload. A later migration that rebuilds one of these tables (a
+    sqlite-utils ``transform``) drops its triggers and must create them again.
+    """
+    db.execute("CREATE TABLE config_version (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)")
+    db.execute("INSERT INTO config_version (id, version) VALUES (1, 1)")
+    bump = "BEGIN UPDATE config_version SET version = version + 1 WHERE id = 1; END"
+    for table in CONFIG_TABLES:
+        for event in ("INSERT", "UPDATE", "DELETE"):
+            db.execute(f"CREATE TRIGGER {table}_{event.lower()}_config_version AFTER {event} ON {table} {bump}")
+    for event in ("INSERT", "UPDATE OF name, repositories, password_hash, created_at, expires_at", "DELETE"):
+        name = event.split()[0].lower()
+        db.execute(f"CREATE TRIGGER client_tokens_{name}_config_version AFTER {event} ON client_tokens {bump}")
+    db.execute(f"CREATE TRIGGER repository_contents_delete_config_version AFTER DELETE ON repository_contents "
+               f"{bump}")
+    db.execute(f"CREATE TRIGGER repository_contents_update_config_version AFTER UPDATE OF media_type ON "
+               f"repository_contents WHEN OLD.media_type IS NOT NEW.media_type {bump}")

@@ -126,6 +126,7 @@ class StateStore:
             raise StateError(f"cannot open the state database {self.path}: {exc}") from None
         self.conn = conn
         self._db: Database | None = None
+        self._version_conn: sqlite3.Connection | None = None
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA journal_mode = WAL")
@@ -156,6 +157,8 @@ class StateStore:
         return [dict(zip(names, row)) for row in cur]
 
     def close(self) -> None:
+        if self._version_conn is not None:
+            self._version_conn.close()
         self.conn.close()
 
     @contextmanager
@@ -300,9 +303,27 @@ class StateStore:
 
     # -- cache: manifests, tags, blobs, repositories ---------------------------------------------
 
-    def data_version(self) -> int:
-        """Changes whenever another connection commits: a cheap "reload the rules?" check."""
-        return self.conn.execute("PRAGMA data_version").fetchone()[0]
+    def config_version(self) -> int:
+        """The configuration's version: moved by every change to rules, credential sets, upstreams, settings or
+        client tokens, and by every link removed (triggers, m013), by any process; what cached checks are kept for."""
+        return self.conn.execute("SELECT version FROM config_version WHERE id = 1").fetchall()[0][0]
+
+    def config_version_nowait(self) -> int | None:
+        """:meth:`config_version` through a connection of its own that never waits for a lock (None when it
+        would have to): one read of a one-row table, cheap enough for an event loop (~4 us, where a worker-thread
+        hop costs ~100 us). Call it from one thread only."""
+        if self._version_conn is None:
+            try:
+                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                conn.execute("PRAGMA busy_timeout = 0")
+                conn.execute("PRAGMA query_only = 1")
+            except sqlite3.Error:
+                return None
+            self._version_conn = conn
+        try:  # fetchall: the statement completes, so no read transaction is left open
+            return self._version_conn.execute("SELECT version FROM config_version WHERE id = 1").fetchall()[0][0]
+        except sqlite3.OperationalError:  # busy (another connection recovers the WAL): ask the caller to wait
+            return None
 
     def manifest(self, digest: str) -> tuple[str, bytes] | None:
         row = self.conn.execute("SELECT media_type, content FROM manifests WHERE digest = ?",
@@ -372,12 +393,16 @@ class StateStore:
         return self.conn.execute("SELECT 1 FROM served_by WHERE digest = ? AND login_server = ?",
                                  [digest, login_server]).fetchone() is not None
 
-    def record_repository(self, name: str, rule: str, upstream: str, when: datetime | None = None) -> None:
+    def record_repository(self, name: str, rule: str, upstream: str, when: datetime | None = None, *,
+                          pulls: int = 1, first: datetime | None = None) -> None:
+        """``pulls`` pulls of ``name``, the last at ``when`` (now), the first at ``first`` (``when``)."""
         now = _ts(when or utc_now())
         self.conn.execute(
-            "INSERT INTO repositories (name, rule, upstream, first_pull, last_pull, pulls) VALUES (?, ?, ?, ?, ?, 1) "
+            "INSERT INTO repositories (name, rule, upstream, first_pull, last_pull, pulls) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (name) DO UPDATE SET rule = excluded.rule, upstream = excluded.upstream, "
-            "last_pull = excluded.last_pull, pulls = repositories.pulls + 1", [name, rule, upstream, now, now])
+            "last_pull = MAX(COALESCE(repositories.last_pull, ''), excluded.last_pull), "
+            "pulls = repositories.pulls + excluded.pulls",
+            [name, rule, upstream, _ts(first) if first else now, now, pulls])
 
     def repository_names(self, last: str | None = None, limit: int | None = None) -> list[str]:
         sql = "SELECT name FROM repositories WHERE name > ? ORDER BY name"
@@ -400,9 +425,11 @@ class StateStore:
             "ON CONFLICT (digest) DO UPDATE SET size = excluded.size, path = excluded.path, "
             "last_access = excluded.last_access", [digest, size, path, now, now])
 
-    def touch_blob(self, digest: str) -> None:
-        self.conn.execute("UPDATE blobs SET last_access = ? WHERE digest = ?",
-                             [_ts(datetime.now(timezone.utc)), digest])
+    def touch_blob(self, digest: str, when: datetime | None = None) -> None:
+        """``digest`` was pulled at ``when`` (now); an earlier time never replaces a later one."""
+        at = _ts(when or datetime.now(timezone.utc))
+        self.conn.execute("UPDATE blobs SET last_access = ? WHERE digest = ? AND "
+                          "(last_access IS NULL OR last_access < ?)", [at, digest, at])
 
     def delete_blob(self, digest: str, *, unless_accessed_since: datetime | None = None) -> bool:
         """Forget a blob; with ``unless_accessed_since`` (its last access when eviction chose it) only if
@@ -739,23 +766,26 @@ class AsyncStateStore:
 
         return await anyio.to_thread.run_sync(lambda: fn(self.store, *args), limiter=self._limiter)
 
-    async def data_version(self) -> int:
-        """``PRAGMA data_version``: the one read in :meth:`one_version_check` while inside it, else a new one."""
-        pinned = _DATA_VERSION.get()
-        if pinned is not None:
-            return pinned
-        return await self.run(lambda s: s.data_version())
+    async def config_version(self) -> int:
+        """The configuration version (:meth:`StateStore.config_version`): the one read in
+        :meth:`one_version_check` while inside it, else a new reading, on the event loop unless it would wait."""
+        pinned = _CONFIG_VERSION.get()
+        return pinned if pinned is not None else await self._read_config_version()
+
+    async def _read_config_version(self) -> int:
+        version = self.store.config_version_nowait()
+        return version if version is not None else await self.run(lambda s: s.config_version())
 
     @asynccontextmanager
     async def one_version_check(self) -> AsyncIterator[None]:
-        """Within the block (one request), every "did another connection change the configuration?"
-        check reuses one reading: each is a worker-thread hop, and the answer cannot matter twice."""
-        token = _DATA_VERSION.set(await self.run(lambda s: s.data_version()))
+        """Within the block (one request), every "did the configuration change?" check reuses one reading,
+        taken when the block starts: what the request is allowed is decided against one configuration."""
+        token = _CONFIG_VERSION.set(await self._read_config_version())
         try:
             yield
         finally:
-            _DATA_VERSION.reset(token)
+            _CONFIG_VERSION.reset(token)
 
 
-#: the data_version read for the current request (a task's context), see AsyncStateStore.one_version_check
-_DATA_VERSION: ContextVar[int | None] = ContextVar("regcache_data_version", default=None)
+#: the configuration version read for the current request (a task's context), see AsyncStateStore.one_version_check
+_CONFIG_VERSION: ContextVar[int | None] = ContextVar("regcache_config_version", default=None)

@@ -33,13 +33,16 @@ from typing import Any
 
 from regcache.proxy.core.settings import S3Storage, StorageError
 from regcache.proxy.secrets import SecretResolver
+from regcache.proxy.storage.download import STREAM_CHUNK
 
 log = logging.getLogger("regcache.objectstore")
 
 #: S3 refuses parts under 5 MiB (but the last) and Swift's s3api more than 1,000 parts
 MIN_PART_SIZE = 8 * 1024 * 1024
 MAX_PARTS = 1000
-READ_CHUNK = 1024 * 1024
+#: parts are whole multiples of this; bucket objects are streamed to clients in pieces of at most this
+#: (download.STREAM_CHUNK, the per-client bound)
+READ_CHUNK = STREAM_CHUNK
 MAX_CONNECTIONS = 256
 #: lookups, small reads and writes, and uploads: never queued behind clients reading blobs
 CONTROL_CONNECTIONS = 64

@@ -25,9 +25,12 @@ class ServeProcess:
 
 
     def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None,
-                 preexec_fn: Callable[[], None] | None = None) -> None:
-        # preexec_fn: run in the child before regcache starts (e.g. to lower its open-files limit)
-        self.proc = subprocess.Popen([regcache_executable(), "--home", str(home), "serve", *args],
+                 preexec_fn: Callable[[], None] | None = None, prelude: str | None = None) -> None:
+        # preexec_fn: run in the child before regcache starts (e.g. to lower its open-files limit);
+        # prelude: Python run in the child before the command's main (e.g. to turn a module's switch off)
+        command = [regcache_executable()] if prelude is None else [
+            sys.executable, "-c", f"{prelude}\nfrom regcache.tui.cli import main\nmain()"]
+        self.proc = subprocess.Popen([*command, "--home", str(home), "serve", *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      env={**os.environ, **(env or {})}, preexec_fn=preexec_fn)
         self.lines: list[str] = []

@@ -16,7 +16,7 @@ import regcache.proxy.storage.download as download_module
 
 @pytest.fixture
 def zero_copy(monkeypatch):
-    """The server offers the kernel's sendfile (off by default until issue 17 measures it faster)."""
+    """The server offers the kernel's sendfile (its default; tests of the read path turn it off)."""
     monkeypatch.setattr(server_module, "OFFER_ZERO_COPY", True)
 
 
@@ -69,3 +69,55 @@ def test_a_client_that_goes_away_mid_file_is_an_event_and_the_server_goes_on(reg
     assert gone and gone[-1]["bytes"] < warm.size and gone[-1]["result"] == "hit", gone
     with regcache.http() as http:
         assert http.get(f"/v2/team/big/blobs/{warm.digest}").content == warm.data
+
+
+@pytest.fixture
+def small_warm(regcache, anonymous_registry, push_image):
+    server = regcache.add_upstream(anonymous_registry)
+    regcache.control.create_rule("team-rule", f"{server}/team/*", "team/*")
+    layer = push_image(anonymous_registry, "team/small", "1", layers=[4096]).layers[0]
+    with regcache.http() as http:
+        assert http.get(f"/v2/team/small/blobs/{layer.digest}").content == layer.data  # cold: now stored
+    return layer
+
+
+def test_a_small_warm_blob_in_the_page_cache_is_read_without_a_worker_thread(regcache, small_warm, monkeypatch):
+    import os
+
+    (stored,) = [p for p in regcache.blob_files() if p.name == small_warm.digest.split(":")[1]]
+    fd = os.open(stored, os.O_RDONLY)
+    try:
+        if sendfile_module.read_cached(fd, small_warm.size, 0) is None:
+            pytest.skip("this file system cannot tell what the page cache holds (preadv RWF_NOWAIT)")
+    finally:
+        os.close(fd)
+
+    def no_thread_reads(*args):
+        raise AssertionError("a small cached blob took a worker-thread read")
+
+    monkeypatch.setattr(sendfile_module.os, "pread", no_thread_reads)
+    with regcache.http() as http:
+        whole = http.get(f"/v2/team/small/blobs/{small_warm.digest}")
+        part = http.get(f"/v2/team/small/blobs/{small_warm.digest}", headers={"Range": "bytes=10-99"})
+    assert whole.status_code == 200 and whole.content == small_warm.data
+    assert part.status_code == 206 and part.content == small_warm.data[10:100]
+
+
+def test_a_small_blob_the_page_cache_does_not_hold_is_read_on_a_worker_thread(regcache, small_warm, monkeypatch):
+    monkeypatch.setattr(sendfile_module, "read_cached", lambda fd, size, offset: None)  # "it is on disk only"
+    with regcache.http() as http:
+        assert http.get(f"/v2/team/small/blobs/{small_warm.digest}").content == small_warm.data
+
+
+def test_read_cached_reads_only_what_the_page_cache_holds(tmp_path):
+    import os
+
+    path = tmp_path / "blob"
+    path.write_bytes(b"0123456789")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert sendfile_module.read_cached(fd, 0, 0) == b""
+        assert sendfile_module.read_cached(fd, 4, 3) in (b"3456", None)  # None: a file system that cannot tell
+        assert sendfile_module.read_cached(fd, 20, 0) is None, "a short read is no answer"
+    finally:
+        os.close(fd)
