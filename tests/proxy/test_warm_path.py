@@ -13,6 +13,7 @@ import os
 import subprocess
 import time
 
+import anyio
 import pytest
 
 from regcache.proxy.pull.known import KnownForVersion
@@ -197,3 +198,31 @@ def test_known_facts_belong_to_one_version_and_are_bounded():
     assert len(known) == 3 and known.get("c", 6) is None, "at most max_entries, the least recently used go"
     known.put("big", b"x" * 200, version=6, size=200)
     assert known.get("big", 6) is None, "an answer over a sixteenth of the byte bound is not kept"
+
+
+def test_the_first_burst_of_clients_for_a_blob_asks_the_state_once(regcache, warm_image):
+    """64 connections opened at once after a start (nothing known yet) share one link check: the state answers
+    one call at a time, and each asking on its own kept the last ones waiting up to 0.9 s (wrk's p99)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache = regcache.server.app.state.operations.cache
+    state = regcache.server.app.state.state_store
+    checks: list[str] = []
+    real_run = state.run
+
+    async def counted(fn, *args):
+        if "_linked" in getattr(fn, "__qualname__", ""):
+            checks.append(fn.__qualname__)
+            await anyio.sleep(0.2)  # a busy state: the clients arriving meanwhile overlap this check
+        return await real_run(fn, *args)
+
+    cache._known_links.clear()  # as after a start or a configuration change
+    layer = warm_image.layers[0]
+    state.run = counted
+    try:
+        with regcache.http() as http, ThreadPoolExecutor(32) as pool:
+            answers = list(pool.map(lambda _: http.get(f"/v2/team/app/blobs/{layer.digest}"), range(32)))
+    finally:
+        del state.run
+    assert [a.status_code for a in answers] == [200] * 32 and all(a.content == layer.data for a in answers)
+    assert 1 <= len(checks) < 8, checks  # one per burst that overlaps (not one per client)
