@@ -54,6 +54,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # `tests` and `bench` are not installed; both import from the root
@@ -73,9 +74,9 @@ from bench.pull_bench import (  # noqa: E402
     exit_on_signal,
     git_revision,
     machine_busy,
-    pid_of,
     progress,
     pull_timeout,
+    start_side_by_side,
     stop_all,
 )
 from bench.pull_bench import _status_kb as status_kb  # noqa: E402 - one reader of /proc/PID/status
@@ -529,17 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         small = build_image([SMALL_PAYLOAD], seed="anchor-bench-small")
         push_image(small, upstream, SMALL_REPOSITORY, TAG)
 
-        anchor = AnchorRegistry(root / "anchor", upstream.url)
-        regcache = RegcacheServer(root / "regcache", upstream)
-        started += [anchor, regcache]
-        anchor.start(timeout=START_TIMEOUT)
-        regcache.configure()
-        regcache.start()
-        servers: list[Server] = [anchor, regcache]
-        for server in servers:
-            monitor.watch(server.name, pid_of(server))
-        monitor.start()
-        progress(f"anchor on {anchor.host}, regcache on {regcache.host}")
+        servers = cast(list[Server], start_side_by_side(root, upstream, monitor, started))
 
         image_mb = sum(blob.size for blob in image.blobs.values()) // MB
         bench = Bench(root, upstream, list(servers), image, monitor, max(image_mb, 1))

@@ -596,6 +596,24 @@ def stop_all(started: Sequence[Any], root: Path, bench_name: str) -> None:
     shutil.rmtree(root, ignore_errors=True)
 
 
+def start_side_by_side(root: Path, upstream: RegistryServer, monitor: RssMonitor,
+                       started: list[Any]) -> list[Cache]:
+    """The anchor and regcache in front of ``upstream``, started (and added to ``started``, for the clean-up)
+    and watched by ``monitor``."""
+    anchor = AnchorRegistry(root / "anchor", upstream.url)
+    regcache = RegcacheServer(root / "regcache", upstream)
+    started += [anchor, regcache]
+    anchor.start(timeout=START_TIMEOUT)
+    regcache.configure()
+    regcache.start()
+    caches: list[Cache] = [anchor, regcache]
+    for cache in caches:
+        monitor.watch(cache.name, pid_of(cache))
+    monitor.start()
+    progress(f"anchor on {anchor.host}, regcache on {regcache.host}")
+    return caches
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -620,17 +638,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         image = build_image(layer_sizes(args.size_mb), seed=f"pull-bench-{args.size_mb}")
         push_image(image, upstream, REPOSITORY, TAG)
 
-        anchor = AnchorRegistry(root / "anchor", upstream.url)
-        regcache = RegcacheServer(root / "regcache", upstream)
-        started += [anchor, regcache]
-        anchor.start(timeout=START_TIMEOUT)
-        regcache.configure()
-        regcache.start()
-        caches: list[Cache] = [anchor, regcache]
-        for cache in caches:
-            monitor.watch(cache.name, pid_of(cache))
-        monitor.start()
-        progress(f"anchor on {anchor.host}, regcache on {regcache.host}")
+        caches = start_side_by_side(root, upstream, monitor, started)
 
         bench = Bench(root, upstream, caches, image, monitor, args.size_mb)
         figures = bench.run(args.repeat, args.concurrency)
