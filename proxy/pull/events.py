@@ -92,23 +92,29 @@ class EventLog:
                 log.warning("%d pull event(s) not logged: the event writer fell behind", self.dropped)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Write events (and accesses) until ``close()``; what is queued at close is still written."""
+        """Write events (and accesses) until ``close()``; what is queued at close is still written.
+
+        Accesses noted without events are written by a ticker beside the receive loop: a receive is never
+        cancelled by a timeout, since an event handed to a receiver that is then cancelled would be lost."""
         task_status.started()
-        async with self._receive:
-            ended = False
-            while not ended:
-                batch: list[PullEvent] = []
-                with anyio.move_on_after(ACCESS_FLUSH_INTERVAL):
-                    try:
-                        batch.append(await self._receive.receive())
-                    except anyio.EndOfStream:
-                        ended = True
-                while batch and len(batch) < BATCH:
-                    try:
-                        batch.append(self._receive.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                await self._write(batch)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(self._flush_accesses)
+            async with self._receive:
+                async for first in self._receive:
+                    batch = [first]
+                    while len(batch) < BATCH:
+                        try:
+                            batch.append(self._receive.receive_nowait())
+                        except (anyio.WouldBlock, anyio.EndOfStream):
+                            break
+                    await self._write(batch)
+            tasks.cancel_scope.cancel()
+        await self._write([])  # what was noted since the last batch
+
+    async def _flush_accesses(self) -> None:
+        while True:
+            await anyio.sleep(ACCESS_FLUSH_INTERVAL)
+            await self._write([])
 
     async def _write(self, batch: list[PullEvent]) -> None:
         if not batch and not self.accesses:
