@@ -119,6 +119,8 @@ async def joined_fleet(state: AsyncStateStore, backend: BlobBackend, secrets: Se
     membership = FleetMembership(backend.objects, Member(node_id, address, "", _version(), 0))
     peers = PeerClient(node_id, secret, verify=peer_context(bundle), https_only=serves_tls)
     cache.fleet, cache.peers = membership, peers
+    if cache.metrics is not None:  # read at each scrape: what this node's owner choices are made from now
+        cache.metrics.fleet_members.set_function(lambda: len(membership.members()))
     await cache.refresh()  # the fingerprint goes out with the first heartbeat
     await tasks.start(membership.run)
     log.info("joined the fleet on %s as %s (%s%s)", backend.objects.where, node_id, address,
@@ -127,6 +129,8 @@ async def joined_fleet(state: AsyncStateStore, backend: BlobBackend, secrets: Se
         yield secret
     finally:
         cache.fleet = cache.peers = None
+        if cache.metrics is not None:
+            cache.metrics.fleet_members.set_function(lambda: 0)
         await peers.aclose()
 
 

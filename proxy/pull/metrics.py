@@ -52,6 +52,8 @@ class ProxyMetrics:
         self.latency = Histogram("regcache_request_duration_seconds", "Time to answer a request",
                                  ["rule", "kind"], registry=r,
                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+        self.fleet_members = Gauge("regcache_fleet_members", "Live fleet members configured as this node, as it "
+                                   "sees them (itself included; 0: not in a fleet)", registry=r)
         self.cache_bytes = Gauge("regcache_cache_size_bytes", "Bytes of blobs in the cache", registry=r)
         self.cache_blobs = Gauge("regcache_cached_blobs", "Blobs in the cache", registry=r)
 

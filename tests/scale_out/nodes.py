@@ -143,13 +143,29 @@ def join(home: Path, port: int, secret_id: str = f"env://{FLEET_SECRET_VAR}") ->
         control.close()
 
 
-def wait_for_members(swift: SwiftS3Server, bucket: str, count: int, timeout: float = 20) -> None:
-    """Until ``count`` heartbeats are in the bucket and every node had time to read the others' beat."""
+def wait_for_members(swift: SwiftS3Server, bucket: str, count: int, timeout: float = 20,
+                     nodes: Iterable[tuple[str, int]] = ()) -> None:
+    """Until ``count`` heartbeats are in the bucket and each node of ``nodes`` (base URL, how many members are
+    configured as it is) sees that many live members (its regcache_fleet_members gauge): only then does it
+    choose owners from the whole fleet. Without ``nodes``, every node is given time to read the others' beat."""
     deadline = time.monotonic() + timeout
     while len([k for k in bucket_keys(swift, bucket) if "/fleet/members/" in k]) < count:
         assert time.monotonic() < deadline, "the nodes did not heartbeat"
         time.sleep(0.2)
-    time.sleep(HEARTBEAT_INTERVAL * 1.5)
+    urls = list(nodes)
+    if not urls:
+        time.sleep(HEARTBEAT_INTERVAL * 1.5)
+    for url, alike in urls:
+        while (seen := members_seen(url)) < alike:
+            assert time.monotonic() < deadline, f"{url} sees {seen} of the {alike} fleet members configured as it"
+            time.sleep(0.2)
+
+
+def members_seen(url: str) -> float:
+    """A node's regcache_fleet_members: the live members it chooses owners from."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    found = re.search(r"^regcache_fleet_members ([0-9.e+]+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
 
 
 def metric(node: ServeProcess, name: str) -> float:

@@ -40,6 +40,7 @@ def fleet(tmp_path, keyring_env, swift_s3, s3_bucket, anonymous_registry):
     env = {**keyring_env, **s3_env(swift_s3), FLEET_SECRET_VAR: FLEET_SECRET}
     nodes: dict[str, ServeProcess] = {}
     homes: dict[str, Path] = {}
+    configured: dict[str, dict[str, str]] = {}
 
     def start(rules: dict[str, str], names=("a", "b")) -> dict[str, ServeProcess]:
         homes.update(configure_nodes(tmp_path, swift_s3, s3_bucket, front.host, front.url, rules, names))
@@ -47,7 +48,10 @@ def fleet(tmp_path, keyring_env, swift_s3, s3_bucket, anonymous_registry):
             port = free_port()
             join(homes[name], port)
             nodes[name] = ServeProcess(homes[name], "--listen", f"127.0.0.1:{port}", env=env)
-        wait_for_members(swift_s3, s3_bucket, len(nodes))
+            configured[name] = rules
+        # each node sees the members configured as it is (the others it leaves out, as it should)
+        wait_for_members(swift_s3, s3_bucket, len(nodes), nodes=[
+            (node.url, sum(configured[other] == configured[name] for other in nodes)) for name, node in nodes.items()])
         return nodes
 
     start.front = front  # type: ignore[attr-defined]

@@ -69,7 +69,7 @@ class Fleet:
             port = free_port()
             join(self.homes[name], port)
             self.nodes[name] = ServeProcess(self.homes[name], "--listen", f"127.0.0.1:{port}", env=self.env)
-        wait_for_members(self.swift, self.bucket, len(names))
+        wait_for_members(self.swift, self.bucket, len(names), nodes=[(self.nodes[n].url, len(names)) for n in names])
         return self.nodes
 
     def owner_of(self, digest: str) -> str:

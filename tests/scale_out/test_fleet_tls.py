@@ -18,7 +18,7 @@ import pytest
 
 from regcache.proxy.config.control import ControlPlane
 from regcache.proxy.core.errors import ValidationError
-from regcache.proxy.core.fleet import HEARTBEAT_INTERVAL, Member, ranked
+from regcache.proxy.core.fleet import Member, ranked
 from regcache.proxy.core.settings import FLEET_NODE_ID_SETTING
 from tests.helpers.commands import ServeProcess
 from tests.registries.server import free_port
@@ -84,12 +84,17 @@ def tls_fleet(tmp_path, keyring_env, swift_s3, s3_bucket, anonymous_registry):
             assert "Traceback" not in output, f"node {name}:\n{output}"
 
 
-def wait_for_heartbeats(swift, bucket: str, count: int, timeout: float = 20) -> None:
+def wait_for_heartbeats(swift, bucket: str, nodes: dict[str, TlsNode], timeout: float = 20) -> None:
+    """Until every node's heartbeat is in the bucket and every node sees all of them live (it chooses owners from
+    what it sees: a node that has not read the other's beat yet owns everything, and asks no one)."""
     deadline = time.monotonic() + timeout
-    while len([k for k in bucket_keys(swift, bucket) if "/fleet/members/" in k]) < count:
+    while len([k for k in bucket_keys(swift, bucket) if "/fleet/members/" in k]) < len(nodes):
         assert time.monotonic() < deadline, "the nodes did not heartbeat"
         time.sleep(0.2)
-    time.sleep(HEARTBEAT_INTERVAL * 1.5)  # each node read the other's beat change
+    for name, node in nodes.items():
+        while node.metric("regcache_fleet_members") < len(nodes):
+            assert time.monotonic() < deadline, f"node {name} does not see the other members"
+            time.sleep(0.2)
 
 
 def asking_node(digest: str) -> str:
@@ -105,7 +110,7 @@ def test_peers_serving_https_verify_each_other_against_the_fleet_ca(tmp_path, tl
     layer = image.layers[0].digest
     anonymous_registry.clear_log()
     nodes = tls_fleet({"tls": "acme/tls"})
-    wait_for_heartbeats(swift_s3, tls_fleet.bucket, 2)
+    wait_for_heartbeats(swift_s3, tls_fleet.bucket, nodes)
     via = nodes[asking_node(layer)]
     assert_pulled(skopeo.copy_to_oci(f"{via.process.host}/tls:1.0", tmp_path / "pulled", "1.0"), "1.0", image)
     # the layer came from its owner over https, verified against the fleet CA: one upstream download
@@ -119,7 +124,7 @@ def test_without_the_fleet_ca_a_peer_certificate_is_not_trusted_and_the_node_dow
     image = push_image(anonymous_registry, "acme/untrusted", "1.0", layers=[2 * MiB])
     layer = image.layers[0].digest
     nodes = tls_fleet({"untrusted": "acme/untrusted"}, fleet_ca=False)  # the system store does not know the CA
-    wait_for_heartbeats(swift_s3, tls_fleet.bucket, 2)
+    wait_for_heartbeats(swift_s3, tls_fleet.bucket, nodes)
     via = nodes[asking_node(layer)]
     assert_pulled(skopeo.copy_to_oci(f"{via.process.host}/untrusted:1.0", tmp_path / "pulled", "1.0"), "1.0",
                   image)
