@@ -727,6 +727,7 @@ class PullThroughCache:
         creds = await self.credentials(match.rule)
         fleet, peers = self.fleet, self.peers
         owner = self._owner(digest, forward)  # None: this node downloads it (for the fleet, if it owns it)
+        passed_over = owner is None and forward and fleet is not None and fleet.passed_over(digest)
         peer_fed = False
 
         @asynccontextmanager
@@ -746,6 +747,8 @@ class PullThroughCache:
                         if self.metrics is not None:
                             self.metrics.own_download("peer unavailable")
                         log.warning("%s; downloading %s on this node", exc, digest)
+                if passed_over and self.metrics is not None:  # its owner failed lately: downloaded here instead
+                    self.metrics.own_download("owner passed over")
                 # entering the upstream's response goes through the same bookkeeping as every other call
                 if got is None:
                     got = await self.upstream_call(

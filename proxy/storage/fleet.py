@@ -68,6 +68,13 @@ class FleetMembership:
                 return member
         return self.me
 
+    def passed_over(self, key: str) -> bool:
+        """Whether the member ranked first for ``key`` is another one, passed over because it failed lately
+        (this node, or the next-ranked, then fetches what that member would have: counted as such)."""
+        first = next(iter(ranked(key, self.members())), None)
+        return (first is not None and first.node_id != self.me.node_id
+                and self._failed.get(first.node_id, 0) > self._clock())
+
     def failed(self, node_id: str) -> None:
         """``node_id`` did not answer a peer request: ask the next-ranked member instead, for a while."""
         self._failed[node_id] = self._clock() + MEMBER_TTL

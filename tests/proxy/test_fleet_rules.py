@@ -149,3 +149,22 @@ def test_each_tag_of_each_source_has_its_own_owner_key():
     assert len(keys) == 6
     # no source and tag can be spelled to collide with another pair
     assert manifest_key("a/b", "c") != manifest_key("a", "b/c")
+
+
+def test_a_member_that_failed_lately_is_passed_over_and_that_is_told():
+    """The owner a node asks skips a member that just failed it, for MEMBER_TTL; what that member would have
+    owned is then fetched by the next-ranked one (here: this node), and `passed_over` says so (a metric)."""
+    from regcache.proxy.core.fleet import MEMBER_TTL, ranked
+    from regcache.proxy.storage.fleet import FleetMembership
+
+    now = [1000.0]
+    me, other = Member("node-me", "http://a", "fp", "1", 1), Member("node-other", "http://b", "fp", "1", 1)
+    fleet = FleetMembership(objects=None, me=me, clock=lambda: now[0])  # type: ignore[arg-type]
+    fleet._seen[other.node_id] = (other, now[0])  # read from the bucket just now
+    key = next(k for k in (f"sha256:{i:064x}" for i in range(100)) if ranked(k, [me, other])[0] == other)
+    assert fleet.owner(key) == other and not fleet.passed_over(key)
+    fleet.failed(other.node_id)
+    assert fleet.owner(key) == me and fleet.passed_over(key)
+    now[0] += MEMBER_TTL + 0.1
+    fleet._seen[other.node_id] = (other, now[0])  # still heartbeating: asked again
+    assert fleet.owner(key) == other and not fleet.passed_over(key)
