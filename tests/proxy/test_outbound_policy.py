@@ -9,7 +9,6 @@ loopback capture servers that record every request: one playing the internal ser
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import logging
 import math
@@ -36,14 +35,9 @@ from regcache.proxy.upstream.policy import (
 from tests.helpers.capture_server import CaptureServer
 from tests.helpers.cli import cli, ok
 from tests.helpers.hostile_upstream import HostileUpstream
+from tests.helpers.manifests import MANIFEST
 from tests.proxy.conftest import start_regcache
 
-CONFIG = b'{"architecture":"amd64","os":"linux"}'
-MANIFEST = json.dumps({
-    "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-    "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-               "digest": "sha256:" + hashlib.sha256(CONFIG).hexdigest(), "size": len(CONFIG)},
-    "layers": []}).encode()
 USER, PASSWORD = "evil-user", "evil-password-never-leaves"
 BASIC = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
 

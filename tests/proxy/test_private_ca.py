@@ -8,7 +8,6 @@ on real files (a FIFO, a directory, 2 MiB of certificates, a key file, DER, text
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -34,17 +33,10 @@ from regcache.proxy.upstream import tls
 from regcache.proxy.upstream.client import UpstreamClient, UpstreamUnreachable
 from tests.helpers.cli import cli, ok
 from tests.helpers.hostile_upstream import HostileUpstream
+from tests.helpers.manifests import MANIFEST
 from tests.proxy.conftest import start_regcache
 from tests.registries.skopeo import SkopeoError, assert_pulled
 from tests.registries.tls import PrivateCa, TlsRegistryServer
-
-CONFIG = b'{"architecture":"amd64","os":"linux"}'
-MANIFEST = json.dumps({
-    "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-    "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-               "digest": "sha256:" + hashlib.sha256(CONFIG).hexdigest(), "size": len(CONFIG)},
-    "layers": []}).encode()
-
 
 # -- fixtures --------------------------------------------------------------------------------------------
 

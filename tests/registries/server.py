@@ -351,9 +351,13 @@ class RegistryServer:
             time.sleep(0.01)
         raise RegistryError(f"no answer on {self.url}/v2/ within {timeout}s")
 
+    def _connection(self) -> http.client.HTTPConnection:
+        """A bare connection to the registry (cheaper than an httpx client)."""
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=2.0)
+
     def _get_status(self, path: str) -> int:
-        """``GET path`` with a bare connection (cheaper than an httpx client)."""
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2.0)
+        """``GET path``: its status."""
+        connection = self._connection()
         try:
             connection.request("GET", path)
             response = connection.getresponse()

@@ -60,13 +60,5 @@ class TlsRegistryServer(RegistryServer):
         http_config["tls"] = {"certificate": str(self.cert_file), "key": str(self.key_file)}
         return config
 
-    def _get_status(self, path: str) -> int:
-        connection = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=2.0,
-                                                 context=self.ca.client_context())
-        try:
-            connection.request("GET", path)
-            response = connection.getresponse()
-            response.read()
-            return response.status
-        finally:
-            connection.close()
+    def _connection(self) -> http.client.HTTPConnection:
+        return http.client.HTTPSConnection("127.0.0.1", self.port, timeout=2.0, context=self.ca.client_context())
