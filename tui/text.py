@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 from rich.style import StyleType
 from rich.text import Text
 
+from regcache.proxy.core.errors import RegcacheError, unwrap_error
+
 if TYPE_CHECKING:
     from typing import Any
 
@@ -95,3 +97,12 @@ def notify(target: Widget | App[Any], message: object, *, title: object = "", se
            timeout: float | None = None) -> None:
     """``target.notify`` for a message that holds data: shown as text, never as markup."""
     target.notify(printable(message), title=printable(title), severity=severity, timeout=timeout, markup=False)
+
+
+def notify_refusal(target: Widget, error: BaseException) -> None:
+    """From a worker thread: the engine's refusal (a RegcacheError, however wrapped) shown as an error on
+    ``target``; anything else is raised again, for the app to report as the bug it is."""
+    inner = unwrap_error(error)
+    if not isinstance(inner, RegcacheError):
+        raise error
+    target.app.call_from_thread(notify, target, str(inner), severity="error", timeout=10)

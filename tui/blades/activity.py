@@ -141,7 +141,6 @@ class ActivityBlade(Blade):
         self._render_rows()
 
     def _render_rows(self) -> None:
-        table = self.query_one(DataTable)
         rows = []
         for recorded in reversed(self.events):
             if self.filter and not self.filter.matches(recorded):
@@ -153,7 +152,7 @@ class ActivityBlade(Blade):
                 text(e.detail or "", "red" if e.result == "error" else "dim", limit=REASON_CHARS),
                 text(e.rule or "-"), text(client_cell(recorded)), text(fmt.size(e.bytes) if e.bytes else "-"),
                 text(fmt.duration(e.duration_ms)))))
-        self.fill(table, rows)
+        self.query_one(RowTable).show_rows(rows)
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         """Under the table, the whole reason of the row under the cursor (an 80-column row cuts it)."""

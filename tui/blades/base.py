@@ -10,13 +10,10 @@ from textual.containers import Vertical
 from textual.widgets import DataTable
 from textual.worker import Worker
 
-from regcache.proxy.core.errors import RegcacheError, unwrap_error
-
 from ..backend import Backend
 from ..messages import ConfigurationChanged
 from ..screens.confirm import ConfirmScreen
-from ..text import notify
-from ..widgets.row_table import RowTable
+from ..text import notify, notify_refusal
 
 if TYPE_CHECKING:
     from regcache.proxy.jobs.operations import Operations
@@ -93,12 +90,6 @@ class Blade(Vertical):
             return None
         return str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
 
-    @staticmethod
-    def fill(table: DataTable, rows: list[tuple[str, tuple]]) -> None:
-        """Replace the rows of a blade's table (a :class:`RowTable`; see :meth:`RowTable.show_rows`)."""
-        assert isinstance(table, RowTable), table
-        table.show_rows(rows)
-
     def changed(self, message: str) -> None:
         """After a change: say so (``message`` may hold data: it is shown as text), reload, and tell the
         other blades."""
@@ -131,9 +122,6 @@ class Blade(Vertical):
         try:
             result = run()
         except BaseException as exc:
-            inner = unwrap_error(exc)
-            if not isinstance(inner, RegcacheError):
-                raise
-            self.app.call_from_thread(notify, self, str(inner), severity="error", timeout=10)
+            notify_refusal(self, exc)
             return
         self.app.call_from_thread(self.changed, done(result) if callable(done) else done)

@@ -97,7 +97,7 @@ class CredentialsBlade(Blade):
 
     def _show(self, data: CredentialsData) -> None:
         self.data = data
-        self.fill(self.query_one(DataTable), [
+        self.query_one(RowTable).show_rows([
             (cs.name, (text(cs.name), health_text(cs), text(users_text(data.used_by.get(cs.name, []))),
                        text(cs.created_at.strftime("%Y-%m-%d")),
                        text(cut(printable(error_text(cs)), ERROR_WIDTH), "red"),

@@ -119,7 +119,7 @@ class RulesBlade(Blade):
         data = self.data
         if data is None:
             return
-        table = self.query_one(DataTable)
+        table = self.query_one(RowTable)
         sets = {cs.name: cs for cs in data.credential_sets}
         shown = [r for r in data.rules if not self.needle or rule_matches(r, self.needle)]
         cells = []
@@ -138,7 +138,7 @@ class RulesBlade(Blade):
             fitted = [cut(v, w, middle=i == 2) for i, (v, w) in enumerate(zip(values, widths))]
             rows.append((rule.name, (text(fitted[0]), text(fitted[1]), text(fitted[2]), text(fitted[3], creds_style),
                                      text(fitted[4]), text(usage.repositories), text(usage.hits))))
-        self.fill(table, rows)
+        table.show_rows(rows)
         if not data.rules:
             summary = "No cache rules yet. Press n to create one."
         elif self.needle:

@@ -7,7 +7,7 @@ from datetime import datetime
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Label, Static
+from textual.widgets import Label, Static
 
 from regcache.proxy.core.tokens import ClientToken
 
@@ -52,7 +52,7 @@ class TokensBlade(Blade):
 
     def _show(self, tokens: list[ClientToken]) -> None:
         self.tokens = tokens
-        self.fill(self.query_one(DataTable), [
+        self.query_one(RowTable).show_rows([
             (t.name, (text(t.name), text(" ".join(t.repositories)), text(_date(t.expires_at, "never")),
                       text(_date(t.last_used, "never")), text(_date(t.created_at)),
                       text(t.status, "bold red" if t.expired() else "green")))

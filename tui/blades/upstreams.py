@@ -47,7 +47,7 @@ class UpstreamsBlade(Blade):
 
     def _show(self, upstreams: list[Upstream], budgets: dict) -> None:
         self.upstreams = {u.login_server: u for u in upstreams}
-        self.fill(self.query_one(DataTable), [
+        self.query_one(RowTable).show_rows([
             (u.login_server, (text(u.login_server), text(u.base_url), text(u.auth_policy.value),
                               text(fmt.budget(budgets.get((u.login_server, ANONYMOUS)))), text(kind(u))))
             for u in upstreams])

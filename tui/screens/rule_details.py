@@ -12,13 +12,12 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Label, Static
 
-from regcache.proxy.core.errors import RegcacheError, unwrap_error
 from regcache.proxy.core.models import CacheRule, TagSyncRecord
 from regcache.proxy.core.units import format_duration
 from regcache.proxy.state.statistics import CachedRepository
 
 from .. import format as fmt
-from ..text import notify, printable, text
+from ..text import notify, notify_refusal, printable, text
 from ..widgets.row_table import RowTable
 from .confirm import ConfirmScreen
 
@@ -169,10 +168,7 @@ class RuleDetailsScreen(ModalScreen[None]):
             report = self.app.backend.run_job(  # type: ignore[attr-defined]
                 lambda ops: ops.purge(repository, tag, digest))
         except BaseException as exc:
-            inner = unwrap_error(exc)
-            if not isinstance(inner, RegcacheError):
-                raise
-            self.app.call_from_thread(notify, self, str(inner), severity="error", timeout=10)
+            notify_refusal(self, exc)
             return
         what = f"{repository}:{tag}" if tag else f"{repository}@{fmt.reference(digest)}" if digest else repository
         self.app.call_from_thread(notify, self, f"Purged {what}: {fmt.count(len(report.purge.tags), 'tag')}, "
