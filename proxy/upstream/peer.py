@@ -112,14 +112,7 @@ class PeerClient:
         try:
             response = await self._client.send(request, stream=True)
         except httpx.HTTPError as exc:
-            failure = tls_error(exc)
-            if failure is not None:  # said apart: the operator's fix is the fleet-ca file or a node's certificate
-                raise PeerUnavailable(f"fleet member {owner.node_id} at {owner.address}: its TLS certificate was "
-                                      f"not accepted ({failure.reason or type(failure).__name__}); its certificate "
-                                      f"must be issued for that address by the CA in the {FLEET_CA_SETTING} "
-                                      f"setting") from None
-            raise PeerUnavailable(f"fleet member {owner.node_id} at {owner.address} did not answer: "
-                                  f"{type(exc).__name__}") from None
+            raise _unanswered(owner, exc) from None
         try:
             if response.status_code != 200:  # even a 404: our own upstream request then says what is wrong
                 raise PeerUnavailable(f"fleet member {owner.node_id} answered HTTP {response.status_code}")
@@ -155,7 +148,7 @@ class PeerClient:
         except TimeoutError:
             raise PeerUnavailable(f"{who} did not answer {reference} within {wait:g} s") from None
         except httpx.HTTPError as exc:
-            raise PeerUnavailable(f"{who} at {owner.address} did not answer: {type(exc).__name__}") from None
+            raise _unanswered(owner, exc) from None
         headers = response.headers
         try:
             return verify_manifest_answer(
@@ -179,3 +172,15 @@ async def _read_within(response: httpx.Response, limit: int, what: str) -> bytes
                                     f"setting)")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _unanswered(owner: Member, exc: httpx.HTTPError) -> PeerUnavailable:
+    """Why ``owner`` gave no answer; a certificate it was refused for is said apart (the operator's fix is the
+    fleet-ca file or the node's certificate, not the network), for a blob and a manifest alike."""
+    failure = tls_error(exc)
+    if failure is not None:
+        return PeerUnavailable(f"fleet member {owner.node_id} at {owner.address}: its TLS certificate was not "
+                               f"accepted ({failure.reason or type(failure).__name__}); its certificate must be "
+                               f"issued for that address by the CA in the {FLEET_CA_SETTING} setting")
+    return PeerUnavailable(f"fleet member {owner.node_id} at {owner.address} did not answer: "
+                           f"{type(exc).__name__}")
