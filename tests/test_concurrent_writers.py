@@ -38,7 +38,7 @@ def test_tui_serve_and_cli_share_one_state_directory(home, keyring_env, anonymou
          f"env {envs} TERM=xterm-256color {regcache_executable()} --home {home} tui --listen 127.0.0.1:0",
          ";", "set-option", "-t", session, "remain-on-exit", "on")
     problems: list[str] = []
-    requests = {"count": 0}
+    requests: dict[str, int] = {}  # by puller (its User-Agent), so a lost event names the proxy that lost it
     lock = threading.Lock()
     try:
         shown = wait_for_text(session, "running")
@@ -64,8 +64,9 @@ def test_tui_serve_and_cli_share_one_state_directory(home, keyring_env, anonymou
                         problems.append(f"{' '.join(args)}: {result.stderr.strip()}")
                 i += 1
 
-        def puller(base: str) -> None:
-            with httpx.Client(base_url=base, timeout=30) as http:
+        def puller(base: str, agent: str) -> None:
+            requests[agent] = 0
+            with httpx.Client(base_url=base, timeout=30, headers={"User-Agent": agent}) as http:
                 i = 0
                 while time.monotonic() < deadline:
                     image = images[i % len(images)]
@@ -79,13 +80,14 @@ def test_tui_serve_and_cli_share_one_state_directory(home, keyring_env, anonymou
                                             f"{time.monotonic() - started:.1f} s")
                             return
                         with lock:
-                            requests["count"] += 1
+                            requests[agent] += 1
                         if response.status_code != 200:
                             problems.append(f"{base}{path}: {response.status_code} {response.text[:200]}")
                     i += 1
 
         threads = [threading.Thread(target=cli_writer, args=(w,)) for w in range(2)]
-        threads += [threading.Thread(target=puller, args=(url,)) for url in (serve.url, tui_url, serve.url)]
+        threads += [threading.Thread(target=puller, args=(url, f"puller-{i}-{kind}"))
+                    for i, (kind, url) in enumerate((("serve", serve.url), ("tui", tui_url), ("serve", serve.url)))]
         for t in threads:
             t.start()
         for t in threads:
@@ -111,8 +113,11 @@ def test_tui_serve_and_cli_share_one_state_directory(home, keyring_env, anonymou
     control = ControlPlane.open(home)
     try:
         events = control.store.events(limit=10_000_000)
-        assert requests["count"] > 100
-        assert len(events) == requests["count"]  # nothing lost, by either proxy
+        logged = {agent: sum(1 for e in events if e["user_agent"] == agent) for agent in requests}
+        assert sum(requests.values()) > 100
+        told = [line for line in (serve_output + (log.read_text() if log.exists() else "")).splitlines()
+                if "event" in line]
+        assert logged == requests, told  # nothing lost, by either proxy (a puller names its proxy)
         assert control.store.db.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         control.close()

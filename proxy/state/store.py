@@ -562,9 +562,15 @@ class StateStore:
         return low, high
 
     def last_event_id_before(self, when: datetime) -> int:
-        """The id just below the oldest event recorded at or after ``when`` (the highest id older than it, as
-        events are written in order); the highest id when every event is older, 0 when none is."""
-        row = self.conn.execute("SELECT id FROM events WHERE ts >= ? ORDER BY ts LIMIT 1", [_ts(when)]).fetchone()
+        """The highest id below which every event was recorded before ``when``: the id just below the first one
+        (in id order) recorded at or after it; the highest id when every event is older, 0 when none is.
+
+        Not the id of the oldest young event by time: processes sharing the database (the TUI's proxy, `serve`)
+        write their batches when they can, so a later id may carry an earlier time, and everything below such
+        an id is not old. The scan goes in id order and stops at the first young event: it reads the old
+        events only, which the run then prunes."""
+        row = self.conn.execute("SELECT id FROM events NOT INDEXED WHERE ts >= ? ORDER BY id LIMIT 1",
+                                [_ts(when)]).fetchone()
         return row[0] - 1 if row else self.last_event_id()
 
     def fold_events(self, through_id: int, limit: int) -> int:

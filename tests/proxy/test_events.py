@@ -174,6 +174,28 @@ def test_pruning_keeps_events_within_max_age_and_max_count(home):
     store.close()
 
 
+def test_pruning_by_age_keeps_young_events_whose_ids_precede_an_older_one(home):
+    """Two proxies on one database write their batches when they can: a later id may carry an earlier time (the
+    TUI's batch written after `serve`'s). Pruning by age never removes a young event for that (a CI run of the
+    shared-state test lost one this way)."""
+    store = StateStore.open(home)
+    now = datetime(2024, 6, 1, tzinfo=timezone.utc)
+    _synthetic(store, now - timedelta(seconds=10), 3, timedelta(seconds=1))  # one proxy's batch: ids 1-3
+    _synthetic(store, now - timedelta(seconds=20), 2, timedelta(seconds=1))  # the other's, earlier: ids 4-5
+    state = AsyncStateStore(store)
+    assert anyio.run(lambda: prune_events(state, now=now)) == 0
+    assert _event_count(store) == 5
+    # events older than the limit go once every event below them is old too: none of the young ones
+    _synthetic(store, now - timedelta(days=40), 2, timedelta(seconds=1))  # ids 6-7, old, after young ids
+    assert anyio.run(lambda: prune_events(state, now=now)) == 0
+    store.set_setting("events-max-age", "15")  # ids 1-3 (10 s old and younger) stay; nothing below id 1 is old
+    assert anyio.run(lambda: prune_events(state, now=now)) == 0
+    store.set_setting("events-max-age", "9")  # id 1 (10 s old) is old now: it alone goes, id 2 is young
+    assert anyio.run(lambda: prune_events(state, now=now)) == 1
+    assert [e["id"] for e in _refs(store)] == [2, 3, 4, 5, 6, 7]
+    store.close()
+
+
 def _refs(store: StateStore) -> list[dict]:
     return [{"id": row["id"], "ref": row["reference"]} for row in store.events(0, 10_000)]
 
