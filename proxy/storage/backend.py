@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -37,6 +38,10 @@ log = logging.getLogger("regcache.blobs")
 
 #: a blob row whose path starts with this names an object key in the shared bucket (s3 storage)
 BUCKET_PATH_PREFIX = "s3:"
+#: seconds a blob object seen in the bucket (or uploaded by this node) is served without asking the bucket again
+BUCKET_PRESENCE_TTL = 30.0
+#: blob objects remembered at most (about 200 bytes each)
+BUCKET_PRESENCE_MAX = 50_000
 
 
 class BlobBackend(Protocol):
@@ -122,22 +127,48 @@ class BucketBackend:
     def __init__(self, objects: ObjectStore) -> None:
         self.objects = objects
         self.shared: SharedIndex | None = SharedIndex(objects)
+        #: object key -> (size, when seen): a warm hit within BUCKET_PRESENCE_TTL costs one GET, not a HEAD and a GET
+        self._present: dict[str, tuple[int, float]] = {}
 
     async def lookup(self, digest: str) -> StoredBlob | None:
+        """The blob's object, from memory when it was seen lately. Another node's eviction may delete it
+        meanwhile: the GET then fails before any byte (the client retries; see :meth:`open`), never wrong bytes."""
         key = self.objects.blob_key(digest)
+        seen = self._present.get(key)
+        if seen is not None and time.monotonic() - seen[1] < BUCKET_PRESENCE_TTL:
+            return StoredBlob(digest, None, seen[0], key)
         try:
             size = await self.objects.size(key)
         except StorageError as exc:  # the bucket is down: fetch from the upstream (storing may fail too)
             log.warning("%s; treating %s as not cached", exc, digest)
             return None
-        return StoredBlob(digest, None, size, key) if size is not None else None
+        if size is None:
+            self._present.pop(key, None)
+            return None
+        self._remember(key, size)
+        return StoredBlob(digest, None, size, key)
+
+    def _remember(self, key: str, size: int) -> None:
+        self._present.pop(key, None)  # re-inserted last: the oldest entries are the first to go
+        if len(self._present) >= BUCKET_PRESENCE_MAX:
+            del self._present[next(iter(self._present))]
+        self._present[key] = (size, time.monotonic())
 
     def open(self, blob: StoredBlob, start: int, end: int) -> AsyncIterator[bytes]:
         """A whole blob is hashed on the way and its last chunk held back until it matches: the bucket is
         shared, and a node's bug (or anyone holding its keys) must not make this node serve wrong bytes."""
         assert blob.key is not None, "a file blob handed to the bucket backend"
-        chunks = self.objects.chunks(blob.key, start, end)
+        chunks = self._forgotten_on_failure(blob.key, self.objects.chunks(blob.key, start, end))
         return verified(chunks, blob.digest) if (start, end) == (0, blob.size) else chunks
+
+    async def _forgotten_on_failure(self, key: str, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """``chunks``; when the bucket fails to give them (the object is gone), the next lookup asks it again."""
+        try:
+            async for chunk in chunks:
+                yield chunk
+        except StorageError:
+            self._present.pop(key, None)
+            raise
 
     async def keep(self, d: Download, fetch: Callable[[], Awaitable[None]],
                    publish: Callable[[], None]) -> str | None:
@@ -157,6 +188,8 @@ class BucketBackend:
             raise
         # Until here a new request joins this download (the temporary file is complete); from here on
         # it finds the object in the bucket, or (if the upload failed) starts a new download.
+        if upload.completed:
+            self._remember(key, d.written)
         publish()
         unlink(d.tmp_path)
         return BUCKET_PATH_PREFIX + key if upload.completed else None
@@ -165,7 +198,9 @@ class BucketBackend:
         # Objects go before their rows: a failure leaves rows to retry, not objects nothing tracks.
         for path in paths:
             if path.startswith(BUCKET_PATH_PREFIX):
-                await self.objects.delete(path.removeprefix(BUCKET_PATH_PREFIX))
+                key = path.removeprefix(BUCKET_PATH_PREFIX)
+                self._present.pop(key, None)  # forgotten first: a lookup meanwhile asks
+                await self.objects.delete(key)
         return paths
 
 

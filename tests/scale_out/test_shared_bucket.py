@@ -352,3 +352,43 @@ def test_a_purge_on_one_node_removes_the_shared_tag_and_links_so_no_node_brings_
     finally:
         code, output = node_a.terminate()
         assert code == 0 and "Traceback" not in output, output
+
+
+def test_warm_hits_ask_the_bucket_for_a_blob_once_and_again_only_after_it_vanished(
+        tmp_path, keyring_env, swift_s3, s3_bucket, anonymous_registry, push_image):
+    """A warm hit costs one GET, not a HEAD and a GET (the node remembers what it saw in the bucket for a while);
+    an object deleted behind its back (another node's eviction) costs one cut transfer, then a new download."""
+    image = push_image(anonymous_registry, "acme/warm", "1", layers=[300_000])
+    layer = image.layers[0]
+    home = tmp_path / "node"
+    configure_node(home, swift_s3, s3_bucket, anonymous_registry.host, anonymous_registry.url, {"warm": "acme/warm"})
+    node = ServeProcess(home, "--listen", "127.0.0.1:0", env=_node_env(keyring_env, swift_s3))
+    hex_digest = layer.digest.partition(":")[2]
+
+    def asked(method: str) -> int:  # the Swift proxy's access log: one line per request on the object
+        return sum(1 for line in swift_s3.log_text().splitlines()
+                   if f" {method} " in line and hex_digest in line and "segments" not in line)
+
+    try:
+        with httpx.Client(base_url=node.url, timeout=30) as http:
+            url = f"/v2/warm/blobs/{layer.digest}"
+            assert http.get(url).content == layer.data  # the miss: downloaded and uploaded to the bucket
+            wait_for_image_in_bucket(swift_s3, s3_bucket, [layer.digest])
+            heads, gets = asked("HEAD"), asked("GET")
+            for _ in range(5):
+                assert http.get(url).content == layer.data
+            assert asked("HEAD") == heads  # served from the bucket without asking whether it is there
+            assert asked("GET") >= gets + 5
+
+            status, _ = swift_s3.swift("DELETE", s3_bucket, blob_key(layer.digest))
+            assert status == 204
+            pulls = len(anonymous_registry.blob_gets(digest=layer.digest))
+            with pytest.raises(httpx.HTTPError):  # the transfer is cut before any byte: the client retries
+                http.get(url).read()
+            retried = http.get(url)
+            assert retried.status_code == 200 and retried.content == layer.data  # downloaded again
+            assert len(anonymous_registry.blob_gets(digest=layer.digest)) == pulls + 1
+    finally:
+        code, output = node.terminate()
+    assert code == 0, output
+    assert "Traceback" not in output, output
