@@ -60,17 +60,24 @@ def press_and_time(session: str, key: str, title: str, timeout: float = 5.0) -> 
     raise RuntimeError(f"the {title} blade did not appear within {timeout} s")
 
 
-def measure(session: str, presses: int) -> list[float]:
-    samples = []
+def measure(session: str, presses: int) -> dict[str, list[float]]:
+    """Seconds from key press to screen, by blade shown."""
+    samples: dict[str, list[float]] = {title: [] for _, title in BLADES}
     for i in range(presses):
         key, title = BLADES[i % len(BLADES)]
-        samples.append(press_and_time(session, key, title))
+        samples[title].append(press_and_time(session, key, title))
         time.sleep(0.05)
     return samples
 
 
-def summary(samples: list[float]) -> str:
-    ms = sorted(s * 1000 for s in samples)
+def by_blade(samples: dict[str, list[float]]) -> str:
+    """Each blade's median and slowest switch: which one makes the tail."""
+    return "   ".join(f"{title} {statistics.median(times) * 1000:.0f}/{max(times) * 1000:.0f}"
+                       for title, times in samples.items() if times)
+
+
+def summary(by_title: dict[str, list[float]]) -> str:
+    ms = sorted(s * 1000 for samples in by_title.values() for s in samples)
     p95 = ms[max(int(len(ms) * 0.95) - 1, 0)]
     return f"median {statistics.median(ms):6.1f} ms   p95 {p95:6.1f} ms   max {ms[-1]:6.1f} ms   (n={len(ms)})"
 
@@ -184,6 +191,8 @@ def main() -> None:
         print(f"key press -> screen update, idle:              {summary(idle)}")
         print(f"key press -> screen update, {args.clients} clients streaming {args.size_mb} MB: {summary(busy)}"
               f"   (target p95 < 100 ms)")
+        print(f"  by blade, median/max ms: idle: {by_blade(idle)}")
+        print(f"                           busy: {by_blade(busy)}")
         done = streamers.transfers
         print(f"  {len(done)} whole transfers during the measurement ({len(failed)} failed), "
               f"{sum(t.size for t in done) / 1e6:.0f} MB in all")

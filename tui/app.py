@@ -12,7 +12,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.reactive import reactive
 from textual.screen import Screen
-from textual.widgets import ContentSwitcher, Footer, Header
+from textual.widgets import ContentSwitcher, Header
 from textual.worker import Worker, WorkerState
 
 from regcache.proxy.core.errors import RegcacheError
@@ -30,6 +30,7 @@ from .screens.config_files import ClientConfigScreen, RulesFileScreen
 from .screens.help import HelpScreen, help_sections
 from .screens.unlock import UnlockScreen
 from .text import notify, printable
+from .widgets.key_bar import KeyBar
 from .widgets.nav import BLADES, NavList
 
 
@@ -78,7 +79,7 @@ class RegcacheApp(App[None]):
                 yield ActivityBlade(id="activity")
                 yield UpstreamsBlade(id="upstreams")
                 yield TokensBlade(id="tokens")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.sub_title = printable(self.proxy_status.label)

@@ -9,13 +9,14 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Footer, Input, Label, Select, Static, TextArea
+from textual.widgets import Button, Input, Label, Select, Static, TextArea
 
 from regcache.proxy.core.errors import RegcacheError
 
 from ..messages import ConfigurationChanged
 from ..text import printable, text
 from ..widgets.form_row import FormRow
+from ..widgets.key_bar import KeyBar
 from ..widgets.text_input import TextInput
 from .confirm import ConfirmScreen
 
@@ -52,7 +53,7 @@ class ClientConfigScreen(_FileScreen):
             yield FormRow("regcache address", TextInput(printable(self.address), id="address", compact=True))
             yield Static("", id="status", classes="detail")
             yield TextArea("", read_only=True, id="files")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.generate()
@@ -120,7 +121,7 @@ class RulesFileScreen(_FileScreen):
                 yield Button("Apply file", variant="warning", id="apply")
             yield Static("", id="status", classes="detail")
             yield TextArea("", read_only=True, id="files")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.preview()

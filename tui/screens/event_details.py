@@ -7,13 +7,14 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Footer, Label, Static
+from textual.widgets import Label, Static
 
 from regcache.proxy.core.user_agents import client_tool
 from regcache.proxy.state.statistics import RecordedEvent
 
 from .. import format as fmt
 from ..text import text
+from ..widgets.key_bar import KeyBar
 
 
 def event_fields(recorded: RecordedEvent) -> list[tuple[str, str]]:
@@ -55,7 +56,7 @@ class EventDetailsScreen(ModalScreen[None]):
             yield Label(text(f"{e.result} {e.repository}"), classes="title")
             with VerticalScroll(classes="fields"):
                 yield Static(grid, id="event-fields")
-        yield Footer()
+        yield KeyBar()
 
     def action_close(self) -> None:
         self.dismiss(None)

@@ -9,12 +9,13 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import ModalScreen
-from textual.widgets import Button, Footer, Static
+from textual.widgets import Button, Static
 
 from regcache.proxy.core.errors import RegcacheError
 
 from ..backend import Backend
 from ..text import text
+from ..widgets.key_bar import KeyBar
 
 T = TypeVar("T")
 
@@ -40,7 +41,7 @@ class FormScreen(ModalScreen[T], Generic[T]):
 
     def compose(self) -> ComposeResult:
         yield from self.compose_form()
-        yield Footer()
+        yield KeyBar()
 
     def compose_form(self) -> ComposeResult:
         raise NotImplementedError

@@ -16,9 +16,10 @@ from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.dom import DOMNode
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Footer, Label, Static
+from textual.widgets import Label, Static
 
 from ..text import text
+from ..widgets.key_bar import KeyBar
 from ..widgets.nav import BLADES
 
 
@@ -111,7 +112,7 @@ class HelpScreen(ModalScreen[None]):
             with VerticalScroll(id="help-keys"):
                 for section in self.sections:
                     yield Static(self._section(section), classes="help-section")
-        yield Footer()
+        yield KeyBar()
 
     @staticmethod
     def _section(section: HelpSection) -> Table:

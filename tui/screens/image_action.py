@@ -11,7 +11,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Footer, Input, Label, Static
+from textual.widgets import Button, Input, Label, Static
 
 from regcache.proxy.core.errors import RegcacheError, unwrap_error
 from regcache.proxy.core.models import CacheRule
@@ -20,6 +20,7 @@ from regcache.proxy.core.units import format_size
 from ..progress import layer_line, rate, warm_line
 from ..text import printable, text
 from ..widgets.form_row import FormRow
+from ..widgets.key_bar import KeyBar
 from ..widgets.text_input import TextInput
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ class ImageActionScreen(ModalScreen[None]):
             with Horizontal(classes="buttons"):
                 yield Button("Run (ctrl+s)", variant="primary", id="run")
                 yield Button("Close (esc)", id="close")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.query_one("#image").focus()

@@ -10,7 +10,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen
-from textual.widgets import DataTable, Footer, Label, Static
+from textual.widgets import DataTable, Label, Static
 
 from regcache.proxy.core.models import CacheRule, TagSyncRecord
 from regcache.proxy.core.units import format_duration
@@ -18,6 +18,7 @@ from regcache.proxy.state.statistics import CachedRepository
 
 from .. import format as fmt
 from ..text import notify, notify_refusal, printable, text
+from ..widgets.key_bar import KeyBar
 from ..widgets.row_table import RowTable
 from .confirm import ConfirmScreen
 
@@ -58,7 +59,7 @@ class RuleDetailsScreen(ModalScreen[None]):
             tags = RowTable(id="tags")
             tags.add_columns("Tag", "Digest")
             yield tags
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.load()

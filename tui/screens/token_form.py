@@ -6,13 +6,14 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Footer, Input, Label, Static, TextArea
+from textual.widgets import Button, Input, Label, Static, TextArea
 
 from regcache.proxy.core.tokens import ClientToken
 
 from ..backend import Backend
 from ..text import printable, text
 from ..widgets.form_row import FormRow
+from ..widgets.key_bar import KeyBar
 from ..widgets.text_input import TextInput
 from .form import FormScreen
 
@@ -79,7 +80,7 @@ class TokenPasswordScreen(ModalScreen[None]):
                               multiline=True), classes="detail")
             with Horizontal(classes="buttons"):
                 yield Button("I saved it (esc)", variant="primary", id="close")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         area = self.query_one("#password", TextArea)

@@ -12,13 +12,14 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Footer, Input, Label, Static
+from textual.widgets import Button, Input, Label, Static
 
 from regcache.proxy.core.errors import RegcacheError
 from regcache.proxy.secrets import KeyringLock
 
 from ..text import text
 from ..widgets.form_row import FormRow
+from ..widgets.key_bar import KeyBar
 from ..widgets.text_input import TextInput
 
 
@@ -43,7 +44,7 @@ class UnlockScreen(ModalScreen[bool]):
             with Horizontal(classes="buttons"):
                 yield Button("Unlock (enter)", variant="primary", id="unlock")
                 yield Button("Skip (esc)", id="skip")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.query_one("#unlock-password", Input).focus()
