@@ -16,7 +16,10 @@ target, then as one JSON line (the last line of standard output):
 2. peak RSS of the server process while each of ``--readers`` (16 and 64) ``curl`` clients reads the
    warm largest layer at once: the server is restarted first (its storage kept), so the figure is
    that phase's own; VmHWM is reset through /proc/PID/clear_refs, and VmRSS is sampled every 50 ms;
-3. one warm largest-layer blob with ``curl`` to /dev/null, MB/s, best of ``--repeat``;
+3. one warm largest-layer blob with ``curl`` to /dev/null, MB/s, best of ``--repeat``; and the same curl
+   from a bare server (a thread of this process answering every request with the blob by blocking
+   ``os.sendfile``: no event loop, nothing per chunk): what this client takes over loopback from a
+   server that does nothing else;
 4. requests/s and p50 / p99 latency with ``wrk`` (``--connections`` 64, ``--threads`` 2,
    ``--duration`` 10 s, ``--latency``) of the small image's manifest by digest and of its ~4 KiB
    layer blob. A run with any non-2xx answer or socket error is an error, not a figure.
@@ -43,9 +46,11 @@ import argparse
 import http.client
 import json
 import math
+import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -308,6 +313,45 @@ class Figures:
     wrk: dict[str, WrkResult] = field(default_factory=dict)
 
 
+class BareSendfileServer:
+    """The client's ceiling: every request on 127.0.0.1 is answered with ``path`` by blocking ``os.sendfile``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.size = path, path.stat().st_size
+        self._socket = socket.create_server(("127.0.0.1", 0))
+        self.host = f"127.0.0.1:{self._socket.getsockname()[1]}"
+        self._thread = threading.Thread(target=self._serve, name="bare-sendfile", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        head = (f"HTTP/1.1 200 OK\r\nContent-Length: {self.size}\r\nContent-Type: application/octet-stream\r\n"
+                f"Connection: close\r\n\r\n").encode()
+        while True:
+            try:
+                connection, _ = self._socket.accept()
+            except OSError:  # closed: the bench is over
+                return
+            with connection, open(self.path, "rb") as file:
+                connection.recv(65536)
+                connection.sendall(head)
+                sent = 0
+                while sent < self.size:
+                    sent += os.sendfile(connection.fileno(), file.fileno(), sent, self.size - sent)
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+def client_ceiling(path: Path, digest: str, repeat: int, timeout: float) -> float:
+    """Best MB/s of ``repeat`` curl GETs of ``path`` from a :class:`BareSendfileServer`."""
+    server = BareSendfileServer(path)
+    try:
+        subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)  # in the page cache, as warm
+        return max(curl_throughput(server.host, digest, server.size, timeout) for _ in range(repeat))
+    finally:
+        server.close()
+
+
 #: the wrk runs: name -> what it asks for (a function of the small image)
 WRK_KINDS: dict[str, tuple[str, Callable[[Image], str]]] = {
     "manifest": ("manifest by digest", lambda image: f"/v2/{SMALL_REPOSITORY}/manifests/{image.digest}"),
@@ -535,14 +579,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         image_mb = sum(blob.size for blob in image.blobs.values()) // MB
         bench = Bench(root, upstream, list(servers), image, monitor, max(image_mb, 1))
         figures = AnchorBench(bench, servers, small, args).run()
-        table = rows(figures, args, max(image.layers, key=lambda layer: layer.size).size / MB)
+        biggest = max(image.layers, key=lambda layer: layer.size)
+        table = rows(figures, args, biggest.size / MB)
+        blob_file = root / "ceiling-blob"
+        blob_file.write_bytes(biggest.data)
+        ceiling = client_ceiling(blob_file, biggest.digest, args.repeat, pull_timeout(args.blob_mb, 1))
+        progress(f"warm blob from a bare sendfile server: {ceiling:.0f} MB/s")
         small_blob = small.layers[0].size
         title = (f"anchor_bench: anchor = docker-registry proxy, ratio = regcache / anchor; "
                  f"{len(sizes)}-layer image of {image_mb} MB, small blob {small_blob} bytes, "
                  f"wrk {args.threads} threads x {args.connections} connections x {args.duration:g} s; "
                  f"{busy} busy before start; regcache {git_revision()}")
-        notes = [] if all(f.hwm_reset for f in figures.values()) else [
-            "note: VmHWM could not be reset (/proc/PID/clear_refs): peak RSS is from 50 ms samples only"]
+        notes = [f"the same curl from a bare blocking-sendfile server, best of {args.repeat}: {ceiling:.0f} MB/s "
+                 f"(what this curl takes from a server doing nothing else; blob figures move ~15 % between runs)"]
+        if not all(f.hwm_reset for f in figures.values()):
+            notes.append("note: VmHWM could not be reset (/proc/PID/clear_refs): peak RSS is from 50 ms samples only")
         print(render(table, title, notes), flush=True)
         print(as_json(table, args, busy, small_blob), flush=True)
         return 0

@@ -4,6 +4,7 @@ prints every figure for both servers as JSON. The figures themselves are never a
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -116,3 +117,4 @@ def test_a_tiny_run_prints_every_figure_for_both_servers():
     assert all(isinstance(target["met"], bool) for target in report["targets"].values())
     assert report["settings"]["small_blob_bytes"] == 4119
     assert "regcache / anchor" in result.stdout
+    assert re.search(r"bare blocking-sendfile server, best of 1: \d+ MB/s", result.stdout), result.stdout
