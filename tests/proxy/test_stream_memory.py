@@ -80,6 +80,18 @@ def peak_growth(pid: int, readers: SlowReaders, seconds: float) -> tuple[float, 
     return before, peak - before
 
 
+def assert_slow_readers_cost_bounded(host: str, pid: int, path: str, seconds: float) -> None:
+    """READERS clients reading ``path`` at RATE from the server ``pid`` at ``host`` for ``seconds``: each is
+    served, and the server's peak RSS grows by less than CEILING_MB."""
+    readers = SlowReaders(host, path, READERS, RATE)
+    try:
+        before, grown = peak_growth(pid, readers, seconds)
+        assert min(readers.received) > 0, "every slow client is being served"
+    finally:
+        readers.close()
+    assert grown < CEILING_MB, f"{READERS} slow readers grew regcache from {before:.0f} MB by {grown:.0f} MB"
+
+
 @pytest.mark.parametrize("kernel", [True, False], ids=["sendfile", "reads"])
 def test_slow_readers_of_a_warm_blob_cost_a_bounded_window_each(home, keyring_env, anonymous_registry, push_image,
                                                                kernel):
@@ -102,13 +114,7 @@ def test_slow_readers_of_a_warm_blob_cost_a_bounded_window_each(home, keyring_en
             assert len(http.get(path).content) == layer.size
             assert len(http.get(path).content) == layer.size
         time.sleep(0.5)
-        readers = SlowReaders(process.host, path, READERS, RATE)
-        try:
-            before, grown = peak_growth(process.proc.pid, readers, 4.0)
-            assert min(readers.received) > 0, "every slow client is being served"
-        finally:
-            readers.close()
-        assert grown < CEILING_MB, f"{READERS} slow readers grew regcache from {before:.0f} MB by {grown:.0f} MB"
+        assert_slow_readers_cost_bounded(process.host, process.proc.pid, path, 4.0)
         with httpx.Client(base_url=process.url, timeout=60) as http:  # it goes on after they all left
             assert http.get(path).content == layer.data
     finally:
@@ -127,12 +133,7 @@ def test_slow_readers_of_a_download_in_flight_cost_a_bounded_window_each(home, s
         control.create_rule("evil-all", f"{upstream.host}/evil/*", "evil/*")
         control.close()
         process = serve()
-        readers = SlowReaders(process.host, f"/v2/evil/big/blobs/sha256:{'ab' * 32}", READERS, RATE)
-        try:
-            before, grown = peak_growth(process.proc.pid, readers, 2.0)
-            assert min(readers.received) > 0, "every slow client is being served"
-        finally:
-            readers.close()
-        assert grown < CEILING_MB, f"{READERS} slow readers grew regcache from {before:.0f} MB by {grown:.0f} MB"
+        assert_slow_readers_cost_bounded(process.host, process.proc.pid, f"/v2/evil/big/blobs/sha256:{'ab' * 32}",
+                                         2.0)
     finally:
         upstream.stop()
