@@ -204,8 +204,7 @@ class _ZeroCopyCycle(RequestResponseCycle):
                 framed = self.conn.send_with_data_passthrough(h11.Data(data=_FileSpan(count)))  # type: ignore[arg-type]
                 for part in framed or ():
                     if isinstance(part, _FileSpan):
-                        await asyncio.get_running_loop().sendfile(self.transport, message["file"],
-                                                                  int(message.get("offset", 0)), count)
+                        await self._send_file(message["file"], int(message.get("offset", 0)), count)
                     else:
                         self.transport.write(part)
             except ConnectionError:  # the client went away mid-file: as uvicorn treats a lost connection
@@ -215,6 +214,29 @@ class _ZeroCopyCycle(RequestResponseCycle):
         message["sent"] = count  # what the app reads back: the whole range reached the socket
         # the end of the body (or more to come) as uvicorn does it: keep-alive, close, next request
         await super().send({"type": "http.response.body", "body": b"", "more_body": message.get("more_body", False)})
+
+
+    async def _send_file(self, file: Any, offset: int, count: int) -> None:
+        """``count`` bytes of ``file`` at ``offset`` to the client: first what the socket takes at once, by one
+        ``sendfile`` call (a download's piece mostly fits: no waiting, and none of ``loop.sendfile``'s set-up per
+        piece), then the rest by ``loop.sendfile``, which waits for the client (or, over TLS, reads and sends)."""
+        transport = self.transport
+        if transport.is_closing():
+            raise ConnectionResetError("the connection is closing")
+        sock = transport.get_extra_info("socket")
+        if sock is not None and transport.get_extra_info("ssl_object") is None \
+                and transport.get_write_buffer_size() == 0:
+            try:
+                sent = os.sendfile(sock.fileno(), file.fileno(), offset, count)
+            except BlockingIOError:  # the socket's buffer is full: wait below
+                sent = 0
+            except ConnectionError:
+                raise
+            except OSError:  # loop.sendfile tries again, and reads and sends if the kernel cannot
+                sent = 0
+            offset, count = offset + sent, count - sent
+        if count > 0:
+            await asyncio.get_running_loop().sendfile(transport, file, offset, count)
 
 
 class _H11Protocol(H11Protocol):

@@ -48,6 +48,7 @@ from regcache.proxy.secrets import SecretResolver
 from regcache.proxy.state.store import AsyncStateStore, StateStore
 from regcache.proxy.storage.backend import open_backend
 from regcache.proxy.storage.blobs import BlobStore
+from regcache.proxy.storage.download import FilePiece
 from regcache.proxy.upstream.client import UpstreamClient
 from regcache.proxy.upstream.peer import PEER_PREFIX
 
@@ -252,7 +253,7 @@ class Registry:
                 request, name, digest, blob.result, status, started, match, blob.detail))
         if end is not None:
             headers["Content-Length"] = str(end - start)
-        chunks = blob.chunks(start, end if byte_range is not None else None)
+        chunks = blob.body(start, end if byte_range is not None else None)
         body = self._counted(chunks, self._transfer_ended(request, name, digest, blob.result, status, started, match,
                                                           blob.detail))
         return StreamedResponse(body, status, headers=headers)
@@ -272,12 +273,18 @@ class Registry:
             self._event(request, "blob", name, digest, outcome, answered, started, match, sent, why)
         return done
 
-    async def _counted(self, chunks: AsyncIterator[bytes],
-                       done: Callable[[int, BaseException | None], None]) -> AsyncIterator[bytes]:
+    async def _counted(self, chunks: AsyncIterator[bytes | FilePiece],
+                       done: Callable[[int, BaseException | None], None]) -> AsyncIterator[bytes | FilePiece]:
         """Stream ``chunks``, then tell ``done`` how many bytes went and how it ended."""
         sent, error = 0, None
         try:
             async for chunk in chunks:
+                if isinstance(chunk, FilePiece):
+                    try:
+                        yield chunk
+                    finally:  # the server says how much of it went, also when the client left during it
+                        sent += chunk.sent
+                    continue
                 sent += len(chunk)
                 yield chunk
         except BaseException as exc:

@@ -6,25 +6,26 @@ The ASGI extension ``http.response.zerocopysend`` (asgiref's spec) lets an app h
 a range instead of bytes. regcache's own HTTP/1.1 protocol (regcache.proxy.server) offers it and answers
 with ``loop.sendfile``: on a plain TCP connection the kernel copies the file to the socket, so a warm
 blob never passes through Python, and each client costs no buffer of its own; over TLS asyncio falls
-back to 256 KiB reads. A body of one piece, or any body without the extension (another server, a test
-client), is read here in :data:`CHUNK` pieces, each sent only once the connection's write buffer drained
-below its low-water mark (uvicorn awaits it before every send): a client costs about two pieces, however
-slowly it reads.
+back to 256 KiB reads. A streamed body (a download in flight) sends what its source yields as a
+:class:`~regcache.proxy.storage.download.FilePiece` the same way. A body of one piece, or
+any body without the extension (another server, a test client), is read here in :data:`CHUNK` pieces,
+each sent only once the connection's write buffer drained below its low-water mark (uvicorn awaits it
+before every send): a client costs about two pieces, however slowly it reads.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.lowlevel
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from regcache.proxy.storage.download import STREAM_CHUNK
+from regcache.proxy.storage.download import STREAM_CHUNK, FilePiece
 
 #: the ASGI extension (and message type) of a body sent from a file descriptor
 ZERO_COPY_SEND = "http.response.zerocopysend"
@@ -60,16 +61,30 @@ class ClientGone(ConnectionResetError):
 
 
 class StreamedResponse(StreamingResponse):
-    """A streamed body (a download in flight, a bucket object) whose source may fail after the start."""
+    """A streamed body (a download in flight, a bucket object) whose source may fail after the start; a
+    :class:`FilePiece` among its pieces is sent from its file (by the kernel where the server offers it)."""
+
+    def __init__(self, content: AsyncIterator[bytes | FilePiece], status_code: int = 200,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(cast(AsyncIterator[bytes], content), status_code, headers=headers)
+        self._pieces = content
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._abortable = ABORT in scope.get("extensions", {})
+        self._zero_copy = ZERO_COPY_SEND in scope.get("extensions", {})
         await super().__call__(scope, receive, send)
 
     async def stream_response(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         try:
-            async for chunk in self.body_iterator:
+            async for chunk in self._pieces:
+                if isinstance(chunk, FilePiece):
+                    if not await self._send_piece(chunk, send):  # the client went away; the server closed it
+                        close = getattr(self._pieces, "aclose", None)  # its source learns it now, not at collection
+                        if close is not None:
+                            await close()
+                        return
+                    continue
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except Exception:
             if not self._abortable:
@@ -77,6 +92,26 @@ class StreamedResponse(StreamingResponse):
             await send({"type": ABORT})
             return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _send_piece(self, piece: FilePiece, send: Send) -> bool:
+        """Send ``piece`` from its file: by the kernel where the server offers it, else in CHUNK pieces; sets
+        ``piece.sent``; whether all of it reached the connection."""
+        if self._zero_copy:
+            with open(piece.fd, "rb", buffering=0, closefd=False) as file:  # the stream owns the descriptor
+                message: dict[str, Any] = {"type": ZERO_COPY_SEND, "file": file, "offset": piece.offset,
+                                           "count": piece.count, "more_body": True}
+                await send(message)
+            piece.sent = int(message.get("sent", 0))
+            return piece.sent == piece.count
+        end = piece.offset + piece.count
+        offset = piece.offset
+        while offset < end:
+            data = await read_piece(piece.fd, min(CHUNK, end - offset), offset, "the downloaded blob")
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+            offset += len(data)
+            piece.sent = offset - piece.offset
+            await anyio.lowlevel.checkpoint()
+        return True
 
 
 class FileRangeResponse(Response):
@@ -150,12 +185,16 @@ class FileRangeResponse(Response):
         return offset - self.start, not (gone and offset < self.end)
 
     async def _read(self, fd: int, size: int, offset: int) -> bytes:
-        """``size`` bytes at ``offset``: on the event loop when the page cache holds them (a copy of at most a
-        piece, as long as the socket's own copy of it; a worker-thread hop costs more CPU and latency than
-        that), else on a worker thread, which may wait for the disk."""
-        data = read_cached(fd, size, offset)
-        if data is None:
-            data = await anyio.to_thread.run_sync(os.pread, fd, size, offset)
-        if len(data) < size:
-            raise OSError(f"{self.path} is shorter than expected")
-        return data
+        return await read_piece(fd, size, offset, str(self.path))
+
+
+async def read_piece(fd: int, size: int, offset: int, what: str) -> bytes:
+    """``size`` bytes at ``offset`` of ``fd``: on the event loop when the page cache holds them (a copy of at most a
+    piece, as long as the socket's own copy of it; a worker-thread hop costs more CPU and latency than that),
+    else on a worker thread, which may wait for the disk. ``what`` names the file in the error of a short one."""
+    data = read_cached(fd, size, offset)
+    if data is None:
+        data = await anyio.to_thread.run_sync(os.pread, fd, size, offset)
+    if len(data) < size:
+        raise OSError(f"{what} is shorter than expected")
+    return data

@@ -67,7 +67,7 @@ from regcache.proxy.pull.single_flight import SingleFlight
 from regcache.proxy.secrets import SecretResolver
 from regcache.proxy.state.store import AsyncStateStore, StateStore
 from regcache.proxy.storage.blobs import BlobStore
-from regcache.proxy.storage.download import BlobStorageError, BlobStream, FetchedBlob, StoredBlob
+from regcache.proxy.storage.download import BlobStorageError, BlobStream, FetchedBlob, FilePiece, StoredBlob
 from regcache.proxy.storage.fleet import FleetMembership
 from regcache.proxy.upstream.client import (
     Credentials,
@@ -151,6 +151,12 @@ class ServedBlob:
         if isinstance(self._source, StoredBlob):
             return self._store.open(self._source, start, self._source.size if end is None else end)
         return self._source.chunks(start, end)
+
+    def body(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes | FilePiece]:
+        """As :meth:`chunks`, for a server: a download's written bytes come as :class:`FilePiece` ranges."""
+        if isinstance(self._source, StoredBlob):
+            return self.chunks(start, end)
+        return self._source.body(start, end)
 
     async def wait_verified(self) -> None:
         """For a ranged read of a blob still downloading: return once all of it verified, so that only

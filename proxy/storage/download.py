@@ -121,6 +121,20 @@ class Download:
         await self._event.wait()
 
 
+@dataclass(slots=True)
+class FilePiece:
+    """``count`` bytes at ``offset`` of the open file ``fd`` that a download wrote (the last byte only once the
+    blob verified): a server can hand them to the kernel (``sendfile``) instead of reading them through Python.
+    Whoever sends them sets ``sent`` (bytes that reached the client) before asking the stream for more; the
+    stream keeps ``fd`` open until then.
+    """
+
+    fd: int
+    offset: int
+    count: int
+    sent: int = 0
+
+
 class BlobStream:
     """A reader of an in-progress download, with its own file descriptor on the temporary file."""
 
@@ -154,6 +168,16 @@ class BlobStream:
         The last byte is held back until the blob is verified, so a client never receives a
         complete body of a blob that failed its digest check.
         """
+        async for piece in self.body(start, end, file_pieces=False):
+            assert isinstance(piece, bytes)
+            yield piece
+
+    async def body(self, start: int = 0, end: int | None = None,
+                   file_pieces: bool = True) -> AsyncIterator[bytes | FilePiece]:
+        """As :meth:`chunks`, but what is written comes as :class:`FilePiece` ranges of the temporary file
+        (``file_pieces``): a server sends them without copying them, so a client that joined a download costs
+        what a warm hit costs, not two copies of every byte (a read and a send), whatever the number of clients.
+        """
         d = self.download
         offset = start
         try:
@@ -164,6 +188,13 @@ class BlobStream:
                     raise BlobDownloadError(f"download of {d.digest} failed: {d.error}")
                 available = d.written if d.verified or d.size is None else min(d.written, d.size - 1)
                 limit = available if end is None else min(available, end)
+                if file_pieces and offset < limit:
+                    piece = FilePiece(self._fd, offset, limit - offset)
+                    yield piece  # the file stays open while the server sends from it
+                    if piece.sent < piece.count:  # the client went away
+                        return
+                    offset = limit
+                    continue
                 if offset < limit:
                     data = os.pread(self._fd, min(limit - offset, STREAM_CHUNK), offset)
                     if not data:

@@ -1,17 +1,21 @@
-"""Warm blobs sent from their file: by the kernel's sendfile when the server offers it (no byte read into Python,
-ranges included), else in bounded reads; a client that goes away mid-file is an event that says so, and the
-server goes on serving."""
+"""Warm blobs, and downloads in flight, sent from their file: by the kernel's sendfile when the server offers it
+(no byte read into Python, ranges included), else in bounded reads; a client that goes away mid-file is an event
+that says so, and the server goes on serving."""
 
 from __future__ import annotations
 
 import socket
+import threading
 import time
 
+import httpx
 import pytest
 
 import regcache.proxy.http.sendfile as sendfile_module
 import regcache.proxy.server as server_module
 import regcache.proxy.storage.download as download_module
+
+from .fronts import CORRUPT, THROTTLE, FaultyFront
 
 
 @pytest.fixture
@@ -121,3 +125,102 @@ def test_read_cached_reads_only_what_the_page_cache_holds(tmp_path):
         assert sendfile_module.read_cached(fd, 20, 0) is None, "a short read is no answer"
     finally:
         os.close(fd)
+
+
+@pytest.fixture
+def slow_upstream(regcache, anonymous_registry):
+    """A front that sends blobs in 256 KiB pieces 20 ms apart: an 8 MiB layer stays in flight ~0.6 s."""
+    front = FaultyFront(anonymous_registry.url, THROTTLE).start()
+    regcache.control.add_upstream(front.host, front.url, "anonymous")
+    regcache.control.create_rule("slow-rule", f"{front.host}/team/*", "team/*")
+    yield front
+    front.stop()
+
+
+def _get_all(regcache, paths_and_headers):
+    """GET each (path, headers) at once, one thread each: [(status, body)]."""
+    results: list[tuple[int, bytes] | None] = [None] * len(paths_and_headers)
+
+    def get(i, path, headers):
+        with regcache.http() as http:
+            answer = http.get(path, headers=headers)
+            results[i] = (answer.status_code, answer.content)
+
+    threads = [threading.Thread(target=get, args=(i, path, headers))
+               for i, (path, headers) in enumerate(paths_and_headers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return results
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["sendfile", "reads"])
+def test_the_clients_of_a_download_in_flight_are_sent_its_file_not_copies_read_into_python(
+        regcache, anonymous_registry, push_image, slow_upstream, monkeypatch, kernel):
+    """Joined clients (and the one that started the download) get the bytes from the temporary file by the
+    kernel's sendfile, ranges too: the CPU of a cold pull by many clients is a warm hit's, not a read and a send
+    of every byte per client. Without the server's offer they are read in pieces, as before."""
+    monkeypatch.setattr(server_module, "OFFER_ZERO_COPY", kernel)
+    layer = push_image(anonymous_registry, "team/cold", "1", layers=[8 * 1024 * 1024]).layers[0]
+    reads: list[int] = []
+    real_pread, real_cached = sendfile_module.os.pread, sendfile_module.read_cached
+
+    def counted_pread(fd, size, offset):
+        reads.append(size)
+        return real_pread(fd, size, offset)
+
+    def counted_cached(fd, size, offset):
+        reads.append(size)
+        return real_cached(fd, size, offset)
+
+    monkeypatch.setattr(sendfile_module.os, "pread", counted_pread)  # os.pread for download.py too
+    monkeypatch.setattr(sendfile_module, "read_cached", counted_cached)
+    path = f"/v2/team/cold/blobs/{layer.digest}"
+    results = _get_all(regcache, [(path, {})] * 3 + [(path, {"Range": "bytes=1000-5999999"})])
+    assert results[:3] == [(200, layer.data)] * 3
+    assert results[3] == (206, layer.data[1000:6000000])
+    assert slow_upstream.blob_gets == 1, "one upstream download for the four clients"
+    if kernel:
+        assert reads == [], "bytes of the download were read into Python"
+    else:
+        assert sum(reads) >= 3 * layer.size
+    events = [e for e in regcache.events() if e["kind"] == "blob" and e["method"] == "GET"]
+    assert sorted(e["bytes"] for e in events) == sorted([layer.size] * 3 + [5999000]), events
+    assert all(e["status"] in (200, 206) for e in events), events
+
+
+def test_a_client_that_goes_away_from_a_download_in_flight_is_an_event_and_the_download_goes_on(
+        zero_copy, regcache, anonymous_registry, push_image, slow_upstream):
+    layer = push_image(anonymous_registry, "team/left", "1", layers=[8 * 1024 * 1024]).layers[0]
+    host, port = regcache.host.rsplit(":", 1)
+    with socket.create_connection((host, int(port))) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(f"GET /v2/team/left/blobs/{layer.digest} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        time.sleep(0.2)  # some pieces went (or wait in the socket)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # reset
+    deadline = time.monotonic() + 10
+    gone: list[dict] = []
+    while time.monotonic() < deadline and not gone:
+        gone = [e for e in regcache.events() if "went away" in (e["detail"] or "")]
+        time.sleep(0.2)
+    assert gone and gone[-1]["bytes"] < layer.size and gone[-1]["result"] == "miss", gone
+    with regcache.http() as http:  # the download went on without its client, and was kept
+        assert http.get(f"/v2/team/left/blobs/{layer.digest}").content == layer.data
+    assert slow_upstream.blob_gets == 1
+
+
+def test_a_download_that_fails_its_digest_never_gives_a_client_its_last_byte(
+        zero_copy, regcache, anonymous_registry, push_image, slow_upstream):
+    """Pieces go by sendfile while the download runs; the last byte only once the digest matched."""
+    layer = push_image(anonymous_registry, "team/bad", "1", layers=[4 * 1024 * 1024]).layers[0]
+    slow_upstream.mode = CORRUPT
+    received = 0
+    with regcache.http() as http, http.stream("GET", f"/v2/team/bad/blobs/{layer.digest}") as answer:
+        with pytest.raises(httpx.HTTPError):
+            assert answer.status_code == 200  # the start went out before the digest was known
+            for chunk in answer.iter_bytes():
+                received += len(chunk)
+    assert received < layer.size
+    assert regcache.temp_files() == []
