@@ -224,3 +224,19 @@ def test_a_download_that_fails_its_digest_never_gives_a_client_its_last_byte(
                 received += len(chunk)
     assert received < layer.size
     assert regcache.temp_files() == []
+
+
+def test_a_slow_upstream_reaches_the_clients_of_its_download_at_once_not_a_wake_up_size_later(
+        zero_copy, regcache, anonymous_registry, push_image, slow_upstream):
+    """Readers wake every NOTIFY_EVERY bytes or NOTIFY_INTERVAL, whichever comes first: at 16 KiB per 50 ms a
+    client's first bytes come within moments, not after the 4 MiB a wake-up waits for on a fast link (~13 s)."""
+    from regcache.proxy.storage import blobs
+
+    layer = push_image(anonymous_registry, "team/trickle", "1", layers=[blobs.NOTIFY_EVERY + 1024 * 1024]).layers[0]
+    slow_upstream.throttle_chunk, slow_upstream.throttle_delay = 16 * 1024, 0.05
+    with regcache.http() as http, http.stream("GET", f"/v2/team/trickle/blobs/{layer.digest}") as answer:
+        started = time.monotonic()
+        first = next(answer.iter_raw())
+        waited = time.monotonic() - started
+        assert answer.status_code == 200 and first and layer.data.startswith(first)
+    assert waited < 3, f"the first bytes came after {waited:.1f} s"
