@@ -12,7 +12,9 @@ Measured for both, in this order, printed with regcache / anchor as the ratio an
 target, then as one JSON line (the last line of standard output):
 
 1. ``--pulls`` concurrent ``skopeo copy`` of the multi-layer image with a fresh state directory
-   (cold), then the same again (warm): wall seconds, and cold / warm;
+   (cold), then the same again (warm): wall seconds, and cold / warm; ``--rounds`` times (the two
+   servers alternating who goes first), printed as medians (cold / warm is the median of the rounds'
+   ratios): one round's walls move by 5-10 % here, as much as the target's margin;
 2. peak RSS of the server process while each of ``--readers`` (16 and 64) ``curl`` clients reads the
    warm largest layer at once: the server is restarted first (its storage kept), so the figure is
    that phase's own; VmHWM is reset through /proc/PID/clear_refs, and VmRSS is sampled every 50 ms;
@@ -31,8 +33,8 @@ Run from the repository root with the dev venv (``docker-registry``, ``skopeo``,
 must be installed: ``apt-get install -y docker-registry skopeo curl wrk``; without one it says so
 and exits 0)::
 
-    .venv/bin/python bench/anchor_bench.py                      # the issue's figures, ~3 minutes
-    .venv/bin/python bench/anchor_bench.py --blob-mb 20 --duration 2 --readers 4,8 --pulls 4 --repeat 1
+    .venv/bin/python bench/anchor_bench.py                      # the issue's figures, ~6 minutes
+    .venv/bin/python bench/anchor_bench.py --blob-mb 20 --duration 2 --readers 4,8 --pulls 4 --rounds 1 --repeat 1
                                                                 # a smoke run, under a minute
 
 Sizes are decimal: 1 MB = 10**6 bytes. Every process it starts is stopped and its temporary
@@ -59,6 +61,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import median
 from typing import cast
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -304,8 +307,8 @@ def run_wrk(url: str, connections: int, threads: int, duration: float, headers: 
 class Figures:
     """Everything measured for one server."""
 
-    cold_pulls_s: float = 0.0
-    warm_pulls_s: float = 0.0
+    cold_pulls_s: list[float] = field(default_factory=list)
+    warm_pulls_s: list[float] = field(default_factory=list)
     idle_rss_mb: dict[int, float] = field(default_factory=dict)
     peak_rss_mb: dict[int, float] = field(default_factory=dict)
     hwm_reset: bool = True
@@ -380,12 +383,15 @@ class AnchorBench:
     def run(self) -> dict[str, Figures]:
         figures = {server.name: Figures() for server in self.servers}
         pulls = self.args.pulls
+        for i in range(self.args.rounds):
+            for server in self.order(i):
+                self.bench.reset(server)  # a fresh, empty state directory
+                mine = figures[server.name]
+                mine.cold_pulls_s.append(self.bench.pulls(server, pulls)[0])
+                mine.warm_pulls_s.append(self.bench.pulls(server, pulls)[0])
+                progress(f"{pulls} concurrent pulls via {server.name}, round {i + 1}/{self.args.rounds}: cold "
+                         f"{mine.cold_pulls_s[-1]:.2f} s, warm {mine.warm_pulls_s[-1]:.2f} s")
         for server in self.servers:
-            self.bench.reset(server)  # a fresh, empty state directory
-            figures[server.name].cold_pulls_s = self.bench.pulls(server, pulls)[0]
-            figures[server.name].warm_pulls_s = self.bench.pulls(server, pulls)[0]
-            progress(f"{pulls} concurrent pulls via {server.name}: cold {figures[server.name].cold_pulls_s:.2f} s, "
-                     f"warm {figures[server.name].warm_pulls_s:.2f} s")
             fetch_small(server.host, self.small)
         digest, size = self.largest
         timeout = pull_timeout(self.args.blob_mb, max(self.args.readers))
@@ -470,12 +476,14 @@ def rows(figures: dict[str, Figures], args: argparse.Namespace, blob_mb: float) 
         out.append(Row(f"{kind}_p50_ms", "  p50 latency (ms)", wa.p50_ms, wr.p50_ms, "{:.2f}"))
         out.append(Row(f"{kind}_p99_ms", "  p99 latency (ms)", wa.p99_ms, wr.p99_ms, "{:.2f}",
                        "< anchor", wr.p99_ms < wa.p99_ms))
-    out.append(Row("cold_pulls_s", f"{args.pulls} concurrent pulls, cold (s)", a.cold_pulls_s, r.cold_pulls_s,
-                   "{:.2f}"))
-    out.append(Row("warm_pulls_s", f"{args.pulls} concurrent pulls, warm (s)", a.warm_pulls_s, r.warm_pulls_s,
-                   "{:.2f}"))
-    cold_warm_a, cold_warm_r = a.cold_pulls_s / a.warm_pulls_s, r.cold_pulls_s / r.warm_pulls_s
-    out.append(Row("cold_warm_ratio", "  cold / warm", cold_warm_a, cold_warm_r, "{:.2f}",
+    rounds = f"median of {args.rounds}"
+    out.append(Row("cold_pulls_s", f"{args.pulls} concurrent pulls, cold, {rounds} (s)", median(a.cold_pulls_s),
+                   median(r.cold_pulls_s), "{:.2f}"))
+    out.append(Row("warm_pulls_s", f"{args.pulls} concurrent pulls, warm, {rounds} (s)", median(a.warm_pulls_s),
+                   median(r.warm_pulls_s), "{:.2f}"))
+    cold_warm_a = median([c / w for c, w in zip(a.cold_pulls_s, a.warm_pulls_s)])
+    cold_warm_r = median([c / w for c, w in zip(r.cold_pulls_s, r.warm_pulls_s)])
+    out.append(Row("cold_warm_ratio", f"  cold / warm, {rounds}", cold_warm_a, cold_warm_r, "{:.2f}",
                    f"regcache <= {COLD_WARM_TARGET}", cold_warm_r <= COLD_WARM_TARGET))
     return out
 
@@ -506,8 +514,9 @@ def as_json(table: Sequence[Row], args: argparse.Namespace, busy: str, small_blo
         "revision": git_revision(),
         "busy_before_start": busy,
         "settings": {"blob_mb": args.blob_mb, "readers": args.readers, "reader_rate": args.reader_rate,
-                     "pulls": args.pulls, "connections": args.connections, "threads": args.threads,
-                     "duration_s": args.duration, "repeat": args.repeat, "small_blob_bytes": small_blob},
+                     "pulls": args.pulls, "rounds": args.rounds, "connections": args.connections,
+                     "threads": args.threads, "duration_s": args.duration, "repeat": args.repeat,
+                     "small_blob_bytes": small_blob},
         "figures": {row.key: {"anchor": number(row.anchor), "regcache": number(row.regcache),
                               "ratio": number(row.ratio)} for row in table},
         "targets": {row.key: {"target": row.target, "met": row.met} for row in table if row.met is not None},
@@ -543,13 +552,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reader-rate", default=None,
                         help="curl --limit-rate of each reader, such as 20M (default: as fast as it goes)")
     parser.add_argument("--pulls", type=int, default=16, help="concurrent skopeo pulls, cold then warm (default 16)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="cold-then-warm rounds of those pulls per server, medians printed (default 3)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of each wrk run (default 10)")
     parser.add_argument("--repeat", type=int, default=3, help="warm blob downloads per server, best kept (default 3)")
     args = parser.parse_args(argv)
-    if min(args.blob_mb, args.pulls, args.connections, args.threads, args.repeat) < 1 or args.duration < 1:
-        parser.error("--blob-mb, --pulls, --connections, --threads, --repeat and --duration must be at least 1")
+    if min(args.blob_mb, args.pulls, args.rounds, args.connections, args.threads, args.repeat) < 1 \
+            or args.duration < 1:
+        parser.error("--blob-mb, --pulls, --rounds, --connections, --threads, --repeat and --duration must be at "
+                     "least 1")
     if args.threads > args.connections:
         parser.error("wrk needs at least one connection per thread: --threads <= --connections")
 

@@ -95,7 +95,7 @@ def test_a_wrk_run_answered_with_errors_is_not_a_figure(not_found_server):
 def test_a_tiny_run_prints_every_figure_for_both_servers():
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "anchor_bench.py"), "--blob-mb", "4", "--readers", "2,3",
-         "--pulls", "2", "--connections", "8", "--duration", "1", "--repeat", "1"],
+         "--pulls", "2", "--rounds", "2", "--connections", "8", "--duration", "1", "--repeat", "1"],
         cwd=ROOT, capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
