@@ -68,7 +68,8 @@ def test_serve_with_tls(home, serve, anonymous_registry, push_image, skopeo, tmp
     control.add_upstream(anonymous_registry.host, anonymous_registry.url, "anonymous")
     control.create_rule("tls-app", f"{anonymous_registry.host}/library/tls", "tls")
     control.close()
-    image = push_image(anonymous_registry, "library/tls", "1", layers=[10_000])
+    # a layer of several pieces: cold, the download's pieces go by asyncio's TLS fallback (reads), not sendfile
+    image = push_image(anonymous_registry, "library/tls", "1", layers=[10_000, 9 * 1024 * 1024 + 17])
 
     process = serve("--tls-cert", str(cert_file), "--tls-key", str(key_file))
     assert process.url.startswith("https://")
