@@ -22,6 +22,7 @@ import errno
 import http
 import ipaddress
 import logging
+import mmap
 import os
 import re
 import resource
@@ -47,7 +48,7 @@ from regcache.proxy.core.errors import RegcacheError, unwrap_error
 from regcache.proxy.core.settings import HEADER_TIMEOUT_SETTING, MAX_CONNECTIONS_SETTING, ServerLimits
 from regcache.proxy.http.errors import API_VERSION_HEADER, RegistryError
 from regcache.proxy.http.registry import check_storage, create_app, create_metrics_app
-from regcache.proxy.http.sendfile import ABORT, ZERO_COPY_SEND
+from regcache.proxy.http.sendfile import ABORT, GROWING, ZERO_COPY_SEND
 from regcache.proxy.jobs.operations import Operations
 from regcache.proxy.secrets import SecretResolver
 
@@ -166,6 +167,15 @@ class _Config(uvicorn.Config):
 #: unbounded, did ~2,250), 64 at once 5.0 s against 7.6-8.3 s with a flat 48 MB RSS against 115 MB (loopback,
 #: 2 cores; the read path stays tested in tests/proxy/test_sendfile.py)
 OFFER_ZERO_COPY = True
+#: how a finished file handed over by ``http.response.zerocopysend`` reaches the socket: "map" (1 MiB windows of a
+#: memory map written to the connection: the kernel copies the page cache into the socket) or "sendfile" (the
+#: kernel queues the page cache pages themselves). "map" is faster for the client here: one curl of a warm 200 MB
+#: blob 2,830 MB/s against 2,030 (medians of 8, loopback, 2 cores; a bare blocking-sendfile server 2,090), 16
+#: concurrent warm skopeo pulls 12.2 s against 13.3 (medians of 3): a reader copies out of the socket's own large
+#: pages faster than out of page cache pages one by one. A file still being written (message key GROWING: a
+#: download's clients) goes by sendfile: same wall time for them, and 0.7 s less of regcache's CPU for 16 of them
+FILE_SEND = "map"
+MAP_WINDOW = 1024 * 1024
 
 
 class _FileSpan:
@@ -204,7 +214,8 @@ class _ZeroCopyCycle(RequestResponseCycle):
                 framed = self.conn.send_with_data_passthrough(h11.Data(data=_FileSpan(count)))  # type: ignore[arg-type]
                 for part in framed or ():
                     if isinstance(part, _FileSpan):
-                        await self._send_file(message["file"], int(message.get("offset", 0)), count)
+                        await self._send_file(message["file"], int(message.get("offset", 0)), count,
+                                              bool(message.get(GROWING)))
                     else:
                         self.transport.write(part)
             except ConnectionError:  # the client went away mid-file: as uvicorn treats a lost connection
@@ -216,13 +227,17 @@ class _ZeroCopyCycle(RequestResponseCycle):
         await super().send({"type": "http.response.body", "body": b"", "more_body": message.get("more_body", False)})
 
 
-    async def _send_file(self, file: Any, offset: int, count: int) -> None:
-        """``count`` bytes of ``file`` at ``offset`` to the client: first what the socket takes at once, by one
-        ``sendfile`` call (a download's piece mostly fits: no waiting, and none of ``loop.sendfile``'s set-up per
-        piece), then the rest by ``loop.sendfile``, which waits for the client (or, over TLS, reads and sends)."""
+    async def _send_file(self, file: Any, offset: int, count: int, growing: bool) -> None:
+        """``count`` bytes of ``file`` at ``offset`` to the client, the way :data:`FILE_SEND` says."""
         transport = self.transport
         if transport.is_closing():
             raise ConnectionResetError("the connection is closing")
+        if FILE_SEND == "map" and not growing:
+            await self._send_mapped(file.fileno(), offset, count)
+            return
+        # sendfile: first what the socket takes at once, by one call (a download's piece mostly fits: no waiting,
+        # none of loop.sendfile's set-up per piece), then the rest by loop.sendfile, which waits for the client
+        # (or, over TLS, reads and sends)
         sock = transport.get_extra_info("socket")
         if sock is not None and transport.get_extra_info("ssl_object") is None \
                 and transport.get_write_buffer_size() == 0:
@@ -237,6 +252,36 @@ class _ZeroCopyCycle(RequestResponseCycle):
             offset, count = offset + sent, count - sent
         if count > 0:
             await asyncio.get_running_loop().sendfile(transport, file, offset, count)
+
+
+    async def _send_mapped(self, fd: int, offset: int, count: int) -> None:
+        """Send the file in MAP_WINDOW windows of a read-only memory map, each written to the connection once the
+        previous one drained below its high-water mark: the kernel copies the page cache straight into the
+        socket (no read into Python), and a client costs a window (the part of it the socket did not take yet)."""
+        end = offset + count
+        # Touching a mapping past the end of its file is a SIGBUS, not an error: the file must be as long as the
+        # answer says (mmap checks each window too). regcache writes a blob once and never cuts it; a file cut
+        # by hand in the state directory while it is being sent can still end the process.
+        size = os.fstat(fd).st_size
+        if size < end:
+            raise OSError(errno.EIO, f"the file is {size} bytes, shorter than the {end} to send")
+        position = offset
+        while position < end:
+            if self.flow.write_paused and not self.disconnected:
+                await self.flow.drain()
+            if self.disconnected or self.transport.is_closing():
+                raise ConnectionResetError("the client went away")
+            start = position - position % mmap.ALLOCATIONGRANULARITY
+            stop = min(end, position + MAP_WINDOW)
+            window = mmap.mmap(fd, stop - start, prot=mmap.PROT_READ, offset=start)
+            with memoryview(window) as whole:
+                # the transport sends what the socket takes now and keeps (copies, or holds on 3.12+) the rest
+                self.transport.write(whole[position - start:])
+            # the pages stay in the page cache; the process no longer counts them (if the transport still holds
+            # part of the window, the kernel maps it again as it is sent); the mapping goes with its last reference
+            window.madvise(mmap.MADV_DONTNEED)
+            del window
+            position = stop
 
 
 class _H11Protocol(H11Protocol):

@@ -31,6 +31,9 @@ from regcache.proxy.storage.download import STREAM_CHUNK, FilePiece
 ZERO_COPY_SEND = "http.response.zerocopysend"
 #: reads without the extension: the per-client bound of every streamed body (download.STREAM_CHUNK says why)
 CHUNK = STREAM_CHUNK
+#: a key of regcache's in a ZERO_COPY_SEND message: the file is still being written (a download in flight), which
+#: the server sends by the kernel's sendfile (regcache.proxy.server.FILE_SEND says why)
+GROWING = "regcache.growing"
 #: regcache's ASGI extension for a body whose source failed after the response started: the server closes
 #: the connection (the client sees a cut transfer and retries) and logs no traceback, the app having
 #: recorded the failure already
@@ -99,7 +102,7 @@ class StreamedResponse(StreamingResponse):
         if self._zero_copy:
             with open(piece.fd, "rb", buffering=0, closefd=False) as file:  # the stream owns the descriptor
                 message: dict[str, Any] = {"type": ZERO_COPY_SEND, "file": file, "offset": piece.offset,
-                                           "count": piece.count, "more_body": True}
+                                           "count": piece.count, "more_body": True, GROWING: True}
                 await send(message)
             piece.sent = int(message.get("sent", 0))
             return piece.sent == piece.count

@@ -240,3 +240,27 @@ def test_a_slow_upstream_reaches_the_clients_of_its_download_at_once_not_a_wake_
         waited = time.monotonic() - started
         assert answer.status_code == 200 and first and layer.data.startswith(first)
     assert waited < 3, f"the first bytes came after {waited:.1f} s"
+
+
+def test_a_warm_file_shorter_than_its_answer_fails_that_transfer_only(zero_copy, regcache, warm, monkeypatch):
+    """A file is sent from a memory map, which must never reach past the file's end (touching that is a SIGBUS,
+    which would end the process): a file cut short between the lookup and the send fails that one transfer, with
+    an event that says so, and the server goes on."""
+    import regcache.proxy.storage.backend as backend_module
+
+    (stored,) = [p for p in regcache.blob_files() if p.name == warm.digest.split(":")[1]]
+    original = backend_module.FilesystemBackend.stored
+
+    def stale_size(self, digest):  # the size as looked up, before the file was cut
+        blob = original(self, digest)
+        return blob if blob is None else download_module.StoredBlob(blob.digest, blob.path, warm.size)
+
+    monkeypatch.setattr(backend_module.FilesystemBackend, "stored", stale_size)
+    with open(stored, "r+b") as file:
+        file.truncate(warm.size // 2)
+    with regcache.http() as http:
+        with pytest.raises(httpx.HTTPError):  # the answer started with the full length; the body is cut
+            http.get(f"/v2/team/big/blobs/{warm.digest}")
+        assert http.get("/v2/").status_code == 200
+    failed = [e for e in regcache.events() if e["kind"] == "blob" and e["result"] == "error"]
+    assert failed and "shorter" in failed[-1]["detail"], failed
