@@ -175,6 +175,7 @@ OFFER_ZERO_COPY = True
 #: pages faster than out of page cache pages one by one. A file still being written (message key GROWING: a
 #: download's clients) goes by sendfile: same wall time for them, and 0.7 s less of regcache's CPU for 16 of them
 FILE_SEND = "map"
+#: the window of a file mapped and written at once: a slow client holds at most about one (download.STREAM_CHUNK)
 MAP_WINDOW = 1024 * 1024
 
 
@@ -226,7 +227,6 @@ class _ZeroCopyCycle(RequestResponseCycle):
         # the end of the body (or more to come) as uvicorn does it: keep-alive, close, next request
         await super().send({"type": "http.response.body", "body": b"", "more_body": message.get("more_body", False)})
 
-
     async def _send_file(self, file: Any, offset: int, count: int, growing: bool) -> None:
         """``count`` bytes of ``file`` at ``offset`` to the client, the way :data:`FILE_SEND` says."""
         transport = self.transport
@@ -252,7 +252,6 @@ class _ZeroCopyCycle(RequestResponseCycle):
             offset, count = offset + sent, count - sent
         if count > 0:
             await asyncio.get_running_loop().sendfile(transport, file, offset, count)
-
 
     async def _send_mapped(self, fd: int, offset: int, count: int) -> None:
         """Send the file in MAP_WINDOW windows of a read-only memory map, each written to the connection once the
