@@ -48,7 +48,7 @@ from regcache.proxy.core.errors import RegcacheError, unwrap_error
 from regcache.proxy.core.settings import HEADER_TIMEOUT_SETTING, MAX_CONNECTIONS_SETTING, ServerLimits
 from regcache.proxy.http.errors import API_VERSION_HEADER, RegistryError
 from regcache.proxy.http.registry import check_storage, create_app, create_metrics_app
-from regcache.proxy.http.sendfile import ABORT, GROWING, ZERO_COPY_SEND
+from regcache.proxy.http.sendfile import ABORT, CHUNK, GROWING, ZERO_COPY_SEND
 from regcache.proxy.jobs.operations import Operations
 from regcache.proxy.secrets import SecretResolver
 
@@ -175,8 +175,9 @@ OFFER_ZERO_COPY = True
 #: pages faster than out of page cache pages one by one. A file still being written (message key GROWING: a
 #: download's clients) goes by sendfile: same wall time for them, and 0.7 s less of regcache's CPU for 16 of them
 FILE_SEND = "map"
-#: the window of a file mapped and written at once: a slow client holds at most about one (download.STREAM_CHUNK)
-MAP_WINDOW = 1024 * 1024
+#: the window of a file mapped and written at once: a slow client holds at most about one, the bound of every
+#: streamed body (sendfile.CHUNK, download.STREAM_CHUNK)
+MAP_WINDOW = CHUNK
 
 
 class _FileSpan:
@@ -190,9 +191,9 @@ class _FileSpan:
 
 
 class _ZeroCopyCycle(RequestResponseCycle):
-    """uvicorn's request cycle, also taking ``http.response.zerocopysend`` (the file goes to the socket by
-    ``loop.sendfile``: the kernel's sendfile on plain TCP, bounded reads over TLS, framed by h11) and
-    regcache's ``http.response.regcache.abort`` (a body cut short: the connection closes quietly)."""
+    """uvicorn's request cycle, also taking ``http.response.zerocopysend`` (the file goes to the socket as
+    FILE_SEND says, framed by h11) and regcache's ``http.response.regcache.abort`` (a body cut short: the
+    connection closes quietly)."""
 
     async def send(self, message: Any) -> None:
         if message["type"] == ABORT:  # the body's source failed after the start: a cut transfer, no traceback

@@ -1,13 +1,14 @@
-"""Response bodies the server sends its own way: a file by the kernel's ``sendfile``, and a stream cut short.
+"""Response bodies the server sends its own way: a file handed to the server, and a stream cut short.
 
-A file: by the kernel (``sendfile``) where the server allows it, else bounded reads.
+A file: by the server where it allows it (no byte read into Python), else bounded reads.
 
 The ASGI extension ``http.response.zerocopysend`` (asgiref's spec) lets an app hand the server a file and
-a range instead of bytes. regcache's own HTTP/1.1 protocol (regcache.proxy.server) offers it and answers
-with ``loop.sendfile``: on a plain TCP connection the kernel copies the file to the socket, so a warm
-blob never passes through Python, and each client costs no buffer of its own; over TLS asyncio falls
-back to 256 KiB reads. A streamed body (a download in flight) sends what its source yields as a
-:class:`~regcache.proxy.storage.download.FilePiece` the same way. A body of one piece, or
+a range instead of bytes. regcache's own HTTP/1.1 protocol (regcache.proxy.server) offers it: a finished
+file goes as 1 MiB windows of a memory map written to the connection, a file still being written (a
+download in flight, message key :data:`GROWING`) by the kernel's ``sendfile`` on plain TCP (over TLS,
+asyncio's 256 KiB reads); either way a warm blob never passes through Python and a client costs at most
+a window. A streamed body (a download in flight) sends what its source yields as a
+:class:`~regcache.proxy.storage.download.FilePiece` that way. A body of one piece, or
 any body without the extension (another server, a test client), is read here in :data:`CHUNK` pieces,
 each sent only once the connection's write buffer drained below its low-water mark (uvicorn awaits it
 before every send): a client costs about two pieces, however slowly it reads.

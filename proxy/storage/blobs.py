@@ -150,8 +150,9 @@ class BlobStore:
                 d.written += len(chunk)
                 if d.size is not None and d.written > d.size:
                     raise BlobIntegrityError(f"upstream sent more than the announced {d.size} bytes")
-                if d.written - notified >= NOTIFY_EVERY or time.monotonic() - notified_at >= NOTIFY_INTERVAL:
-                    notified, notified_at = d.written, time.monotonic()
+                now = time.monotonic()
+                if d.written - notified >= NOTIFY_EVERY or now - notified_at >= NOTIFY_INTERVAL:
+                    notified, notified_at = d.written, now
                     d.notify()
             d.notify()
         if d.size is not None and d.written != d.size:
