@@ -241,6 +241,7 @@ async def _fetch_blob(cache: PullThroughCache, match: RuleMatch, digest: str, re
             async for chunk in blob.chunks():
                 total += len(chunk)
                 reporter.update(replace(layer, done=total, seconds=time.perf_counter() - started, state="fetching"))
+            await blob.wait_kept()  # a warmed layer is one the cache holds, not one still being flushed
         else:
             total = blob.size or 0
     except Exception as exc:

@@ -170,6 +170,16 @@ class ServedBlob:
         except Exception as exc:
             raise UpstreamBadContent(f"the download of {self.digest} failed: {exc}") from None
 
+    async def wait_kept(self) -> None:
+        """For a download (its bytes read): return once they are kept, so that a job reports only what the cache
+        holds; raise what failed to keep them instead."""
+        if not isinstance(self._source, BlobStream):
+            return
+        try:
+            await self._source.wait_kept()
+        except BlobStorageError as exc:
+            raise _storage_failure(exc) from None
+
     def close(self) -> None:
         if isinstance(self._source, BlobStream):
             self._source.close()
@@ -785,6 +795,8 @@ class PullThroughCache:
         except Exception as exc:
             raise UpstreamBadContent(f"fetching blob {digest} from upstream {match.upstream.login_server} "
                                      f"failed: {exc}") from None
+        if stream.joined and stream.download.verified:  # whole and verified here, being stored: no wait, no upstream
+            return ServedBlob(digest, size, Result.HIT, None, self.blobs, stream)
         detail = JOINED_DOWNLOAD if stream.joined else PEER_DOWNLOAD if peer_fed else None
         return ServedBlob(digest, size, Result.MISS, detail, self.blobs, stream)
 
@@ -823,6 +835,8 @@ class PullThroughCache:
         if stored is not None and (await self._linked(match.repository, source, digest)
                                    or await self._proved(match, source, digest)):
             return stored.size, Result.HIT
+        if stored is None and (size := self.blobs.verified_size(digest, source)) is not None:
+            return size, Result.HIT  # this source's bytes, verified, being stored: as good as stored
         # not stored, or not shown to be this source's: the upstream's own answer, nothing linked
         creds = await self.credentials(match.rule)
         try:

@@ -104,16 +104,18 @@ class FilesystemBackend:
             publish()
             unlink(d.tmp_path)
             return None
-        try:  # fsync reports deferred write errors; mkdir needs an inode, which a full disk may lack
-            await anyio.to_thread.run_sync(os.fsync, d.fd)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(d.tmp_path, final)
-        except OSError as exc:
-            raise storage_error(exc, d.digest) from exc
-        # Between the rename and this no await happens: a new request either joins the download or
-        # finds the final file.
-        publish()
-        await anyio.to_thread.run_sync(fsync_dir, final.parent)
+        # Clients may have had every byte: a stop waits for the flush and rename rather than lose them.
+        with anyio.CancelScope(shield=True):
+            try:  # fsync reports deferred write errors; mkdir needs an inode, which a full disk may lack
+                await anyio.to_thread.run_sync(os.fsync, d.fd)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(d.tmp_path, final)
+            except OSError as exc:
+                raise storage_error(exc, d.digest) from exc
+            # Between the rename and this no await happens: a new request either joins the download or
+            # finds the final file.
+            publish()
+            await anyio.to_thread.run_sync(fsync_dir, final.parent)
         return str(final.relative_to(self.home))
 
     async def release(self, paths: list[str]) -> list[str]:
@@ -177,10 +179,7 @@ class BucketBackend:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(upload.run, name=f"upload {d.digest}")
-                await fetch()
-                d.size = d.written
-                d.verified = True  # readers take the last byte now; the upload finishes the object meanwhile
-                d.notify()
+                await fetch()  # readers have the last byte once it verified; the upload finishes meanwhile
         except BaseExceptionGroup as group:  # readers and the log need the download's own error
             inner = unwrap_error(group, (Exception,))
             if isinstance(inner, Exception) and not isinstance(inner, BaseExceptionGroup):

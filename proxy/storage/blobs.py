@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
+import anyio
 from anyio.abc import TaskGroup
 
 from regcache.proxy.state.store import AsyncStateStore
@@ -67,6 +68,8 @@ class BlobStore:
         self._inflight: dict[tuple[str, str], Download] = {}
         #: completed upstream downloads per digest (tests and the benchmark read it)
         self.downloads = 0
+        #: downloads whose task has not ended: fetching, or keeping verified bytes (flush, rename, row)
+        self.active = 0
 
     def remove_stale_temp_files(self) -> int:
         """Delete temporary files left by a process that is gone (or by an earlier run of ours).
@@ -99,6 +102,11 @@ class BlobStore:
             # very blob: ask once more, so it is not downloaded a second time
         return None
 
+    def verified_size(self, digest: str, flight: str = "") -> int | None:
+        """The size of ``flight``'s download of ``digest`` once its bytes verified (it is being kept); else None."""
+        download = self._inflight.get((digest, flight))
+        return download.size if download is not None and download.verified else None
+
     def open(self, blob: StoredBlob, start: int, end: int) -> AsyncIterator[bytes]:
         """Bytes ``start`` to ``end`` (exclusive) of a verified blob."""
         return self.backend.open(blob, start, end)
@@ -128,6 +136,7 @@ class BlobStore:
             download.on_verified = on_verified
             if keep is not None:
                 download.keep_if = keep
+            self.active += 1
             self._tg.start_soon(self._download, download, fetch, name=f"download {digest}")
         return BlobStream(download, os.open(download.tmp_path, os.O_RDONLY), joined)
 
@@ -159,19 +168,26 @@ class BlobStore:
             raise BlobIntegrityError(f"upstream sent {d.written} of {d.size} bytes")
         if hasher.hexdigest() != expected:
             raise BlobIntegrityError(f"upstream content does not match {d.digest}; nothing was stored")
+        # Readers take the last byte now: keeping the bytes (an fsync that waits for the disk, a rename, or a
+        # bucket upload) goes on meanwhile, off every client's path; a failure there no longer concerns them.
+        d.size = d.written
+        d.verified = True
+        d.notify()
 
     async def _fetch_verified(self, d: Download, fetch: BlobFetch) -> None:
         """Fetch and verify, then run the starter's ``on_verified`` before the bytes are published: a
         request arriving once they are stored finds what it was recorded (its source's link) too."""
         await self._fetch(d, fetch)
         if d.on_verified is not None:
-            await d.on_verified()
+            with anyio.CancelScope(shield=True):  # clients may have these bytes: a stop lets them be kept
+                await d.on_verified()
 
     async def _download(self, d: Download, fetch: BlobFetch) -> None:
         try:
             path = await self.backend.keep(d, lambda: self._fetch_verified(d, fetch), lambda: self._publish(d))
             if path is not None:
-                await self._state.run(lambda s: s.put_blob(d.digest, d.written, path))
+                with anyio.CancelScope(shield=True):
+                    await self._state.run(lambda s: s.put_blob(d.digest, d.written, path))
         except BaseException as exc:
             if not d.done:
                 d.error = exc if isinstance(exc, Exception) else BlobDownloadError("regcache is shutting down")
@@ -186,6 +202,8 @@ class BlobStore:
                 raise
         finally:
             os.close(d.fd)
+            self.active -= 1
+            d.ended = True
             d.notify()
 
     def _publish(self, d: Download) -> None:

@@ -104,6 +104,8 @@ class Download:
         self.verified = False
         #: stored (or, in a bucket, failed to store) and no longer joinable
         self.done = False
+        #: its task ended: kept and recorded, or failed
+        self.ended = False
         self.error: BaseException | None = None
         #: what the request that started the download runs once its bytes verified, before they are kept
         self.on_verified: Callable[[], Awaitable[None]] | None = None
@@ -149,7 +151,7 @@ class BlobStream:
         d = self.download
         while not ready(d) and d.error is None:
             await d.changed()
-        if d.error is not None:
+        if d.error is not None and not d.verified:  # once verified, only keeping the bytes failed
             self.close()
             raise d.error
 
@@ -161,6 +163,16 @@ class BlobStream:
     async def wait_verified(self) -> None:
         """Return once the whole blob verified; raise the download's error instead if it failed."""
         await self._wait(lambda d: d.verified)
+
+    async def wait_kept(self) -> None:
+        """Return once the download is kept and recorded (or left to the fleet member that streamed it, or in a
+        bucket whatever its upload did); raise what failed instead: readers have their bytes once verified, before."""
+        d = self.download
+        while not d.ended:
+            await d.changed()
+        if not d.done:
+            assert d.error is not None
+            raise d.error
 
     async def chunks(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Bytes ``start`` to ``end`` (exclusive) as they arrive; raises if the download fails.
@@ -182,9 +194,9 @@ class BlobStream:
         offset = start
         try:
             while True:
-                if isinstance(d.error, BlobStorageError):  # already says what failed and what to do
-                    raise BlobStorageError(str(d.error), d.error.disk_full)
-                if d.error is not None:
+                if d.error is not None and not d.verified:  # once verified, keeping the bytes failed, not them
+                    if isinstance(d.error, BlobStorageError):  # already says what failed and what to do
+                        raise BlobStorageError(str(d.error), d.error.disk_full)
                     raise BlobDownloadError(f"download of {d.digest} failed: {d.error}")
                 available = d.written if d.verified or d.size is None else min(d.written, d.size - 1)
                 limit = available if end is None else min(available, end)

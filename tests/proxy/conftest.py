@@ -56,6 +56,27 @@ class Regcache:
         root = self.home / "blobs"
         return [p for p in root.rglob("*") if p.is_file() and "tmp" not in p.relative_to(root).parts]
 
+    def settle(self, timeout: float = 15) -> None:
+        """Wait until every download has ended: a client has a blob once it verified, and the store keeps it
+        (fsync, rename, row) moments later. Call it before looking at what is stored."""
+        import time
+
+        blobs = self.server.app.state.registry.cache.blobs
+        deadline = time.monotonic() + timeout
+        while blobs.active:
+            assert time.monotonic() < deadline, f"{blobs.active} downloads still running after {timeout:.0f} s"
+            time.sleep(0.01)
+
+    def wait_stored(self, digest: str, timeout: float = 15) -> None:
+        """Wait until ``digest`` is recorded as stored: a client has a blob once it verified, and the store
+        keeps it (fsync, rename, row) moments later."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while self.control.store.blob(digest) is None:
+            assert time.monotonic() < deadline, f"{digest} was not stored within {timeout:.0f} s"
+            time.sleep(0.02)
+
     def temp_files(self) -> list[Path]:
         return [p for p in (self.home / "blobs" / "tmp").iterdir()]
 

@@ -19,7 +19,9 @@ def gc(home, *args: str) -> dict:
 
 
 def pulled(regcache, skopeo, tmp_path, name: str):
-    return skopeo.copy_to_oci(f"{regcache.host}/evict/{name}:1", tmp_path / name, "1")
+    layout = skopeo.copy_to_oci(f"{regcache.host}/evict/{name}:1", tmp_path / name, "1")
+    regcache.settle()  # stored, not only verified: eviction looks at what is stored
+    return layout
 
 
 def test_max_size_evicts_least_recently_pulled(regcache, anonymous_registry, push_image, skopeo, tmp_path):

@@ -1,12 +1,14 @@
-"""Faults of the machine under the proxy: `kill -9` in the middle of a download, a full blobs disk.
+"""Faults of the machine under the proxy: `kill -9` in the middle of a download, a full blobs disk, a disk flush
+that is slow or fails once the bytes verified (their clients have them whole either way).
 
-Both pull through a throttling front, so the download is still running when the test strikes.
+The first two pull through a throttling front, so the download is still running when the test strikes.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -115,7 +117,9 @@ def test_kill_9_mid_download_stores_nothing_unverified(home, keyring_env, anonym
             assert http.get(f"/v2/crashy/blobs/{layer.digest}").content == layer.data
 
         assert_pulled(skopeo.copy_to_oci(f"{second.host}/crashy:1", tmp_path / "pulled", "1"), "1", image)
-        stored = _blob_path(home, layer.digest).read_bytes()
+        kept = _wait_for("the blob stored", lambda: _blob_path(home, layer.digest) if _stored_rows(
+            home / "state.db", layer.digest) else None)  # clients have it once verified; it is stored moments later
+        stored = kept.read_bytes()
         assert "sha256:" + hashlib.sha256(stored).hexdigest() == layer.digest
         assert _integrity(home / "state.db") == ["ok"]
         code, output = second.terminate()
@@ -257,6 +261,7 @@ def test_full_disk_fails_the_download_cleanly_and_keeps_serving_hits(home, keyri
         filler.unlink()  # space is freed: the same pull now succeeds
         front.mode = PASS
         assert_pulled(skopeo.copy_to_oci(f"{rc.host}/acme/big:1", tmp_path / "big", "1"), "1", big)
+        rc.settle()
         assert blobs.backend.path_for(layer.digest).read_bytes() == layer.data
         assert_pulled(skopeo.copy_to_oci(f"{rc.host}/acme/small:1", tmp_path / "small-again", "1"), "1", small)
         assert rc.temp_files() == []
@@ -264,3 +269,126 @@ def test_full_disk_fails_the_download_cleanly_and_keeps_serving_hits(home, keyri
         rc.proxy.stop()
         rc.control.close()
         front.stop()
+
+
+class _DiskFlush:
+    """``os.fsync`` of one blob's temporary file made slow (held until ``release``) or failing (``error``);
+    every other fsync of the process goes through unchanged."""
+
+    def __init__(self, digest: str, error: OSError | None = None) -> None:
+        self.encoded = digest.partition(":")[2]
+        self.error = error
+        self.entered = threading.Event()
+        self.released = threading.Event()
+        self._fsync = os.fsync
+
+    def __call__(self, fd: int) -> None:
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            target = ""
+        if self.encoded in target and "tmp" in target:
+            self.entered.set()
+            if self.error is not None:
+                raise self.error
+            self.released.wait(30)
+        self._fsync(fd)
+
+
+@pytest.fixture
+def big_layer(regcache, anonymous_registry, push_image) -> PushedImage:
+    regcache.add_upstream(anonymous_registry)
+    regcache.control.create_rule("flush-rule", f"{anonymous_registry.host}/acme/*", "acme/*")
+    return push_image(anonymous_registry, "acme/flush", "1", layers=[3 * MiB])
+
+
+def test_a_slow_disk_flush_does_not_hold_back_a_clients_last_byte(regcache, anonymous_registry, big_layer,
+                                                                   monkeypatch):
+    layer = big_layer.layers[0]
+    flush = _DiskFlush(layer.digest)
+    monkeypatch.setattr(os, "fsync", flush)
+    try:
+        with httpx.Client(base_url=regcache.url, timeout=10) as http:  # the flush is held for 30 s
+            first = http.get(f"/v2/acme/flush/blobs/{layer.digest}")
+            assert first.status_code == 200 and first.content == layer.data
+            assert flush.entered.wait(10) and not flush.released.is_set()
+            assert regcache.blob_files() == [], "stored before its flush returned"
+            # a request while the flush is held joins the download, verified and not yet stored: a hit
+            second = http.get(f"/v2/acme/flush/blobs/{layer.digest}")
+            assert second.status_code == 200 and second.content == layer.data
+            head = http.head(f"/v2/acme/flush/blobs/{layer.digest}")
+            assert head.status_code == 200 and head.headers["content-length"] == str(layer.size)
+            assert not flush.released.is_set()
+    finally:
+        flush.released.set()
+    regcache.settle()
+    assert [p.read_bytes() == layer.data for p in regcache.blob_files()] == [True]
+    assert len(anonymous_registry.blob_gets(digest=layer.digest)) == 1
+    results = [(e["method"], e["result"], e["detail"]) for e in regcache.events() if e["reference"] == layer.digest]
+    assert results == [("GET", "miss", None), ("GET", "hit", None), ("HEAD", "hit", None)], results
+
+
+def test_a_disk_flush_failing_after_the_digest_verified_costs_the_clients_nothing_and_stores_nothing(
+        regcache, anonymous_registry, big_layer, monkeypatch, caplog):
+    layer = big_layer.layers[0]
+    flush = _DiskFlush(layer.digest, OSError(errno.EIO, "Input/output error"))
+    monkeypatch.setattr(os, "fsync", flush)
+    with regcache.http() as http:
+        response = http.get(f"/v2/acme/flush/blobs/{layer.digest}")
+        assert response.status_code == 200 and response.content == layer.data
+    assert flush.entered.wait(10)
+    regcache.settle()
+    assert regcache.temp_files() == []
+    assert regcache.blob_files() == [] and regcache.control.store.blob(layer.digest) is None
+    assert any("Input/output error" in r.getMessage() for r in caplog.records), caplog.text
+    monkeypatch.setattr(os, "fsync", flush._fsync)  # the disk is well again: the next pull stores it
+    with regcache.http() as http:
+        assert http.get(f"/v2/acme/flush/blobs/{layer.digest}").content == layer.data
+    regcache.settle()
+    assert [p.read_bytes() == layer.data for p in regcache.blob_files()] == [True]
+    assert len(anonymous_registry.blob_gets(digest=layer.digest)) == 2
+
+
+def test_a_stop_during_the_flush_of_a_verified_download_waits_and_keeps_it(home, keyring_env, anonymous_registry,
+                                                                           push_image, monkeypatch):
+    layer = push_image(anonymous_registry, "acme/flush", "1", layers=[3 * MiB]).layers[0]
+    flush = _DiskFlush(layer.digest)
+    monkeypatch.setattr(os, "fsync", flush)
+    rc = start_regcache(home)
+    try:
+        rc.add_upstream(anonymous_registry)
+        rc.control.create_rule("flush-rule", f"{anonymous_registry.host}/acme/*", "acme/*")
+        with httpx.Client(base_url=rc.url, timeout=10) as http:
+            assert http.get(f"/v2/acme/flush/blobs/{layer.digest}").content == layer.data
+        assert flush.entered.wait(10)
+        stopper = threading.Thread(target=rc.proxy.stop)
+        stopper.start()
+        time.sleep(0.5)
+        assert stopper.is_alive(), "the stop did not wait for the flush of bytes a client has"
+        flush.released.set()
+        stopper.join(15)
+        assert not stopper.is_alive()
+    finally:
+        flush.released.set()
+        rc.proxy.stop()
+        rc.control.close()
+    assert _blob_path(home, layer.digest).read_bytes() == layer.data
+    assert [row[:2] for row in _stored_rows(home / "state.db", layer.digest)] == [(layer.digest, layer.size)]
+
+
+def test_a_warm_job_ends_once_its_layer_is_stored_not_once_it_verified(regcache, big_layer, monkeypatch):
+    layer = big_layer.layers[0]
+    flush = _DiskFlush(layer.digest)
+    monkeypatch.setattr(os, "fsync", flush)
+    done: list = []
+    job = threading.Thread(target=lambda: done.append(regcache.proxy.call(lambda ops: ops.warm("acme/flush:1"))))
+    job.start()
+    try:
+        assert flush.entered.wait(10)
+        time.sleep(0.3)
+        assert job.is_alive(), "the warm job reported a layer the cache did not hold yet"
+    finally:
+        flush.released.set()
+    job.join(15)
+    assert not job.is_alive() and done[0].digest == big_layer.digest
+    assert regcache.control.store.blob(layer.digest) is not None

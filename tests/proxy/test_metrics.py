@@ -17,6 +17,7 @@ def test_metrics_follow_pulls(regcache, anonymous_registry, push_image, skopeo, 
     image = push_image(anonymous_registry, "library/metered", "1", layers=[100_000])
     for i in range(2):
         skopeo.copy_to_oci(f"{regcache.host}/lib/metered:1", tmp_path / str(i), "1")
+    regcache.settle()  # the cache's size counts what is stored
     anonymous_registry.stop()
     with regcache.http() as http:
         assert http.get("/v2/lib/metered/manifests/1").headers["x-regcache-stale"] == "1"

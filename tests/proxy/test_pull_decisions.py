@@ -139,6 +139,7 @@ async def test_a_cached_digest_is_linked_to_another_repository_only_once_its_ups
     async with fake_engine(home, registry, {"a": "library/a", "b": "library/b"}) as cache:
         first = await cache.blob(await cache.resolve("a"), blob)
         assert b"".join([c async for c in first.chunks()]) == b"shared base layer"
+        await first.wait_kept()  # cached: stored, not only verified
         b = await cache.resolve("b")
         with pytest.raises(BlobUnknown, match="is not in b"):  # library/b's upstream answers 404
             await cache.blob(b, blob)

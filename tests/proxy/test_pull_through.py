@@ -312,6 +312,7 @@ def test_broken_upstream_blob_stores_nothing(regcache, anonymous_registry, push_
 
         front.mode = PASS  # the upstream recovers
         assert_pulled(skopeo.copy_to_oci(f"{regcache.host}/fragile:1", tmp_path / "ok", "1"), "1", image)
+        regcache.settle()
         assert regcache.server.app.state.registry.cache.blobs.backend.stored(layer.digest)
     finally:
         front.stop()

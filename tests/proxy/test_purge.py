@@ -16,6 +16,7 @@ from tests.registries.skopeo import assert_pulled
 
 
 def purge(regcache, repository: str, tag: str | None = None, digest: str | None = None):
+    regcache.settle()  # what the pulls before it verified is stored by now, so it is what the purge removes
     return regcache.proxy.call(lambda ops: ops.purge(repository, tag, digest))
 
 
@@ -98,6 +99,7 @@ def test_cache_purge_command(regcache, anonymous_registry, push_image, skopeo, t
     regcache.control.create_rule("purge-all", f"{server}/library/*", "purge/*")
     image = push_image(anonymous_registry, "library/cli", "1", layers=[5_000])
     skopeo.copy_to_oci(f"{regcache.host}/purge/cli:1", tmp_path / "cli", "1")
+    regcache.settle()
     home = str(regcache.home)
 
     refused = CliRunner().invoke(main, ["--home", home, "cache", "purge", "--repository", "purge/cli", "--tag", "1"])

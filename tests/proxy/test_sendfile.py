@@ -31,7 +31,8 @@ def warm(regcache, anonymous_registry, push_image):
     image = push_image(anonymous_registry, "team/big", "1", layers=[8 * 1024 * 1024])
     layer = image.layers[0]
     with regcache.http() as http:
-        assert http.get(f"/v2/team/big/blobs/{layer.digest}").content == layer.data  # cold: now stored
+        assert http.get(f"/v2/team/big/blobs/{layer.digest}").content == layer.data  # cold: stored once flushed
+    regcache.wait_stored(layer.digest)
     return layer
 
 
@@ -81,7 +82,8 @@ def small_warm(regcache, anonymous_registry, push_image):
     regcache.control.create_rule("team-rule", f"{server}/team/*", "team/*")
     layer = push_image(anonymous_registry, "team/small", "1", layers=[4096]).layers[0]
     with regcache.http() as http:
-        assert http.get(f"/v2/team/small/blobs/{layer.digest}").content == layer.data  # cold: now stored
+        assert http.get(f"/v2/team/small/blobs/{layer.digest}").content == layer.data  # cold: stored once flushed
+    regcache.wait_stored(layer.digest)
     return layer
 
 

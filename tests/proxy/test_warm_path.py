@@ -46,6 +46,7 @@ def warm_image(regcache, anonymous_registry, push_image):
         assert http.get(f"/v2/team/app/manifests/{image.digest}").status_code == 200
         for layer in image.layers:
             assert http.get(f"/v2/team/app/blobs/{layer.digest}").content == layer.data
+    regcache.settle()
     return image
 
 
