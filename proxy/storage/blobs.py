@@ -195,7 +195,8 @@ class BlobStore:
                 unlink(d.tmp_path)
                 level = logging.WARNING if isinstance(exc, Exception) else logging.INFO
                 where = f" (blobs in {self.tmp.parent})" if isinstance(exc, BlobStorageError) else ""
-                log.log(level, "download of %s failed: %s%s", d.digest, d.error, where)
+                what = "served %s, but could not store it" if d.verified else "download of %s failed"
+                log.log(level, what + ": %s%s", d.digest, d.error, where)
             elif isinstance(exc, Exception):  # stored and served; only the directory fsync or its row failed
                 log.warning("stored %s, but could not finish recording it: %s", d.digest, exc)
             if not isinstance(exc, Exception):
