@@ -210,6 +210,5 @@ class BlobStore:
     def _publish(self, d: Download) -> None:
         """The bytes are kept: from now on a new request finds them instead of joining ``d``."""
         del self._inflight[(d.digest, d.flight)]
-        d.size = d.written
-        d.verified = d.done = True
+        d.done = True  # verified (and sized) by _fetch already: only verified bytes are ever kept
         self.downloads += 1

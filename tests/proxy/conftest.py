@@ -67,16 +67,6 @@ class Regcache:
             assert time.monotonic() < deadline, f"{blobs.active} downloads still running after {timeout:.0f} s"
             time.sleep(0.01)
 
-    def wait_stored(self, digest: str, timeout: float = 15) -> None:
-        """Wait until ``digest`` is recorded as stored: a client has a blob once it verified, and the store
-        keeps it (fsync, rename, row) moments later."""
-        import time
-
-        deadline = time.monotonic() + timeout
-        while self.control.store.blob(digest) is None:
-            assert time.monotonic() < deadline, f"{digest} was not stored within {timeout:.0f} s"
-            time.sleep(0.02)
-
     def temp_files(self) -> list[Path]:
         return [p for p in (self.home / "blobs" / "tmp").iterdir()]
 

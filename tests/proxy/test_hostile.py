@@ -277,8 +277,7 @@ def world(regcache, anonymous_registry, push_image, file_writes) -> Iterator[Wor
     for digest, data in world.blobs.items():
         answer = world.wire.send("GET", f"/v2/team/app/blobs/{digest}")
         assert answer.status == 200 and answer.body == data, str(answer)
-    for digest in world.blobs:  # clients have a blob once it verified; it is stored moments later
-        regcache.wait_stored(digest)
+    regcache.settle()  # clients have a blob once it verified; it is stored moments later
     store = regcache.server.app.state.registry.cache.blobs
     assert all(store.backend.stored(digest) for digest in world.blobs)
     yield world
