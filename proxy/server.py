@@ -172,8 +172,10 @@ OFFER_ZERO_COPY = True
 #: kernel queues the page cache pages themselves). "map" is faster for the client here: one curl of a warm 200 MB
 #: blob 2,830 MB/s against 2,030 (medians of 8, loopback, 2 cores; a bare blocking-sendfile server 2,090), 16
 #: concurrent warm skopeo pulls 12.2 s against 13.3 (medians of 3): a reader copies out of the socket's own large
-#: pages faster than out of page cache pages one by one. A file still being written (message key GROWING: a
-#: download's clients) goes by sendfile: same wall time for them, and 0.7 s less of regcache's CPU for 16 of them
+#: pages faster than out of page cache pages one by one. A piece of a file still being written (message key
+#: GROWING: a download's clients) smaller than a window goes by sendfile (a client at the download's front gets
+#: small pieces often: 0.7 s less of regcache's CPU for 16 of them); a piece of a window or more (a client behind
+#: a download that runs ahead, regcache.proxy.upstream.read_ahead) is read like a warm file, from the map
 FILE_SEND = "map"
 #: the window of a file mapped and written at once: a slow client holds at most about one, the bound of every
 #: streamed body (sendfile.CHUNK, download.STREAM_CHUNK)
@@ -233,7 +235,7 @@ class _ZeroCopyCycle(RequestResponseCycle):
         transport = self.transport
         if transport.is_closing():
             raise ConnectionResetError("the connection is closing")
-        if FILE_SEND == "map" and not growing:
+        if FILE_SEND == "map" and (not growing or count >= MAP_WINDOW):
             await self._send_mapped(file.fileno(), offset, count)
             return
         # sendfile: first what the socket takes at once, by one call (a download's piece mostly fits: no waiting,

@@ -45,6 +45,7 @@ from regcache.proxy.core.units import format_size
 from regcache.proxy.upstream.auth import Challenge, TokenCache, basic_header, parse_challenge, token_lifetime
 from regcache.proxy.upstream.policy import (
     OutboundRefused,
+    PublicAddressBackend,
     PublicOnlyTransport,
     Route,
     is_own_origin,
@@ -53,6 +54,7 @@ from regcache.proxy.upstream.policy import (
     redact_url,
     route,
 )
+from regcache.proxy.upstream.read_ahead import OneAnswerTransport, ReadAheadBackend
 from regcache.proxy.upstream.tls import CaBundle, bundle_context, read_ca_bundle, system_context, tls_error
 
 log = logging.getLogger(__name__)
@@ -289,7 +291,9 @@ class UpstreamClient:
     tests.
 
     ``_client`` reaches upstreams and the origins allowed for them; ``_public`` reaches every other redirect
-    target and token realm, on public addresses only (:class:`~.policy.PublicOnlyTransport`).
+    target and token realm, on public addresses only (:class:`~.policy.PublicOnlyTransport`). Each has a twin
+    for blob answers (``bulk``), whose connections are received on threads of their own and carry one answer
+    each (:mod:`.read_ahead` says why).
     """
 
     def __init__(self, transport: httpx.AsyncBaseTransport | None = None,
@@ -301,14 +305,17 @@ class UpstreamClient:
         #: the operating system's trust store (truststore), which every connection without a CA bundle verifies
         self.ssl_context = system_context()
         self._client = self._new_client(self.ssl_context)
-        self._public = httpx.AsyncClient(
-            transport=public_transport or transport or PublicOnlyTransport(limits, ssl_context=self.ssl_context),
-            timeout=timeout, follow_redirects=False, limits=limits, headers={"User-Agent": "regcache"},
-        )
+        self._bulk = self._new_client(self.ssl_context, bulk=True)
+        self._public = self._public_client(public_transport or transport or PublicOnlyTransport(
+            limits, ssl_context=self.ssl_context))
+        self._public_bulk = self._public_client(public_transport or transport or PublicOnlyTransport(
+            httpx.Limits(max_connections=limits.max_connections, max_keepalive_connections=0),
+            PublicAddressBackend(ReadAheadBackend()), self.ssl_context))
         #: the CA bundles upstreams name, by path, as last read: the bundle, or why it cannot be used
         self._bundles: dict[str, CaBundle | str] = {}
-        #: a client per distinct CA bundle (by fingerprint), for the own origins of the upstreams naming it
-        self._bundle_clients: dict[str, httpx.AsyncClient] = {}
+        #: clients per distinct CA bundle (by fingerprint, and whether bulk), for the own origins of the upstreams
+        #: naming it
+        self._bundle_clients: dict[tuple[str, bool], httpx.AsyncClient] = {}
         #: clients of bundles no upstream names any more: a pull may still stream through one; closed on aclose
         self._retired: list[httpx.AsyncClient] = []
         self.tokens = TokenCache()
@@ -321,7 +328,8 @@ class UpstreamClient:
         self._rate_limits_changed: dict[tuple[str, str], int] = {}
 
     async def aclose(self) -> None:
-        for client in (self._client, self._public, *self._bundle_clients.values(), *self._retired):
+        for client in (self._client, self._bulk, self._public, self._public_bulk, *self._bundle_clients.values(),
+                       *self._retired):
             await client.aclose()
         self._bundle_clients.clear()
         self._retired.clear()
@@ -331,9 +339,16 @@ class UpstreamClient:
     #: retired bundle clients kept open for pulls still streaming through them; past it the oldest is closed
     MAX_RETIRED_CLIENTS = 8
 
-    def _new_client(self, ssl_context: ssl.SSLContext) -> httpx.AsyncClient:
-        return httpx.AsyncClient(transport=self._transport, verify=ssl_context, timeout=self._timeout,
+    def _new_client(self, ssl_context: ssl.SSLContext, bulk: bool = False) -> httpx.AsyncClient:
+        transport = self._transport
+        if transport is None and bulk:
+            transport = OneAnswerTransport(self._pool_limits.max_connections or 200, ssl_context)
+        return httpx.AsyncClient(transport=transport, verify=ssl_context, timeout=self._timeout,
                                  follow_redirects=False, limits=self._pool_limits, headers={"User-Agent": "regcache"})
+
+    def _public_client(self, transport: httpx.AsyncBaseTransport) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=transport, timeout=self._timeout, follow_redirects=False,
+                                 limits=self._pool_limits, headers={"User-Agent": "regcache"})
 
     async def reload_ca_bundles(self, upstreams: Iterable[Upstream]) -> None:
         """Read the CA bundle of every upstream in ``upstreams`` again (the configuration was reloaded).
@@ -351,17 +366,17 @@ class UpstreamClient:
                 log.warning("%s; pulls from the upstreams naming it fail until it is fixed", bundle)
         self._bundles = loaded
         wanted = {b.fingerprint for b in loaded.values() if isinstance(b, CaBundle)}
-        for fingerprint in [f for f in self._bundle_clients if f not in wanted]:
-            self._retired.append(self._bundle_clients.pop(fingerprint))
+        for key in [k for k in self._bundle_clients if k[0] not in wanted]:
+            self._retired.append(self._bundle_clients.pop(key))
         while len(self._retired) > self.MAX_RETIRED_CLIENTS:
             await self._retired.pop(0).aclose()
 
-    async def _own_origin_client(self, upstream: Upstream) -> httpx.AsyncClient:
+    async def _own_origin_client(self, upstream: Upstream, bulk: bool = False) -> httpx.AsyncClient:
         """The client for ``upstream``'s own origin: the system store's, or its CA bundle's (read if it was not
         read since the configuration was loaded); UpstreamUnreachable naming the bundle when it is unusable."""
         path = upstream.ca_bundle
         if path is None:
-            return self._client
+            return self._bulk if bulk else self._client
         bundle = self._bundles.get(path)
         if bundle is None:
             bundle = await anyio.to_thread.run_sync(_bundle_or_problem, path, self.limits.ca_bundle_bytes)
@@ -369,17 +384,21 @@ class UpstreamClient:
         if isinstance(bundle, str):
             raise UpstreamUnreachable(upstream.login_server, f"cannot verify TLS: {bundle}; fix the file, then run "
                                                              f"{_add_command(upstream)} again to reload it")
-        client = self._bundle_clients.get(bundle.fingerprint)
+        client = self._bundle_clients.get((bundle.fingerprint, bulk))
         if client is None:
-            client = self._bundle_clients[bundle.fingerprint] = self._new_client(bundle_context(bundle))
+            client = self._bundle_clients[(bundle.fingerprint, bulk)] = self._new_client(bundle_context(bundle), bulk)
         return client
 
-    async def _client_for(self, upstream: Upstream, target: httpx.URL, trusted: bool) -> httpx.AsyncClient:
+    async def _client_for(self, upstream: Upstream, target: httpx.URL, trusted: bool,
+                          bulk: bool = False) -> httpx.AsyncClient:
         """The client reaching ``target``: its upstream's own origin with the upstream's trust, other trusted
-        (allowed) origins with the system store, anything else through the public-addresses-only pool."""
+        (allowed) origins with the system store, anything else through the public-addresses-only pool; of blob
+        answers (``bulk``), the twin whose connections receive on threads of their own."""
         if not trusted:
-            return self._public
-        return await self._own_origin_client(upstream) if is_own_origin(upstream, target) else self._client
+            return self._public_bulk if bulk else self._public
+        if is_own_origin(upstream, target):
+            return await self._own_origin_client(upstream, bulk)
+        return self._bulk if bulk else self._client
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -401,7 +420,7 @@ class UpstreamClient:
                                                       f"fetched from it or stored ({advice})")
 
     async def _send_following_redirects(self, upstream: Upstream, method: str, url: str,
-                                        headers: dict[str, str], stream: bool) -> httpx.Response:
+                                        headers: dict[str, str], stream: bool, bulk: bool = False) -> httpx.Response:
         """Send, following redirects hop by hop under the outbound policy (the first hop too: a ``Link`` to a
         next page may lead anywhere); ``Authorization`` only ever goes to the upstream's own origin."""
         previous: httpx.URL | str = upstream.base_url
@@ -412,7 +431,7 @@ class UpstreamClient:
                 trusted = route(upstream, previous, target) is Route.TRUSTED
             except OutboundRefused as exc:
                 raise self._refused(upstream, what, exc) from None
-            client = await self._client_for(upstream, target, trusted)
+            client = await self._client_for(upstream, target, trusted, bulk)
             own = is_own_origin(upstream, target)
             if not own:
                 # another origin (a blob CDN, even an allowed one) never gets our upstream login
@@ -533,8 +552,9 @@ class UpstreamClient:
 
     async def _request(self, upstream: Upstream, repository: str, method: str, url: str,
                        creds: Credentials | None, headers: dict[str, str] | None = None,
-                       stream: bool = False) -> httpx.Response:
-        """Send with the cached login, answering one 401 challenge; errors for 401/403/429/5xx."""
+                       stream: bool = False, bulk: bool = False) -> httpx.Response:
+        """Send with the cached login, answering one 401 challenge; errors for 401/403/429/5xx. ``bulk``: a blob's
+        answer, received on a thread of its own (:mod:`.read_ahead`)."""
         key = (upstream.login_server, repository, creds.login_key if creds else None)
         scope = f"repository:{repository}:pull"
         auth = self.tokens.get(key)
@@ -542,7 +562,7 @@ class UpstreamClient:
             send_headers = dict(headers or {})
             if auth:
                 send_headers["Authorization"] = auth
-            response = await self._send_following_redirects(upstream, method, url, send_headers, stream)
+            response = await self._send_following_redirects(upstream, method, url, send_headers, stream, bulk)
             if response.status_code != 401 or attempt == 2:
                 break
             challenge = parse_challenge(response.headers.get("www-authenticate", ""))
@@ -661,7 +681,7 @@ class UpstreamClient:
         with anyio.CancelScope(deadline=anyio.current_time() + window) as watchdog:
             response = await self._request(upstream, repository, "GET", self._url(upstream, repository,
                                                                                  f"blobs/{digest}"), creds,
-                                           stream=True)
+                                           stream=True, bulk=True)
         if watchdog.cancelled_caught:
             raise UpstreamUnreachable(upstream.login_server, f"did not start sending blob {digest} within "
                                       f"{window:g} s (the {BLOB_RATE_WINDOW_SETTING} setting)")
@@ -768,3 +788,4 @@ class UpstreamClient:
                 self.limits.list_bytes, LIST_MAX_SIZE_SETTING, f"the referrers of {digest}",
                 {"Accept": OCI_INDEX})
         return body if response.status_code == 200 else None
+

@@ -235,6 +235,13 @@ async def test_one_client_per_distinct_bundle_replaced_when_it_changes_and_close
         assert first is not client._client
         # the public-addresses-only pool (redirects elsewhere) verifies against the system store, never a bundle
         assert client._public._transport._pool._ssl_context is client.ssl_context
+        # blob answers go through twins that receive on threads of their own, with the same trust each
+        bulk = await client._own_origin_client(upstreams[0], bulk=True)
+        assert bulk is not first and await client._own_origin_client(upstreams[1], bulk=True) is bulk
+        assert bulk._transport._pool._ssl_context is not client.ssl_context  # the bundle's trust, not the system's
+        assert await client._own_origin_client(plain, bulk=True) is client._bulk
+        assert client._bulk._transport._pool._ssl_context is client.ssl_context
+        assert client._public_bulk._transport._pool._ssl_context is client.ssl_context
         await client.reload_ca_bundles([*upstreams, plain])
         assert await client._own_origin_client(upstreams[0]) is first  # unchanged: kept
 
@@ -248,6 +255,7 @@ async def test_one_client_per_distinct_bundle_replaced_when_it_changes_and_close
     finally:
         await client.aclose()
     assert first.is_closed and changed.is_closed and client._client.is_closed
+    assert bulk.is_closed and client._bulk.is_closed and client._public_bulk.is_closed
 
 
 @pytest.mark.anyio
