@@ -65,7 +65,6 @@ class ReadAheadStream(httpcore.AsyncNetworkStream):
     # -- the connection's thread ---------------------------------------------------------------------
 
     def _receive(self) -> None:
-        buffer = bytearray(RECEIVE_SIZE)
         try:
             while True:
                 with self._room:
@@ -74,15 +73,17 @@ class ReadAheadStream(httpcore.AsyncNetworkStream):
                     if self._closing:
                         return
                 error: OSError | None = None
+                data = b""
                 try:
-                    count = self._sock.recv_into(buffer)
+                    data = self._sock.recv(RECEIVE_SIZE)
+                    count = len(data)
                 except OSError as exc:  # ssl.SSLError too
                     count, error = -1, exc
                 with self._lock:
                     if self._closing:
                         return
                     if count > 0:
-                        self._chunks.append(bytes(buffer[:count]))
+                        self._chunks.append(data)
                         self.buffered += count
                     elif count == 0:
                         self._eof = True
