@@ -50,7 +50,11 @@ class ReadAheadStream(httpcore.AsyncNetworkStream):
         self._sock = sock
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
-        self._chunks: deque[bytes] = deque()
+        #: buffers the thread received into, and how much each holds; the reader copies out of them (on the loop's
+        #: thread: the bytes it keeps are not allocated by the connection's thread, whose allocator arena would
+        #: keep them) and hands each back to be received into again
+        self._chunks: deque[tuple[bytearray, int]] = deque()
+        self._free: list[bytearray] = []
         self._offset = 0  # into the first chunk
         #: bytes received and not yet read (tests read it)
         self.buffered = 0
@@ -72,18 +76,18 @@ class ReadAheadStream(httpcore.AsyncNetworkStream):
                         self._room.wait()
                     if self._closing:
                         return
+                with self._lock:
+                    buffer = self._free.pop() if self._free else bytearray(RECEIVE_SIZE)
                 error: OSError | None = None
-                data = b""
                 try:
-                    data = self._sock.recv(RECEIVE_SIZE)
-                    count = len(data)
+                    count = self._sock.recv_into(buffer)
                 except OSError as exc:  # ssl.SSLError too
                     count, error = -1, exc
                 with self._lock:
                     if self._closing:
                         return
                     if count > 0:
-                        self._chunks.append(data)
+                        self._chunks.append((buffer, count))
                         self.buffered += count
                     elif count == 0:
                         self._eof = True
@@ -140,16 +144,14 @@ class ReadAheadStream(httpcore.AsyncNetworkStream):
 
     def _take(self, max_bytes: int) -> bytes:
         """Up to ``max_bytes`` of what was received (the lock held)."""
-        head = self._chunks[0]
-        if self._offset == 0 and len(head) <= max_bytes:
+        head, count = self._chunks[0]
+        with memoryview(head) as view:
+            data = bytes(view[self._offset:min(count, self._offset + max_bytes)])
+        self._offset += len(data)
+        if self._offset >= count:
             self._chunks.popleft()
-            data = head
-        else:
-            data = head[self._offset:self._offset + max_bytes]
-            self._offset += len(data)
-            if self._offset >= len(head):
-                self._chunks.popleft()
-                self._offset = 0
+            self._free.append(head)
+            self._offset = 0
         was_full = self.buffered >= READ_AHEAD
         self.buffered -= len(data)
         if was_full and self.buffered < READ_AHEAD:
