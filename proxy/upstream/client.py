@@ -788,4 +788,3 @@ class UpstreamClient:
                 self.limits.list_bytes, LIST_MAX_SIZE_SETTING, f"the referrers of {digest}",
                 {"Accept": OCI_INDEX})
         return body if response.status_code == 200 else None
-

@@ -76,7 +76,6 @@ class ReadAheadStream(httpcore.AsyncNetworkStream):
                         self._room.wait()
                     if self._closing:
                         return
-                with self._lock:
                     buffer = self._free.pop() if self._free else bytearray(RECEIVE_SIZE)
                 error: OSError | None = None
                 try:
@@ -259,12 +258,12 @@ class ReadAheadBackend(httpcore.AsyncNetworkBackend):
 
 
 class OneAnswerTransport(httpx.AsyncHTTPTransport):
-    """httpx's transport over connections made by ``backend`` (a :class:`ReadAheadBackend` by default) that
-    carry one answer each: no connection is kept for another request."""
+    """httpx's transport over :class:`ReadAheadBackend` connections that carry one answer each: no connection
+    is kept for another request. (The public-addresses-only twin is a ``PublicOnlyTransport`` over
+    ``PublicAddressBackend(ReadAheadBackend())`` without keep-alive.)"""
 
-    def __init__(self, max_connections: int, ssl_context: ssl.SSLContext,
-                 backend: httpcore.AsyncNetworkBackend | None = None) -> None:
+    def __init__(self, max_connections: int, ssl_context: ssl.SSLContext) -> None:
         super().__init__(trust_env=False)
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=ssl_context, max_connections=max_connections, max_keepalive_connections=0,
-            network_backend=backend or ReadAheadBackend())
+            network_backend=ReadAheadBackend())
