@@ -10,7 +10,7 @@ upstream's pace and the loop only parses, hashes and writes what arrived: the do
 Blob answers only, on connections that are never reused: after the request is written, the connection's
 thread is the only one to touch the socket (and its TLS state) until it is closed, so no TLS object is ever
 used by two threads at once, and no thread waits on an idle pooled connection. A download in flight holds at
-most READ_AHEAD + RECEIVE_SIZE bytes received and not yet taken.
+most READ_AHEAD + RECEIVE_SIZE bytes of buffers (however little each receive brings), and none once it ended.
 """
 
 from __future__ import annotations
@@ -32,8 +32,10 @@ import httpx
 #: 4 MiB in 1 MiB receives kept the download further ahead (done at 4 s of a 12 s round of 16 cold pulls, against 8 s)
 #: but not the clients (cold / warm 1.08 against 1.07, 3 A/B rounds each) and cost 15 MB more peak RSS (83 against 68)
 READ_AHEAD = 2 * 1024 * 1024
-#: one receive of the thread: a chunk of READ_AHEAD
+#: one receive of the thread, into a buffer of this size: READ_AHEAD is whole buffers, however full each one is
 RECEIVE_SIZE = 512 * 1024
+#: buffers received into and not yet read, at most (a receive that brings 4 KiB holds a whole buffer until it is read)
+MAX_CHUNKS = READ_AHEAD // RECEIVE_SIZE
 #: bytes a reader takes from what arrived ahead before it lets the loop's other tasks run (about 15 ms of a
 #: download's hashing and writing). Not less: a download that yields to every client's send between its reads
 #: falls back behind its clients, however fast its thread receives (16 cold pulls, README "Performance": at 1 MiB
@@ -58,8 +60,9 @@ class ReadAheadStream(httpcore.AsyncNetworkStream):
         self._chunks: deque[tuple[bytearray, int]] = deque()
         self._free: list[bytearray] = []
         self._offset = 0  # into the first chunk
-        #: bytes received and not yet read (tests read it)
+        #: bytes received and not yet read, and buffers ever made (tests read them)
         self.buffered = 0
+        self.buffers_made = 0
         self._eof = False
         self._error: OSError | None = None
         self._closing = False
@@ -74,11 +77,15 @@ class ReadAheadStream(httpcore.AsyncNetworkStream):
         try:
             while True:
                 with self._room:
-                    while self.buffered >= READ_AHEAD and not self._closing:
+                    while len(self._chunks) >= MAX_CHUNKS and not self._closing:
                         self._room.wait()
                     if self._closing:
                         return
-                    buffer = self._free.pop() if self._free else bytearray(RECEIVE_SIZE)
+                    if self._free:
+                        buffer = self._free.pop()
+                    else:
+                        buffer = bytearray(RECEIVE_SIZE)
+                        self.buffers_made += 1
                 error: OSError | None = None
                 try:
                     count = self._sock.recv_into(buffer)
@@ -105,6 +112,8 @@ class ReadAheadStream(httpcore.AsyncNetworkStream):
                     return
         finally:
             self._sock.close()
+            with self._lock:  # no more receives: the buffers kept for them go now, not with the stream object
+                self._free.clear()
 
     # -- the event loop's side ---------------------------------------------------------------------------
 
@@ -149,14 +158,14 @@ class ReadAheadStream(httpcore.AsyncNetworkStream):
         with memoryview(head) as view:
             data = bytes(view[self._offset:min(count, self._offset + max_bytes)])
         self._offset += len(data)
+        self.buffered -= len(data)
         if self._offset >= count:
             self._chunks.popleft()
-            self._free.append(head)
             self._offset = 0
-        was_full = self.buffered >= READ_AHEAD
-        self.buffered -= len(data)
-        if was_full and self.buffered < READ_AHEAD:
-            self._room.notify()
+            if not (self._eof or self._error or self._closing):  # for the thread's next receive
+                self._free.append(head)
+            if len(self._chunks) == MAX_CHUNKS - 1:
+                self._room.notify()
         return data
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
@@ -182,6 +191,9 @@ class ReadAheadStream(httpcore.AsyncNetworkStream):
                 return
             self._closing = True
             self._room.notify()
+            self._chunks.clear()
+            self._free.clear()
+            self.buffered = 0
         if self._thread is None:
             self._sock.close()
             return

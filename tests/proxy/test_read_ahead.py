@@ -100,6 +100,34 @@ async def test_an_answer_larger_than_the_read_ahead_arrives_whole_and_the_thread
     assert 0 < most <= read_ahead.READ_AHEAD + read_ahead.RECEIVE_SIZE
 
 
+def _send_in_small_pieces(data: bytes, piece: int, pause: float) -> Serve:
+    def serve(conn: socket.socket) -> None:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.recv(1024)  # the request
+        for start in range(0, len(data), piece):
+            conn.sendall(data[start:start + piece])
+            time.sleep(pause)
+    return serve
+
+
+@pytest.mark.anyio
+async def test_an_answer_that_trickles_in_small_pieces_holds_a_bounded_number_of_buffers(server):
+    """Each receive brings a few KiB while the reader is away: the thread stops at MAX_CHUNKS buffers (counting
+    bytes instead, 2 MiB of 4 KiB pieces would have been 512 buffers of 512 KiB)."""
+    body = os.urandom(2 * read_ahead.READ_AHEAD)
+    port = server(_send_in_small_pieces(body, 4096, 0.0002))
+    stream = await ReadAheadBackend().connect_tcp("127.0.0.1", port, timeout=5)
+    assert isinstance(stream, ReadAheadStream)
+    await stream.write(b"GET / HTTP/1.1\r\n\r\n", timeout=5)
+    parts = [await stream.read(65536, timeout=5)]
+    await anyio.sleep(1.0)  # away while the upstream trickles
+    while data := await stream.read(65536, timeout=5):
+        parts.append(data)
+    await stream.aclose()
+    assert b"".join(parts) == body
+    assert 0 < stream.buffers_made <= read_ahead.MAX_CHUNKS + 1
+
+
 @pytest.mark.anyio
 async def test_a_read_times_out_when_the_upstream_sends_nothing_and_closing_ends_the_thread(server):
     port = server(_silent)
