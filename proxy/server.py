@@ -180,10 +180,6 @@ FILE_SEND = "map"
 #: the window of a file mapped and written at once: a slow client holds at most about one, the bound of every
 #: streamed body (sendfile.CHUNK, download.STREAM_CHUNK)
 MAP_WINDOW = CHUNK
-#: what the transport of a plain TCP connection holds (copied) of a mapped file at most: the part that waits for the
-#: socket to have room, while the rest of the window stays mapped. A copy of the window's remainder instead (up to
-#: 1 MiB per connection, and the allocator kept the peak) took 16 concurrent skopeo pulls (48 connections) to 100 MB
-MAP_SLICE = 64 * 1024
 
 
 class _FileSpan:
@@ -194,6 +190,69 @@ class _FileSpan:
 
     def __len__(self) -> int:
         return self.count
+
+
+class _SocketWriter:
+    """Writes a window of a mapped file to a plain TCP connection's socket beside its transport (which holds
+    nothing meanwhile), as the socket takes it: what it does not take at once is written by the loop's writer
+    callback as soon as it has room, as the transport's own buffer would be, and the protocol's flow is paused
+    until all of it went. The pages sent leave the process's count as it goes (a slow client would otherwise
+    hold a window's pages). It watches a duplicate of the socket's descriptor: the loop watches the original
+    for the transport."""
+
+    #: sent bytes of a window after which its pages are released while the rest waits
+    RELEASE_EVERY = 256 * 1024
+
+    def __init__(self, fileno: int, flow: Any) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._fd = os.dup(fileno)
+        self._flow = flow
+        self._window: mmap.mmap | None = None
+        self._view: memoryview | None = None
+        self._done = self._released = 0
+        self._error: OSError | None = None
+
+    def write(self, window: mmap.mmap, view: memoryview, start: int) -> None:
+        """Write ``view`` (all of ``window``) from ``start``: what the socket takes now, the rest from the writer
+        callback (the flow is paused until then)."""
+        self._window, self._view, self._done, self._released = window, view, start, 0
+        self._send()
+        if self._view is not None:
+            self._flow.pause_writing()
+            self._loop.add_writer(self._fd, self._send)
+
+    def _send(self) -> None:
+        view, window = self._view, self._window
+        if view is None or window is None:
+            return
+        try:
+            self._done += os.write(self._fd, view[self._done:])
+        except BlockingIOError:
+            return
+        except OSError as exc:  # the client went away (a ConnectionError), or worse: check() raises it
+            self._error, self._done = exc, len(view)
+        if self._done < len(view):
+            sent = self._done - self._done % mmap.PAGESIZE
+            if sent - self._released >= self.RELEASE_EVERY:
+                window.madvise(mmap.MADV_DONTNEED, 0, sent)
+                self._released = sent
+            return
+        self.stop()
+
+    def check(self) -> None:
+        """Raise what a write met (a client that went away is a ConnectionError)."""
+        if self._error is not None:
+            raise self._error
+
+    def stop(self) -> None:
+        """Done with the window, sent or not (all of it went, the task was cancelled, or the client left)."""
+        self._view = self._window = None
+        if self._loop.remove_writer(self._fd):
+            self._flow.resume_writing()
+
+    def close(self) -> None:
+        self.stop()
+        os.close(self._fd)
 
 
 class _ZeroCopyCycle(RequestResponseCycle):
@@ -262,10 +321,9 @@ class _ZeroCopyCycle(RequestResponseCycle):
 
     async def _send_mapped(self, fd: int, offset: int, count: int) -> None:
         """Send the file in MAP_WINDOW windows of a read-only memory map: the kernel copies the page cache straight
-        into the socket (no read into Python). On a plain TCP connection each window goes to the socket directly,
-        as much as it takes at a time; when it is full, the transport holds a slice of at most MAP_SLICE bytes
-        (a copy: it waits for the socket with it), and the rest waits mapped, not copied. A client costs a slice
-        and the pages of one window (TLS: the transport copies what the socket did not take, a window at most)."""
+        into the socket (no read into Python, no copy held). On a plain TCP connection each window goes to the
+        socket directly, as much as it takes at a time, the rest as soon as it has room (:class:`_SocketWriter`);
+        over TLS the transport sends what the socket takes and copies the rest, a window at most."""
         end = offset + count
         # Touching a mapping past the end of its file is a SIGBUS, not an error: the file must be as long as the
         # answer says (mmap checks each window too). regcache writes a blob once and never cuts it; a file cut
@@ -275,49 +333,52 @@ class _ZeroCopyCycle(RequestResponseCycle):
             raise OSError(errno.EIO, f"the file is {size} bytes, shorter than the {end} to send")
         transport = self.transport
         sock = transport.get_extra_info("socket")
-        direct = sock is not None and transport.get_extra_info("ssl_object") is None
-        limits = transport.get_write_buffer_limits()
-        if direct:  # the protocol pauses as soon as the transport holds anything, and resumes once it holds nothing
-            transport.set_write_buffer_limits(high=0)
+        writer: _SocketWriter | None = None
+        if sock is not None and transport.get_extra_info("ssl_object") is None:
+            await self._drain_all()  # what the transport holds (the head) goes first
+            writer = _SocketWriter(sock.fileno(), self.flow)
         try:
             position = offset
             while position < end:
+                if self.flow.write_paused and not self.disconnected:
+                    await self.flow.drain()
+                if self.disconnected or transport.is_closing():
+                    raise ConnectionResetError("the client went away")
                 start = position - position % mmap.ALLOCATIONGRANULARITY
                 stop = min(end, position + MAP_WINDOW)
                 window = mmap.mmap(fd, stop - start, prot=mmap.PROT_READ, offset=start)
                 try:
                     with memoryview(window) as whole:
-                        done = position - start
-                        while done < len(whole):
+                        if writer is None:  # TLS: the transport sends what the socket takes, copies the rest
+                            transport.write(whole[position - start:])
+                        else:
+                            writer.write(window, whole, position - start)
                             if self.flow.write_paused and not self.disconnected:
-                                # the pages sent so far leave the process's count while it waits (they are cached)
-                                sent_pages = done - done % mmap.PAGESIZE
-                                if sent_pages:
-                                    window.madvise(mmap.MADV_DONTNEED, 0, sent_pages)
-                                await self.flow.drain()
-                            if self.disconnected or transport.is_closing():
-                                raise ConnectionResetError("the client went away")
-                            take = len(whole)  # TLS: the transport sends what the socket takes, copies the rest
-                            if direct:
-                                if not transport.get_write_buffer_size():
-                                    try:
-                                        done += os.write(sock.fileno(), whole[done:])
-                                    except BlockingIOError:
-                                        pass
-                                # the socket is full: the transport waits for room with a slice (and pauses us)
-                                take = MAP_SLICE
-                            piece = whole[done:done + take]
-                            if piece:
-                                transport.write(piece)
-                                done += len(piece)
+                                await self.flow.drain()  # the window is sent, or the client left
+                            writer.check()
                     # the pages stay in the page cache; the process no longer counts them
                     window.madvise(mmap.MADV_DONTNEED)
                 finally:
+                    if writer is not None:
+                        writer.stop()  # nothing of the window is used once it is unmapped
                     del window  # not close(): a transport that holds part of it (3.12+ does not copy) keeps it mapped
                 position = stop
         finally:
-            if direct:
-                transport.set_write_buffer_limits(high=limits[1], low=limits[0])
+            if writer is not None:
+                writer.close()
+
+    async def _drain_all(self) -> None:
+        """Wait until the transport holds nothing (not only below its low-water mark), or the client left."""
+        transport = self.transport
+        if not transport.get_write_buffer_size():
+            return
+        low, high = transport.get_write_buffer_limits()
+        transport.set_write_buffer_limits(high=0)  # the protocol is paused until the buffer is empty
+        try:
+            if not self.disconnected:
+                await self.flow.drain()
+        finally:
+            transport.set_write_buffer_limits(high=high, low=low)
 
 
 class _H11Protocol(H11Protocol):

@@ -2,8 +2,8 @@
 
 32 clients that read slowly hold their transfers open against a real `regcache serve`; its resident memory
 may grow by a couple of pieces (download.STREAM_CHUNK) per client, whatever the size of the blob or the
-client's speed, and by a slice (server.MAP_SLICE) and a window's pages for a warm file sent from its map. The
-ceilings are wide margins: measured here, ~6 MB from the map (~26 MB when the transport copied what the socket
+client's speed, and by part of a window's pages for a warm file sent from its map (server._SocketWriter). The
+ceilings are wide margins: measured here, ~8 MB from the map (~26 MB when the transport copied what the socket
 did not take, a window each), ~60 MB by 1 MiB reads, ~15 MB in flight; the 4 MiB reads before grew ~260 MB.
 """
 
@@ -26,7 +26,7 @@ BLOB = 64 * 1024 * 1024
 RATE = 512 * 1024
 #: RSS growth allowed for all of them: ~2 MiB each is the design, 200 MB the ceiling asserted
 CEILING_MB = 200
-#: the same from a warm file's map: a 64 KiB slice and a window's pages at most each is the design
+#: the same from a warm file's map: the pages of a quarter of a window (_SocketWriter.RELEASE_EVERY) each is the design
 MAPPED_CEILING_MB = 16
 
 
