@@ -42,6 +42,7 @@ import uvicorn
 from anyio.abc import TaskStatus
 from anyio.from_thread import BlockingPortal
 from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.h11_impl import H11Protocol, RequestResponseCycle
 
 from regcache.proxy.core.errors import RegcacheError, unwrap_error
@@ -203,7 +204,7 @@ class _SocketWriter:
     #: sent bytes of a window after which its pages are released while the rest waits
     RELEASE_EVERY = 256 * 1024
 
-    def __init__(self, fileno: int, flow: Any) -> None:
+    def __init__(self, fileno: int, flow: FlowControl) -> None:
         self._loop = asyncio.get_running_loop()
         self._fd = os.dup(fileno)
         self._flow = flow
