@@ -306,9 +306,9 @@ class UpstreamClient:
         self.ssl_context = system_context()
         self._client = self._new_client(self.ssl_context)
         self._bulk = self._new_client(self.ssl_context, bulk=True)
-        self._public = self._public_client(public_transport or transport or PublicOnlyTransport(
+        self._public = self._http_client(public_transport or transport or PublicOnlyTransport(
             limits, ssl_context=self.ssl_context))
-        self._public_bulk = self._public_client(public_transport or transport or PublicOnlyTransport(
+        self._public_bulk = self._http_client(public_transport or transport or PublicOnlyTransport(
             httpx.Limits(max_connections=limits.max_connections, max_keepalive_connections=0),
             PublicAddressBackend(ReadAheadBackend()), self.ssl_context))
         #: the CA bundles upstreams name, by path, as last read: the bundle, or why it cannot be used
@@ -342,12 +342,13 @@ class UpstreamClient:
     def _new_client(self, ssl_context: ssl.SSLContext, bulk: bool = False) -> httpx.AsyncClient:
         transport = self._transport
         if transport is None and bulk:
-            transport = OneAnswerTransport(self._pool_limits.max_connections or 200, ssl_context)
-        return httpx.AsyncClient(transport=transport, verify=ssl_context, timeout=self._timeout,
-                                 follow_redirects=False, limits=self._pool_limits, headers={"User-Agent": "regcache"})
+            transport = OneAnswerTransport(self._pool_limits.max_connections, ssl_context)
+        return self._http_client(transport, ssl_context)
 
-    def _public_client(self, transport: httpx.AsyncBaseTransport) -> httpx.AsyncClient:
-        return httpx.AsyncClient(transport=transport, timeout=self._timeout, follow_redirects=False,
+    def _http_client(self, transport: httpx.AsyncBaseTransport | None,
+                     verify: ssl.SSLContext | bool = True) -> httpx.AsyncClient:
+        """An httpx client over ``transport`` (httpx's own, verifying against ``verify``, when None)."""
+        return httpx.AsyncClient(transport=transport, verify=verify, timeout=self._timeout, follow_redirects=False,
                                  limits=self._pool_limits, headers={"User-Agent": "regcache"})
 
     async def reload_ca_bundles(self, upstreams: Iterable[Upstream]) -> None:

@@ -60,8 +60,7 @@ class ReadAheadStream(httpcore.AsyncNetworkStream):
         self._chunks: deque[tuple[bytearray, int]] = deque()
         self._free: list[bytearray] = []
         self._offset = 0  # into the first chunk
-        #: bytes received and not yet read, and buffers ever made (tests read them)
-        self.buffered = 0
+        #: buffers ever made (tests read it)
         self.buffers_made = 0
         self._eof = False
         self._error: OSError | None = None
@@ -70,6 +69,12 @@ class ReadAheadStream(httpcore.AsyncNetworkStream):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._since_checkpoint = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet read (tests read it)."""
+        with self._lock:
+            return sum(count for _, count in self._chunks) - self._offset
 
     # -- the connection's thread ---------------------------------------------------------------------
 
@@ -96,7 +101,6 @@ class ReadAheadStream(httpcore.AsyncNetworkStream):
                         return
                     if count > 0:
                         self._chunks.append((buffer, count))
-                        self.buffered += count
                     elif count == 0:
                         self._eof = True
                     else:
@@ -158,7 +162,6 @@ class ReadAheadStream(httpcore.AsyncNetworkStream):
         with memoryview(head) as view:
             data = bytes(view[self._offset:min(count, self._offset + max_bytes)])
         self._offset += len(data)
-        self.buffered -= len(data)
         if self._offset >= count:
             self._chunks.popleft()
             self._offset = 0
@@ -193,7 +196,6 @@ class ReadAheadStream(httpcore.AsyncNetworkStream):
             self._room.notify()
             self._chunks.clear()
             self._free.clear()
-            self.buffered = 0
         if self._thread is None:
             self._sock.close()
             return
@@ -276,7 +278,7 @@ class OneAnswerTransport(httpx.AsyncHTTPTransport):
     is kept for another request. (The public-addresses-only twin is a ``PublicOnlyTransport`` over
     ``PublicAddressBackend(ReadAheadBackend())`` without keep-alive.)"""
 
-    def __init__(self, max_connections: int, ssl_context: ssl.SSLContext) -> None:
+    def __init__(self, max_connections: int | None, ssl_context: ssl.SSLContext) -> None:
         super().__init__(trust_env=False)
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=ssl_context, max_connections=max_connections, max_keepalive_connections=0,
