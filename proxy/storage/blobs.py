@@ -17,7 +17,7 @@ import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, aclosing
 from pathlib import Path
 
 import anyio
@@ -150,19 +150,36 @@ class BlobStore:
             d.headers_received = True
             d.notify()
             notified, notified_at = 0, time.monotonic()
-            async for chunk in fetched.chunks():
-                hasher.update(chunk)
+
+            def consume(data: bytes | memoryview) -> None:
+                hasher.update(data)
                 try:
-                    write_all(d.fd, chunk)
+                    write_all(d.fd, data)
                 except OSError as exc:  # ENOSPC, EDQUOT, EIO: our disk failed, not the upstream
                     raise storage_error(exc, d.digest) from exc
-                d.written += len(chunk)
+
+            def progressed() -> None:
+                nonlocal notified, notified_at
                 if d.size is not None and d.written > d.size:
                     raise BlobIntegrityError(f"upstream sent more than the announced {d.size} bytes")
                 now = time.monotonic()
                 if d.written - notified >= NOTIFY_EVERY or now - notified_at >= NOTIFY_INTERVAL:
                     notified, notified_at = d.written, now
                     d.notify()
+
+            # Hashed and written on the connection's own thread where the source can (the loop only follows the
+            # count): a cold download then keeps well ahead of its clients, who read it as they read a warm file
+            received = fetched.receive(consume)
+            if received is not None:
+                async with aclosing(received):  # nothing writes to d.fd once it is closed
+                    async for written in received:
+                        d.written = written
+                        progressed()
+            else:
+                async for chunk in fetched.chunks():
+                    consume(chunk)
+                    d.written += len(chunk)
+                    progressed()
             d.notify()
         if d.size is not None and d.written != d.size:
             raise BlobIntegrityError(f"upstream sent {d.written} of {d.size} bytes")

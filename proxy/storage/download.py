@@ -10,7 +10,7 @@ import errno
 import hashlib
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -76,6 +76,11 @@ class FetchedBlob(Protocol):
     size: int | None
 
     def chunks(self) -> AsyncIterator[bytes]: ...
+
+    def receive(self, consume: Callable[[memoryview], None]) -> AsyncGenerator[int, None] | None:
+        """The bytes handed to ``consume`` on another thread as they arrive, the count so far yielded; None
+        when the source cannot (then :meth:`chunks`)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,7 +272,7 @@ async def file_chunks(path: Path, start: int, end: int) -> AsyncIterator[bytes]:
     finally:
         os.close(fd)
 
-def write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         written = os.write(fd, view)

@@ -19,7 +19,7 @@ import logging
 import math
 import re
 import ssl
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -54,7 +54,7 @@ from regcache.proxy.upstream.policy import (
     redact_url,
     route,
 )
-from regcache.proxy.upstream.read_ahead import OneAnswerTransport, ReadAheadBackend
+from regcache.proxy.upstream.read_ahead import Consume, OneAnswerTransport, ReadAheadBackend, ReadAheadStream
 from regcache.proxy.upstream.tls import CaBundle, bundle_context, read_ca_bundle, system_context, tls_error
 
 log = logging.getLogger(__name__)
@@ -206,10 +206,7 @@ class UpstreamBlob:
                 except StopAsyncIteration:
                     return
             if watchdog.cancelled_caught:
-                raise UpstreamUnreachable(
-                    self.server, f"sent blob {self.digest} slower than "
-                    f"{format_size(limits.blob_min_rate)}/s over {window:g} s; cut after {format_size(received)} "
-                    f"(the {BLOB_MIN_RATE_SETTING} and {BLOB_RATE_WINDOW_SETTING} settings)")
+                raise self._too_slow(received)
             received += len(chunk)
             if received > limits.blob_bytes:
                 raise _too_large(self.server, f"blob {self.digest}", limits.blob_bytes, BLOB_MAX_SIZE_SETTING)
@@ -218,6 +215,49 @@ class UpstreamBlob:
                 in_window = 0
                 deadline = anyio.current_time() + window
             yield chunk
+
+    def _too_slow(self, received: int) -> UpstreamUnreachable:
+        limits = self._limits
+        return UpstreamUnreachable(
+            self.server, f"sent blob {self.digest} slower than {format_size(limits.blob_min_rate)}/s over "
+            f"{max(limits.blob_rate_window, 1.0):g} s; cut after {format_size(received)} "
+            f"(the {BLOB_MIN_RATE_SETTING} and {BLOB_RATE_WINDOW_SETTING} settings)")
+
+    def receive(self, consume: Consume) -> AsyncGenerator[int, None] | None:
+        """The body handed to ``consume`` on its connection's own thread as it arrives (the event loop parses,
+        copies and hashes none of it), with the limits of :meth:`chunks`; yields the bytes consumed so far, and
+        returns once nothing calls ``consume`` any more. None when the answer cannot be taken so: not on a
+        read-ahead connection, no Content-Length, a chunked body, an interim head before it (read
+        :meth:`chunks` instead). Close the iterator (``aclosing``) before closing what ``consume`` writes to."""
+        stream = self._response.extensions.get("network_stream")
+        size = self.size
+        if not isinstance(stream, ReadAheadStream) or size is None or "transfer-encoding" in self._response.headers \
+                or not stream.take_body(size, consume):
+            return None
+        return self._received(stream, size)
+
+    async def _received(self, stream: ReadAheadStream, size: int) -> AsyncGenerator[int, None]:
+        limits = self._limits
+        window = max(limits.blob_rate_window, 1.0)
+        wanted = limits.blob_min_rate * window
+        timeout = self._response.request.extensions.get("timeout", {}).get("read")
+        seen = in_window = 0
+        deadline = anyio.current_time() + window
+        try:
+            await anyio.to_thread.run_sync(stream.feed_received)
+            while seen < size:
+                with anyio.CancelScope(deadline=deadline if wanted > 0 else math.inf) as watchdog:
+                    consumed = await stream.body_consumed(seen, timeout)
+                if watchdog.cancelled_caught:
+                    raise self._too_slow(seen)
+                in_window += consumed - seen
+                seen = consumed
+                if in_window >= wanted:
+                    in_window = 0
+                    deadline = anyio.current_time() + window
+                yield seen
+        finally:
+            await stream.end_body()
 
 
 def _cause(exc: Exception) -> str:

@@ -115,3 +115,36 @@ def hostile(regcache):
     regcache.control.create_rule("evil-all", f"{upstream.host}/evil/*", "evil/*")
     yield upstream
     upstream.stop()
+
+
+@dataclass
+class TakenBodies:
+    """What the blob store asked of each upstream blob answer (UpstreamBlob.receive): whether the body was taken
+    (hashed and written on its connection's thread), and the names of the threads its bytes were handed on."""
+
+    taken: dict[str, bool]
+    threads: dict[str, set[str]]
+
+
+@pytest.fixture
+def taken_bodies(monkeypatch) -> TakenBodies:
+    import threading
+
+    from regcache.proxy.upstream.client import UpstreamBlob
+
+    record = TakenBodies({}, {})
+    receive = UpstreamBlob.receive
+
+    def recorded(self: UpstreamBlob, consume):
+        threads = record.threads.setdefault(self.digest, set())
+
+        def noted(view: memoryview) -> None:
+            threads.add(threading.current_thread().name)
+            consume(view)
+
+        received = receive(self, noted)
+        record.taken[self.digest] = received is not None
+        return received
+
+    monkeypatch.setattr(UpstreamBlob, "receive", recorded)
+    return record

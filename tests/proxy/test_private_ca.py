@@ -88,7 +88,7 @@ def _reload(regcache) -> None:
 # -- pulls through a registry signed by a private CA -----------------------------------------------------
 
 def test_a_private_ca_registry_is_refused_clearly_without_its_bundle_and_pulled_byte_for_byte_with_it(
-        regcache, tls_registry, private_ca, push_image, skopeo, tmp_path):
+        regcache, tls_registry, private_ca, push_image, skopeo, tmp_path, taken_bodies):
     server = tls_registry.host
     regcache.control.add_upstream(server, tls_registry.url, "anonymous")
     regcache.control.create_rule("private", f"{server}/team/*", "team/*")
@@ -113,6 +113,8 @@ def test_a_private_ca_registry_is_refused_clearly_without_its_bundle_and_pulled_
     assert added["caBundle"] == str(private_ca.bundle)
     layout = skopeo.copy_to_oci(f"{regcache.host}/team/app:1.0", tmp_path / "pulled", "1.0")
     assert_pulled(layout, "1.0", image)
+    # received, decrypted, hashed and written on each connection's own thread
+    assert all(taken_bodies.taken[layer.digest] for layer in image.layers)
     by_digest = skopeo.copy_to_oci(f"{regcache.host}/team/app@{image.digest}", tmp_path / "by-digest", "1.0")
     assert_pulled(by_digest, "1.0", image)
 

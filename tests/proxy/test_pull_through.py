@@ -50,6 +50,26 @@ def test_single_arch_by_tag_and_digest_both_media_types(regcache, anonymous_regi
     assert all(e["rule"] == "team-images" for e in events)
 
 
+def test_a_cold_layer_is_hashed_and_written_on_its_connections_thread_not_the_loops(
+        regcache, anonymous_registry, push_image, skopeo, tmp_path, taken_bodies):
+    """docker-registry answers a blob GET with a Content-Length: the body goes from the connection's thread to
+    the file (regcache.proxy.upstream.read_ahead), the event loop parses and hashes none of it."""
+    server = regcache.add_upstream(anonymous_registry)
+    regcache.control.create_rule("team-images", f"{server}/team/*", "team/*")
+    image = push_image(anonymous_registry, "team/app", "1.0", layers=[9_000_000, 3_000])
+    assert_pulled(skopeo.copy_to_oci(f"{regcache.host}/team/app:1.0", tmp_path / "pulled", "1.0"), "1.0", image)
+    for layer in image.layers:
+        assert taken_bodies.taken[layer.digest], layer.digest
+        # the connection's thread, and a worker for what arrived with the head; never the loop's (regcache-proxy)
+        assert taken_bodies.threads[layer.digest] <= {"regcache upstream receive", "AnyIO worker thread"}
+    assert "regcache upstream receive" in taken_bodies.threads[image.layers[0].digest]
+    regcache.settle()
+    stored = {f"sha256:{path.name}": path.stat().st_size for path in regcache.blob_files()}
+    assert all(stored[layer.digest] == layer.size for layer in image.layers)
+    # and served warm from what was written
+    assert_pulled(skopeo.copy_to_oci(f"{regcache.host}/team/app:1.0", tmp_path / "again", "1.0"), "1.0", image)
+
+
 def test_multi_arch_index(regcache, anonymous_registry, push_image, skopeo, tmp_path):
     server = regcache.add_upstream(anonymous_registry)
     regcache.control.create_rule("multi-arch", f"{server}/library/multi", "multi")

@@ -10,13 +10,17 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import aclosing
 
 import anyio
 import httpcore
+import httpx
 import pytest
 import trustme
 
+from regcache.proxy.core.settings import UpstreamLimits
 from regcache.proxy.upstream import read_ahead
+from regcache.proxy.upstream.client import UpstreamBlob, UpstreamUnreachable
 from regcache.proxy.upstream.read_ahead import ReadAheadBackend, ReadAheadStream
 from regcache.proxy.upstream.tls import tls_error
 
@@ -181,3 +185,177 @@ async def test_tls_is_verified_in_the_handshake_and_its_failure_is_the_errors_ca
     with pytest.raises(httpcore.ConnectError) as refused:
         await plain.start_tls(ssl.create_default_context(), server_hostname="localhost", timeout=5)
     assert isinstance(tls_error(refused.value), ssl.SSLCertVerificationError)
+
+
+# -- a body taken from httpcore (ReadAheadStream.take_body, through UpstreamBlob.receive as the blob store uses it) --
+
+def _answer(head: bytes, body: bytes, after: bytes = b"", close: bool = False) -> Serve:
+    """Send ``head``, ``body`` and ``after`` in one piece (the first receive holds the head and the body's
+    start); keep the connection open unless ``close``, as a keep-alive upstream does."""
+    def serve(conn: socket.socket) -> None:
+        conn.recv(1024)  # the request
+        conn.sendall(head + body + after)
+        if not close:
+            conn.recv(1024)  # returns once the client closed the connection
+    return serve
+
+
+def _head(size: int, eol: bytes = b"\r\n", extra: bytes = b"") -> bytes:
+    return (b"HTTP/1.1 200 OK" + eol + b"Content-Length: " + str(size).encode() + eol + extra + eol).replace(
+        b"\r\n", eol)
+
+
+class _Consumer:
+    """Hashes what it is handed and notes the threads that handed it."""
+
+    def __init__(self, fail_after: int | None = None, pause: float = 0.0) -> None:
+        self.hasher = hashlib.sha256()
+        self.count = 0
+        self.calls = 0
+        self.threads: set[int] = set()
+        self.fail_after = fail_after
+        self.pause = pause
+        self.returned_at: float | None = None
+
+    def __call__(self, view: memoryview) -> None:
+        self.threads.add(threading.get_ident())
+        self.calls += 1
+        if self.fail_after is not None and self.count + len(view) > self.fail_after:
+            raise OSError(28, "No space left on device")
+        time.sleep(self.pause)
+        self.hasher.update(view)
+        self.count += len(view)
+        self.returned_at = time.monotonic()
+
+
+async def _blob(port: int, limits: UpstreamLimits | None = None,
+                timeout: float = 5) -> tuple[httpx.AsyncClient, UpstreamBlob]:
+    client = httpx.AsyncClient(transport=read_ahead.OneAnswerTransport(None, ssl.create_default_context()),
+                               timeout=timeout)
+    response = await client.send(client.build_request("GET", f"http://127.0.0.1:{port}/blob"), stream=True)
+    announced = response.headers.get("content-length")
+    return client, UpstreamBlob("upstream.test", "sha256:" + "0" * 64, response,
+                                int(announced) if announced else None, limits or UpstreamLimits())
+
+
+async def _consume_all(blob: UpstreamBlob, consume: _Consumer) -> list[int]:
+    received = blob.receive(consume)
+    assert received is not None, "the body was not taken"
+    async with aclosing(received):
+        return [count async for count in received]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("eol", [b"\r\n", b"\n"], ids=["crlf", "bare-lf"])
+async def test_a_taken_body_reaches_its_consumer_whole_on_the_connections_thread_and_no_byte_more(server, eol):
+    """Head, body and what follows come in one piece: httpcore is handed the head only (a body byte left in
+    h11's buffer would be missing here), the consumer gets exactly the announced bytes, off the loop's thread."""
+    body = os.urandom(3 * read_ahead.READ_AHEAD + 777)
+    port = server(_answer(_head(len(body), eol), body, after=b"HTTP/1.1 200 OK\r\n\r\nnot this blob's"))
+    client, blob = await _blob(port)
+    consumer = _Consumer()
+    counts = await _consume_all(blob, consumer)
+    await blob._response.aclose()
+    await client.aclose()
+    assert consumer.count == len(body) and consumer.hasher.digest() == hashlib.sha256(body).digest()
+    assert counts == sorted(counts) and counts[-1] == len(body)
+    assert threading.get_ident() not in consumer.threads
+
+
+@pytest.mark.anyio
+async def test_a_body_after_an_interim_head_is_not_taken_and_reads_whole(server):
+    body = os.urandom(100_000)
+    port = server(_answer(b"HTTP/1.1 100 Continue\r\n\r\n" + _head(len(body)), body))
+    client, blob = await _blob(port)
+    assert blob.receive(_Consumer()) is None  # h11 holds bytes past the first head: read as before
+    data = b"".join([chunk async for chunk in blob.chunks()])
+    await blob._response.aclose()
+    await client.aclose()
+    assert data == body
+
+
+@pytest.mark.anyio
+async def test_a_chunked_body_is_not_taken(server):
+    port = server(_answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"5\r\nhello\r\n0\r\n\r\n"))
+    client, blob = await _blob(port)
+    assert blob.size is None and blob.receive(_Consumer()) is None
+    assert b"".join([chunk async for chunk in blob.chunks()]) == b"hello"
+    await blob._response.aclose()
+    await client.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_taken_body_cut_short_by_the_upstream_is_an_error_naming_both_sizes(server):
+    body = os.urandom(read_ahead.READ_AHEAD)
+    port = server(_answer(_head(len(body) + 1000), body, close=True))
+    client, blob = await _blob(port)
+    consumer = _Consumer()
+    with pytest.raises(httpx.RemoteProtocolError, match=f"received {len(body)} bytes, expected {len(body) + 1000}"):
+        await _consume_all(blob, consumer)
+    await client.aclose()
+    assert consumer.count == len(body)
+
+
+@pytest.mark.anyio
+async def test_the_consumers_error_ends_the_body_with_that_error_and_nothing_more_is_handed(server):
+    """The blob store's disk filling up, on the connection's thread, reaches the download as it was raised."""
+    body = os.urandom(4 * read_ahead.READ_AHEAD)
+    port = server(_answer(_head(len(body)), body))
+    client, blob = await _blob(port)
+    consumer = _Consumer(fail_after=read_ahead.READ_AHEAD)
+    with pytest.raises(OSError, match="No space left"):
+        await _consume_all(blob, consumer)
+    calls = consumer.calls
+    await anyio.sleep(0.2)
+    await client.aclose()
+    assert consumer.calls == calls and consumer.count <= read_ahead.READ_AHEAD
+
+
+@pytest.mark.anyio
+async def test_closing_a_taken_body_returns_only_once_its_consumer_is_no_longer_called(server):
+    """What the consumer writes to is closed right after: a call still running then would write to a closed
+    (or reused) file descriptor."""
+    body = os.urandom(8 * read_ahead.RECEIVE_SIZE)
+    port = server(_answer(_head(len(body)), body))
+    client, blob = await _blob(port)
+    consumer = _Consumer(pause=0.3)
+    received = blob.receive(consumer)
+    assert received is not None
+    async with aclosing(received):
+        assert await anext(received) > 0
+    closed_at = time.monotonic()  # the consumer may have been in a call: it returned before this
+    calls = consumer.calls
+    await anyio.sleep(0.5)
+    await blob._response.aclose()
+    await client.aclose()
+    assert consumer.returned_at is not None and consumer.returned_at <= closed_at
+    assert consumer.calls == calls and consumer.count < len(body)
+
+
+@pytest.mark.anyio
+async def test_a_taken_body_that_stalls_times_out_and_one_that_drips_is_cut_below_the_minimum_rate(server):
+    port = server(_answer(_head(1_000_000), b"x" * 1000))  # then nothing, the connection open
+    client, blob = await _blob(port, timeout=0.5)
+    started = time.monotonic()
+    with pytest.raises(httpx.ReadTimeout):
+        await _consume_all(blob, _Consumer())
+    assert time.monotonic() - started < 3
+    await client.aclose()
+
+    body = b"y" * 40_000
+
+    def drip(conn: socket.socket) -> None:  # 1 KiB every 0.1 s: 10 KiB/s
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.recv(1024)
+        conn.sendall(_head(len(body)))
+        for start in range(0, len(body), 1024):
+            conn.sendall(body[start:start + 1024])
+            time.sleep(0.1)
+
+    port = server(drip)
+    client, blob = await _blob(port, UpstreamLimits(blob_min_rate=64 * 1024, blob_rate_window=1.0), timeout=30)
+    started = time.monotonic()
+    with pytest.raises(UpstreamUnreachable, match="slower than 64 KiB/s over 1 s"):
+        await _consume_all(blob, _Consumer())
+    assert time.monotonic() - started < 3
+    await client.aclose()
