@@ -232,18 +232,20 @@ class UpstreamBlob:
         stream = self._response.extensions.get("network_stream")
         size = self.size
         if not isinstance(stream, ReadAheadStream) or size is None or "transfer-encoding" in self._response.headers \
-                or not stream.take_body(size, consume):
+                or not stream.can_take_body(size):
             return None
-        return self._received(stream, size)
+        return self._received(stream, size, consume)
 
-    async def _received(self, stream: ReadAheadStream, size: int) -> AsyncGenerator[int, None]:
+    async def _received(self, stream: ReadAheadStream, size: int, consume: Consume) -> AsyncGenerator[int, None]:
         limits = self._limits
         window = max(limits.blob_rate_window, 1.0)
         wanted = limits.blob_min_rate * window
         timeout = self._response.request.extensions.get("timeout", {}).get("read")
         seen = in_window = 0
         deadline = anyio.current_time() + window
-        try:
+        try:  # taken once started, so that end_body runs whatever happens (never started: nothing was taken)
+            if not stream.take_body(size, consume):
+                raise httpx.ReadError("the upstream's answer was closed before its body was read")
             await anyio.to_thread.run_sync(stream.feed_received)
             while seen < size:
                 with anyio.CancelScope(deadline=deadline if wanted > 0 else math.inf) as watchdog:

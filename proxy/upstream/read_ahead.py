@@ -26,6 +26,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -95,6 +96,12 @@ class ReadAheadStream(httpcore.AsyncNetworkStream):
         #: held by whoever passes bytes to the consumer (the connection's thread, or a worker for what arrived
         #: before the body was taken): one at a time, in order, and none once end_body returned
         self._feeding = threading.Lock()
+        #: the consumer is in a call (a disk that stalls is not an upstream that stalls: no read timeout runs)
+        self._consuming = False
+        #: since when the thread has waited for the upstream's next bytes, and nothing else
+        self._waiting_since = time.monotonic()
+        #: the thread closed the socket: closing the stream must not touch its descriptor (maybe reused by then)
+        self._sock_closed = False
 
     @property
     def buffered(self) -> int:
@@ -117,6 +124,7 @@ class ReadAheadStream(httpcore.AsyncNetworkStream):
                     else:
                         buffer = bytearray(RECEIVE_SIZE)
                         self.buffers_made += 1
+                    self._waiting_since = time.monotonic()
                 error: OSError | None = None
                 try:
                     count = self._sock.recv_into(buffer)
@@ -142,9 +150,10 @@ class ReadAheadStream(httpcore.AsyncNetworkStream):
                 if count <= 0:
                     return
         finally:
-            self._sock.close()
             with self._lock:  # no more receives: the buffers kept for them go now, not with the stream object
                 self._free.clear()
+                self._sock_closed = True
+                self._sock.close()  # under the lock: aclose's shutdown never meets a descriptor closed meanwhile
 
     def _wake(self) -> bool:
         """Wake the loop's reader, if one waits; False when the loop is gone."""
@@ -181,15 +190,19 @@ class ReadAheadStream(httpcore.AsyncNetworkStream):
                     break
                 buffer, count = self._chunks.popleft()
                 start, self._offset = self._offset, 0
+                self._consuming = True
             take = min(count - start, self._body_left)
             try:
                 with memoryview(buffer) as view:
                     consume(view[start:start + take])
             except Exception as exc:  # the consumer's own failure (the blob store's disk), as it raised it
                 with self._lock:
-                    self._body_error = exc
+                    self._consuming = False
+                    self._body_error = exc.with_traceback(None)  # its frames would keep this stream and buffer
                 break
             with self._lock:
+                self._consuming = False
+                self._waiting_since = time.monotonic()
                 self._body_left -= take
                 self._consumed += take
                 if not self._closing:
@@ -272,14 +285,22 @@ class ReadAheadStream(httpcore.AsyncNetworkStream):
 
     # -- a body taken from httpcore ---------------------------------------------------------------------
 
+    def can_take_body(self, size: int) -> bool:
+        """Whether :meth:`take_body` can take ``size`` bytes now: httpcore was handed exactly the first head and
+        nothing after it (not an interim 1xx head, nor a body it started to read), and the answer is open."""
+        with self._lock:
+            return self._can_take(size)
+
+    def _can_take(self, size: int) -> bool:
+        return self._thread is not None and self._head_done and not self._past_head and not self._closing \
+            and size > 0 and self._consume is None
+
     def take_body(self, size: int, consume: Consume) -> bool:
         """Take the ``size`` bytes after the head httpcore just parsed from it: the connection's thread passes
         them to ``consume`` as they arrive (what arrived already: :meth:`feed_received`), never more than
-        ``size`` in all. False, and nothing taken, unless httpcore was handed exactly the first head and
-        nothing after it (an interim 1xx head, or a body it started to read) and the answer is still open."""
+        ``size`` in all, until :meth:`end_body`. False, and nothing taken, unless :meth:`can_take_body`."""
         with self._room:
-            if self._thread is None or not self._head_done or self._past_head or self._closing or size <= 0 \
-                    or self._consume is not None:
+            if not self._can_take(size):
                 return False
             self._consume, self._body_left = consume, size
             self._room.notify()  # a thread waiting for room receives again: what it receives goes to consume
@@ -293,7 +314,8 @@ class ReadAheadStream(httpcore.AsyncNetworkStream):
 
     async def body_consumed(self, seen: int, timeout: float | None) -> int:
         """The bytes of the taken body consumed so far, once more than ``seen`` (or all of them); raises what
-        ended it (the consumer's error, or the upstream's) or ReadTimeout after ``timeout`` without progress."""
+        ended it (the consumer's error, or the upstream's), or ReadTimeout once the thread waited ``timeout``
+        for the upstream's bytes (the time a consumer call takes is not the upstream's)."""
         while True:
             with self._lock:
                 if self._body_error is not None:
@@ -302,12 +324,15 @@ class ReadAheadStream(httpcore.AsyncNetworkStream):
                     return self._consumed
                 if self._closing:
                     raise httpx.ReadError("the connection is closed")
+                left = timeout
+                if timeout is not None and not self._consuming:
+                    left = timeout - (time.monotonic() - self._waiting_since)
+                    if left <= 0:
+                        raise httpx.ReadTimeout("timed out waiting for the upstream's data")
                 waiter = self._waiter = anyio.Event()
             try:
-                with anyio.fail_after(timeout):
+                with anyio.move_on_after(left):  # then look again: a consumer call may have been running
                     await waiter.wait()
-            except TimeoutError:
-                raise httpx.ReadTimeout("timed out waiting for the upstream's data") from None
             finally:
                 with self._lock:
                     if self._waiter is waiter:
@@ -317,6 +342,9 @@ class ReadAheadStream(httpcore.AsyncNetworkStream):
         """Close the connection and return once nothing passes bytes to the consumer any more (the caller may
         then close what it writes to): the one passing them now finishes that call first."""
         await self.aclose()
+        if self._feeding.acquire(blocking=False):  # nobody passes bytes now, and nobody will (closing is set)
+            self._feeding.release()
+            return
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(self._wait_fed)
 
@@ -352,10 +380,13 @@ class ReadAheadStream(httpcore.AsyncNetworkStream):
         if self._thread is None:
             self._sock.close()
             return
-        try:  # wakes the thread out of its receive; the thread closes the socket (it may be using it now)
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        with self._lock:  # the thread closes the socket under the lock: not while this shuts it down
+            if self._sock_closed:
+                return
+            try:  # wakes the thread out of its receive; the thread closes the socket (it may be using it now)
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
                         timeout: float | None = None) -> httpcore.AsyncNetworkStream:

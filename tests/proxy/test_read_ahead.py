@@ -359,3 +359,34 @@ async def test_a_taken_body_that_stalls_times_out_and_one_that_drips_is_cut_belo
         await _consume_all(blob, _Consumer())
     assert time.monotonic() - started < 3
     await client.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_consumer_slower_than_the_read_timeout_is_not_an_upstream_timeout(server):
+    """Every byte arrived at once; the disk takes 0.4 s per write with a 0.25 s read timeout: the upstream did
+    not stall, so the body completes (a stalled disk is not reported as the upstream's timeout)."""
+    body = os.urandom(4 * read_ahead.RECEIVE_SIZE)
+    port = server(_answer(_head(len(body)), body))
+    client, blob = await _blob(port, timeout=0.25)
+    consumer = _Consumer(pause=0.4)
+    counts = await _consume_all(blob, consumer)
+    await blob._response.aclose()
+    await client.aclose()
+    assert counts[-1] == len(body) and consumer.hasher.digest() == hashlib.sha256(body).digest()
+
+
+@pytest.mark.anyio
+async def test_a_receive_never_started_takes_nothing_and_the_body_still_reads(server):
+    """The body is taken when the iteration starts, inside what ends it: an iterator dropped unstarted leaves
+    no thread handing bytes to a consumer whose file may be closed."""
+    body = os.urandom(100_000)
+    port = server(_answer(_head(len(body)), body))
+    client, blob = await _blob(port)
+    consumer = _Consumer()
+    received = blob.receive(consumer)
+    assert received is not None
+    await received.aclose()
+    data = b"".join([chunk async for chunk in blob.chunks()])
+    await blob._response.aclose()
+    await client.aclose()
+    assert data == body and consumer.calls == 0
