@@ -193,14 +193,12 @@ class UpstreamBlob:
         bytes, or the read in progress is cancelled, however the upstream spaces its bytes.
         """
         limits = self._limits
-        window = max(limits.blob_rate_window, 1.0)
-        wanted = limits.blob_min_rate * window
-        received = in_window = 0
-        deadline = anyio.current_time() + window
+        rate = _MinimumRate(limits)
+        received = 0
         reads = self._response.aiter_raw()  # without a size: what each network read returned, uncopied
         while True:
             # the scope covers the read only: a cancel scope must never be open across a yield
-            with anyio.CancelScope(deadline=deadline if wanted > 0 else math.inf) as watchdog:
+            with anyio.CancelScope(deadline=rate.deadline) as watchdog:
                 try:
                     chunk = await anext(reads)
                 except StopAsyncIteration:
@@ -210,10 +208,7 @@ class UpstreamBlob:
             received += len(chunk)
             if received > limits.blob_bytes:
                 raise _too_large(self.server, f"blob {self.digest}", limits.blob_bytes, BLOB_MAX_SIZE_SETTING)
-            in_window += len(chunk)
-            if in_window >= wanted:
-                in_window = 0
-                deadline = anyio.current_time() + window
+            rate.moved(len(chunk))
             yield chunk
 
     def _too_slow(self, received: int) -> UpstreamUnreachable:
@@ -237,29 +232,43 @@ class UpstreamBlob:
         return self._received(stream, size, consume)
 
     async def _received(self, stream: ReadAheadStream, size: int, consume: Consume) -> AsyncGenerator[int, None]:
-        limits = self._limits
-        window = max(limits.blob_rate_window, 1.0)
-        wanted = limits.blob_min_rate * window
+        rate = _MinimumRate(self._limits)
         timeout = self._response.request.extensions.get("timeout", {}).get("read")
-        seen = in_window = 0
-        deadline = anyio.current_time() + window
+        seen = 0
         try:  # taken once started, so that end_body runs whatever happens (never started: nothing was taken)
             if not stream.take_body(size, consume):
                 raise httpx.ReadError("the upstream's answer was closed before its body was read")
             await anyio.to_thread.run_sync(stream.feed_received)
             while seen < size:
-                with anyio.CancelScope(deadline=deadline if wanted > 0 else math.inf) as watchdog:
+                with anyio.CancelScope(deadline=rate.deadline) as watchdog:
                     consumed = await stream.body_consumed(seen, timeout)
                 if watchdog.cancelled_caught:
                     raise self._too_slow(seen)
-                in_window += consumed - seen
+                rate.moved(consumed - seen)
                 seen = consumed
-                if in_window >= wanted:
-                    in_window = 0
-                    deadline = anyio.current_time() + window
                 yield seen
         finally:
             await stream.end_body()
+
+
+class _MinimumRate:
+    """The moving deadline of a blob's minimum rate: each window must bring ``blob_min_rate * window`` bytes,
+    however the upstream spaces them (no deadline when the rate is 0)."""
+
+    def __init__(self, limits: UpstreamLimits) -> None:
+        self._window = max(limits.blob_rate_window, 1.0)
+        self._wanted = limits.blob_min_rate * self._window
+        self._in_window = 0
+        self.deadline = anyio.current_time() + self._window if self._wanted > 0 else math.inf
+
+    def moved(self, count: int) -> None:
+        """``count`` more bytes arrived: a window that brought enough starts the next one."""
+        if self._wanted <= 0:
+            return
+        self._in_window += count
+        if self._in_window >= self._wanted:
+            self._in_window = 0
+            self.deadline = anyio.current_time() + self._window
 
 
 def _cause(exc: Exception) -> str:

@@ -205,8 +205,7 @@ class ReadAheadStream(httpcore.AsyncNetworkStream):
                 self._waiting_since = time.monotonic()
                 self._body_left -= take
                 self._consumed += take
-                if not self._closing:
-                    self._free.append(buffer)
+                self._recycle(buffer)
             if not self._wake():
                 return False
         self._wake()
@@ -266,11 +265,15 @@ class ReadAheadStream(httpcore.AsyncNetworkStream):
         if self._offset >= count:
             self._chunks.popleft()
             self._offset = 0
-            if not (self._eof or self._error or self._closing):  # for the thread's next receive
-                self._free.append(head)
+            self._recycle(head)
             if len(self._chunks) == MAX_CHUNKS - 1:
                 self._room.notify()
         return data
+
+    def _recycle(self, buffer: bytearray) -> None:
+        """Keep a buffer read out for the thread's next receive, if it receives again (the lock held)."""
+        if not (self._eof or self._error or self._closing):
+            self._free.append(buffer)
 
     def _head_end(self, view: memoryview, stop: int) -> int:
         """``stop``, or where the first head ends if it ends in ``view[offset:stop]`` (just past its blank line)."""
