@@ -14,7 +14,9 @@ target, then as one JSON line (the last line of standard output):
 1. ``--pulls`` concurrent ``skopeo copy`` of the multi-layer image with a fresh state directory
    (cold), then the same again (warm): wall seconds, and cold / warm; ``--rounds`` times (the two
    servers alternating who goes first), printed as medians (cold / warm is the median of the rounds'
-   ratios): one round's walls move by 5-10 % here, as much as the target's margin;
+   ratios): one round's walls move by 5-10 % here, as much as the target's margin; with the CPU seconds
+   the server and the ``skopeo`` clients used in each phase (medians), which say where a cold round's
+   extra time went: the server's own download, or the clients' kernel time for the same bytes;
 2. peak RSS of the server process while each of ``--readers`` (16 and 64) ``curl`` clients reads the
    warm largest layer at once: the server is restarted first (its storage kept), so the figure is
    that phase's own; VmHWM is reset through /proc/PID/clear_refs, and VmRSS is sampled every 50 ms;
@@ -50,6 +52,7 @@ import json
 import math
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -309,6 +312,11 @@ class Figures:
 
     cold_pulls_s: list[float] = field(default_factory=list)
     warm_pulls_s: list[float] = field(default_factory=list)
+    #: CPU seconds per phase of the server process, and of the skopeo clients (user + system)
+    cold_server_cpu_s: list[float] = field(default_factory=list)
+    warm_server_cpu_s: list[float] = field(default_factory=list)
+    cold_clients_cpu_s: list[float] = field(default_factory=list)
+    warm_clients_cpu_s: list[float] = field(default_factory=list)
     idle_rss_mb: dict[int, float] = field(default_factory=dict)
     peak_rss_mb: dict[int, float] = field(default_factory=dict)
     hwm_reset: bool = True
@@ -387,8 +395,14 @@ class AnchorBench:
             for server in self.order(i):
                 self.bench.reset(server)  # a fresh, empty state directory
                 mine = figures[server.name]
-                mine.cold_pulls_s.append(self.bench.pulls(server, pulls)[0])
-                mine.warm_pulls_s.append(self.bench.pulls(server, pulls)[0])
+                for walls, server_cpu, clients_cpu in (
+                        (mine.cold_pulls_s, mine.cold_server_cpu_s, mine.cold_clients_cpu_s),
+                        (mine.warm_pulls_s, mine.warm_server_cpu_s, mine.warm_clients_cpu_s)):
+                    before = children_cpu_seconds()
+                    wall, cpu = self.bench.pulls(server, pulls)
+                    walls.append(wall)
+                    server_cpu.append(cpu)
+                    clients_cpu.append(children_cpu_seconds() - before)
                 progress(f"{pulls} concurrent pulls via {server.name}, round {i + 1}/{self.args.rounds}: cold "
                          f"{mine.cold_pulls_s[-1]:.2f} s, warm {mine.warm_pulls_s[-1]:.2f} s")
         for server in self.servers:
@@ -422,6 +436,13 @@ class AnchorBench:
                 progress(f"wrk {label} via {server.name}: {result.requests_per_s:.0f} req/s, "
                          f"p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms")
         return figures
+
+
+def children_cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process's waited-for children: during a phase of pulls, the skopeo
+    clients it ran (the servers are reaped only when stopped, between phases)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def restart(server: Server) -> None:
@@ -485,6 +506,12 @@ def rows(figures: dict[str, Figures], args: argparse.Namespace, blob_mb: float) 
     cold_warm_r = median([c / w for c, w in zip(r.cold_pulls_s, r.warm_pulls_s)])
     out.append(Row("cold_warm_ratio", f"  cold / warm, {rounds}", cold_warm_a, cold_warm_r, "{:.2f}",
                    f"regcache <= {COLD_WARM_TARGET}", cold_warm_r <= COLD_WARM_TARGET))
+    for key, label, cold, warm in (
+            ("server_cpu_s", "the server's CPU", a.cold_server_cpu_s, a.warm_server_cpu_s),
+            ("clients_cpu_s", f"the {args.pulls} clients' CPU", a.cold_clients_cpu_s, a.warm_clients_cpu_s)):
+        r_cold, r_warm = getattr(r, f"cold_{key}"), getattr(r, f"warm_{key}")
+        out.append(Row(f"cold_{key}", f"  {label}, cold, {rounds} (s)", median(cold), median(r_cold), "{:.2f}"))
+        out.append(Row(f"warm_{key}", f"  {label}, warm, {rounds} (s)", median(warm), median(r_warm), "{:.2f}"))
     return out
 
 
