@@ -256,3 +256,64 @@ def test_each_event_records_the_clients_user_agent_cut_short(regcache):
     assert rows["2"]["user_agent"] == "x" * USER_AGENT_MAX_CHARS
     assert rows["3"]["user_agent"] is None
     assert CacheStatistics(regcache.control.store).events()[0].event.user_agent == "containerd/1.7.22"
+
+
+def _stored(store: StateStore) -> list[tuple]:
+    columns = ", ".join(f"{c}, typeof({c})" for c in StateStore.EVENT_COLUMNS)
+    return store.conn.execute(f"SELECT {columns} FROM events ORDER BY id").fetchall()
+
+
+def _awkward_rows() -> list[dict]:
+    """Rows with every column kind, text a JSON round trip could bend, and the order they must keep."""
+    awkward_text = 'quote " \\ \t line\nbreak \U0001f600'
+    return [event_row(PullEvent(f"10.0.0.{n % 250}", "HEAD", "manifest", "team/ünï", f"v{n}", Result.MISS, 200 + n,
+                                None if n % 3 else "rule", 2**53 + n, 0.1 + n / 7, awkward_text,
+                                user_agent=None if n % 2 else "skopeo/1.9 (\u00e9)"))
+            for n in range(300)]
+
+
+def test_a_batch_of_events_is_one_statement_with_the_values_kept_exactly(home):
+    """One step for the whole batch (executemany's per-row steps each hand the GIL back and forth with the event
+    loop); what is stored is what a row-by-row insert stores, value for value, type for type, in order."""
+    store = StateStore.open(home)
+    rows = _awkward_rows()
+    statements: list[str] = []
+    store.conn.set_trace_callback(statements.append)
+    with store.transaction():
+        store.insert_events(rows)
+    store.conn.set_trace_callback(None)
+    assert len([s for s in statements if s.lstrip().upper().startswith("INSERT INTO EVENTS")]) == 1
+    by_statement = _stored(store)
+
+    store.conn.execute("DELETE FROM events")
+    store._json_rows = False  # the row-by-row path, as on an SQLite without JSON functions
+    with store.transaction():
+        store.insert_events(rows)
+    assert _stored(store) == by_statement
+    assert len(by_statement) == 300
+    assert by_statement[0][:4] == (rows[0]["ts"], "text", "10.0.0.0", "text")
+    assert [row[10] for row in by_statement] == [f"v{n}" for n in range(300)]  # reference: the batch's order is kept
+    assert {row[19] for row in by_statement} == {"integer"}  # bytes, also above 2**53
+    assert {row[21] for row in by_statement} == {"real"}  # duration_ms
+
+
+def test_events_are_still_written_by_an_sqlite_without_json_functions(home):
+    store = StateStore.open(home)
+    store._INSERT_EVENTS_JSON = "INSERT INTO events (ts, kind, result) SELECT 1, 2, 3 FROM json_missing(?)"
+    store.insert_events([event_row(_event(n)) for n in range(3)])
+    store.insert_events([event_row(_event(n)) for n in range(3, 5)])
+    assert store.conn.execute("SELECT COUNT(*) FROM events").fetchone() == (5,)
+    assert store._json_rows is False
+
+
+def test_a_batch_that_json_cannot_carry_fails_as_a_whole_and_stores_nothing(home):
+    store = StateStore.open(home)
+    row = event_row(_event(1))
+    row["duration_ms"] = float("nan")
+    try:
+        store.insert_events([event_row(_event(0)), row])
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("a NaN went into the event log")
+    assert store.conn.execute("SELECT COUNT(*) FROM events").fetchone() == (0,)
