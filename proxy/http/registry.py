@@ -371,9 +371,12 @@ def _host_name(header: str) -> str:
     return (name if sep and port.isdigit() else value).rstrip(".")
 
 
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
+
+
 def loopback_host(name: str) -> bool:
     """``localhost``, or an address literal on loopback (``127.0.0.1``, ``[::1]``): names no DNS answer can move."""
-    if name == "localhost":
+    if name in _LOOPBACK_NAMES:  # what nearly every request names: no address parse per request
         return True
     try:
         address = ipaddress.ip_address(name[1:-1] if name.startswith("[") and name.endswith("]") else name)

@@ -6,6 +6,8 @@ registry's address, or on its own address with ``--metrics-listen``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -56,21 +58,32 @@ class ProxyMetrics:
                                    "sees them (itself included; 0: not in a fleet)", registry=r)
         self.cache_bytes = Gauge("regcache_cache_size_bytes", "Bytes of blobs in the cache", registry=r)
         self.cache_blobs = Gauge("regcache_cached_blobs", "Blobs in the cache", registry=r)
+        #: (rule, kind, result) -> the series its events move: labels() validates and locks on every call, and
+        #: every manifest and blob request observes one event (as many entries as the series they name)
+        self._series: dict[tuple[str, str, str], tuple[Any, ...]] = {}
 
     def observe(self, event: PullEvent) -> None:
-        rule = event.rule or NO_RULE
-        self.requests.labels(rule, event.kind, event.result).inc()
-        self.latency.labels(rule, event.kind).observe(event.duration_ms / 1000)
-        if event.result == "hit":
-            self.hits.labels(rule).inc()
-        elif event.result == "miss":
-            self.misses.labels(rule).inc()
-            if event.kind == "blob" and event.detail not in NOT_FETCHED_HERE:
-                self.bytes_fetched.labels(rule).inc(event.bytes)
-        elif event.result == "stale":
-            self.stale.labels(rule).inc()
-        if event.result != "error":
-            self.bytes_served.labels(rule).inc(event.bytes)
+        key = (event.rule or NO_RULE, event.kind, event.result)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = self._series_of(*key)
+        requests, latency, outcome, served = series
+        requests.inc()
+        latency.observe(event.duration_ms / 1000)
+        if outcome is not None:
+            outcome.inc()
+        if event.result == "miss" and event.kind == "blob" and event.detail not in NOT_FETCHED_HERE:
+            self.bytes_fetched.labels(key[0]).inc(event.bytes)  # a download: labels() is not what it costs
+        if served is not None:
+            served.inc(event.bytes)
+
+    def _series_of(self, rule: str, kind: str, result: str) -> tuple[Any, ...]:
+        """The labelled series an event of this rule, kind and result moves: requests, latency, its outcome's
+        counter (hits, misses, stale serves) and bytes served (None where it moves none)."""
+        outcome = {"hit": self.hits, "miss": self.misses, "stale": self.stale}.get(result)
+        return (self.requests.labels(rule, kind, result), self.latency.labels(rule, kind),
+                None if outcome is None else outcome.labels(rule),
+                None if result == "error" else self.bytes_served.labels(rule))
 
     def peer_fetch(self) -> None:
         self.peer_fetches.inc()

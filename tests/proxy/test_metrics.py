@@ -48,3 +48,34 @@ def test_metrics_on_their_own_address(home, keyring_env):
         assert httpx.get(f"{process.url}/metrics").status_code == 404  # not beside the registry API
     finally:
         assert process.terminate()[0] == 0
+
+
+def test_every_event_moves_the_series_of_its_rule_kind_and_result():
+    """The series an event moves are looked up once per rule, kind and result: later events of the same kind add
+    to the same series, and each outcome keeps to its own counters."""
+    from regcache.proxy.core.models import JOINED_DOWNLOAD, PullEvent, Result
+    from regcache.proxy.pull.metrics import ProxyMetrics
+
+    metrics = ProxyMetrics()
+
+    def event(rule: str | None, kind: str, result: Result, size: int, detail: str | None = None) -> PullEvent:
+        return PullEvent("127.0.0.1", "GET", kind, "app", "ref", result, 200, rule, size, 20.0, detail)
+
+    for _ in range(3):
+        metrics.observe(event("a", "blob", Result.HIT, 100))
+        metrics.observe(event("a", "blob", Result.MISS, 1000))
+        metrics.observe(event("a", "blob", Result.MISS, 7, JOINED_DOWNLOAD))  # fetched once, for another request
+        metrics.observe(event("b", "manifest", Result.STALE, 10))
+        metrics.observe(event(None, "manifest", Result.ERROR, 0))
+    text = metrics.exposition().decode()
+    for line in ['regcache_requests_total{kind="blob",result="hit",rule="a"} 3.0',
+                 'regcache_requests_total{kind="blob",result="miss",rule="a"} 6.0',
+                 'regcache_requests_total{kind="manifest",result="error",rule="-"} 3.0',
+                 'regcache_hits_total{rule="a"} 3.0', 'regcache_misses_total{rule="a"} 6.0',
+                 'regcache_stale_serves_total{rule="b"} 3.0',
+                 'regcache_bytes_served_total{rule="a"} 3321.0', 'regcache_bytes_served_total{rule="b"} 30.0',
+                 'regcache_bytes_fetched_total{rule="a"} 3000.0',
+                 'regcache_request_duration_seconds_count{kind="blob",rule="a"} 9.0']:
+        assert line in text, line
+    assert 'regcache_bytes_served_total{rule="-"}' not in text  # an error serves no bytes
+    assert 'regcache_hits_total{rule="b"}' not in text and 'regcache_bytes_fetched_total{rule="b"}' not in text
