@@ -130,7 +130,7 @@ class RegcacheApp(App[None]):
         """Collect once, then freeze what is left: the modules, widgets and engine objects that live as long as
         the process. Textual leaves cyclic garbage at every redraw, so full collections come about once a
         second, and each walked all ~110,000 objects of the process: 70-90 ms with every thread stopped (the
-        embedded proxy's too), the tail of a key press (bench/tui_latency.py: idle p95 120 ms, 53 ms once
+        embedded proxy's too), the tail of a key press (bench/tui_latency.py: idle p95 120-127 ms, 56-66 ms once
         frozen). Frozen objects are never collected, freed by their reference counts only: a cycle among them
         that becomes garbage later stays, once (the screens and blades live until the app quits)."""
         gc.collect()
