@@ -259,10 +259,15 @@ async def test_the_heap_is_frozen_once_the_embedded_proxy_runs_only_when_asked(b
 
 def test_regcache_tui_runs_the_app_with_its_heap_frozen(home, keyring_env, monkeypatch):
     """``run_app`` (what ``regcache tui`` calls) asks for the freeze; the proxy it builds is the app's."""
+    from regcache.tui import logs
     from regcache.tui.app import RegcacheApp, run_app
 
     built: list[RegcacheApp] = []
+    logged_to: list[object] = []
     monkeypatch.setattr(RegcacheApp, "run", lambda self: built.append(self))
+    # not the real one: it replaces the test process's root log handlers (force=True) for every later test
+    monkeypatch.setattr(logs, "log_to_file", lambda path, *args, **kwargs: logged_to.append(path))
     run_app(home=home, listen="127.0.0.1:0")
+    assert [path.name for path in logged_to] == [logs.LOG_FILE]
     assert [app.freeze_heap for app in built] == [True]
     assert built[0].proxy is not None and not built[0].proxy.running
